@@ -359,7 +359,7 @@ def _decode_login_request(frame: bytes) -> LoginRequest:
         )
     timeout = None
     if len(frame) == LOGIN_REQUEST_410_LENGTH:
-        timeout = _parse_numeric(frame[48:53], "heartbeat timeout")
+        timeout = _parse_numeric(frame[47:52], "heartbeat timeout")
     return LoginRequest(
         username=_parse_alpha(frame[1:7], "username"),
         password=_parse_alpha(frame[7:17], "password"),

@@ -1,0 +1,223 @@
+"""An asyncio SoupBinTCP subscriber that survives dropped connections.
+
+::
+
+    async with subscribe("127.0.0.1", 7300, seq=1) as messages:
+        async for message in messages:
+            print(message.seq, message.payload)
+
+Each :class:`Message` carries its session and sequence number. When the connection drops,
+the subscriber logs in again to the same session with the next sequence number it needs,
+so its consumer sees no gap and no duplicate. Iteration ends at End of Session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from tickertape.errors import LoginRejected
+from tickertape.protocol import client as protocol
+from tickertape.protocol.client import ClientConnection
+from tickertape.protocol.server import State
+from tickertape.wire.soupbintcp import REJECT_NOT_AUTHORIZED, LoginRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECONNECT_DELAY: Final = 0.25
+DEFAULT_MAX_RECONNECT_DELAY: Final = 5.0
+_READ_SIZE: Final = 1 << 18
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One sequenced message of a session."""
+
+    session: str
+    seq: int
+    payload: bytes
+
+
+class _Dropped(Exception):
+    """The connection ended without End of Session: log in again."""
+
+
+class Subscription:
+    """An async iterator of :class:`Message`; see :func:`subscribe`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        session: str = "",
+        seq: int = 1,
+        *,
+        username: str = "",
+        password: str = "",
+        heartbeat_interval: float = protocol.DEFAULT_HEARTBEAT_INTERVAL,
+        server_timeout: float = protocol.DEFAULT_SERVER_TIMEOUT,
+        reconnect: bool = True,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+        max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.session = session
+        """The session subscribed to; filled in by the first Login Accepted."""
+        self.next_seq = seq
+        """The sequence number of the next message this subscription will yield."""
+        self._username = username
+        self._password = password
+        self._heartbeat_interval = heartbeat_interval
+        self._server_timeout = server_timeout
+        self._reconnect = reconnect
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnect_delay = max_reconnect_delay
+        self._writer: asyncio.StreamWriter | None = None
+        self._iterator: AsyncIterator[Message] | None = None
+        self.logins = 0
+        """How many times this subscription has logged in (1 + reconnections)."""
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Log out and stop."""
+        if self._iterator is not None:
+            aclose = getattr(self._iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()
+
+    async def _run(self) -> AsyncIterator[Message]:
+        delay = self._reconnect_delay
+        while True:
+            try:
+                async for message in self._connection():
+                    delay = self._reconnect_delay
+                    yield message
+                return  # End of Session
+            except (OSError, _Dropped, asyncio.IncompleteReadError) as exc:
+                if not self._reconnect:
+                    raise ConnectionError(
+                        f"connection to {self.host}:{self.port} lost: {exc}"
+                    ) from exc
+                log.warning(
+                    "connection to %s:%d lost (%s); logging in again at %d in %.2f s",
+                    self.host,
+                    self.port,
+                    exc,
+                    self.next_seq,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_reconnect_delay)
+            finally:
+                self._close_writer()
+
+    async def _connection(self) -> AsyncIterator[Message]:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self._writer = writer
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = LoginRequest(
+            self._username,
+            self._password,
+            self.session,
+            self.next_seq,
+            heartbeat_timeout_ms=None,
+        )
+        connection = ClientConnection(
+            request, loop.time(), self._heartbeat_interval, self._server_timeout
+        )
+        writer.write(connection.data_to_send())
+        ticker = asyncio.create_task(self._tick(connection, writer))
+        try:
+            while True:
+                data = await reader.read(_READ_SIZE)
+                now = loop.time()
+                if not data:
+                    raise _Dropped("the server closed the connection")
+                connection.receive_data(data, now)
+                for event in connection.events_received():
+                    if isinstance(event, protocol.Message):
+                        self.next_seq = event.sequence + 1
+                        yield Message(self.session, event.sequence, event.payload)
+                    elif isinstance(event, protocol.Accepted):
+                        self.logins += 1
+                        self.session = event.session
+                        if event.sequence > self.next_seq and self.next_seq != 0:
+                            log.warning(
+                                "server starts at %d, not %d as asked",
+                                event.sequence,
+                                self.next_seq,
+                            )
+                        self.next_seq = event.sequence
+                    elif isinstance(event, protocol.Rejected):
+                        why = (
+                            "not authorized: wrong username or password"
+                            if event.reason == REJECT_NOT_AUTHORIZED
+                            else f"session {self.session or '(active)'!r} is not available"
+                        )
+                        raise LoginRejected(event.reason, f"login rejected: {why}")
+                    elif isinstance(event, protocol.SessionEnded):
+                        connection.logout(now)
+                        with contextlib.suppress(OSError):
+                            writer.write(connection.data_to_send())
+                        return
+                    elif isinstance(event, protocol.ConnectionLost):
+                        raise _Dropped(event.reason)
+                    elif isinstance(event, protocol.DebugReceived):
+                        log.info("server says: %s", event.text)
+                outgoing = connection.data_to_send()
+                if outgoing:
+                    writer.write(outgoing)
+        finally:
+            ticker.cancel()
+            if connection.state is not State.CLOSED and not writer.is_closing():
+                connection.logout(loop.time())  # stopped by the consumer: say goodbye
+                writer.write(connection.data_to_send())
+
+    async def _tick(self, connection: ClientConnection, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, connection.next_deadline() - loop.time()))
+            connection.tick(loop.time())
+            outgoing = connection.data_to_send()
+            if outgoing and not writer.is_closing():
+                writer.write(outgoing)
+            if connection.state is State.CLOSED:
+                log.warning("connection to %s:%d: server silent, dropping it", self.host, self.port)
+                writer.close()  # the reader sees the end and logs in again
+                return
+
+
+subscribe = Subscription
+"""``subscribe(host, port, session="", seq=1, **options)``: subscribe to ``session``
+(blank: the active one) from sequence number ``seq`` (0: from the next message
+published). See :class:`Subscription` for the options."""

@@ -1,0 +1,283 @@
+"""The engine: the active session, its writer, and the subscribers at its tail.
+
+Persist, then publish. Messages handed to :meth:`Engine.publish_many` are queued; the
+session writer takes everything queued (group commit), encodes it once as SoupBinTCP
+Sequenced Data packets, appends it to the log and makes it durable on a thread of its
+own (disk work never runs on the event loop), and only then hands the encoded batch to
+every subscriber at the tail.
+
+Subscribers are cursors (:class:`Cursor`): the engine only keeps the set of those that
+are *live*, at the tail, and gives each new batch to them. A subscriber behind the tail
+reads the log itself until it reaches the tail, then joins the live set. The hand-off is
+one comparison of sequence numbers, made on the event loop between two batches, so it
+can neither lose nor repeat a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from tickertape.clock import Clock, SystemClock
+from tickertape.errors import StoreError
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Appended, Durability, SessionLog
+from tickertape.store.sessionid import SessionId
+from tickertape.wire.soupbintcp import encode_sequenced_many
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_MESSAGES: Final = 16_384
+DEFAULT_MAX_BATCH_BYTES: Final = 1 << 20
+DEFAULT_MAX_QUEUED_MESSAGES: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the session writer batches and persists."""
+
+    durability: Durability = Durability.BATCH
+    max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES
+    """A batch holds at most this many messages (one log write, one sync)."""
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    """...and about this many bytes of payload: it bounds what a live subscriber may be
+    handed beyond its write-buffer limit."""
+    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
+    """Publishers wait while this many messages are queued and not yet written."""
+
+
+class Cursor(Protocol):
+    """A subscriber as the engine sees it: the next sequence number it will be sent."""
+
+    next_seq: int
+
+    def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
+        """Take a newly published batch of ``count`` packets starting at ``first_seq``."""
+        ...
+
+    def session_ended(self) -> None:
+        """The session ended and every message was delivered: send End of Session."""
+        ...
+
+
+class _Request:
+    __slots__ = ("future", "payloads")
+
+    def __init__(self, payloads: Sequence[bytes], future: asyncio.Future[int]) -> None:
+        self.payloads = payloads
+        self.future = future
+
+
+class Engine:
+    """The active session of one data directory. Create, then ``await start()``."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        config: EngineConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.config = config or EngineConfig(durability=catalogue.durability)
+        self.clock = clock or SystemClock()
+        self._session_id: SessionId | None = None
+        self._log: SessionLog | None = None
+        self._live: dict[Cursor, None] = {}
+        self._queue: deque[_Request] = deque()
+        self._queued_messages = 0
+        self._queue_space = asyncio.Event()
+        self._queue_space.set()
+        self._wakeup = asyncio.Event()
+        self._published_next = 1
+        self._assigned_next = 1
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
+        self._writer: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the active session (continuing today's, or the next id of the day)."""
+        loop = asyncio.get_running_loop()
+        today = self.clock.now().date()
+        session_id, session_log = await loop.run_in_executor(
+            self._executor, self.catalogue.open_active, today
+        )
+        self._session_id, self._log = session_id, session_log
+        self._published_next = self._assigned_next = session_log.next_seq
+        self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
+        log.info(
+            "session %s open at %s: %d messages, next is %d",
+            session_id,
+            session_log.directory,
+            session_log.next_seq - 1,
+            session_log.next_seq,
+        )
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer and close the log."""
+        if self._writer is not None:
+            while self._queue and self._failure is None:
+                self._wakeup.set()
+                await asyncio.sleep(0)
+                if self._queue:
+                    await asyncio.sleep(0.001)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        for request in self._queue:
+            if not request.future.done():
+                request.future.set_exception(StoreError("the server is shutting down"))
+        self._queue.clear()
+        self._live.clear()
+        if self._log is not None:
+            self._log.close()
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def session_id(self) -> str:
+        if self._session_id is None:
+            raise StoreError("the engine has not been started")
+        return str(self._session_id)
+
+    @property
+    def session_log(self) -> SessionLog:
+        if self._log is None:
+            raise StoreError("the engine has not been started")
+        return self._log
+
+    @property
+    def next_seq(self) -> int:
+        """The number of the next message to be published: the tail subscribers see."""
+        return self._published_next
+
+    @property
+    def next_assigned(self) -> int:
+        """The number the next message handed to :meth:`publish_many` will get."""
+        return self._assigned_next
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, payload: bytes) -> int:
+        """Publish one message; returns its sequence number once it is durable."""
+        return await self.publish_many((payload,))
+
+    async def publish_many(self, payloads: Sequence[bytes]) -> int:
+        """Publish messages in order; returns the first one's sequence number once all
+        are durable (per the durability policy) and handed to live subscribers.
+
+        The numbers are assigned when this is called, before it first waits: the
+        caller may read :attr:`next_assigned` just before to know them.
+        """
+        if self._failure is not None:
+            raise StoreError(f"publishing has stopped: {self._failure}")
+        if not payloads:
+            return self._assigned_next
+        while self._queued_messages >= self.config.max_queued_messages:
+            self._queue_space.clear()
+            await self._queue_space.wait()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(payloads, future))
+        self._queued_messages += len(payloads)
+        self._assigned_next += len(payloads)
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> list[_Request]:
+        taken = [self._queue.popleft()]
+        if self.config.durability is Durability.ALWAYS:
+            return taken
+        messages = len(taken[0].payloads)
+        size = sum(map(len, taken[0].payloads))
+        while self._queue:
+            nxt = self._queue[0]
+            if messages + len(nxt.payloads) > self.config.max_batch_messages:
+                break
+            extra = sum(map(len, nxt.payloads))
+            if size + extra > self.config.max_batch_bytes:
+                break
+            taken.append(self._queue.popleft())
+            messages += len(nxt.payloads)
+            size += extra
+        return taken
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        session_log = self.session_log
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._take_batch()
+                payloads: list[bytes] = []
+                for request in batch:
+                    payloads.extend(request.payloads)
+                try:
+                    appended, data = await loop.run_in_executor(
+                        self._executor, _append, session_log, payloads
+                    )
+                except Exception as exc:
+                    self._fail(batch, exc)
+                    return
+                self._queued_messages -= len(payloads)
+                self._queue_space.set()
+                self._publish(appended, data)
+                seq = appended.first_seq
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_result(seq)
+                    seq += len(request.payloads)
+
+    def _fail(self, batch: list[_Request], exc: BaseException) -> None:
+        self._failure = exc
+        log.error(
+            "session %s: writing to the log failed, publishing stopped: %s", self._session_id, exc
+        )
+        error = StoreError(f"the message was not persisted: {exc}")
+        for request in [*batch, *self._queue]:
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._queue.clear()
+        self._queued_messages = 0
+        self._assigned_next = self._published_next
+
+    def _publish(self, appended: Appended, data: bytes) -> None:
+        first, count = appended.first_seq, appended.count
+        self._published_next = first + count
+        if not self._live:
+            return
+        now = self.clock.monotonic()
+        for cursor in tuple(self._live):
+            cursor.deliver(data, first, count, now)
+
+    # ------------------------------------------------------------------ subscribers
+
+    def go_live(self, cursor: Cursor) -> bool:
+        """Add a cursor that has caught up to the live set. Returns False (and adds
+        nothing) if it is behind the tail: it must read the log up to it first."""
+        if cursor.next_seq < self._published_next:
+            return False
+        self._live[cursor] = None
+        return True
+
+    def leave(self, cursor: Cursor) -> None:
+        """Stop handing batches to a cursor (it disconnected, or its buffer is full)."""
+        self._live.pop(cursor, None)
+
+
+def _append(session_log: SessionLog, payloads: list[bytes]) -> tuple[Appended, bytes]:
+    data = encode_sequenced_many(payloads)
+    return session_log.append(data, len(payloads)), data

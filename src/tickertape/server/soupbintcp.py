@@ -1,0 +1,317 @@
+"""The SoupBinTCP endpoint: asyncio glue between sockets, the session logic and the engine.
+
+This layer never parses: bytes go to :class:`~tickertape.protocol.server.ServerConnection`,
+which returns events and bytes to send. A login is classified here:
+
+- blank session, or the active session's id: subscribe to the active session, from the
+  requested sequence number (0: the next message published; 1..next: replay, then live;
+  above next: accepted, and sent from that number once it exists);
+- the id of another session on disk: a pull, the messages from the requested number to
+  the end, then End of Session;
+- anything else: Login Rejected ``S``. Wrong credentials (when ``--user`` is set): ``A``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Final
+
+from tickertape.errors import SessionNotFound
+from tickertape.protocol.server import (
+    ConnectionLost,
+    LoginRequested,
+    LogoutRequested,
+    MessageReceived,
+    ServerConnection,
+    ServerTimers,
+    State,
+)
+from tickertape.server.engine import Engine
+from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
+from tickertape.store.log import SessionLog
+from tickertape.wire.soupbintcp import (
+    REJECT_NOT_AUTHORIZED,
+    REJECT_SESSION_NOT_AVAILABLE,
+    LoginRequest,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 7300
+DEFAULT_WRITE_BUFFER_HIGH: Final = 4 << 20
+"""A live subscriber whose unsent bytes pass this stops taking live batches and reads
+the log once they drain: with one batch on top, its memory bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The one username and password accepted, compared case-insensitively."""
+
+    username: str
+    password: str
+
+    def match(self, username: str, password: str) -> bool:
+        user_ok = hmac.compare_digest(username.upper().encode(), self.username.upper().encode())
+        password_ok = hmac.compare_digest(password.upper().encode(), self.password.upper().encode())
+        return user_ok and password_ok
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how the SoupBinTCP endpoint listens."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    credentials: Credentials | None = None
+    """None: every username and password is accepted."""
+    timers: ServerTimers = field(default_factory=ServerTimers)
+    write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
+    catch_up_chunk: int = DEFAULT_CATCH_UP_CHUNK
+
+
+class SoupBinTCPServer:
+    """Serves the engine's sessions to SoupBinTCP clients."""
+
+    def __init__(self, engine: Engine, config: ServerConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or ServerConfig()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._closed_logs: dict[str, SessionLog] = {}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
+        )
+        for sock in self._server.sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("SoupBinTCP listening on %s:%d", host, port)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close("the server is shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+        for session_log in self._closed_logs.values():
+            session_log.close()
+        self._closed_logs.clear()
+
+    def closed_session(self, session: str) -> SessionLog:
+        """The log of a session that is not the active one, opened once and kept."""
+        opened = self._closed_logs.get(session)
+        if opened is None:
+            opened = self.engine.catalogue.open_closed(session)
+            self._closed_logs[session] = opened
+        return opened
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: SoupBinTCPServer) -> None:
+        self._server = server
+        self._engine = server.engine
+        self._transport: asyncio.Transport | None = None
+        self._session: ServerConnection | None = None
+        self._subscriber: Subscriber | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._peer = "?"
+        self._loop = asyncio.get_running_loop()
+
+    # ------------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.set_write_buffer_limits(high=self._server.config.write_buffer_high)
+        self._session = ServerConnection(self._loop.time(), self._server.config.timers)
+        self._server._connections.add(self)
+        self._schedule()
+
+    def data_received(self, data: bytes) -> None:
+        session = self._session
+        assert session is not None
+        session.receive_data(data, self._loop.time())
+        self._handle_events()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._subscriber is not None:
+            self._subscriber.stop()
+            log.info(
+                "%s disconnected at sequence %d%s",
+                self._peer,
+                self._subscriber.next_seq,
+                f": {exc}" if exc else "",
+            )
+
+    def pause_writing(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.resume_writing()
+
+    # ------------------------------------------------------------------ session logic
+
+    def _handle_events(self) -> None:
+        session = self._session
+        assert session is not None
+        for event in session.events_received():
+            if isinstance(event, LoginRequested):
+                self._login(event.request)
+            elif isinstance(event, MessageReceived):
+                log.debug("%s sent an Unsequenced Data packet; ignored", self._peer)
+            elif isinstance(event, LogoutRequested):
+                log.info("%s logged out", self._peer)
+                self._flush()
+                self._close_transport()
+                return
+            elif isinstance(event, ConnectionLost):
+                log.info("dropping %s: %s", self._peer, event.reason)
+                self._flush()
+                self._close_transport()
+                return
+        self._flush()
+
+    def _login(self, request: LoginRequest) -> None:
+        session = self._session
+        assert session is not None and self._transport is not None
+        now = self._loop.time()
+        credentials = self._server.config.credentials
+        who = request.username or "(anonymous)"
+        if credentials is not None and not credentials.match(request.username, request.password):
+            log.warning("login of %r from %s rejected: bad username or password", who, self._peer)
+            session.reject(REJECT_NOT_AUTHORIZED, now)
+            return
+        engine = self._engine
+        wanted = request.session or engine.session_id
+        if wanted == engine.session_id:
+            session_log = engine.session_log
+            source: Engine | None = engine
+            tail = engine.next_seq
+        else:
+            try:
+                session_log = self._server.closed_session(wanted)
+            except SessionNotFound:
+                log.warning("login of %r from %s rejected: no session %r", who, self._peer, wanted)
+                session.reject(REJECT_SESSION_NOT_AVAILABLE, now)
+                return
+            source = None
+            tail = session_log.next_seq
+        first = request.sequence or tail
+        if source is None:
+            first = min(first, tail)
+        session.accept(wanted, first, now)
+        log.info(
+            "%s logged in as %r to session %s from sequence %d%s",
+            self._peer,
+            who,
+            wanted,
+            first,
+            "" if source is not None else " (closed session: replay, then end)",
+        )
+        self._flush()
+        self._subscriber = Subscriber(
+            self._transport,
+            session_log,
+            source,
+            first,
+            on_sent=session.sent,
+            on_caught_up=self._caught_up,
+            on_end=self._end_of_session,
+            chunk=self._server.config.catch_up_chunk,
+        )
+        self._subscriber.start()
+
+    def _caught_up(self, subscriber: Subscriber, replayed: int) -> None:
+        if replayed:
+            log.info(
+                "%s caught up: replayed %d messages, live from %d",
+                self._peer,
+                replayed,
+                subscriber.next_seq,
+            )
+
+    def _end_of_session(self) -> None:
+        session = self._session
+        assert session is not None
+        session.end_session(self._loop.time())
+        self._flush()
+        log.info("%s: end of session sent", self._peer)
+        self._close_transport()
+
+    # ------------------------------------------------------------------ output and time
+
+    def _flush(self) -> None:
+        session = self._session
+        transport = self._transport
+        assert session is not None and transport is not None
+        if self._subscriber is not None and self._subscriber.sending_file:
+            return  # a sendfile is in flight; what is queued goes out after it
+        data = session.data_to_send()
+        if data and not transport.is_closing():
+            transport.write(data)
+
+    def _schedule(self) -> None:
+        session = self._session
+        assert session is not None
+        deadline = session.next_deadline()
+        if deadline != float("inf"):
+            self._timer = self._loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        session = self._session
+        assert session is not None
+        now = self._loop.time()
+        if self._subscriber is not None and self._subscriber.sending_file:
+            session.sent(now)  # the sendfile in flight is sending; no heartbeat needed
+        session.tick(now)
+        self._handle_events()
+        if session.state is not State.CLOSED:
+            self._schedule()
+
+    def _close_transport(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.stop()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def close(self, reason: str) -> None:
+        """Close this connection from the server side, telling the client why."""
+        session = self._session
+        if session is not None and session.state is not State.CLOSED:
+            session.send_debug(reason, self._loop.time())
+            self._flush()
+        self._close_transport()

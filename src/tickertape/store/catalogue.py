@@ -1,0 +1,114 @@
+"""The data directory: one directory per session, named by its id.
+
+::
+
+    DATA/
+      2026112901/  log  index  ended
+      2026112902/  log  index
+
+A session whose directory holds ``ended`` is closed: it is served, never appended to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from tickertape.errors import SessionNotFound, StoreError
+from tickertape.store.log import Durability, SessionLog
+from tickertape.store.sessionid import SessionId
+
+log = logging.getLogger(__name__)
+
+ENDED_MARKER: Final = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session on disk."""
+
+    id: SessionId
+    path: Path
+    ended: bool
+
+
+class Catalogue:
+    """The sessions under one data directory."""
+
+    def __init__(self, root: Path, durability: Durability = Durability.BATCH) -> None:
+        self.root = root
+        self.durability = durability
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session on disk, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            if entry.is_dir() and SessionId.is_valid(entry.name):
+                found.append(
+                    SessionInfo(SessionId.parse(entry.name), entry, (entry / ENDED_MARKER).exists())
+                )
+        found.sort(key=lambda info: info.id)
+        return found
+
+    def find(self, session: str) -> SessionInfo:
+        """The session named ``session``; raises :class:`SessionNotFound`."""
+        if SessionId.is_valid(session):
+            path = self.root / session
+            if (path / "log").exists():
+                return SessionInfo(SessionId.parse(session), path, (path / ENDED_MARKER).exists())
+        raise SessionNotFound(f"no session {session!r} in {self.root}")
+
+    def open_active(self, today: dt.date) -> tuple[SessionId, SessionLog]:
+        """The session to append to on start-up.
+
+        Today's most recent session is continued unless it was ended; then the next id
+        of the day is opened. Sessions of earlier days that were never ended are ended
+        now: their day is over.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        latest: SessionInfo | None = None
+        for info in self.sessions():
+            if info.id.day < today and not info.ended:
+                log.info("session %s is from an earlier day and was not ended: ending it", info.id)
+                self.mark_ended(info.id)
+            elif info.id.day == today:
+                latest = info
+            elif info.id.day > today:
+                raise StoreError(
+                    f"session {info.id} in {self.root} is dated after today ({today:%Y-%m-%d}); "
+                    "is the clock right?"
+                )
+        if latest is not None and not latest.ended:
+            session_id = latest.id
+            opened = SessionLog.open(latest.path, durability=self.durability)
+        else:
+            session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
+            opened = SessionLog.open(
+                self.root / str(session_id), durability=self.durability, create=True
+            )
+        return session_id, opened
+
+    def open_closed(self, session: str) -> SessionLog:
+        """A read-only view of an ended session."""
+        info = self.find(session)
+        return SessionLog.open(info.path, writable=False)
+
+    def mark_ended(self, session: SessionId) -> None:
+        """Persist that ``session`` has ended."""
+        marker = self.root / str(session) / ENDED_MARKER
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(marker.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
