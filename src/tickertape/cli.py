@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes per demo message (%(default)s)",
     )
     serve.add_argument(
+        "--demo-count",
+        type=int,
+        metavar="N",
+        help="stop the demo source after N messages (default: run forever)",
+    )
+    serve.add_argument(
         "--user",
         type=_credentials,
         metavar="NAME:PASSWORD",
@@ -164,7 +170,9 @@ async def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     demo = (
-        asyncio.create_task(run_demo(engine, args.demo, args.demo_size), name="demo")
+        asyncio.create_task(
+            run_demo(engine, args.demo, args.demo_size, args.demo_count), name="demo"
+        )
         if args.demo
         else None
     )

@@ -31,17 +31,24 @@ def demo_payload(seq: int, stamp: str, size: int) -> bytes:
 
 
 async def run_demo(
-    engine: Engine, rate: float, size: int = DEFAULT_DEMO_SIZE, tick: float = DEFAULT_TICK
+    engine: Engine,
+    rate: float,
+    size: int = DEFAULT_DEMO_SIZE,
+    count: int | None = None,
+    tick: float = DEFAULT_TICK,
 ) -> None:
-    """Publish ``rate`` messages a second into the engine's active session, forever."""
+    """Publish ``rate`` messages a second into the engine's active session, forever or
+    until ``count`` messages were published."""
     if rate <= 0:
         raise ValueError(f"demo rate {rate} must be positive")
     loop = asyncio.get_running_loop()
     log.info("demo source: %g messages a second of %d bytes", rate, size)
     started = loop.time()
     made = 0
-    while True:
+    while count is None or made < count:
         due = int((loop.time() - started) * rate) - made
+        if count is not None:
+            due = min(due, count - made)
         if due <= 0:
             await asyncio.sleep(tick)
             continue
@@ -51,3 +58,4 @@ async def run_demo(
         payloads = [demo_payload(seq, stamp, size) for seq in range(first, first + due)]
         made += due
         await engine.publish_many(payloads)
+    log.info("demo source: published %d messages, stopping", made)

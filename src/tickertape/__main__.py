@@ -1,0 +1,7 @@
+"""``python -m tickertape``: the same as the ``tickertape`` command."""
+
+import sys
+
+from tickertape.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Helpers shared by the tests: a tickertape server in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+_LISTENING = re.compile(rb"SoupBinTCP listening on ([\d.:a-f]+):(\d+)")
+
+
+class ServerProcess:
+    """``tickertape serve`` on 127.0.0.1 and a free port, in a subprocess.
+
+    Its log (stderr) is collected in :attr:`lines`; ``wait_for_log`` waits for a line.
+    """
+
+    def __init__(self, data: Path, *args: str) -> None:
+        self.data = data
+        self.args = args
+        self.lines: list[str] = []
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._seen = threading.Condition()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.lines = []
+        self.port = 0
+        command = [
+            sys.executable,
+            "-m",
+            "tickertape",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data",
+            str(self.data),
+            *self.args,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for_log("SoupBinTCP listening on", timeout)
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for raw in self._process.stderr:
+            match = _LISTENING.search(raw)
+            with self._seen:
+                if match:
+                    self.port = int(match.group(2))
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
+        """The first log line containing ``text``; fails if the server exits first."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                assert self._process is not None
+                if self._process.poll() is not None and not (
+                    self._reader is not None and self._reader.is_alive()
+                ):
+                    raise AssertionError(
+                        f"server exited ({self._process.returncode}) before logging {text!r}:\n"
+                        + "\n".join(self.lines)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"server did not log {text!r} in {timeout} s:\n" + "\n".join(self.lines)
+                    )
+                self._seen.wait(min(left, 0.2))
+
+    def rss(self) -> int:
+        """The server's resident memory, bytes."""
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self._process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
