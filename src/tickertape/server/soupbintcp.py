@@ -188,21 +188,24 @@ class _Connection(asyncio.Protocol):
     def _handle_events(self) -> None:
         session = self._session
         assert session is not None
-        for event in session.events_received():
-            if isinstance(event, LoginRequested):
-                self._login(event.request)
-            elif isinstance(event, MessageReceived):
-                log.debug("%s sent an Unsequenced Data packet; ignored", self._peer)
-            elif isinstance(event, LogoutRequested):
-                log.info("%s logged out", self._peer)
-                self._flush()
-                self._close_transport()
-                return
-            elif isinstance(event, ConnectionLost):
-                log.info("dropping %s: %s", self._peer, event.reason)
-                self._flush()
-                self._close_transport()
-                return
+        # Accepting a login lets the session parse what the client sent after it, which
+        # can raise more events: drain until there are none.
+        while events := session.events_received():
+            for event in events:
+                if isinstance(event, LoginRequested):
+                    self._login(event.request)
+                elif isinstance(event, MessageReceived):
+                    log.debug("%s sent an Unsequenced Data packet; ignored", self._peer)
+                elif isinstance(event, LogoutRequested):
+                    log.info("%s logged out", self._peer)
+                    self._flush()
+                    self._close_transport()
+                    return
+                elif isinstance(event, ConnectionLost):
+                    log.info("dropping %s: %s", self._peer, event.reason)
+                    self._flush()
+                    self._close_transport()
+                    return
         self._flush()
 
     def _login(self, request: LoginRequest) -> None:
