@@ -207,6 +207,8 @@ class _Connection(asyncio.Protocol):
                     self._close_transport()
                     return
         self._flush()
+        if session.state is State.CLOSED:  # Login Rejected: close once it is sent
+            self._close_transport()
 
     def _login(self, request: LoginRequest) -> None:
         session = self._session

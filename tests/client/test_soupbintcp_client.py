@@ -1,0 +1,145 @@
+"""The asyncio subscriber against a real server, through a proxy that cuts connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tickertape.client.soupbintcp import Message, subscribe
+from tickertape.errors import LoginRejected
+from tickertape.server.engine import Engine
+from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Durability, SessionLog
+from tickertape.wire.soupbintcp import encode_sequenced_many
+
+TIMEOUT = 20.0
+
+
+class CuttingProxy:
+    """Forwards TCP to a server; :meth:`cut` aborts every connection passing through."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self.cuts = 0
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._pairs.append((writer, up_writer))
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut(self) -> None:
+        self.cuts += 1
+        for down, up in self._pairs:
+            for writer in (down, up):
+                writer.transport.abort()
+        self._pairs.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    data: Path, config: ServerConfig | None = None
+) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
+    engine = Engine(Catalogue(data, Durability.NONE))
+    await engine.start()
+    server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
+    await server.start()
+    try:
+        yield engine, server
+    finally:
+        await server.close()
+        await engine.close()
+
+
+def payload(seq: int) -> bytes:
+    return b"%d hello" % seq
+
+
+def test_resumes_after_cut_connections_with_no_gap_and_no_duplicate(tmp_path: Path) -> None:
+    total = 30_000
+
+    async def scenario() -> list[Message]:
+        async with running(tmp_path) as (engine, server):
+            proxy = CuttingProxy(server.port)
+            await proxy.start()
+
+            async def publish() -> None:
+                for first in range(1, total + 1, 500):
+                    await engine.publish_many([payload(s) for s in range(first, first + 500)])
+                    await asyncio.sleep(0.002)
+
+            publisher = asyncio.create_task(publish())
+            received: list[Message] = []
+            subscription = subscribe("127.0.0.1", proxy.port, seq=1, reconnect_delay=0.01)
+            async with subscription:
+                async for message in subscription:
+                    received.append(message)
+                    if len(received) % 7_000 == 0:
+                        proxy.cut()
+                    if len(received) == total:
+                        break
+            await publisher
+            assert proxy.cuts == total // 7_000
+            assert subscription.logins == proxy.cuts + 1
+            await proxy.close()
+            return received
+
+    received = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    assert [m.seq for m in received] == list(range(1, total + 1))
+    assert all(m.payload == payload(m.seq) for m in received)
+
+
+def test_a_closed_session_ends_the_iteration(tmp_path: Path) -> None:
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d") + "01"
+    with SessionLog.open(tmp_path / yesterday, create=True) as old:
+        old.append(encode_sequenced_many([payload(s) for s in range(1, 6)]), 5)
+
+    async def scenario() -> list[Message]:
+        async with running(tmp_path) as (_, server):
+            async with subscribe("127.0.0.1", server.port, yesterday, 2) as messages:
+                return [message async for message in messages]
+
+    received = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    assert [(m.session, m.seq, m.payload) for m in received] == [
+        (yesterday, s, payload(s)) for s in range(2, 6)
+    ]
+
+
+def test_a_rejected_login_raises_and_is_not_retried(tmp_path: Path) -> None:
+    config = ServerConfig(port=0, credentials=Credentials("bob", "pw"))
+
+    async def scenario() -> None:
+        async with running(tmp_path, config) as (_, server):
+            async with subscribe("127.0.0.1", server.port, username="bob", password="no") as sub:
+                async for _message in sub:
+                    pytest.fail("a rejected login yields nothing")
+
+    with pytest.raises(LoginRejected, match="not authorized") as caught:
+        asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    assert caught.value.reason == "A"

@@ -1,0 +1,154 @@
+"""Nasdaq's own Python client (PyPI ``nasdaq-protocols``) against a real tickertape server.
+
+The server runs in-process on 127.0.0.1 and an ephemeral port; the client logs in with a
+SoupBinTCP 4.00 Login Request, as it would to a Nasdaq host. Its reader handles about a
+thousand messages a second, so the counts stay small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nasdaq_protocols import soup
+
+from tickertape.server.engine import Engine
+from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Durability
+
+RECEIVE_TIMEOUT = 10.0
+"""Seconds to wait for one message; a heartbeat arrives every second, so a silent server
+that is still up cannot make the test hang."""
+
+
+def payload(seq: int) -> bytes:
+    return b"%d nasdaq-client message" % seq
+
+
+@asynccontextmanager
+async def running_server(
+    tmp_path: Path, credentials: Credentials | None = None
+) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
+    engine = Engine(Catalogue(tmp_path, Durability.BATCH))
+    await engine.start()
+    server = SoupBinTCPServer(engine, ServerConfig(port=0, credentials=credentials))
+    try:
+        await server.start()
+        yield engine, server
+    finally:
+        await server.close()
+        await engine.close()
+
+
+class NasdaqClient:
+    """A ``soup.SoupClientSession`` whose messages land in a queue (``None``: closed)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.session: Any = None
+
+    async def _on_msg(self, msg: Any) -> None:
+        self.queue.put_nowait(msg)
+
+    async def _on_close(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def connect(self, port: int, user: str, password: str, sequence: int) -> None:
+        self.session = await asyncio.wait_for(
+            soup.connect_async(
+                ("127.0.0.1", port),
+                user,
+                password,
+                session_id="",
+                sequence=sequence,
+                on_msg_coro=self._on_msg,
+                on_close_coro=self._on_close,
+                client_heartbeat_interval=1,
+                server_heartbeat_interval=3,
+            ),
+            timeout=5,
+        )
+
+    async def receive_sequenced(self, count: int) -> list[bytes]:
+        """The payloads of the next ``count`` Sequenced Data packets, skipping anything
+        else the client hands out (it handles heartbeats itself)."""
+        received: list[bytes] = []
+        while len(received) < count:
+            msg = await asyncio.wait_for(self.queue.get(), RECEIVE_TIMEOUT)
+            if msg is None:
+                raise AssertionError(
+                    f"the connection closed after {len(received)} of {count} messages"
+                )
+            if isinstance(msg, soup.SequencedData):
+                received.append(bytes(msg.data))
+        return received
+
+    async def logout(self) -> None:
+        if self.session is not None:
+            self.session.send_msg(soup.LogoutRequest())
+            await self.session.close()
+
+
+def test_nasdaq_client_receives_replay_then_live(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            first = await engine.publish_many([payload(seq) for seq in range(1, 21)])
+            assert first == 1
+            client = NasdaqClient()
+            await client.connect(server.port, "user", "pass", sequence=1)
+            try:
+                assert client.session.sequence == 0  # Login Accepted said: next is 1
+                replayed = await client.receive_sequenced(20)
+                assert replayed == [payload(seq) for seq in range(1, 21)]
+
+                # Idle for longer than the client's server-heartbeat timeout (3 s): the
+                # server's heartbeats (one a second) must keep the session up.
+                await asyncio.sleep(3.5)
+                idle = _drain(client.queue)
+                assert None not in idle, "the client closed the session while idle"
+                heartbeats = sum(isinstance(m, soup.ServerHeartbeat) for m in idle)
+                assert heartbeats >= 2, f"{heartbeats} server heartbeats in 3.5 s: {idle}"
+                assert not any(isinstance(m, soup.SequencedData) for m in idle)
+
+                first = await engine.publish_many([payload(seq) for seq in range(21, 41)])
+                assert first == 21
+                live = await client.receive_sequenced(20)
+                assert live == [payload(seq) for seq in range(21, 41)]
+                assert client.session.sequence == 40
+                await asyncio.sleep(0.2)
+                extra = [m for m in _drain(client.queue) if isinstance(m, soup.SequencedData)]
+                assert not extra, f"{len(extra)} messages more than were published"
+            finally:
+                await client.logout()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_nasdaq_client_rejected_with_wrong_password(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, Credentials("user", "secret")) as (engine, server):
+            await engine.publish_many([payload(1)])
+            client = NasdaqClient()
+            with pytest.raises(ConnectionRefusedError, match="NOT_AUTHORIZED"):
+                await client.connect(server.port, "user", "wrong", sequence=1)
+            # The right password still works on the same server.
+            good = NasdaqClient()
+            await good.connect(server.port, "user", "secret", sequence=1)
+            try:
+                assert await good.receive_sequenced(1) == [payload(1)]
+            finally:
+                await good.logout()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    items: list[Any] = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

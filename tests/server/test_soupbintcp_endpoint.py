@@ -1,0 +1,234 @@
+"""The SoupBinTCP endpoint over real sockets on 127.0.0.1, with an in-process engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tickertape.server.engine import Engine
+from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Durability, SessionLog
+from tickertape.wire.soupbintcp import (
+    EndOfSession,
+    Framer,
+    LoginAccepted,
+    LoginRejected,
+    LoginRequest,
+    LogoutRequest,
+    SequencedData,
+    ServerHeartbeat,
+    ServerPacket,
+    decode_server_packet,
+    encode_sequenced_many,
+)
+
+TIMEOUT = 10.0
+
+
+@contextlib.asynccontextmanager
+async def running(
+    data: Path, config: ServerConfig | None = None
+) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
+    engine = Engine(Catalogue(data, Durability.NONE))
+    await engine.start()
+    server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
+    await server.start()
+    try:
+        yield engine, server
+    finally:
+        await server.close()
+        await engine.close()
+
+
+class RawClient:
+    """A minimal SoupBinTCP client that hands out every packet, heartbeats excepted."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.framer = Framer()
+        self.pending: list[ServerPacket] = []
+
+    @classmethod
+    async def login(cls, port: int, request: LoginRequest) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request.encode())
+        return cls(reader, writer)
+
+    async def packet(self) -> ServerPacket | None:
+        """The next packet, or None at end of stream."""
+        while not self.pending:
+            for frame in self.framer:
+                packet = decode_server_packet(frame)
+                if not isinstance(packet, ServerHeartbeat):
+                    self.pending.append(packet)
+            if self.pending:
+                break
+            data = await asyncio.wait_for(self.reader.read(65536), TIMEOUT)
+            if not data:
+                return None
+            self.framer.feed(data)
+        return self.pending.pop(0)
+
+    async def messages(self, count: int) -> list[bytes]:
+        payloads: list[bytes] = []
+        while len(payloads) < count:
+            packet = await self.packet()
+            assert isinstance(packet, SequencedData), packet
+            payloads.append(packet.payload)
+        return payloads
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def payloads(first: int, count: int) -> list[bytes]:
+    return [b"message %d" % seq for seq in range(first, first + count)]
+
+
+def test_replay_then_live_from_sequence_1(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+            await engine.publish_many(payloads(1, 10))
+            client = await RawClient.login(server.port, LoginRequest("", "", "", 1))
+            assert await client.packet() == LoginAccepted(engine.session_id, 1)
+            assert await client.messages(10) == payloads(1, 10)
+            await engine.publish_many(payloads(11, 5))
+            assert await client.messages(5) == payloads(11, 5)
+            client.close()
+
+    asyncio.run(scenario())
+
+
+def test_sequence_0_is_live_only(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+            await engine.publish_many(payloads(1, 7))
+            client = await RawClient.login(server.port, LoginRequest("", "", "", 0))
+            assert await client.packet() == LoginAccepted(engine.session_id, 8)
+            await engine.publish_many(payloads(8, 3))
+            assert await client.messages(3) == payloads(8, 3)
+            client.close()
+
+    asyncio.run(scenario())
+
+
+def test_sequence_in_the_middle_and_beyond_the_tail(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+            await engine.publish_many(payloads(1, 10))
+            middle = await RawClient.login(server.port, LoginRequest("", "", "", 6))
+            ahead = await RawClient.login(server.port, LoginRequest("", "", "", 14))
+            assert await middle.packet() == LoginAccepted(engine.session_id, 6)
+            assert await ahead.packet() == LoginAccepted(engine.session_id, 14)
+            assert await middle.messages(5) == payloads(6, 5)
+            # 11..13 do not exist yet for `ahead`; it gets 14 on, sliced out of the batch
+            await engine.publish_many(payloads(11, 6))
+            assert await ahead.messages(3) == payloads(14, 3)
+            assert await middle.messages(6) == payloads(11, 6)
+            middle.close()
+            ahead.close()
+
+    asyncio.run(scenario())
+
+
+def test_unknown_session_is_rejected_with_s(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (_, server):
+            client = await RawClient.login(server.port, LoginRequest("", "", "1999010101", 1))
+            assert await client.packet() == LoginRejected("S")
+            assert await client.packet() is None
+
+    asyncio.run(scenario())
+
+
+def test_wrong_password_is_rejected_with_a(tmp_path: Path) -> None:
+    config = ServerConfig(port=0, credentials=Credentials("alice", "Secret"))
+
+    async def scenario() -> None:
+        async with running(tmp_path, config) as (engine, server):
+            bad = await RawClient.login(server.port, LoginRequest("alice", "wrong", "", 1))
+            assert await bad.packet() == LoginRejected("A")
+            assert await bad.packet() is None
+            # username and password compare case-insensitively (DESIGN, protocol choices)
+            good = await RawClient.login(server.port, LoginRequest("ALICE", "secret", "", 1))
+            assert await good.packet() == LoginAccepted(engine.session_id, 1)
+            good.close()
+
+    asyncio.run(scenario())
+
+
+def test_logout_closes_the_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+            client = await RawClient.login(server.port, LoginRequest("", "", "", 1))
+            assert await client.packet() == LoginAccepted(engine.session_id, 1)
+            client.writer.write(LogoutRequest().encode())
+            assert await client.packet() is None
+
+    asyncio.run(scenario())
+
+
+def test_malformed_packet_gets_a_debug_and_a_close(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path) as (_, server):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"\x00\x05Xjunk")
+            client = RawClient(reader, writer)
+            packet = await client.packet()
+            assert packet is not None
+            assert b"unknown packet type" in getattr(packet, "text", b"")
+            assert await client.packet() is None
+
+    asyncio.run(scenario())
+
+
+def test_closed_session_is_pulled_then_ended(tmp_path: Path) -> None:
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d") + "01"
+    with SessionLog.open(tmp_path / yesterday, create=True) as old:
+        old.append(encode_sequenced_many(payloads(1, 8)), 8)
+
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+            assert engine.session_id != yesterday
+            client = await RawClient.login(server.port, LoginRequest("", "", yesterday, 3))
+            assert await client.packet() == LoginAccepted(yesterday, 3)
+            assert await client.messages(6) == payloads(3, 6)
+            assert await client.packet() == EndOfSession()
+            assert await client.packet() is None
+
+    asyncio.run(scenario())
+
+
+def test_hand_off_while_publishing_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    total = 20_000
+
+    async def scenario() -> None:
+        async with running(tmp_path) as (engine, server):
+
+            async def publish() -> None:
+                for first in range(1, total + 1, 100):
+                    await engine.publish_many(payloads(first, 100))
+
+            publisher = asyncio.create_task(publish())
+            clients: list[RawClient] = []
+            for start in (1, 2, 50, 0):
+                while engine.next_seq < 3_000 * (len(clients) + 1):
+                    await asyncio.sleep(0.001)
+                client = await RawClient.login(server.port, LoginRequest("", "", "", start))
+                clients.append(client)
+            await publisher
+            for client in clients:
+                accepted = await client.packet()
+                assert isinstance(accepted, LoginAccepted)
+                first = accepted.sequence
+                assert await client.messages(total - first + 1) == payloads(
+                    first, total - first + 1
+                )
+                client.close()
+
+    asyncio.run(scenario())
