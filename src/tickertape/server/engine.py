@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from tickertape.clock import Clock, SystemClock
-from tickertape.errors import StoreError
+from tickertape.errors import LocalProtocolError, StoreError
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Appended, Durability, SessionLog
 from tickertape.store.sessionid import SessionId
-from tickertape.wire.soupbintcp import encode_sequenced_many
+from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,11 @@ class Engine:
         )
 
     async def close(self) -> None:
-        """Write what is queued, stop the writer and close the log."""
+        """Persist and publish what is queued, then stop the writer and close the log."""
         if self._writer is not None:
-            while self._queue and self._failure is None:
-                self._wakeup.set()
-                await asyncio.sleep(0)
-                if self._queue:
-                    await asyncio.sleep(0.001)
+            pending = [request.future for request in self._queue]
+            if pending and self._failure is None:
+                await asyncio.gather(*pending, return_exceptions=True)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -186,6 +184,12 @@ class Engine:
             raise StoreError(f"publishing has stopped: {self._failure}")
         if not payloads:
             return self._assigned_next
+        longest = max(map(len, payloads))
+        if longest > MAX_PAYLOAD:
+            raise LocalProtocolError(
+                f"a message of {longest} bytes cannot be published: SoupBinTCP carries at "
+                f"most {MAX_PAYLOAD} bytes a message"
+            )
         while self._queued_messages >= self.config.max_queued_messages:
             self._queue_space.clear()
             await self._queue_space.wait()

@@ -1,0 +1,78 @@
+"""The ``tickertape`` command, run as a user would: real subprocesses and sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ServerProcess
+
+
+def tickertape(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tickertape", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_tail_prints_the_first_five_demo_messages(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, "--demo", "1000") as server:
+        done = tickertape("tail", "--port", str(server.port), "--count", "5")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["1", "2", "3", "4", "5"]
+    # each demo payload starts with its own sequence number
+    assert all(line.split()[1] == line.split()[0] for line in lines)
+
+
+def test_tail_from_0_prints_consecutive_live_messages(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, "--demo", "1000") as server:
+        done = tickertape("tail", "--port", str(server.port), "--count", "5", "--from", "0")
+    assert done.returncode == 0, done.stderr
+    numbers = [int(line.split()[0]) for line in done.stdout.splitlines()]
+    assert numbers == list(range(numbers[0], numbers[0] + 5))
+
+
+def test_tail_hex_format(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, "--demo", "1000") as server:
+        done = tickertape("tail", "--port", str(server.port), "--count", "1", "--format", "hex")
+    assert done.returncode == 0, done.stderr
+    seq, text = done.stdout.split()
+    payload = bytes.fromhex(text)
+    assert seq == "1"
+    assert payload.startswith(b"1 ")
+    assert payload.rstrip().endswith(b" demo")
+    assert len(payload) == 100
+
+
+def test_tail_of_an_unknown_session_says_so(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as server:
+        done = tickertape("tail", "--port", str(server.port), "--session", "1999010101")
+    assert done.returncode == 1
+    assert "not available" in done.stderr
+
+
+@pytest.mark.parametrize("verb", ["serve", "tail"])
+def test_every_verb_has_help(verb: str) -> None:
+    done = tickertape(verb, "--help")
+    assert done.returncode == 0
+    assert "usage: tickertape " + verb in done.stdout
+
+
+def test_serve_refuses_credentials_soupbintcp_cannot_carry(tmp_path: Path) -> None:
+    done = tickertape("serve", "--data", str(tmp_path), "--user", "toolongname:pw")
+    assert done.returncode == 2
+    assert "at most 6 characters" in done.stderr
+
+
+def test_serve_says_when_the_port_is_taken(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "a") as server:
+        done = tickertape("serve", "--data", str(tmp_path / "b"), "--port", str(server.port))
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in done.stderr
