@@ -1,0 +1,150 @@
+"""The engine: persist, then publish; group commit; failures said clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tickertape.errors import LocalProtocolError, StoreError
+from tickertape.server.engine import Engine, EngineConfig
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import INDEX_FILE, Durability, SessionLog
+from tickertape.wire.soupbintcp import MAX_PAYLOAD
+
+
+class Recorder:
+    """A cursor that records what it is handed, as a live subscriber would send it."""
+
+    def __init__(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+        self.batches: list[tuple[int, int]] = []
+        self.data = b""
+
+    def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
+        self.batches.append((first_seq, count))
+        self.data += data
+        self.next_seq = first_seq + count
+
+    def session_ended(self) -> None:
+        raise AssertionError("not expected")
+
+
+def index_records(engine: Engine) -> int:
+    return (engine.session_log.directory / INDEX_FILE).stat().st_size // 32
+
+
+def run(durability: Durability, scenario: Callable[[Engine], Awaitable[None]], data: Path) -> None:
+    async def main() -> None:
+        engine = Engine(Catalogue(data, durability), EngineConfig(durability=durability))
+        await engine.start()
+        try:
+            await scenario(engine)
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+
+
+def test_publish_returns_sequence_numbers_once_persisted(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        assert engine.next_assigned == 1
+        assert await engine.publish(b"one") == 1
+        assert await engine.publish_many([b"two", b"three"]) == 2
+        assert engine.next_seq == 4
+        # durable and readable before publish returned
+        data, count = engine.session_log.read(1, 1 << 20)
+        assert count == 3
+        assert data == b"\x00\x04Sone\x00\x04Stwo\x00\x06Sthree"
+
+    run(Durability.BATCH, scenario, tmp_path)
+
+
+def test_concurrent_publishers_share_one_sync_per_batch(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        firsts = await asyncio.gather(*(engine.publish_many([b"x"] * 10) for _ in range(50)))
+        assert sorted(firsts) == list(range(1, 501, 10))
+        assert index_records(engine) < 50  # coalesced: group commit
+
+    run(Durability.BATCH, scenario, tmp_path)
+
+
+def test_always_syncs_every_publish_call_on_its_own(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        await asyncio.gather(*(engine.publish_many([b"x"] * 3) for _ in range(20)))
+        assert index_records(engine) == 20
+
+    run(Durability.ALWAYS, scenario, tmp_path)
+
+
+def test_live_cursors_get_each_batch_once_encoded(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        await engine.publish(b"before")
+        behind = Recorder(1)
+        assert not engine.go_live(behind)  # behind the tail: must read the log first
+        live = Recorder(engine.next_seq)
+        assert engine.go_live(live)
+        await engine.publish_many([b"a", b"b"])
+        assert live.batches == [(2, 2)]
+        assert live.data == b"\x00\x02Sa\x00\x02Sb"
+        engine.leave(live)
+        await engine.publish(b"c")
+        assert live.batches == [(2, 2)]
+
+    run(Durability.NONE, scenario, tmp_path)
+
+
+def test_a_message_too_large_is_refused_and_publishing_goes_on(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        with pytest.raises(LocalProtocolError, match="at most 65534 bytes"):
+            await engine.publish(b"x" * (MAX_PAYLOAD + 1))
+        assert await engine.publish(b"x" * MAX_PAYLOAD) == 1
+
+    run(Durability.BATCH, scenario, tmp_path)
+
+
+def test_a_failed_write_fails_its_publishers_clearly_and_keeps_the_log_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if data.startswith(b"\x00\x05Sfail"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    async def scenario(engine: Engine) -> None:
+        await engine.publish(b"good")
+        monkeypatch.setattr(os, "write", full_disk)
+        with pytest.raises(StoreError, match="not persisted: .*No space left"):
+            await engine.publish(b"fail")
+        with pytest.raises(StoreError, match="publishing has stopped"):
+            await engine.publish(b"later")
+        monkeypatch.setattr(os, "write", real_write)
+
+    run(Durability.BATCH, scenario, tmp_path)
+    session = next(p for p in tmp_path.iterdir() if p.is_dir())
+    with SessionLog.open(session, writable=False) as reopened:
+        assert reopened.recovery.clean
+        assert reopened.read(1, 100) == (b"\x00\x05Sgood", 1)
+
+
+def test_a_restart_continues_the_session_and_its_numbering(tmp_path: Path) -> None:
+    ids: list[str] = []
+
+    async def first(engine: Engine) -> None:
+        ids.append(engine.session_id)
+        await engine.publish_many([b"a", b"b", b"c"])
+
+    async def second(engine: Engine) -> None:
+        ids.append(engine.session_id)
+        assert engine.next_seq == 4
+        assert await engine.publish(b"d") == 4
+
+    run(Durability.BATCH, first, tmp_path)
+    run(Durability.BATCH, second, tmp_path)
+    assert ids[0] == ids[1]
