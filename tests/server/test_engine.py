@@ -120,7 +120,7 @@ def test_a_failed_write_fails_its_publishers_clearly_and_keeps_the_log_whole(
     async def scenario(engine: Engine) -> None:
         await engine.publish(b"good")
         monkeypatch.setattr(os, "write", full_disk)
-        with pytest.raises(StoreError, match="not persisted: .*No space left"):
+        with pytest.raises(StoreError, match=r"not persisted: .*No space left"):
             await engine.publish(b"fail")
         with pytest.raises(StoreError, match="publishing has stopped"):
             await engine.publish(b"later")

@@ -14,7 +14,7 @@ from typing import Final
 from tickertape.errors import ConfigError
 
 MAX_ROLLS_PER_DAY: Final = 99
-_PATTERN: Final = re.compile(r"\d{10}")
+_PATTERN: Final = re.compile(r"[0-9]{10}")  # ASCII only: \d matches any Unicode digit
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -63,4 +63,6 @@ class SessionId:
         return SessionId(self.day, self.counter + 1)
 
     def __str__(self) -> str:
-        return f"{self.day:%Y%m%d}{self.counter:02d}"
+        # Not ``%Y``: C strftime does not zero-pad years before 1000 on every platform.
+        day = self.day
+        return f"{day.year:04d}{day.month:02d}{day.day:02d}{self.counter:02d}"
