@@ -276,8 +276,8 @@ class SessionLog:
                 "a torn or damaged tail"
             )
             if writable:
-                cut_to = directory / f"{LOG_FILE}.cut-{end}"
-                with open(cut_to, "wb") as aside:
+                cut_to = _unused_path(directory / f"{LOG_FILE}.cut-{end}")
+                with open(cut_to, "xb") as aside:
                     position = end
                     while position < actual_size:
                         block = os.pread(
@@ -315,7 +315,8 @@ class SessionLog:
     def append(self, batch: bytes, count: int) -> Appended:
         """Append ``count`` encoded Sequenced Data packets and make them durable per the
         policy. Called from one thread only. Raises ``OSError`` when the write fails; the
-        log is then truncated back to where it was, so it never holds a partial batch."""
+        log and index are then truncated back to where they were, so they never hold a
+        partial batch."""
         if self._index_fd is None:
             raise StoreError(f"session log {self.directory} is open read-only")
         first_seq = self._next_seq
@@ -332,6 +333,10 @@ class SessionLog:
                 os.fdatasync(self._index_fd)
         except OSError:
             os.ftruncate(self._log_fd, offset)
+            # The record may already be in the index (a failed index sync): drop it too,
+            # or the next batch lands at the same offset under a stale record and the
+            # next recovery cuts it as damaged. The index holds one record per batch.
+            os.ftruncate(self._index_fd, len(self._first_seqs) * _RECORD_SIZE)
             raise
         self._first_seqs.append(first_seq)
         self._offsets.append(offset)
@@ -427,6 +432,17 @@ def verify(directory: Path) -> Recovery:
     """Check a session's log and index without changing anything."""
     with SessionLog.open(directory, writable=False) as session_log:
         return session_log.recovery
+
+
+def _unused_path(path: Path) -> Path:
+    """``path``, or ``path.N`` for the first N that does not exist: bytes moved aside by
+    an earlier recovery cut at the same offset must not be overwritten."""
+    candidate = path
+    number = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{number}")
+        number += 1
+    return candidate
 
 
 def _fsync_directory(directory: Path) -> None:

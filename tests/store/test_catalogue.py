@@ -1,0 +1,266 @@
+"""Tests of the catalogue: the sessions under a data directory, one directory each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tickertape.errors import ConfigError, SessionNotFound, StoreError
+from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
+from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
+from tickertape.store.sessionid import SessionId
+from tickertape.wire.soupbintcp import encode_sequenced_many
+
+TODAY = dt.date(2026, 11, 29)
+
+
+def make_session(
+    root: Path, session: str, payloads: Sequence[bytes] = (), *, ended: bool = False
+) -> Path:
+    """A session directory holding ``payloads`` in one batch."""
+    path = root / session
+    with SessionLog.open(path, create=True) as session_log:
+        if payloads:
+            session_log.append(encode_sequenced_many(payloads), len(payloads))
+    if ended:
+        (path / ENDED_MARKER).touch()
+    return path
+
+
+def ids(catalogue: Catalogue) -> list[str]:
+    return [str(info.id) for info in catalogue.sessions()]
+
+
+# ---------------------------------------------------------------------------- open_active
+
+
+def test_open_active_on_an_empty_directory(tmp_path: Path) -> None:
+    root = tmp_path / "data"  # does not exist yet
+    catalogue = Catalogue(root)
+    session, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert session == SessionId(TODAY, 1)
+        assert str(session) == "2026112901"
+        assert session_log.directory == root / "2026112901"
+        assert session_log.next_seq == 1
+        assert session_log.recovery.clean
+        assert session_log.durability is Durability.BATCH
+        session_log.append(encode_sequenced_many([b"hello"]), 1)  # writable
+    assert (root / "2026112901" / LOG_FILE).is_file()
+    assert (root / "2026112901" / INDEX_FILE).is_file()
+    assert catalogue.sessions() == [SessionInfo(session, root / "2026112901", ended=False)]
+
+
+def test_open_active_passes_the_durability_on(tmp_path: Path) -> None:
+    _, session_log = Catalogue(tmp_path, Durability.ALWAYS).open_active(TODAY)
+    with session_log:
+        assert session_log.durability is Durability.ALWAYS
+
+
+def test_open_active_continues_todays_session(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    session, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        session_log.append(encode_sequenced_many([b"one", b"two"]), 2)
+    again, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert again == session
+        assert session_log.next_seq == 3
+        assert session_log.recovery.clean
+        session_log.append(encode_sequenced_many([b"three"]), 1)
+        assert session_log.next_seq == 4
+    assert ids(catalogue) == ["2026112901"]
+
+
+def test_open_active_continues_the_latest_roll_of_today(tmp_path: Path) -> None:
+    make_session(tmp_path, "2026112901", [b"a"], ended=True)
+    make_session(tmp_path, "2026112902", [b"b", b"c"])
+    session, session_log = Catalogue(tmp_path).open_active(TODAY)
+    with session_log:
+        assert str(session) == "2026112902"
+        assert session_log.next_seq == 3
+
+
+def test_open_active_after_mark_ended_opens_the_next_counter(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    first, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        session_log.append(encode_sequenced_many([b"day one"]), 1)
+    catalogue.mark_ended(first)
+    assert (tmp_path / str(first) / ENDED_MARKER).exists()
+    assert catalogue.find(str(first)).ended
+
+    second, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert second == first.next_roll()
+        assert str(second) == "2026112902"
+        assert session_log.next_seq == 1
+    catalogue.mark_ended(second)
+    third, session_log = catalogue.open_active(TODAY)
+    session_log.close()
+    assert str(third) == "2026112903"
+    assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [
+        ("2026112901", True),
+        ("2026112902", True),
+        ("2026112903", False),
+    ]
+    # The ended sessions keep their data.
+    with catalogue.open_closed("2026112901") as closed:
+        assert closed.read(1, 1000) == (encode_sequenced_many([b"day one"]), 1)
+
+
+def test_mark_ended_is_idempotent(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    session, session_log = catalogue.open_active(TODAY)
+    session_log.close()
+    catalogue.mark_ended(session)
+    catalogue.mark_ended(session)
+    assert catalogue.find(str(session)).ended
+
+
+def test_mark_ended_of_an_unknown_session_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Catalogue(tmp_path).mark_ended(SessionId(TODAY, 5))
+
+
+def test_an_earlier_days_unended_session_is_ended(tmp_path: Path) -> None:
+    yesterday = make_session(tmp_path, "2026112802", [b"late"])
+    older = make_session(tmp_path, "2026112801", [b"early"], ended=True)
+    log_before = (yesterday / LOG_FILE).read_bytes()
+    catalogue = Catalogue(tmp_path)
+    session, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert str(session) == "2026112901"  # a new day starts at 01
+        assert session_log.next_seq == 1
+    assert (yesterday / ENDED_MARKER).exists()
+    assert (older / ENDED_MARKER).exists()
+    assert (yesterday / LOG_FILE).read_bytes() == log_before
+    assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [
+        ("2026112801", True),
+        ("2026112802", True),
+        ("2026112901", False),
+    ]
+
+
+def test_a_session_dated_after_today_raises(tmp_path: Path) -> None:
+    make_session(tmp_path, "2026113001")
+    catalogue = Catalogue(tmp_path)
+    with pytest.raises(
+        StoreError, match=r"session 2026113001 .* is dated after today \(2026-11-29\)"
+    ):
+        catalogue.open_active(TODAY)
+    assert ids(catalogue) == ["2026113001"]  # nothing was created for today
+
+
+def test_the_last_roll_of_a_day_cannot_be_followed(tmp_path: Path) -> None:
+    make_session(tmp_path, "2026112999", ended=True)
+    with pytest.raises(ConfigError, match="last of its day"):
+        Catalogue(tmp_path).open_active(TODAY)
+
+
+# ---------------------------------------------------------------------------- sessions, find
+
+
+def test_sessions_on_a_missing_directory(tmp_path: Path) -> None:
+    assert Catalogue(tmp_path / "absent").sessions() == []
+
+
+def test_sessions_are_ordered_and_filtered(tmp_path: Path) -> None:
+    for session in ["2026113001", "2026112910", "2026112902", "2025123199", "2026112901"]:
+        make_session(tmp_path, session, ended=session < "2026112910")
+    # Not sessions: other names, invalid ids, a file with a session's name.
+    for name in ["notes", "2026112900", "2026023001", "20261129", "202611290a"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "2026112903").write_bytes(b"not a directory")
+    (tmp_path / "README").write_text("hello")
+
+    sessions = Catalogue(tmp_path).sessions()
+    assert [str(i.id) for i in sessions] == [
+        "2025123199",
+        "2026112901",
+        "2026112902",
+        "2026112910",
+        "2026113001",
+    ]
+    assert [i.ended for i in sessions] == [True, True, True, False, False]
+    assert all(i.path == tmp_path / str(i.id) for i in sessions)
+    assert [i.id for i in sessions] == sorted(i.id for i in sessions)
+
+
+def test_find(tmp_path: Path) -> None:
+    make_session(tmp_path, "2026112901", [b"x"], ended=True)
+    make_session(tmp_path, "2026112902")
+    catalogue = Catalogue(tmp_path)
+    assert catalogue.find("2026112901") == SessionInfo(
+        SessionId(TODAY, 1), tmp_path / "2026112901", ended=True
+    )
+    assert catalogue.find("2026112902") == SessionInfo(
+        SessionId(TODAY, 2), tmp_path / "2026112902", ended=False
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "2026112903",  # well formed, not on disk
+        "2026112900",  # an invalid counter
+        "",  # blank
+        "ABCDEFGHIJ",
+        "../2026112901",
+        "2026112901 ",
+    ],
+)
+def test_find_unknown_raises_session_not_found(tmp_path: Path, name: str) -> None:
+    make_session(tmp_path, "2026112901")
+    with pytest.raises(SessionNotFound, match=rf"no session {name!r} in "):
+        Catalogue(tmp_path).find(name)
+
+
+def test_find_a_directory_without_a_log(tmp_path: Path) -> None:
+    (tmp_path / "2026112901").mkdir()
+    with pytest.raises(SessionNotFound):
+        Catalogue(tmp_path).find("2026112901")
+
+
+def test_session_not_found_is_a_store_error() -> None:
+    assert issubclass(SessionNotFound, StoreError)
+
+
+# ---------------------------------------------------------------------------- open_closed
+
+
+def test_open_closed_is_read_only(tmp_path: Path) -> None:
+    path = make_session(tmp_path, "2026112801", [b"m1", b"m2", b"m3"], ended=True)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.iterdir()}
+    catalogue = Catalogue(tmp_path)
+    with catalogue.open_closed("2026112801") as closed:
+        assert closed.next_seq == 4
+        assert closed.recovery.clean
+        data, count = closed.read(2, 1000)
+        assert (data, count) == (encode_sequenced_many([b"m2", b"m3"]), 2)
+        with pytest.raises(StoreError, match="read-only"):
+            closed.append(encode_sequenced_many([b"more"]), 1)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.iterdir()}
+    assert after == before
+
+
+def test_open_closed_does_not_repair(tmp_path: Path) -> None:
+    path = make_session(tmp_path, "2026112801", [b"m1", b"m2"], ended=True)
+    with open(path / LOG_FILE, "ab") as f:
+        f.write(b"\x00\x09Storn")  # a torn packet: served by nobody, moved by nobody
+    size = os.path.getsize(path / LOG_FILE)
+    with Catalogue(tmp_path).open_closed("2026112801") as closed:
+        assert closed.next_seq == 3
+        assert closed.recovery.cut_bytes == 7
+        assert closed.recovery.cut_to is None
+    assert os.path.getsize(path / LOG_FILE) == size
+    assert sorted(p.name for p in path.iterdir()) == [ENDED_MARKER, INDEX_FILE, LOG_FILE]
+
+
+def test_open_closed_of_unknown_raises(tmp_path: Path) -> None:
+    with pytest.raises(SessionNotFound):
+        Catalogue(tmp_path).open_closed("2026112901")

@@ -1,0 +1,976 @@
+"""Tests of the session log: appending, reading, durability, and crash recovery.
+
+Everything runs on real files. The log file is checked by parsing it independently with
+the wire framer (:func:`parse_log`), never only through :class:`SessionLog` itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tickertape.errors import StoreError
+from tickertape.store.log import (
+    INDEX_FILE,
+    LOG_FILE,
+    Appended,
+    Durability,
+    Recovery,
+    SessionLog,
+    packet_offsets,
+    verify,
+)
+from tickertape.wire.soupbintcp import (
+    Framer,
+    SequencedData,
+    decode_server_packet,
+    encode_sequenced_many,
+)
+
+RECORD_SIZE = 32
+"""One index record: first_seq, offset (u64), length, count, crc (u32), crc of the record."""
+
+BATCHES: list[list[bytes]] = [
+    [b"a"],
+    [b"bb", b"", b"ccc"],
+    [b"x" * 300, b"y"],
+    [b"z" * 17, b"zz" * 9, b"", b"q"],
+    [b"m1", b"m22", b"m333"],
+]
+"""The standard log: five batches, thirteen messages (two of them empty)."""
+
+ALL: list[bytes] = [p for batch in BATCHES for p in batch]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def size(payload: bytes) -> int:
+    """Bytes a message takes in the log: u16 length, 'S', payload."""
+    return 3 + len(payload)
+
+
+def ends(payloads: Sequence[bytes]) -> list[int]:
+    """Offset of every message, then the end: ``result[seq - 1]`` is where ``seq`` starts."""
+    return [0, *itertools.accumulate(size(p) for p in payloads)]
+
+
+def parse_log(data: bytes) -> list[bytes]:
+    """The payloads of a log file, parsed by the wire framer. Fails on a torn packet or
+    anything that is not Sequenced Data."""
+    framer = Framer()
+    framer.feed(data)
+    payloads = []
+    for frame in framer:
+        packet = decode_server_packet(frame)
+        assert isinstance(packet, SequencedData), packet
+        payloads.append(packet.payload)
+    assert framer.buffered == 0, f"the log ends in a torn packet ({framer.buffered} bytes)"
+    return payloads
+
+
+def append_batches(session_log: SessionLog, batches: Sequence[Sequence[bytes]]) -> list[Appended]:
+    return [session_log.append(encode_sequenced_many(b), len(b)) for b in batches]
+
+
+def make_log(
+    directory: Path,
+    batches: Sequence[Sequence[bytes]] = BATCHES,
+    durability: Durability = Durability.BATCH,
+) -> list[Appended]:
+    """A closed, clean log in ``directory`` holding ``batches``."""
+    with SessionLog.open(directory, durability=durability, create=True) as session_log:
+        return append_batches(session_log, batches)
+
+
+def logged(directory: Path) -> list[bytes]:
+    return parse_log((directory / LOG_FILE).read_bytes())
+
+
+def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, length: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(length)
+
+
+def add_to_log(directory: Path, data: bytes) -> None:
+    """Bytes written to the log with no index record: a crash before the index write."""
+    with open(directory / LOG_FILE, "ab") as f:
+        f.write(data)
+
+
+def reopen(
+    directory: Path, *, durability: Durability = Durability.BATCH, writable: bool = True
+) -> SessionLog:
+    return SessionLog.open(directory, durability=durability, writable=writable)
+
+
+def check_serves(session_log: SessionLog, payloads: Sequence[bytes]) -> None:
+    """``session_log`` serves exactly ``payloads``, from every sequence number."""
+    offsets = ends(payloads)
+    assert session_log.next_seq == len(payloads) + 1
+    assert session_log.end_offset == offsets[-1]
+    for seq in range(1, len(payloads) + 2):
+        assert session_log.offset_of(seq) == offsets[seq - 1]
+    data, count = session_log.read(1, 1 << 30)
+    assert count == len(payloads)
+    assert parse_log(data) == list(payloads)
+    assert data == (session_log.directory / LOG_FILE).read_bytes()
+
+
+def index_records(directory: Path) -> int:
+    raw = (directory / INDEX_FILE).read_bytes()
+    assert len(raw) % RECORD_SIZE == 0
+    return len(raw) // RECORD_SIZE
+
+
+# ---------------------------------------------------------------------------- packet_offsets
+
+
+def test_packet_offsets() -> None:
+    data = encode_sequenced_many([b"ab", b"", b"cdef"])
+    assert packet_offsets(data) == [0, 5, 8, 15]
+    assert packet_offsets(data, base=100) == [100, 105, 108, 115]
+    assert packet_offsets(b"") == [0]
+    # Stops at a torn packet, a torn header, a zero length or a type other than 'S'.
+    assert packet_offsets(data[:-1]) == [0, 5, 8]
+    assert packet_offsets(data + b"\x00") == [0, 5, 8, 15]
+    assert packet_offsets(data + b"\x00\x05") == [0, 5, 8, 15]
+    assert packet_offsets(data + b"\x00\x00S") == [0, 5, 8, 15]
+    assert packet_offsets(data + b"\x00\x01U" + data) == [0, 5, 8, 15]
+    assert packet_offsets(memoryview(data)) == [0, 5, 8, 15]
+
+
+# ---------------------------------------------------------------------------- create, append
+
+
+def test_create_empty(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    with SessionLog.open(directory, create=True) as session_log:
+        assert session_log.next_seq == 1
+        assert session_log.end_offset == 0
+        assert session_log.offset_of(1) == 0
+        assert session_log.read(1, 1000) == (b"", 0)
+        assert session_log.span(1, 1000, 1) == (0, 1, 0)
+        assert session_log.recovery == Recovery(messages=0, batches=0)
+        assert session_log.recovery.clean
+        assert session_log.durability is Durability.BATCH
+    assert (directory / LOG_FILE).read_bytes() == b""
+    assert (directory / INDEX_FILE).read_bytes() == b""
+    with reopen(directory) as session_log:
+        assert session_log.recovery.clean
+        assert session_log.next_seq == 1
+
+
+def test_open_missing_log_raises(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no session log at"):
+        SessionLog.open(tmp_path / "nothing")
+    with pytest.raises(StoreError, match="no session log at"):
+        SessionLog.open(tmp_path, writable=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_append_reports_where_batches_land(tmp_path: Path) -> None:
+    with SessionLog.open(tmp_path, create=True) as session_log:
+        appended = append_batches(session_log, BATCHES)
+    offsets = ends(ALL)
+    seq = 1
+    for batch, result in zip(BATCHES, appended, strict=True):
+        assert result == Appended(
+            first_seq=seq,
+            count=len(batch),
+            offset=offsets[seq - 1],
+            length=sum(map(size, batch)),
+        )
+        seq += len(batch)
+    assert logged(tmp_path) == ALL
+    assert index_records(tmp_path) == len(BATCHES)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_append_and_reopen(tmp_path: Path, durability: Durability) -> None:
+    with SessionLog.open(tmp_path, durability=durability, create=True) as session_log:
+        assert session_log.durability is durability
+        for count, batch in enumerate(BATCHES, 1):
+            session_log.append(encode_sequenced_many(batch), len(batch))
+            done = [p for b in BATCHES[:count] for p in b]
+            # Served at once by the appending instance, before any reopen.
+            check_serves(session_log, done)
+    assert logged(tmp_path) == ALL
+    with reopen(tmp_path, durability=durability) as session_log:
+        recovery = session_log.recovery
+        assert recovery.clean
+        assert recovery == Recovery(messages=len(ALL), batches=len(BATCHES))
+        check_serves(session_log, ALL)
+        # ... and appending continues where it left off.
+        extra = session_log.append(encode_sequenced_many([b"more", b"and more"]), 2)
+        assert extra.first_seq == len(ALL) + 1
+        assert session_log.next_seq == len(ALL) + 3
+    with reopen(tmp_path, durability=durability) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, [*ALL, b"more", b"and more"])
+
+
+def test_offset_of_every_seq(tmp_path: Path) -> None:
+    appended = make_log(tmp_path)
+    offsets = ends(ALL)
+    with reopen(tmp_path) as session_log:
+        for result in appended:
+            # First of the batch, then every one in the middle, then the next batch.
+            assert session_log.offset_of(result.first_seq) == result.offset
+            for seq in range(result.first_seq, result.first_seq + result.count):
+                assert session_log.offset_of(seq) == offsets[seq - 1]
+        assert session_log.offset_of(session_log.next_seq) == (tmp_path / LOG_FILE).stat().st_size
+        for bad in (0, -1, len(ALL) + 2, 10**9):
+            with pytest.raises(
+                StoreError, match=rf"sequence {bad} is not in .* \(1\.\.{len(ALL)}\)"
+            ):
+                session_log.offset_of(bad)
+
+
+def test_reader_and_fileno(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    with reopen(tmp_path) as session_log:
+        data = (tmp_path / LOG_FILE).read_bytes()
+        assert session_log.reader.read() == data
+        assert os.pread(session_log.fileno(), 10, 0) == data[:10]
+        assert session_log.fileno() == session_log.reader.fileno()
+    session_log.close()  # closing twice is harmless
+
+
+# ---------------------------------------------------------------------------- read and span
+
+
+def expected_read(
+    payloads: Sequence[bytes], seq: int, max_bytes: int, limit_seq: int | None
+) -> list[bytes]:
+    """A model of :meth:`SessionLog.read`."""
+    limit = len(payloads) + 1 if limit_seq is None else min(limit_seq, len(payloads) + 1)
+    taken: list[bytes] = []
+    used = 0
+    for number in range(seq, limit):
+        payload = payloads[number - 1]
+        if taken and used + size(payload) > max_bytes:
+            break
+        taken.append(payload)
+        used += size(payload)
+    return taken
+
+
+def test_read_against_a_model(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    total = ends(ALL)[-1]
+    with reopen(tmp_path) as session_log:
+        for seq in range(1, len(ALL) + 3):
+            for limit_seq in [None, *range(1, len(ALL) + 4)]:
+                for max_bytes in [*range(0, 40), 300, 303, 304, 305, 310, total, total + 1]:
+                    data, count = session_log.read(seq, max_bytes, limit_seq)
+                    want = expected_read(ALL, seq, max_bytes, limit_seq)
+                    assert parse_log(data) == want, (seq, max_bytes, limit_seq)
+                    assert count == len(want)
+                    if count:
+                        assert (
+                            data
+                            == (tmp_path / LOG_FILE).read_bytes()[
+                                session_log.offset_of(seq) : session_log.offset_of(seq + count)
+                            ]
+                        )
+                    if count > 1:
+                        assert len(data) <= max_bytes
+
+
+def test_read_at_least_one_packet(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    with reopen(tmp_path) as session_log:
+        for seq in range(1, len(ALL) + 1):
+            for max_bytes in (0, 1, 2):
+                data, count = session_log.read(seq, max_bytes)
+                assert count == 1
+                assert parse_log(data) == [ALL[seq - 1]]
+
+
+def test_read_limit_seq(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    with reopen(tmp_path) as session_log:
+        data, count = session_log.read(2, 1 << 20, limit_seq=5)
+        assert (parse_log(data), count) == (ALL[1:4], 3)
+        data, count = session_log.read(2, 1 << 20, limit_seq=100)  # clipped to next_seq
+        assert (parse_log(data), count) == (ALL[1:], len(ALL) - 1)
+        assert session_log.read(5, 1 << 20, limit_seq=5) == (b"", 0)
+        assert session_log.read(5, 1 << 20, limit_seq=3) == (b"", 0)
+        assert session_log.read(len(ALL) + 1, 1 << 20) == (b"", 0)
+        assert session_log.read(len(ALL) + 5, 1 << 20) == (b"", 0)
+
+
+def test_read_large_packets(tmp_path: Path) -> None:
+    """Messages near the 64 KiB limit: ``read`` looks beyond ``max_bytes`` for one packet."""
+    big = [bytes([n]) * 65534 for n in range(3)] + [b"small"]
+    make_log(tmp_path, [big])
+    with reopen(tmp_path) as session_log:
+        data, count = session_log.read(1, 10)
+        assert (parse_log(data), count) == (big[:1], 1)
+        data, count = session_log.read(2, 65537 * 2 - 1)
+        assert (parse_log(data), count) == (big[1:2], 1)
+        data, count = session_log.read(1, 65537 * 2)
+        assert (parse_log(data), count) == (big[:2], 2)
+        data, count = session_log.read(3, 65537 + size(b"small") - 1)
+        assert (parse_log(data), count) == (big[2:3], 1)
+        data, count = session_log.read(3, 65537 + size(b"small"))
+        assert (parse_log(data), count) == (big[2:4], 2)
+        data, count = session_log.read(1, 65537 * 3 + size(b"small"))
+        assert (parse_log(data), count) == (big, 4)
+
+
+def test_span_against_a_model(tmp_path: Path) -> None:
+    appended = make_log(tmp_path)
+    boundaries = {a.first_seq: a.offset for a in appended}
+    boundaries[len(ALL) + 1] = ends(ALL)[-1]
+    total = ends(ALL)[-1]
+    with reopen(tmp_path) as session_log:
+        for seq in range(1, len(ALL) + 1):
+            for limit_seq in range(seq + 1, len(ALL) + 2):
+                for max_bytes in [*range(1, 40), 300, 305, 320, 330, total]:
+                    start, end_seq, end_offset = session_log.span(seq, max_bytes, limit_seq)
+                    assert start == session_log.offset_of(seq)
+                    assert seq < end_seq <= limit_seq
+                    assert end_offset == session_log.offset_of(end_seq)
+                    # It ends on a batch boundary, or at the limit ...
+                    assert end_seq == limit_seq or end_seq in boundaries
+                    # ... the first boundary at least max_bytes on, else the limit.
+                    if end_seq < limit_seq:
+                        assert end_offset - start >= max_bytes
+                    earlier = [
+                        s
+                        for s, o in boundaries.items()
+                        if seq < s < end_seq and o - start >= max_bytes
+                    ]
+                    assert earlier == []
+                    data = (tmp_path / LOG_FILE).read_bytes()[start:end_offset]
+                    assert parse_log(data) == ALL[seq - 1 : end_seq - 1]
+
+
+# ---------------------------------------------------------------------------- durability
+
+
+def _spy_syncs(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[str]:
+    """Record which file each ``fdatasync``/``fsync`` call synced, by inode."""
+    names = {(directory / n).stat().st_ino: n for n in (LOG_FILE, INDEX_FILE)}
+    calls: list[str] = []
+
+    def wrap(real: Callable[[int], None]) -> Callable[[int], None]:
+        def spy(fd: int) -> None:
+            calls.append(names.get(os.fstat(fd).st_ino, "other"))
+            real(fd)
+
+        return spy
+
+    monkeypatch.setattr(os, "fdatasync", wrap(os.fdatasync))
+    monkeypatch.setattr(os, "fsync", wrap(os.fsync))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("durability", "per_batch"),
+    [
+        (Durability.NONE, []),
+        (Durability.BATCH, [LOG_FILE]),
+        (Durability.ALWAYS, [LOG_FILE, INDEX_FILE]),
+    ],
+)
+def test_durability_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: Durability, per_batch: list[str]
+) -> None:
+    with SessionLog.open(tmp_path, durability=durability, create=True) as session_log:
+        calls = _spy_syncs(monkeypatch, tmp_path)
+        append_batches(session_log, BATCHES)
+        assert calls == per_batch * len(BATCHES)
+    monkeypatch.undo()
+    with reopen(tmp_path, durability=durability) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, ALL)
+
+
+def test_durability_values() -> None:
+    assert [d.value for d in Durability] == ["none", "batch", "always"]
+    assert Durability("batch") is Durability.BATCH
+
+
+# ---------------------------------------------------------------------------- failed appends
+
+
+def test_failed_index_write_rolls_the_log_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SessionLog.open(tmp_path, create=True) as session_log:
+        append_batches(session_log, BATCHES[:2])
+        before = (tmp_path / LOG_FILE).read_bytes()
+        index_inode = (tmp_path / INDEX_FILE).stat().st_ino
+        real_write = os.write
+
+        def failing_write(fd: int, data: bytes) -> int:
+            if os.fstat(fd).st_ino == index_inode:
+                raise OSError(28, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", failing_write)
+        with pytest.raises(OSError, match="No space left"):
+            session_log.append(encode_sequenced_many(BATCHES[2]), len(BATCHES[2]))
+        monkeypatch.undo()
+        assert (tmp_path / LOG_FILE).read_bytes() == before
+        assert session_log.next_seq == 5
+        # The log goes on as if the failed batch had never been offered.
+        append_batches(session_log, BATCHES[2:])
+        check_serves(session_log, ALL)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, ALL)
+
+
+def test_short_log_write_rolls_the_log_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SessionLog.open(tmp_path, create=True) as session_log:
+        append_batches(session_log, BATCHES[:2])
+        before = (tmp_path / LOG_FILE).read_bytes()
+        real_write = os.write
+
+        def short_write(fd: int, data: bytes) -> int:
+            return real_write(fd, data[: len(data) // 2])
+
+        monkeypatch.setattr(os, "write", short_write)
+        with pytest.raises(OSError, match="short write"):
+            session_log.append(encode_sequenced_many(BATCHES[2]), len(BATCHES[2]))
+        monkeypatch.undo()
+        assert (tmp_path / LOG_FILE).read_bytes() == before
+        append_batches(session_log, BATCHES[2:])
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, ALL)
+
+
+@pytest.mark.parametrize("failing", [LOG_FILE, INDEX_FILE])
+def test_failed_sync_rolls_back_log_and_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A failed ``fdatasync`` (of the log, or of the index after its record was written)
+    leaves neither the batch nor its index record behind: later batches are appended,
+    acknowledged, and survive a reopen."""
+    with SessionLog.open(tmp_path, durability=Durability.ALWAYS, create=True) as session_log:
+        append_batches(session_log, BATCHES[:2])
+        inode = (tmp_path / failing).stat().st_ino
+        real_sync = os.fdatasync
+
+        def failing_sync(fd: int) -> None:
+            if os.fstat(fd).st_ino == inode:
+                raise OSError(5, "Input/output error")
+            real_sync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", failing_sync)
+        with pytest.raises(OSError, match="Input/output error"):
+            session_log.append(encode_sequenced_many([b"lost"]), 1)
+        monkeypatch.undo()
+        assert index_records(tmp_path) == 2
+        append_batches(session_log, BATCHES[2:])
+        check_serves(session_log, ALL)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean, session_log.recovery.problems
+        check_serves(session_log, ALL)
+
+
+def test_read_only_log_refuses_appends(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    with reopen(tmp_path, writable=False) as session_log:
+        with pytest.raises(StoreError, match="read-only"):
+            session_log.append(encode_sequenced_many([b"no"]), 1)
+        check_serves(session_log, ALL)
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+LAST = BATCHES[-1]
+BEFORE_LAST = ALL[: -len(LAST)]
+
+
+@pytest.mark.parametrize("kept_bytes", [1, 2, 3, 4, size(b"p333333") - 1])
+def test_recover_torn_unindexed_packet(tmp_path: Path, kept_bytes: int) -> None:
+    """(a) A batch written to the log, torn in its third packet, with no index record."""
+    make_log(tmp_path)
+    extra = [b"p1", b"p22", b"p333333"]
+    whole = sum(map(size, extra[:2]))
+    raw = encode_sequenced_many(extra)
+    add_to_log(tmp_path, raw[: whole + kept_bytes])
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert not recovery.clean
+        assert recovery.messages == len(ALL) + 2
+        assert recovery.reindexed_messages == 2
+        assert recovery.cut_bytes == kept_bytes
+        end = ends(ALL)[-1] + whole
+        assert recovery.cut_to == tmp_path / f"log.cut-{end}"
+        assert recovery.cut_to.read_bytes() == raw[whole : whole + kept_bytes]
+        assert any("re-indexed 2 messages" in p for p in recovery.problems)
+        assert any(f"cut {kept_bytes} bytes after offset {end}" in p for p in recovery.problems)
+        check_serves(session_log, [*ALL, *extra[:2]])
+    assert logged(tmp_path) == [*ALL, *extra[:2]]
+
+
+def test_recover_torn_packet_in_the_last_indexed_batch(tmp_path: Path) -> None:
+    """(a) The log is shorter than the index says: the last batch's second packet is torn."""
+    appended = make_log(tmp_path)
+    original = (tmp_path / LOG_FILE).read_bytes()
+    last = appended[-1]
+    tear = last.offset + size(LAST[0]) + 3
+    truncate(tmp_path / LOG_FILE, tear)
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert any(
+            f"log is shorter ({tear} bytes) than the index says ({last.offset + last.length})"
+            f"; sequence {last.first_seq} on is missing" in p
+            for p in recovery.problems
+        )
+        # The whole packet before the tear is kept; the torn one is moved aside.
+        assert recovery.messages == len(BEFORE_LAST) + 1
+        assert recovery.reindexed_messages == 1
+        assert recovery.cut_bytes == 3
+        cut_at = last.offset + size(LAST[0])
+        assert recovery.cut_to == tmp_path / f"log.cut-{cut_at}"
+        assert recovery.cut_to.read_bytes() == original[cut_at:tear]
+        check_serves(session_log, [*BEFORE_LAST, LAST[0]])
+    assert logged(tmp_path) == [*BEFORE_LAST, LAST[0]]
+    assert index_records(tmp_path) == len(BATCHES)
+
+
+def test_recover_log_truncated_on_a_batch_boundary(tmp_path: Path) -> None:
+    appended = make_log(tmp_path)
+    truncate(tmp_path / LOG_FILE, appended[-1].offset)
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert len(recovery.problems) == 1
+        assert "log is shorter" in recovery.problems[0]
+        assert recovery.cut_bytes == 0
+        assert recovery.cut_to is None
+        check_serves(session_log, BEFORE_LAST)
+    assert index_records(tmp_path) == len(BATCHES) - 1
+
+
+def test_recover_unindexed_whole_packets(tmp_path: Path) -> None:
+    """(b) Whole batches in the log with no index record: a crash between the log write
+    and the index write. They are re-indexed and served."""
+    make_log(tmp_path)
+    extra = [[b"e1", b"e22"], [b"e333"], [b"", b"e5" * 100]]
+    for batch in extra:
+        add_to_log(tmp_path, encode_sequenced_many(batch))
+    flat = [p for b in extra for p in b]
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert recovery.problems == (
+            f"re-indexed {len(flat)} messages written after the last index record",
+        )
+        assert recovery.reindexed_messages == len(flat)
+        assert recovery.messages == len(ALL) + len(flat)
+        assert recovery.cut_bytes == 0
+        assert recovery.cut_to is None
+        check_serves(session_log, [*ALL, *flat])
+    assert index_records(tmp_path) > len(BATCHES)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, [*ALL, *flat])
+
+
+def test_recover_without_an_index(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    (tmp_path / INDEX_FILE).unlink()
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.reindexed_messages == len(ALL)
+        check_serves(session_log, ALL)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+
+
+@pytest.mark.parametrize(
+    "index_size", [1, RECORD_SIZE - 1, 2 * RECORD_SIZE + 5, 5 * RECORD_SIZE - 1]
+)
+def test_recover_partial_index_record(tmp_path: Path, index_size: int) -> None:
+    """(c) The index ends in a partial record: a crash in the middle of an index write."""
+    make_log(tmp_path)
+    truncate(tmp_path / INDEX_FILE, index_size)
+    whole = index_size // RECORD_SIZE
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert recovery.problems[0] == (
+            f"index ends in a partial record ({index_size % RECORD_SIZE} bytes)"
+        )
+        unindexed = sum(map(len, BATCHES[whole:]))
+        assert recovery.reindexed_messages == unindexed
+        assert recovery.cut_bytes == 0
+        check_serves(session_log, ALL)
+    assert (tmp_path / INDEX_FILE).stat().st_size % RECORD_SIZE == 0
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, ALL)
+
+
+def test_recover_junk_after_the_last_index_record(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    with open(tmp_path / INDEX_FILE, "ab") as f:
+        f.write(b"\xff" * 7)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.problems == ("index ends in a partial record (7 bytes)",)
+        check_serves(session_log, ALL)
+    assert index_records(tmp_path) == len(BATCHES)
+
+
+@pytest.mark.parametrize("bit", [0, 8 * 3 + 1, 8 * 9, 8 * 17 + 4, 8 * 21, 8 * 25 + 7, 8 * 29 + 2])
+def test_recover_flipped_bit_in_an_index_record(tmp_path: Path, bit: int) -> None:
+    """(d) A bit flipped in an index record (any field, or the record's own checksum)."""
+    make_log(tmp_path)
+    flip_bit(tmp_path / INDEX_FILE, RECORD_SIZE + bit // 8, bit % 8)
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert recovery.problems[0] == "index record 1 fails its checksum"
+        # The log itself is intact: everything from batch 1 on is re-indexed from it.
+        assert recovery.reindexed_messages == len(ALL) - len(BATCHES[0])
+        assert recovery.cut_bytes == 0
+        check_serves(session_log, ALL)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, ALL)
+
+
+def test_recover_index_record_that_does_not_follow_on(tmp_path: Path) -> None:
+    """A well-formed record (its own checksum is right) in the wrong place."""
+    make_log(tmp_path)
+    raw = (tmp_path / INDEX_FILE).read_bytes()
+    # Record 2 repeated where record 3 should be.
+    damaged = (
+        raw[: 3 * RECORD_SIZE] + raw[2 * RECORD_SIZE : 3 * RECORD_SIZE] + raw[4 * RECORD_SIZE :]
+    )
+    (tmp_path / INDEX_FILE).write_bytes(damaged)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.problems[0].startswith("index record 3 does not follow on")
+        check_serves(session_log, ALL)
+
+
+@pytest.mark.parametrize(
+    ("where", "bit"),
+    [
+        ("length", 3),  # the packet length field: the batch no longer parses the same
+        ("type", 0),  # the 'S' type byte
+        ("payload", 5),
+        ("last byte", 7),
+    ],
+)
+def test_recover_flipped_bit_inside_a_middle_batch(tmp_path: Path, where: str, bit: int) -> None:
+    """(e) A flipped bit inside batch 2 of 5: batches 0 and 1 are kept; everything from
+    batch 2 on is moved aside to ``log.cut-OFFSET``, byte for byte, and never served."""
+    appended = make_log(tmp_path)
+    damaged = appended[2]
+    position = {
+        "length": damaged.offset + 1,
+        "type": damaged.offset + 2,
+        "payload": damaged.offset + 3 + 100,
+        "last byte": damaged.offset + damaged.length - 1,
+    }[where]
+    flip_bit(tmp_path / LOG_FILE, position, bit)
+    on_disk = (tmp_path / LOG_FILE).read_bytes()
+    kept = [p for b in BATCHES[:2] for p in b]
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        last_seq = damaged.first_seq + damaged.count - 1
+        assert recovery.problems == (
+            f"batch at offset {damaged.offset} (sequence {damaged.first_seq}..{last_seq})"
+            " fails its checksum",
+            f"cut {len(on_disk) - damaged.offset} bytes after offset {damaged.offset} "
+            f"(sequence {damaged.first_seq} on): a torn or damaged tail",
+        )
+        assert recovery.messages == len(kept)
+        assert recovery.batches == 2
+        assert recovery.reindexed_messages == 0
+        assert recovery.cut_bytes == len(on_disk) - damaged.offset
+        assert recovery.cut_to == tmp_path / f"log.cut-{damaged.offset}"
+        assert recovery.cut_to.read_bytes() == on_disk[damaged.offset :]
+        check_serves(session_log, kept)
+        assert session_log.read(damaged.first_seq, 1 << 20) == (b"", 0)
+        with pytest.raises(StoreError):
+            session_log.offset_of(damaged.first_seq + 1)
+    assert (tmp_path / LOG_FILE).read_bytes() == on_disk[: damaged.offset]
+    assert index_records(tmp_path) == 2
+
+
+def test_recover_flipped_bit_in_the_first_batch(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    on_disk_before = (tmp_path / LOG_FILE).read_bytes()
+    flip_bit(tmp_path / LOG_FILE, 3)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.messages == 0
+        assert session_log.recovery.cut_to == tmp_path / "log.cut-0"
+        check_serves(session_log, [])
+    assert (tmp_path / "log.cut-0").read_bytes()[4:] == on_disk_before[4:]
+    assert (tmp_path / LOG_FILE).read_bytes() == b""
+
+
+def test_a_second_cut_at_the_same_offset_keeps_the_first(tmp_path: Path) -> None:
+    """Bytes moved aside are never overwritten by a later cut at the same offset."""
+    appended = make_log(tmp_path)
+    at = appended[2].offset
+    flip_bit(tmp_path / LOG_FILE, at + 3)
+    first_cut = (tmp_path / LOG_FILE).read_bytes()[at:]
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.cut_to == tmp_path / f"log.cut-{at}"
+        append_batches(session_log, [[b"again"]])
+    flip_bit(tmp_path / LOG_FILE, at + 3)
+    second_cut = (tmp_path / LOG_FILE).read_bytes()[at:]
+    with reopen(tmp_path) as session_log:
+        cut_to = session_log.recovery.cut_to
+        assert cut_to is not None
+        assert cut_to == tmp_path / f"log.cut-{at}.1"
+        assert cut_to.read_bytes() == second_cut
+    assert (tmp_path / f"log.cut-{at}").read_bytes() == first_cut
+
+
+# ---------------------------------------------------------------------------- damage catalogue
+
+
+Damage = Callable[[Path, list[Appended]], list[bytes]]
+"""Damages a log made by :func:`make_log`; returns the messages that must survive."""
+
+
+def _clean(directory: Path, appended: list[Appended]) -> list[bytes]:
+    return ALL
+
+
+def _torn_unindexed(directory: Path, appended: list[Appended]) -> list[bytes]:
+    add_to_log(directory, encode_sequenced_many([b"t1", b"t2"])[:7])
+    return [*ALL, b"t1"]
+
+
+def _torn_indexed(directory: Path, appended: list[Appended]) -> list[bytes]:
+    truncate(directory / LOG_FILE, appended[-1].offset + size(LAST[0]) + 2)
+    return [*BEFORE_LAST, LAST[0]]
+
+
+def _unindexed(directory: Path, appended: list[Appended]) -> list[bytes]:
+    add_to_log(directory, encode_sequenced_many([b"u1", b"u2"]))
+    return [*ALL, b"u1", b"u2"]
+
+
+def _partial_index(directory: Path, appended: list[Appended]) -> list[bytes]:
+    truncate(directory / INDEX_FILE, 3 * RECORD_SIZE + 11)
+    return ALL
+
+
+def _index_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
+    flip_bit(directory / INDEX_FILE, 2 * RECORD_SIZE + 9, 2)
+    return ALL
+
+
+def _batch_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
+    flip_bit(directory / LOG_FILE, appended[3].offset + 4, 6)
+    return [p for b in BATCHES[:3] for p in b]
+
+
+def _no_index(directory: Path, appended: list[Appended]) -> list[bytes]:
+    (directory / INDEX_FILE).unlink()
+    return ALL
+
+
+DAMAGES: dict[str, Damage] = {
+    "clean": _clean,
+    "torn-unindexed": _torn_unindexed,
+    "torn-indexed": _torn_indexed,
+    "unindexed": _unindexed,
+    "partial-index": _partial_index,
+    "index-bit": _index_bit,
+    "batch-bit": _batch_bit,
+    "no-index": _no_index,
+}
+
+EACH_DAMAGE = pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
+
+OLD = 1_000_000_000 * 10**9  # 2001-09-09, in nanoseconds
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in ``directory`` with its bytes and mtime, and the directory's mtime."""
+    state = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+    state["."] = (b"", directory.stat().st_mtime_ns)
+    return state
+
+
+def age(directory: Path) -> None:
+    """Set every mtime far in the past, so that any write would show."""
+    for path in directory.iterdir():
+        os.utime(path, ns=(OLD, OLD))
+    os.utime(directory, ns=(OLD, OLD))
+
+
+@EACH_DAMAGE
+def test_read_only_open_and_verify_change_nothing(tmp_path: Path, damage: str) -> None:
+    """(f) A read-only open and ``verify`` find the same problems as a writable open,
+    serve only the trusted prefix, and change nothing on disk."""
+    appended = make_log(tmp_path)
+    survivors = DAMAGES[damage](tmp_path, appended)
+    age(tmp_path)
+    before = snapshot(tmp_path)
+
+    with reopen(tmp_path, writable=False) as session_log:
+        seen = session_log.recovery
+        assert seen.cut_to is None
+        assert seen.messages == len(survivors)
+        assert session_log.next_seq == len(survivors) + 1
+        for seq in range(1, len(survivors) + 2):
+            assert session_log.offset_of(seq) == ends(survivors)[seq - 1]
+        data, count = session_log.read(1, 1 << 20)
+        assert count == len(survivors)
+        assert parse_log(data) == survivors
+    assert snapshot(tmp_path) == before
+
+    verified = verify(tmp_path)
+    assert verified == seen
+    assert verified.clean == (damage == "clean")
+    assert snapshot(tmp_path) == before
+
+    # A writable open finds the same problems, and (unless clean) repairs.
+    with reopen(tmp_path) as session_log:
+        repaired = session_log.recovery
+        assert repaired.problems == seen.problems
+        assert repaired.messages == seen.messages
+        assert repaired.cut_bytes == seen.cut_bytes
+    assert (snapshot(tmp_path) == before) == (damage == "clean")
+    assert verify(tmp_path).clean
+
+
+@EACH_DAMAGE
+@pytest.mark.parametrize("durability", list(Durability))
+def test_appending_after_recovery(tmp_path: Path, damage: str, durability: Durability) -> None:
+    """(g) After recovery, appending continues with the next sequence number, and a
+    second reopen is clean."""
+    appended = make_log(tmp_path, durability=durability)
+    survivors = DAMAGES[damage](tmp_path, appended)
+    with reopen(tmp_path, durability=durability) as session_log:
+        assert session_log.recovery.clean == (damage == "clean")
+        assert session_log.next_seq == len(survivors) + 1
+        result = session_log.append(encode_sequenced_many([b"after", b"recovery"]), 2)
+        assert result.first_seq == len(survivors) + 1
+        assert session_log.next_seq == len(survivors) + 3
+        check_serves(session_log, [*survivors, b"after", b"recovery"])
+    with reopen(tmp_path, durability=durability) as session_log:
+        assert session_log.recovery.clean, session_log.recovery.problems
+        assert session_log.recovery.messages == len(survivors) + 2
+        check_serves(session_log, [*survivors, b"after", b"recovery"])
+    assert logged(tmp_path) == [*survivors, b"after", b"recovery"]
+    assert verify(tmp_path).clean
+
+
+def test_index_checksums_cover_every_batch(tmp_path: Path) -> None:
+    """The index's own format, as documented: one CRC-protected record per batch."""
+    appended = make_log(tmp_path)
+    raw = (tmp_path / INDEX_FILE).read_bytes()
+    log_bytes = (tmp_path / LOG_FILE).read_bytes()
+    assert len(raw) == RECORD_SIZE * len(appended)
+    for number, result in enumerate(appended):
+        record = raw[number * RECORD_SIZE : (number + 1) * RECORD_SIZE]
+        assert zlib.crc32(record[:28]) == int.from_bytes(record[28:], "little")
+        assert int.from_bytes(record[0:8], "little") == result.first_seq
+        assert int.from_bytes(record[8:16], "little") == result.offset
+        assert int.from_bytes(record[16:20], "little") == result.length
+        assert int.from_bytes(record[20:24], "little") == result.count
+        batch = log_bytes[result.offset : result.offset + result.length]
+        assert int.from_bytes(record[24:28], "little") == zlib.crc32(batch)
+
+
+# ---------------------------------------------------------------------------- properties
+
+
+batches_strategy = st.lists(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=6), min_size=1, max_size=8
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=batches_strategy, data=st.data())
+def test_truncation_leaves_a_prefix(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[bytes]], data: st.DataObject
+) -> None:
+    """Whatever byte the log (and perhaps the index) is cut at, reopening serves exactly
+    the whole messages before the cut, and never a torn packet."""
+    directory = tmp_path_factory.mktemp("truncated")
+    make_log(directory, batches)
+    payloads = [p for b in batches for p in b]
+    log_bytes = (directory / LOG_FILE).read_bytes()
+    cut = data.draw(st.integers(0, len(log_bytes)), label="log cut")
+    truncate(directory / LOG_FILE, cut)
+    index_size = (directory / INDEX_FILE).stat().st_size
+    index_cut = data.draw(st.none() | st.integers(0, index_size), label="index cut")
+    if index_cut is not None:
+        truncate(directory / INDEX_FILE, index_cut)
+
+    whole = sum(1 for end in ends(payloads)[1:] if end <= cut)
+    with reopen(directory) as session_log:
+        on_disk = logged(directory)  # parses strictly: no torn packet
+        assert on_disk == payloads[: len(on_disk)]
+        assert session_log.next_seq == len(on_disk) + 1
+        # Nothing whole was thrown away.
+        assert len(on_disk) == whole
+        check_serves(session_log, on_disk)
+        recovery = session_log.recovery
+        kept_bytes = ends(payloads)[whole]
+        assert recovery.cut_bytes == cut - kept_bytes
+        if recovery.cut_to is not None:
+            assert recovery.cut_to.read_bytes() == log_bytes[kept_bytes:cut]
+        session_log.append(encode_sequenced_many([b"next"]), 1)
+    with reopen(directory) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, [*on_disk, b"next"])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=batches_strategy, data=st.data())
+def test_a_flipped_bit_in_the_log_is_never_served(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[bytes]], data: st.DataObject
+) -> None:
+    directory = tmp_path_factory.mktemp("flipped")
+    appended = make_log(directory, batches)
+    size_ = (directory / LOG_FILE).stat().st_size
+    position = data.draw(st.integers(0, size_ - 1), label="byte")
+    flip_bit(directory / LOG_FILE, position, data.draw(st.integers(0, 7), label="bit"))
+    damaged = next(n for n, a in enumerate(appended) if a.offset <= position < a.offset + a.length)
+    kept = [p for b in batches[:damaged] for p in b]
+    assert verify(directory).messages == len(kept)
+    with reopen(directory) as session_log:
+        check_serves(session_log, kept)
+        assert session_log.recovery.cut_bytes == size_ - appended[damaged].offset
+    assert logged(directory) == kept
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=batches_strategy, data=st.data())
+def test_a_flipped_bit_in_the_index_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[bytes]], data: st.DataObject
+) -> None:
+    directory = tmp_path_factory.mktemp("index")
+    make_log(directory, batches)
+    payloads = [p for b in batches for p in b]
+    index_size = (directory / INDEX_FILE).stat().st_size
+    position = data.draw(st.integers(0, index_size - 1), label="byte")
+    flip_bit(directory / INDEX_FILE, position, data.draw(st.integers(0, 7), label="bit"))
+    with reopen(directory) as session_log:
+        assert f"index record {position // RECORD_SIZE} fails its checksum" in (
+            session_log.recovery.problems
+        )
+        check_serves(session_log, payloads)
+    with reopen(directory) as session_log:
+        assert session_log.recovery.clean
