@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -134,6 +135,33 @@ def index_records(directory: Path) -> int:
     raw = (directory / INDEX_FILE).read_bytes()
     assert len(raw) % RECORD_SIZE == 0
     return len(raw) // RECORD_SIZE
+
+
+def pack_record(first_seq: int, offset: int, length: int, count: int, crc: int) -> bytes:
+    """An index record with a correct checksum of its own, built independently of the
+    store (the layout :func:`test_index_checksums_cover_every_batch` checks)."""
+    body = struct.pack("<QQIII", first_seq, offset, length, count, crc)
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def index_entries(directory: Path) -> list[tuple[int, int, int, int]]:
+    """``(first_seq, offset, length, count)`` of every index record, each of which must
+    pass its own checksum and the checksum of its batch in the log."""
+    raw = (directory / INDEX_FILE).read_bytes()
+    log_bytes = (directory / LOG_FILE).read_bytes()
+    assert len(raw) % RECORD_SIZE == 0
+    entries = []
+    for number in range(len(raw) // RECORD_SIZE):
+        record = raw[number * RECORD_SIZE : (number + 1) * RECORD_SIZE]
+        assert zlib.crc32(record[:28]) == int.from_bytes(record[28:], "little"), number
+        first_seq, offset, length, count, crc = struct.unpack("<QQIII", record[:28])
+        assert zlib.crc32(log_bytes[offset : offset + length]) == crc, number
+        entries.append((first_seq, offset, length, count))
+    return entries
+
+
+def batch_entries(appended: Sequence[Appended]) -> list[tuple[int, int, int, int]]:
+    return [(a.first_seq, a.offset, a.length, a.count) for a in appended]
 
 
 # ---------------------------------------------------------------------------- packet_offsets
@@ -527,64 +555,111 @@ def test_recover_torn_unindexed_packet(tmp_path: Path, kept_bytes: int) -> None:
     assert logged(tmp_path) == [*ALL, *extra[:2]]
 
 
-def test_recover_torn_packet_in_the_last_indexed_batch(tmp_path: Path) -> None:
-    """(a) The log is shorter than the index says: the last batch's second packet is torn."""
+@pytest.mark.parametrize(
+    ("tear", "kept"),
+    [
+        (1, 0),  # inside the batch's first packet
+        (size(LAST[0]) - 1, 0),
+        (size(LAST[0]), 1),  # on a packet boundary: nothing torn, nothing cut
+        (size(LAST[0]) + 3, 1),
+        (size(LAST[0]) + size(LAST[1]) + 1, 2),
+        (sum(map(size, LAST)) - 1, 2),  # the batch's very last byte is missing
+    ],
+)
+def test_recover_torn_packet_in_the_last_indexed_batch(
+    tmp_path: Path, tear: int, kept: int
+) -> None:
+    """(a) The log is shorter than the index says: the last indexed batch is torn. Its
+    whole packets are re-indexed; the torn one is moved aside."""
     appended = make_log(tmp_path)
     original = (tmp_path / LOG_FILE).read_bytes()
     last = appended[-1]
-    tear = last.offset + size(LAST[0]) + 3
-    truncate(tmp_path / LOG_FILE, tear)
+    log_size = last.offset + tear
+    truncate(tmp_path / LOG_FILE, log_size)
+    cut_at = last.offset + sum(map(size, LAST[:kept]))
+    cut = log_size - cut_at
+    survivors = [*BEFORE_LAST, *LAST[:kept]]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert any(
-            f"log is shorter ({tear} bytes) than the index says ({last.offset + last.length})"
-            f"; sequence {last.first_seq} on is missing" in p
-            for p in recovery.problems
+        assert recovery.problems == (
+            f"log is shorter ({log_size} bytes) than the index says "
+            f"({last.offset + last.length}); the batch from sequence {last.first_seq} "
+            "is incomplete",
+            *([f"re-indexed {kept} messages that had no index record"] if kept else []),
+            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
+            f"{len(survivors)}: {len(LAST) - kept} messages are missing",
+            *(
+                [
+                    f"cut {cut} bytes after offset {cut_at} (sequence {len(survivors) + 1} on):"
+                    " a torn or damaged tail"
+                ]
+                if cut
+                else []
+            ),
         )
-        # The whole packet before the tear is kept; the torn one is moved aside.
-        assert recovery.messages == len(BEFORE_LAST) + 1
-        assert recovery.reindexed_messages == 1
-        assert recovery.cut_bytes == 3
-        cut_at = last.offset + size(LAST[0])
-        assert recovery.cut_to == tmp_path / f"log.cut-{cut_at}"
-        assert recovery.cut_to.read_bytes() == original[cut_at:tear]
-        check_serves(session_log, [*BEFORE_LAST, LAST[0]])
-    assert logged(tmp_path) == [*BEFORE_LAST, LAST[0]]
-    assert index_records(tmp_path) == len(BATCHES)
+        assert recovery.messages == len(survivors)
+        assert recovery.batches == len(BATCHES) - 1 + bool(kept)
+        assert recovery.reindexed_messages == kept
+        assert recovery.cut_bytes == cut
+        if cut:
+            assert recovery.cut_to == tmp_path / f"log.cut-{cut_at}"
+            assert recovery.cut_to.read_bytes() == original[cut_at:log_size]
+        else:
+            assert recovery.cut_to is None
+        check_serves(session_log, survivors)
+    assert logged(tmp_path) == survivors
+    assert index_entries(tmp_path) == batch_entries(appended[:-1]) + (
+        [(last.first_seq, last.offset, cut_at - last.offset, kept)] if kept else []
+    )
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, survivors)
 
 
-def test_recover_log_truncated_on_a_batch_boundary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+def test_recover_log_truncated_on_a_batch_boundary(tmp_path: Path, batch: int) -> None:
+    """The log ends exactly where batch ``batch`` began: nothing is torn, but the index
+    promises messages the log no longer holds."""
     appended = make_log(tmp_path)
-    truncate(tmp_path / LOG_FILE, appended[-1].offset)
+    truncate(tmp_path / LOG_FILE, appended[batch].offset)
+    survivors = [p for b in BATCHES[:batch] for p in b]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert len(recovery.problems) == 1
-        assert "log is shorter" in recovery.problems[0]
-        assert recovery.cut_bytes == 0
-        assert recovery.cut_to is None
-        check_serves(session_log, BEFORE_LAST)
-    assert index_records(tmp_path) == len(BATCHES) - 1
+        assert recovery.problems == (
+            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
+            f"{len(survivors)}: {len(ALL) - len(survivors)} messages are missing",
+        )
+        assert recovery == Recovery(
+            messages=len(survivors), batches=batch, problems=recovery.problems
+        )
+        check_serves(session_log, survivors)
+    assert index_entries(tmp_path) == batch_entries(appended[:batch])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [INDEX_FILE, LOG_FILE]
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
 
 
 def test_recover_unindexed_whole_packets(tmp_path: Path) -> None:
     """(b) Whole batches in the log with no index record: a crash between the log write
-    and the index write. They are re-indexed and served."""
-    make_log(tmp_path)
+    and the index write. They are re-indexed (as one batch) and served."""
+    appended = make_log(tmp_path)
     extra = [[b"e1", b"e22"], [b"e333"], [b"", b"e5" * 100]]
     for batch in extra:
         add_to_log(tmp_path, encode_sequenced_many(batch))
     flat = [p for b in extra for p in b]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems == (
-            f"re-indexed {len(flat)} messages written after the last index record",
-        )
+        assert recovery.problems == (f"re-indexed {len(flat)} messages that had no index record",)
         assert recovery.reindexed_messages == len(flat)
         assert recovery.messages == len(ALL) + len(flat)
+        assert recovery.batches == len(BATCHES) + 1
         assert recovery.cut_bytes == 0
         assert recovery.cut_to is None
         check_serves(session_log, [*ALL, *flat])
-    assert index_records(tmp_path) > len(BATCHES)
+    assert index_entries(tmp_path) == [
+        *batch_entries(appended),
+        (len(ALL) + 1, ends(ALL)[-1], sum(map(size, flat)), len(flat)),
+    ]
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
         check_serves(session_log, [*ALL, *flat])
@@ -633,35 +708,145 @@ def test_recover_junk_after_the_last_index_record(tmp_path: Path) -> None:
     assert index_records(tmp_path) == len(BATCHES)
 
 
+@pytest.mark.parametrize("record", range(len(BATCHES)))
 @pytest.mark.parametrize("bit", [0, 8 * 3 + 1, 8 * 9, 8 * 17 + 4, 8 * 21, 8 * 25 + 7, 8 * 29 + 2])
-def test_recover_flipped_bit_in_an_index_record(tmp_path: Path, bit: int) -> None:
-    """(d) A bit flipped in an index record (any field, or the record's own checksum)."""
+def test_recover_flipped_bit_in_an_index_record(tmp_path: Path, record: int, bit: int) -> None:
+    """(d) A bit flipped in an index record (any field, or the record's own checksum)
+    costs only that batch's checksum: its packets, and no others, are re-indexed from the
+    intact log, which gives back the very record that was lost."""
     make_log(tmp_path)
-    flip_bit(tmp_path / INDEX_FILE, RECORD_SIZE + bit // 8, bit % 8)
+    original_index = (tmp_path / INDEX_FILE).read_bytes()
+    flip_bit(tmp_path / INDEX_FILE, record * RECORD_SIZE + bit // 8, bit % 8)
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems[0] == "index record 1 fails its checksum"
-        # The log itself is intact: everything from batch 1 on is re-indexed from it.
-        assert recovery.reindexed_messages == len(ALL) - len(BATCHES[0])
-        assert recovery.cut_bytes == 0
+        assert recovery.problems == (
+            f"index record {record} fails its checksum",
+            f"re-indexed {len(BATCHES[record])} messages that had no index record",
+        )
+        assert recovery == Recovery(
+            messages=len(ALL),
+            batches=len(BATCHES),
+            reindexed_messages=len(BATCHES[record]),
+            problems=recovery.problems,
+        )
         check_serves(session_log, ALL)
+    assert (tmp_path / INDEX_FILE).read_bytes() == original_index
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
         check_serves(session_log, ALL)
 
 
-def test_recover_index_record_that_does_not_follow_on(tmp_path: Path) -> None:
-    """A well-formed record (its own checksum is right) in the wrong place."""
+@pytest.mark.parametrize(("record", "batch"), list(itertools.combinations(range(len(BATCHES)), 2)))
+def test_recover_flipped_bit_in_an_index_record_and_a_later_batch(
+    tmp_path: Path, record: int, batch: int
+) -> None:
+    """A damaged index record does not stop later batches being verified against their
+    own records: a bit flipped in a later batch is still found, and that batch and all
+    after it are moved aside and never served."""
+    appended = make_log(tmp_path)
+    original_index = (tmp_path / INDEX_FILE).read_bytes()
+    damaged = appended[batch]
+    flip_bit(tmp_path / INDEX_FILE, record * RECORD_SIZE + 9, 2)  # the record's offset
+    flip_bit(tmp_path / LOG_FILE, damaged.offset + damaged.length - 1, 4)
+    on_disk = (tmp_path / LOG_FILE).read_bytes()
+    kept = [p for b in BATCHES[:batch] for p in b]
+    cut = len(on_disk) - damaged.offset
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert recovery.problems == (
+            f"index record {record} fails its checksum",
+            f"batch at offset {damaged.offset} (sequence {damaged.first_seq}.."
+            f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
+            f"re-indexed {len(BATCHES[record])} messages that had no index record",
+            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
+            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
+            f"cut {cut} bytes after offset {damaged.offset} (sequence {damaged.first_seq} on):"
+            " a torn or damaged tail",
+        )
+        assert recovery == Recovery(
+            messages=len(kept),
+            batches=batch,
+            reindexed_messages=len(BATCHES[record]),
+            cut_bytes=cut,
+            cut_to=tmp_path / f"log.cut-{damaged.offset}",
+            problems=recovery.problems,
+        )
+        assert recovery.cut_to is not None
+        assert recovery.cut_to.read_bytes() == on_disk[damaged.offset :]
+        check_serves(session_log, kept)
+    assert logged(tmp_path) == kept
+    assert (tmp_path / INDEX_FILE).read_bytes() == original_index[: batch * RECORD_SIZE]
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, kept)
+
+
+@pytest.mark.parametrize("record", range(len(BATCHES)))
+@pytest.mark.parametrize("shift", [-1, 1, 5])
+def test_recover_index_record_that_does_not_follow_on(
+    tmp_path: Path, record: int, shift: int
+) -> None:
+    """A well-formed record (its own checksum is right, and so is its batch's) whose
+    first sequence number is not the one that follows on: its batch is re-indexed."""
+    appended = make_log(tmp_path)
+    original_index = (tmp_path / INDEX_FILE).read_bytes()
+    wrong = appended[record]
+    first_seq = wrong.first_seq + shift
+    batch_crc = zlib.crc32((tmp_path / LOG_FILE).read_bytes()[wrong.offset :][: wrong.length])
+    forged = pack_record(first_seq, wrong.offset, wrong.length, wrong.count, batch_crc)
+    (tmp_path / INDEX_FILE).write_bytes(
+        original_index[: record * RECORD_SIZE]
+        + forged
+        + original_index[(record + 1) * RECORD_SIZE :]
+    )
+    # The forged record lists messages up to here: beyond the log's end, it is reported.
+    promised = first_seq + wrong.count - 1
+    with reopen(tmp_path) as session_log:
+        recovery = session_log.recovery
+        assert recovery.problems == (
+            f"index record for offset {wrong.offset} (sequence {first_seq}) does not follow on"
+            f" (expected sequence {wrong.first_seq})",
+            f"re-indexed {wrong.count} messages that had no index record",
+            *(
+                [
+                    f"the index lists messages up to sequence {promised} but the log holds "
+                    f"only up to {len(ALL)}: {promised - len(ALL)} messages are missing"
+                ]
+                if promised > len(ALL)
+                else []
+            ),
+        )
+        assert recovery == Recovery(
+            messages=len(ALL),
+            batches=len(BATCHES),
+            reindexed_messages=wrong.count,
+            problems=recovery.problems,
+        )
+        check_serves(session_log, ALL)
+    assert (tmp_path / INDEX_FILE).read_bytes() == original_index
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+
+
+def test_recover_index_record_repeated_in_place_of_the_next(tmp_path: Path) -> None:
+    """Record 2 repeated where record 3 should be: batch 3 has no record, so it (and only
+    it) is re-indexed, and the duplicate is dropped and reported."""
     make_log(tmp_path)
     raw = (tmp_path / INDEX_FILE).read_bytes()
-    # Record 2 repeated where record 3 should be.
     damaged = (
         raw[: 3 * RECORD_SIZE] + raw[2 * RECORD_SIZE : 3 * RECORD_SIZE] + raw[4 * RECORD_SIZE :]
     )
     (tmp_path / INDEX_FILE).write_bytes(damaged)
     with reopen(tmp_path) as session_log:
-        assert session_log.recovery.problems[0].startswith("index record 3 does not follow on")
+        recovery = session_log.recovery
+        assert recovery.problems == (
+            f"re-indexed {len(BATCHES[3])} messages that had no index record",
+            "dropped 1 index records that match no batch of the log (duplicated or out of place)",
+        )
+        assert recovery.reindexed_messages == len(BATCHES[3])
+        assert recovery.cut_bytes == 0
         check_serves(session_log, ALL)
+    assert (tmp_path / INDEX_FILE).read_bytes() == raw
 
 
 @pytest.mark.parametrize(
@@ -693,6 +878,8 @@ def test_recover_flipped_bit_inside_a_middle_batch(tmp_path: Path, where: str, b
         assert recovery.problems == (
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}..{last_seq})"
             " fails its checksum",
+            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
+            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
             f"cut {len(on_disk) - damaged.offset} bytes after offset {damaged.offset} "
             f"(sequence {damaged.first_seq} on): a torn or damaged tail",
         )
@@ -707,7 +894,7 @@ def test_recover_flipped_bit_inside_a_middle_batch(tmp_path: Path, where: str, b
         with pytest.raises(StoreError):
             session_log.offset_of(damaged.first_seq + 1)
     assert (tmp_path / LOG_FILE).read_bytes() == on_disk[: damaged.offset]
-    assert index_records(tmp_path) == 2
+    assert index_entries(tmp_path) == batch_entries(appended[:2])
 
 
 def test_recover_flipped_bit_in_the_first_batch(tmp_path: Path) -> None:
@@ -787,6 +974,26 @@ def _no_index(directory: Path, appended: list[Appended]) -> list[bytes]:
     return ALL
 
 
+def _batch_boundary(directory: Path, appended: list[Appended]) -> list[bytes]:
+    truncate(directory / LOG_FILE, appended[3].offset)
+    return [p for b in BATCHES[:3] for p in b]
+
+
+def _index_and_batch_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
+    flip_bit(directory / INDEX_FILE, RECORD_SIZE + 20, 1)
+    flip_bit(directory / LOG_FILE, appended[3].offset + 5, 3)
+    return [p for b in BATCHES[:3] for p in b]
+
+
+def _wrong_sequence(directory: Path, appended: list[Appended]) -> list[bytes]:
+    raw = (directory / INDEX_FILE).read_bytes()
+    wrong = appended[2]
+    batch_crc = int.from_bytes(raw[3 * RECORD_SIZE - 8 : 3 * RECORD_SIZE - 4], "little")
+    forged = pack_record(wrong.first_seq + 1, wrong.offset, wrong.length, wrong.count, batch_crc)
+    (directory / INDEX_FILE).write_bytes(raw[: 2 * RECORD_SIZE] + forged + raw[3 * RECORD_SIZE :])
+    return ALL
+
+
 DAMAGES: dict[str, Damage] = {
     "clean": _clean,
     "torn-unindexed": _torn_unindexed,
@@ -796,6 +1003,9 @@ DAMAGES: dict[str, Damage] = {
     "index-bit": _index_bit,
     "batch-bit": _batch_bit,
     "no-index": _no_index,
+    "batch-boundary": _batch_boundary,
+    "index-and-batch-bit": _index_and_batch_bit,
+    "wrong-sequence": _wrong_sequence,
 }
 
 EACH_DAMAGE = pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
@@ -873,6 +1083,61 @@ def test_appending_after_recovery(tmp_path: Path, damage: str, durability: Durab
         check_serves(session_log, [*survivors, b"after", b"recovery"])
     assert logged(tmp_path) == [*survivors, b"after", b"recovery"]
     assert verify(tmp_path).clean
+
+
+def test_index_is_replaced_atomically_and_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writable open leaves a clean index alone; a repaired index is written to a
+    temporary file and renamed over the old one, so that a crash leaves one or the
+    other; appends then go to the new index."""
+    make_log(tmp_path)
+    original_index = (tmp_path / INDEX_FILE).read_bytes()
+    replaced: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy_replace(source: str | Path, target: str | Path) -> None:
+        replaced.append((Path(source).name, Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    inode = (tmp_path / INDEX_FILE).stat().st_ino
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+    assert replaced == []
+    assert (tmp_path / INDEX_FILE).stat().st_ino == inode
+
+    flip_bit(tmp_path / INDEX_FILE, 2 * RECORD_SIZE + 3)
+    damaged_index = (tmp_path / INDEX_FILE).read_bytes()
+
+    # A crash before the rename: the damaged index is still whole, and nothing leaks.
+    def crash(source: str | Path, target: str | Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", crash)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Input/output error"):
+        reopen(tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    assert (tmp_path / INDEX_FILE).read_bytes() == damaged_index
+    assert (tmp_path / INDEX_FILE).stat().st_ino == inode
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.problems == (
+            "index record 2 fails its checksum",
+            f"re-indexed {len(BATCHES[2])} messages that had no index record",
+        )
+        assert replaced == [(INDEX_FILE + ".tmp", INDEX_FILE)]
+        assert (tmp_path / INDEX_FILE).stat().st_ino != inode
+        assert (tmp_path / INDEX_FILE).read_bytes() == original_index
+        assert sorted(p.name for p in tmp_path.iterdir()) == [INDEX_FILE, LOG_FILE]
+        appended = session_log.append(encode_sequenced_many([b"new"]), 1)
+    assert index_entries(tmp_path)[-1] == (len(ALL) + 1, appended.offset, size(b"new"), 1)
+    assert len(replaced) == 1
+    with reopen(tmp_path) as session_log:
+        assert session_log.recovery.clean
+        check_serves(session_log, [*ALL, b"new"])
 
 
 def test_index_checksums_cover_every_batch(tmp_path: Path) -> None:
@@ -974,3 +1239,55 @@ def test_a_flipped_bit_in_the_index_loses_nothing(
         check_serves(session_log, payloads)
     with reopen(directory) as session_log:
         assert session_log.recovery.clean
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(
+        st.lists(st.binary(max_size=300), min_size=1, max_size=6), min_size=2, max_size=8
+    ),
+    data=st.data(),
+)
+def test_a_flipped_bit_in_the_index_does_not_hide_one_in_a_later_batch(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[bytes]], data: st.DataObject
+) -> None:
+    """A bit flipped in index record ``k`` and another in the log in a later batch: the
+    damaged batch and everything after it is never served; everything before it is."""
+    directory = tmp_path_factory.mktemp("both")
+    appended = make_log(directory, batches)
+    record = data.draw(st.integers(0, len(batches) - 2), label="record")
+    byte = data.draw(st.integers(0, RECORD_SIZE - 1), label="index byte")
+    flip_bit(directory / INDEX_FILE, record * RECORD_SIZE + byte, data.draw(st.integers(0, 7)))
+    damaged = appended[data.draw(st.integers(record + 1, len(batches) - 1), label="batch")]
+    position = data.draw(st.integers(damaged.offset, damaged.offset + damaged.length - 1))
+    flip_bit(directory / LOG_FILE, position, data.draw(st.integers(0, 7), label="bit"))
+    size_ = (directory / LOG_FILE).stat().st_size
+    kept = [p for b in batches[: appended.index(damaged)] for p in b]
+    last_seq = damaged.first_seq + damaged.count - 1
+    assert verify(directory).messages == len(kept)
+    with reopen(directory) as session_log:
+        recovery = session_log.recovery
+        assert f"index record {record} fails its checksum" in recovery.problems
+        assert (
+            f"batch at offset {damaged.offset} (sequence {damaged.first_seq}..{last_seq}) "
+            "fails its checksum" in recovery.problems
+        )
+        assert recovery.reindexed_messages == len(batches[record])
+        assert recovery.cut_bytes == size_ - damaged.offset
+        check_serves(session_log, kept)
+    assert logged(directory) == kept
+    with reopen(directory) as session_log:
+        assert session_log.recovery.clean
+
+
+def test_a_duplicated_index_record_is_reported_not_called_clean(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    raw = (tmp_path / INDEX_FILE).read_bytes()
+    (tmp_path / INDEX_FILE).write_bytes(raw + raw[RECORD_SIZE : 2 * RECORD_SIZE])
+    recovery = verify(tmp_path)
+    assert recovery.problems == (
+        "dropped 1 index records that match no batch of the log (duplicated or out of place)",
+    )
+    with reopen(tmp_path) as session_log:
+        check_serves(session_log, ALL)
+    assert (tmp_path / INDEX_FILE).read_bytes() == raw

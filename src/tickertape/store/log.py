@@ -30,6 +30,7 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -138,8 +139,9 @@ class SessionLog:
         self._index_fd = index_fd
         self._first_seqs = first_seqs
         self._offsets = offsets
-        self._end_offset = end_offset
-        self._next_seq = next_seq
+        # (next_seq, end_offset), replaced as one object: a reader on another thread
+        # never sees one updated without the other.
+        self._tail = (next_seq, end_offset)
         self._reader = open(directory / LOG_FILE, "rb")  # noqa: SIM115 - lives as long as the log
         self._closed = False
 
@@ -166,107 +168,134 @@ class SessionLog:
             raise StoreError(f"no session log at {log_path}")
         if writable:
             log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            index_fd: int | None = os.open(
-                directory / INDEX_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644
-            )
             if create:
                 _fsync_directory(directory)
         else:
             log_fd = os.open(log_path, os.O_RDONLY)
-            index_fd = None
         try:
-            return cls._recover(directory, log_fd, index_fd, durability, writable)
+            return cls._recover(directory, log_fd, durability, writable)
         except BaseException:
             os.close(log_fd)
-            if index_fd is not None:
-                os.close(index_fd)
             raise
 
     @classmethod
     def _recover(
-        cls,
-        directory: Path,
-        log_fd: int,
-        index_fd: int | None,
-        durability: Durability,
-        writable: bool,
+        cls, directory: Path, log_fd: int, durability: Durability, writable: bool
     ) -> SessionLog:
-        problems: list[str] = []
         index_path = directory / INDEX_FILE
         raw_index = index_path.read_bytes() if index_path.exists() else b""
         log_size = os.fstat(log_fd).st_size
-        first_seqs = array("Q")
-        offsets = array("Q")
-        next_seq = 1
-        end = 0
-        rewrite_index = False
+        problems: list[str] = []
 
+        # Every index record that passes its own check, by the offset of its batch. A
+        # damaged record costs the checksum of its own batch only: the walk below picks
+        # the next good record up again, so later batches are still verified.
+        valid: list[bytes] = []
+        reported: list[bytes] = []
+        known: dict[int, bytes] = {}
         if len(raw_index) % _RECORD_SIZE:
             problems.append(
                 f"index ends in a partial record ({len(raw_index) % _RECORD_SIZE} bytes)"
             )
-            rewrite_index = True
-        records = len(raw_index) // _RECORD_SIZE
-        for number in range(records):
+        for number in range(len(raw_index) // _RECORD_SIZE):
             record = raw_index[number * _RECORD_SIZE : (number + 1) * _RECORD_SIZE]
-            body = record[: _RECORD.size]
-            if zlib.crc32(body) != int.from_bytes(record[_RECORD.size :], "little"):
+            if zlib.crc32(record[: _RECORD.size]) != int.from_bytes(
+                record[_RECORD.size :], "little"
+            ):
                 problems.append(f"index record {number} fails its checksum")
-                rewrite_index = True
-                break
-            first_seq, offset, length, count, crc = _RECORD.unpack(body)
-            if first_seq != next_seq or offset != end or count == 0:
-                problems.append(
-                    f"index record {number} does not follow on (sequence {first_seq}, "
-                    f"offset {offset}; expected {next_seq}, {end})"
-                )
-                rewrite_index = True
-                break
-            if offset + length > log_size:
-                problems.append(
-                    f"log is shorter ({log_size} bytes) than the index says "
-                    f"({offset + length}); sequence {first_seq} on is missing"
-                )
-                rewrite_index = True
-                break
-            if zlib.crc32(os.pread(log_fd, length, offset)) != crc:
-                problems.append(
-                    f"batch at offset {offset} (sequence {first_seq}..{first_seq + count - 1})"
-                    " fails its checksum"
-                )
-                rewrite_index = True
-                log_size = offset  # never serve this batch or anything after it
-                break
-            first_seqs.append(first_seq)
-            offsets.append(offset)
-            next_seq += count
-            end = offset + length
+                continue
+            valid.append(record)
+            known[_RECORD.unpack_from(record)[1]] = record
+        starts = sorted(known)
 
-        # Packets past the last good index record: appended but not indexed before a
-        # crash. Whole, well-formed packets are kept; a torn or foreign tail is cut.
+        records: list[bytes] = []
+        first_seqs = array("Q")
+        offsets = array("Q")
+        next_seq = 1
+        position = 0
         reindexed = 0
-        new_records: list[bytes] = []
-        position = end
         while position < log_size:
-            chunk = os.pread(log_fd, min(_VERIFY_CHUNK, log_size - position), position)
-            found = packet_offsets(chunk, position)
-            count = len(found) - 1
-            if count == 0:
-                break  # a torn or foreign packet at `position`: everything from it is cut
-            length = found[-1] - position
-            new_records.append(
-                _pack_record(next_seq, position, length, count, zlib.crc32(chunk[:length]))
-            )
-            first_seqs.append(next_seq)
-            offsets.append(position)
-            next_seq += count
-            reindexed += count
-            position += length
-        end = position
+            found_record = known.get(position)
+            if found_record is not None:
+                first_seq, _, length, count, crc = _RECORD.unpack_from(found_record)
+                if first_seq == next_seq and count and position + length <= log_size:
+                    if zlib.crc32(os.pread(log_fd, length, position)) != crc:
+                        problems.append(
+                            f"batch at offset {position} (sequence {first_seq}.."
+                            f"{first_seq + count - 1}) fails its checksum"
+                        )
+                        break  # never serve this batch or anything after it
+                    records.append(found_record)
+                    first_seqs.append(first_seq)
+                    offsets.append(position)
+                    next_seq += count
+                    position += length
+                    continue
+                reported.append(found_record)  # said here; not again as stray below
+                if first_seq == next_seq and position + length > log_size:
+                    problems.append(
+                        f"log is shorter ({log_size} bytes) than the index says "
+                        f"({position + length}); the batch from sequence {first_seq} is incomplete"
+                    )
+                else:
+                    problems.append(
+                        f"index record for offset {position} (sequence {first_seq}) does not "
+                        f"follow on (expected sequence {next_seq})"
+                    )
+            # No usable record here: packets appended but not indexed before a crash, or
+            # whose record was damaged. Whole, well-formed packets up to the next record
+            # are kept (their checksum is computed now); a torn or foreign packet is cut.
+            after = bisect_right(starts, position)
+            limit = starts[after] if after < len(starts) else log_size
+            limit = min(limit, log_size)
+            while position < limit:
+                chunk = os.pread(log_fd, min(_VERIFY_CHUNK, limit - position), position)
+                found = packet_offsets(chunk, position)
+                count = len(found) - 1
+                if count == 0:
+                    break
+                length = found[-1] - position
+                records.append(
+                    _pack_record(next_seq, position, length, count, zlib.crc32(chunk[:length]))
+                )
+                first_seqs.append(next_seq)
+                offsets.append(position)
+                next_seq += count
+                reindexed += count
+                position += length
+            if position < limit or limit == log_size:
+                break
         if reindexed:
-            problems.append(f"re-indexed {reindexed} messages written after the last index record")
-            rewrite_index = True
+            problems.append(f"re-indexed {reindexed} messages that had no index record")
+        # Good records the walk did not use, for messages it kept: duplicated or out of
+        # place. (Unused records past the kept messages are reported as missing below.)
+        unused = Counter(records)
+        unused.update(reported)
+        stray = 0
+        for record in valid:
+            if unused[record] > 0:
+                unused[record] -= 1
+            elif _RECORD.unpack_from(record)[0] < next_seq:
+                stray += 1
+        if stray > 0:
+            problems.append(
+                f"dropped {stray} index records that match no batch of the log "
+                "(duplicated or out of place)"
+            )
+        promised = max(
+            (
+                first + count - 1
+                for first, _, _, count, _ in map(_RECORD.unpack_from, known.values())
+            ),
+            default=0,
+        )
+        if promised >= next_seq:
+            problems.append(
+                f"the index lists messages up to sequence {promised} but the log holds only "
+                f"up to {next_seq - 1}: {promised - next_seq + 1} messages are missing"
+            )
 
+        end = position
         actual_size = os.fstat(log_fd).st_size
         cut_bytes = actual_size - end
         cut_to: Path | None = None
@@ -276,25 +305,13 @@ class SessionLog:
                 "a torn or damaged tail"
             )
             if writable:
-                cut_to = _unused_path(directory / f"{LOG_FILE}.cut-{end}")
-                with open(cut_to, "xb") as aside:
-                    position = end
-                    while position < actual_size:
-                        block = os.pread(
-                            log_fd, min(_VERIFY_CHUNK, actual_size - position), position
-                        )
-                        aside.write(block)
-                        position += len(block)
-                    aside.flush()
-                    os.fsync(aside.fileno())
-                os.ftruncate(log_fd, end)
-                os.fsync(log_fd)
-        if writable and rewrite_index and index_fd is not None:
-            kept = len(first_seqs) - len(new_records)
-            good = raw_index[: kept * _RECORD_SIZE] + b"".join(new_records)
-            os.ftruncate(index_fd, 0)
-            os.write(index_fd, good)
-            os.fsync(index_fd)
+                cut_to = _move_aside(directory, log_fd, end, actual_size)
+        good_index = b"".join(records)
+        index_fd: int | None = None
+        if writable:
+            if good_index != raw_index or not index_path.exists():
+                _replace_file(index_path, good_index)
+            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND)
 
         recovery = Recovery(
             messages=next_seq - 1,
@@ -319,8 +336,9 @@ class SessionLog:
         partial batch."""
         if self._index_fd is None:
             raise StoreError(f"session log {self.directory} is open read-only")
-        first_seq = self._next_seq
-        offset = self._end_offset
+        first_seq, offset = self._tail
+        if count <= 0:
+            raise StoreError(f"a batch holds at least one message, not {count}")
         record = _pack_record(first_seq, offset, len(batch), count, zlib.crc32(batch))
         try:
             written = os.write(self._log_fd, batch)
@@ -340,8 +358,7 @@ class SessionLog:
             raise
         self._first_seqs.append(first_seq)
         self._offsets.append(offset)
-        self._end_offset = offset + len(batch)
-        self._next_seq = first_seq + count
+        self._tail = (first_seq + count, offset + len(batch))
         return Appended(first_seq, count, offset, len(batch))
 
     # ------------------------------------------------------------------ reading
@@ -349,11 +366,11 @@ class SessionLog:
     @property
     def next_seq(self) -> int:
         """One past the last message appended: the number the next message will get."""
-        return self._next_seq
+        return self._tail[0]
 
     @property
     def end_offset(self) -> int:
-        return self._end_offset
+        return self._tail[1]
 
     @property
     def reader(self) -> BinaryIO:
@@ -365,12 +382,11 @@ class SessionLog:
 
     def offset_of(self, seq: int) -> int:
         """The byte offset of message ``seq``; ``next_seq`` maps to the end of the log."""
-        if seq == self._next_seq:
-            return self._end_offset
-        if not 1 <= seq < self._next_seq:
-            raise StoreError(
-                f"sequence {seq} is not in {self.directory.name} (1..{self._next_seq - 1})"
-            )
+        next_seq, end_offset = self._tail
+        if seq == next_seq:
+            return end_offset
+        if not 1 <= seq < next_seq:
+            raise StoreError(f"sequence {seq} is not in {self.directory.name} (1..{next_seq - 1})")
         batch = bisect_right(self._first_seqs, seq) - 1
         offset = self._offsets[batch]
         skip = seq - self._first_seqs[batch]
@@ -395,7 +411,8 @@ class SessionLog:
     def read(self, seq: int, max_bytes: int, limit_seq: int | None = None) -> tuple[bytes, int]:
         """Whole packets from ``seq`` on, at most ``max_bytes`` (but at least one packet),
         stopping before ``limit_seq``. Returns the bytes and the number of packets."""
-        limit = self._next_seq if limit_seq is None else min(limit_seq, self._next_seq)
+        next_seq = self._tail[0]
+        limit = next_seq if limit_seq is None else min(limit_seq, next_seq)
         if seq >= limit:
             return b"", 0
         start = self.offset_of(seq)
@@ -410,7 +427,7 @@ class SessionLog:
     def _batch_end(self, batch: int) -> int:
         if batch + 1 < len(self._offsets):
             return self._offsets[batch + 1]
-        return self._end_offset
+        return self._tail[1]
 
     def close(self) -> None:
         if self._closed:
@@ -443,6 +460,35 @@ def _unused_path(path: Path) -> Path:
         candidate = path.with_name(f"{path.name}.{number}")
         number += 1
     return candidate
+
+
+def _move_aside(directory: Path, log_fd: int, start: int, stop: int) -> Path:
+    """Copy the log's bytes ``start..stop`` to ``log.cut-START`` (durably), then cut them
+    off the log. Returns where they went."""
+    aside_path = _unused_path(directory / f"{LOG_FILE}.cut-{start}")
+    with open(aside_path, "xb") as aside:
+        position = start
+        while position < stop:
+            block = os.pread(log_fd, min(_VERIFY_CHUNK, stop - position), position)
+            aside.write(block)
+            position += len(block)
+        aside.flush()
+        os.fsync(aside.fileno())
+    _fsync_directory(directory)
+    os.ftruncate(log_fd, start)
+    os.fsync(log_fd)
+    return aside_path
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a crash leaves the old or the new file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
