@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -135,3 +137,45 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state letter of every thread of process ``pid`` (``T``: stopped)."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_bytes()
+        except FileNotFoundError:
+            continue  # the thread ended
+        states.append(stat.rpartition(b")")[2].split()[0].decode())
+    return states
+
+
+def pause(server: ServerProcess, timeout: float = 10.0) -> None:
+    """SIGSTOP the server and wait until every one of its threads has stopped.
+
+    A system call in progress (a write, an ``fdatasync``) completes before its thread
+    stops, so the server's files are then at rest: what is on disk cannot change until
+    :func:`resume`.
+    """
+    os.kill(server.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not all(state in "Tt" for state in _thread_states(server.pid)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server {server.pid} did not stop in {timeout} s")
+        time.sleep(0.001)
+
+
+def resume(server: ServerProcess) -> None:
+    """SIGCONT: undo :func:`pause`."""
+    os.kill(server.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def paused(server: ServerProcess, timeout: float = 10.0) -> Iterator[None]:
+    """The server stopped (see :func:`pause`) for the duration of the block."""
+    pause(server, timeout)
+    try:
+        yield
+    finally:
+        resume(server)

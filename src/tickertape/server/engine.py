@@ -16,7 +16,6 @@ can neither lose nor repeat a message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -99,6 +98,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,23 +121,17 @@ class Engine:
         )
 
     async def close(self) -> None:
-        """Persist and publish what is queued, then stop the writer and close the log."""
+        """Persist and publish what is queued, let the writer finish the batch in hand,
+        then close the log."""
+        self._closing = True
         if self._writer is not None:
-            pending = [request.future for request in self._queue]
-            if pending and self._failure is None:
-                await asyncio.gather(*pending, return_exceptions=True)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            self._wakeup.set()
+            await self._writer
             self._writer = None
-        for request in self._queue:
-            if not request.future.done():
-                request.future.set_exception(StoreError("the server is shutting down"))
-        self._queue.clear()
         self._live.clear()
+        self._executor.shutdown(wait=True)
         if self._log is not None:
             self._log.close()
-        self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ state
 
@@ -182,6 +176,8 @@ class Engine:
         """
         if self._failure is not None:
             raise StoreError(f"publishing has stopped: {self._failure}")
+        if self._closing:
+            raise StoreError("the server is shutting down: nothing more is published")
         if not payloads:
             return self._assigned_next
         longest = max(map(len, payloads))
@@ -222,8 +218,6 @@ class Engine:
         loop = asyncio.get_running_loop()
         session_log = self.session_log
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
             while self._queue:
                 batch = self._take_batch()
                 payloads: list[bytes] = []
@@ -244,6 +238,10 @@ class Engine:
                     if not request.future.done():
                         request.future.set_result(seq)
                     seq += len(request.payloads)
+            if self._closing:
+                return
+            await self._wakeup.wait()
+            self._wakeup.clear()
 
     def _fail(self, batch: list[_Request], exc: BaseException) -> None:
         self._failure = exc
