@@ -472,3 +472,17 @@ def test_sigkill_with_durability_always(tmp_path: Path) -> None:
         server.stop()
     print("\n".join(report))
     print(f"{ROUNDS} rounds in {time.monotonic() - began:.2f} s")
+
+
+@pytest.mark.parametrize("round_", range(6))
+def test_sigterm_while_publishing_leaves_a_clean_log(tmp_path: Path, round_: int) -> None:
+    """A normal shutdown lets the writer finish the batch in hand before the log closes:
+    the next start finds nothing to repair."""
+    server = ServerProcess(tmp_path, "--durability", "always", "--demo", "3000").start()
+    try:
+        asyncio.run(asyncio.wait_for(_first_message(server.port, 200 + 100 * round_), 30))
+    finally:
+        assert server.stop() == 0
+    recovery = verify(_session_dir(tmp_path))
+    assert recovery.clean, recovery.problems
+    assert recovery.messages >= 200 + 100 * round_
