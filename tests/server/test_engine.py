@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 from collections.abc import Awaitable, Callable
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,34 @@ def test_a_restart_continues_the_session_and_its_numbering(tmp_path: Path) -> No
     run(Durability.BATCH, first, tmp_path)
     run(Durability.BATCH, second, tmp_path)
     assert ids[0] == ids[1]
+
+
+def test_a_call_larger_than_a_batch_is_split_and_resolves_once_all_is_durable(
+    tmp_path: Path,
+) -> None:
+    config = EngineConfig(durability=Durability.BATCH, max_batch_messages=100, max_batch_bytes=300)
+
+    async def main() -> None:
+        engine = Engine(Catalogue(tmp_path, Durability.BATCH), config)
+        await engine.start()
+        live = Recorder(1)
+        engine.go_live(live)
+        try:
+            small = asyncio.ensure_future(engine.publish_many([b"s"] * 3))
+            big = asyncio.ensure_future(engine.publish_many([b"%05d" % n for n in range(1000)]))
+            after = asyncio.ensure_future(engine.publish(b"after"))
+            assert await small == 1
+            assert await big == 4
+            assert await after == 1004
+            # no batch above its limits: 100 messages, and 300 bytes of payload (60 here)
+            counts = [count for _, count in live.batches]
+            assert max(counts) == 60
+            assert len(counts) >= 1000 // 60
+            assert sum(count for _, count in live.batches) == 1004
+            assert [first for first, _ in live.batches] == list(
+                accumulate([1] + [count for _, count in live.batches[:-1]])
+            )
+        finally:
+            await engine.close()
+
+    asyncio.run(main())

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Final, Protocol
 
 from tickertape.clock import Clock, SystemClock
@@ -66,11 +69,29 @@ class Cursor(Protocol):
 
 
 class _Request:
-    __slots__ = ("future", "payloads")
+    """One publish call: its messages, the number of the first, and how far the writer
+    has got with it (a call larger than a batch is split over several)."""
 
-    def __init__(self, payloads: Sequence[bytes], future: asyncio.Future[int]) -> None:
+    __slots__ = ("done", "first_seq", "future", "payloads", "taken")
+
+    def __init__(
+        self, payloads: Sequence[bytes], first_seq: int, future: asyncio.Future[int]
+    ) -> None:
         self.payloads = payloads
+        self.first_seq = first_seq
         self.future = future
+        self.taken = 0
+        self.done = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Messages taken from one or more requests, encoded, on their way to the log."""
+
+    parts: list[tuple[_Request, int, int]]
+    data: bytes
+    count: int
+    crc: int
 
 
 class Engine:
@@ -190,66 +211,95 @@ class Engine:
             self._queue_space.clear()
             await self._queue_space.wait()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(payloads, future))
+        self._queue.append(_Request(payloads, self._assigned_next, future))
         self._queued_messages += len(payloads)
         self._assigned_next += len(payloads)
         self._wakeup.set()
         return await future
 
-    def _take_batch(self) -> list[_Request]:
-        taken = [self._queue.popleft()]
-        if self.config.durability is Durability.ALWAYS:
-            return taken
-        messages = len(taken[0].payloads)
-        size = sum(map(len, taken[0].payloads))
-        while self._queue:
-            nxt = self._queue[0]
-            if messages + len(nxt.payloads) > self.config.max_batch_messages:
+    def _take_batch(self) -> _Batch:
+        """Take queued messages for one batch and encode them: everything queued, up to
+        ``max_batch_messages`` and about ``max_batch_bytes`` (at least one message); with
+        durability ``always``, one publish call at most."""
+        parts: list[tuple[_Request, int, int]] = []
+        messages_left = self.config.max_batch_messages
+        bytes_left = self.config.max_batch_bytes
+        while self._queue and messages_left > 0:
+            request = self._queue[0]
+            start = request.taken
+            stop = min(len(request.payloads), start + messages_left)
+            sizes = list(accumulate(map(len, request.payloads[start:stop])))
+            if sizes[-1] > bytes_left:
+                fit = bisect_right(sizes, bytes_left)
+                if fit == 0 and parts:
+                    break
+                stop = start + max(fit, 1)
+            parts.append((request, start, stop))
+            request.taken = stop
+            messages_left -= stop - start
+            bytes_left -= sizes[stop - start - 1]
+            if stop < len(request.payloads):
+                break  # the batch is full; the rest of this call goes in the next one
+            self._queue.popleft()
+            if self.config.durability is Durability.ALWAYS:
                 break
-            extra = sum(map(len, nxt.payloads))
-            if size + extra > self.config.max_batch_bytes:
-                break
-            taken.append(self._queue.popleft())
-            messages += len(nxt.payloads)
-            size += extra
-        return taken
+        if len(parts) == 1:
+            request, start, stop = parts[0]
+            payloads = (
+                request.payloads[start:stop]
+                if start or stop < len(request.payloads)
+                else request.payloads
+            )
+        else:
+            payloads = [p for request, start, stop in parts for p in request.payloads[start:stop]]
+        data = encode_sequenced_many(payloads)
+        return _Batch(parts, data, len(payloads), zlib.crc32(data))
 
     async def _write_loop(self) -> None:
+        """Encode batch N+1 on the event loop while batch N is being written and synced
+        on the writer's thread: the sync releases the GIL, so the two overlap."""
         loop = asyncio.get_running_loop()
         session_log = self.session_log
+        writing: asyncio.Future[Appended] | None = None
+        written: _Batch | None = None
         while True:
-            while self._queue:
-                batch = self._take_batch()
-                payloads: list[bytes] = []
-                for request in batch:
-                    payloads.extend(request.payloads)
+            batch = self._take_batch() if self._queue else None
+            if writing is not None and written is not None:
                 try:
-                    appended, data = await loop.run_in_executor(
-                        self._executor, _append, session_log, payloads
-                    )
+                    appended = await writing
                 except Exception as exc:
-                    self._fail(batch, exc)
+                    self._fail([written, batch], exc)
                     return
-                self._queued_messages -= len(payloads)
-                self._queue_space.set()
-                self._publish(appended, data)
-                seq = appended.first_seq
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_result(seq)
-                    seq += len(request.payloads)
+                self._published(written, appended)
+                writing = written = None
+            if batch is not None:
+                writing = loop.run_in_executor(
+                    self._executor, session_log.append, batch.data, batch.count, batch.crc
+                )
+                written = batch
+                continue
             if self._closing:
                 return
             await self._wakeup.wait()
             self._wakeup.clear()
 
-    def _fail(self, batch: list[_Request], exc: BaseException) -> None:
+    def _published(self, batch: _Batch, appended: Appended) -> None:
+        self._queued_messages -= batch.count
+        self._queue_space.set()
+        self._publish(appended, batch.data)
+        for request, start, stop in batch.parts:
+            request.done += stop - start
+            if request.done == len(request.payloads) and not request.future.done():
+                request.future.set_result(request.first_seq)
+
+    def _fail(self, batches: list[_Batch | None], exc: BaseException) -> None:
         self._failure = exc
         log.error(
             "session %s: writing to the log failed, publishing stopped: %s", self._session_id, exc
         )
         error = StoreError(f"the message was not persisted: {exc}")
-        for request in [*batch, *self._queue]:
+        requests = [r for batch in batches if batch for r, _, _ in batch.parts]
+        for request in [*requests, *self._queue]:
             if not request.future.done():
                 request.future.set_exception(error)
         self._queue.clear()
@@ -278,8 +328,3 @@ class Engine:
     def leave(self, cursor: Cursor) -> None:
         """Stop handing batches to a cursor (it disconnected, or its buffer is full)."""
         self._live.pop(cursor, None)
-
-
-def _append(session_log: SessionLog, payloads: list[bytes]) -> tuple[Appended, bytes]:
-    data = encode_sequenced_many(payloads)
-    return session_log.append(data, len(payloads)), data

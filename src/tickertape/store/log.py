@@ -329,9 +329,10 @@ class SessionLog:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, batch: bytes, count: int) -> Appended:
+    def append(self, batch: bytes, count: int, crc: int | None = None) -> Appended:
         """Append ``count`` encoded Sequenced Data packets and make them durable per the
-        policy. Called from one thread only. Raises ``OSError`` when the write fails; the
+        policy; ``crc`` is the batch's CRC-32 if the caller has it. Called from one thread
+        only. Raises ``OSError`` when the write fails; the
         log and index are then truncated back to where they were, so they never hold a
         partial batch."""
         if self._index_fd is None:
@@ -339,7 +340,9 @@ class SessionLog:
         first_seq, offset = self._tail
         if count <= 0:
             raise StoreError(f"a batch holds at least one message, not {count}")
-        record = _pack_record(first_seq, offset, len(batch), count, zlib.crc32(batch))
+        if crc is None:
+            crc = zlib.crc32(batch)
+        record = _pack_record(first_seq, offset, len(batch), count, crc)
         try:
             written = os.write(self._log_fd, batch)
             if written != len(batch):
