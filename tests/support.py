@@ -103,6 +103,11 @@ class ServerProcess:
                     )
                 self._seen.wait(min(left, 0.2))
 
+    def logged(self, text: str) -> bool:
+        """Whether a log line containing ``text`` has arrived (does not wait)."""
+        with self._seen:
+            return any(text in line for line in self.lines)
+
     def rss(self) -> int:
         """The server's resident memory, bytes."""
         return int(psutil.Process(self.pid).memory_info().rss)

@@ -22,8 +22,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 
 RECEIVE_TIMEOUT = 10.0
-"""Seconds to wait for one message; a heartbeat arrives every second, so a silent server
-that is still up cannot make the test hang."""
+"""Seconds to wait for one message before the test fails."""
 
 SERVER_HEARTBEAT_INTERVAL = 1.5
 """The client closes the session when it received nothing for this long (it checks at
@@ -110,24 +109,48 @@ def test_nasdaq_client_receives_replay_then_live(tmp_path: Path) -> None:
                 replayed = await client.receive_sequenced(20)
                 assert replayed == [payload(seq) for seq in range(1, 21)]
 
-                # Idle through two of the client's server-heartbeat checks (every 1.5 s;
-                # it closes the session when nothing arrived since the last one). Its
-                # reader swallows heartbeats, so surviving is the evidence that the
-                # server's (one a second) arrived and were understood.
-                await asyncio.sleep(2 * SERVER_HEARTBEAT_INTERVAL + 1)
-                idle = _drain(client.queue)
-                assert None not in idle, "the client closed the session while idle"
-                assert not client.session.is_closed()
-                assert not any(isinstance(m, soup.SequencedData) for m in idle)
-
-                first = await engine.publish_many([payload(seq) for seq in range(21, 41)])
-                assert first == 21
+                # Live: four batches of five (each one log write, one batch to send).
+                for start in range(21, 41, 5):
+                    first = await engine.publish_many([payload(s) for s in range(start, start + 5)])
+                    assert first == start
                 live = await client.receive_sequenced(20)
                 assert live == [payload(seq) for seq in range(21, 41)]
                 assert client.session.sequence == 40
                 await asyncio.sleep(0.2)
                 extra = [m for m in _drain(client.queue) if isinstance(m, soup.SequencedData)]
                 assert not extra, f"{len(extra)} messages more than were published"
+            finally:
+                await client.logout()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_nasdaq_client_session_survives_idle(tmp_path: Path) -> None:
+    """Nothing is published for a while: the server's heartbeats (one after each second
+    without sending, spec 4.1, 1.3) must keep the client's session up, and the live
+    stream must then resume where the replay ended."""
+
+    async def scenario() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            await engine.publish_many([payload(seq) for seq in range(1, 6)])
+            client = NasdaqClient()
+            await client.connect(server.port, "user", "pass", sequence=1)
+            try:
+                assert await client.receive_sequenced(5) == [payload(s) for s in range(1, 6)]
+                # Idle through two of the client's checks (every 1.5 s, closing the
+                # session when nothing arrived since the previous one). Its reader
+                # swallows heartbeats, so staying up is the evidence that the server's
+                # arrived and were understood.
+                await asyncio.sleep(2 * SERVER_HEARTBEAT_INTERVAL + 1)
+                idle = _drain(client.queue)
+                assert None not in idle, (
+                    "the client closed the session: no server heartbeat reached it in "
+                    f"{SERVER_HEARTBEAT_INTERVAL} s of silence"
+                )
+                assert not client.session.is_closed()
+                assert not any(isinstance(m, soup.SequencedData) for m in idle)
+                await engine.publish_many([payload(seq) for seq in range(6, 11)])
+                assert await client.receive_sequenced(5) == [payload(s) for s in range(6, 11)]
             finally:
                 await client.logout()
 
