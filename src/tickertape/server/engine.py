@@ -72,12 +72,13 @@ class _Request:
     """One publish call: its messages, the number of the first, and how far the writer
     has got with it (a call larger than a batch is split over several)."""
 
-    __slots__ = ("done", "first_seq", "future", "payloads", "taken")
+    __slots__ = ("done", "first_seq", "future", "payloads", "size", "taken")
 
     def __init__(
-        self, payloads: Sequence[bytes], first_seq: int, future: asyncio.Future[int]
+        self, payloads: Sequence[bytes], size: int, first_seq: int, future: asyncio.Future[int]
     ) -> None:
         self.payloads = payloads
+        self.size = size
         self.first_seq = first_seq
         self.future = future
         self.taken = 0
@@ -211,7 +212,8 @@ class Engine:
             self._queue_space.clear()
             await self._queue_space.wait()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(payloads, self._assigned_next, future))
+        size = sum(map(len, payloads))
+        self._queue.append(_Request(payloads, size, self._assigned_next, future))
         self._queued_messages += len(payloads)
         self._assigned_next += len(payloads)
         self._wakeup.set()
@@ -222,37 +224,35 @@ class Engine:
         ``max_batch_messages`` and about ``max_batch_bytes`` (at least one message); with
         durability ``always``, one publish call at most."""
         parts: list[tuple[_Request, int, int]] = []
+        payloads: list[bytes] = []
         messages_left = self.config.max_batch_messages
         bytes_left = self.config.max_batch_bytes
         while self._queue and messages_left > 0:
             request = self._queue[0]
             start = request.taken
-            stop = min(len(request.payloads), start + messages_left)
-            sizes = list(accumulate(map(len, request.payloads[start:stop])))
-            if sizes[-1] > bytes_left:
+            stop = len(request.payloads)
+            if start or stop - start > messages_left or request.size > bytes_left:
+                # Only a call that does not fit whole is measured message by message.
+                stop = min(stop, start + messages_left)
+                sizes = list(accumulate(map(len, request.payloads[start:stop])))
                 fit = bisect_right(sizes, bytes_left)
                 if fit == 0 and parts:
                     break
                 stop = start + max(fit, 1)
+                taken_bytes = sizes[stop - start - 1]
+            else:
+                taken_bytes = request.size
             parts.append((request, start, stop))
+            payloads += request.payloads[start:stop]
             request.taken = stop
             messages_left -= stop - start
-            bytes_left -= sizes[stop - start - 1]
+            bytes_left -= taken_bytes
             if stop < len(request.payloads):
                 break  # the batch is full; the rest of this call goes in the next one
             self._queue.popleft()
             if self.config.durability is Durability.ALWAYS:
                 break
-        if len(parts) == 1:
-            request, start, stop = parts[0]
-            payloads = (
-                request.payloads[start:stop]
-                if start or stop < len(request.payloads)
-                else request.payloads
-            )
-        else:
-            payloads = [p for request, start, stop in parts for p in request.payloads[start:stop]]
-        data = encode_sequenced_many(payloads)
+        data = encode_sequenced_many(payloads, checked=True)
         return _Batch(parts, data, len(payloads), zlib.crc32(data))
 
     async def _write_loop(self) -> None:

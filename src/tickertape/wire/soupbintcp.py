@@ -275,11 +275,14 @@ class _Headers(dict[int, bytes]):
 _HEADERS: Final = _Headers()
 
 
-def encode_sequenced_many(payloads: Sequence[bytes]) -> bytes:
-    """Encode consecutive Sequenced Data packets as one byte string: a log batch."""
+def encode_sequenced_many(payloads: Sequence[bytes], *, checked: bool = False) -> bytes:
+    """Encode consecutive Sequenced Data packets as one byte string: a log batch.
+
+    ``checked=True`` skips the length check, for a caller that has made it already.
+    """
     if not payloads:
         return b""
-    longest = max(map(len, payloads))
+    longest = 0 if checked else max(map(len, payloads))
     if longest > MAX_PAYLOAD:
         raise LocalProtocolError(
             f"a message of {longest} bytes does not fit a SoupBinTCP packet; "
