@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import socket
 from dataclasses import dataclass, field
 from typing import Final
@@ -135,6 +136,7 @@ class _Connection(asyncio.Protocol):
         self._session: ServerConnection | None = None
         self._subscriber: Subscriber | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = math.inf
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
 
@@ -209,6 +211,8 @@ class _Connection(asyncio.Protocol):
         self._flush()
         if session.state is State.CLOSED:  # Login Rejected: close once it is sent
             self._close_transport()
+        elif session.next_deadline() < self._timer_when:
+            self._schedule()  # e.g. a login: heartbeats and the idle timeout start now
 
     def _login(self, request: LoginRequest) -> None:
         session = self._session
@@ -290,11 +294,16 @@ class _Connection(asyncio.Protocol):
             transport.write(data)
 
     def _schedule(self) -> None:
+        """Arm the timer for the session's next deadline (moving it if already armed).
+        Deadlines that move later, as sending and hearing do, are found when it fires."""
         session = self._session
         assert session is not None
-        deadline = session.next_deadline()
-        if deadline != float("inf"):
-            self._timer = self._loop.call_at(deadline, self._tick)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = session.next_deadline()
+        if self._timer_when != math.inf:
+            self._timer = self._loop.call_at(self._timer_when, self._tick)
 
     def _tick(self) -> None:
         session = self._session
