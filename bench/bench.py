@@ -1325,14 +1325,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser.add_argument(
         "--fanout-window",
         type=int,
-        default=1,
+        default=4,
         metavar="N",
-        help="publish_many calls in flight in the fan-out workload (%(default)s: each awaited)",
+        help="publish_many calls in flight in the fan-out workload (%(default)s; 1: each awaited)",
     )
     parser.add_argument(
         "--publishers",
         type=int,
-        default=8,
+        default=32,
         metavar="N",
         help="concurrent publisher tasks in the publish workload (%(default)s)",
     )
