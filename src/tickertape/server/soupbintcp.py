@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Final
 
-from tickertape.errors import SessionNotFound
+from tickertape.errors import StoreError
 from tickertape.protocol.server import (
     ConnectionLost,
     LoginRequested,
@@ -83,7 +83,7 @@ class SoupBinTCPServer:
         self.config = config or ServerConfig()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._closed_logs: dict[str, SessionLog] = {}
+        self._closed_logs: dict[str, asyncio.Future[SessionLog]] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,17 +113,27 @@ class SoupBinTCPServer:
             connection.close("the server is shutting down")
         if self._server is not None:
             await self._server.wait_closed()
-        for session_log in self._closed_logs.values():
-            session_log.close()
+        for opening in self._closed_logs.values():
+            if opening.done() and opening.exception() is None:
+                opening.result().close()
         self._closed_logs.clear()
 
-    def closed_session(self, session: str) -> SessionLog:
-        """The log of a session that is not the active one, opened once and kept."""
-        opened = self._closed_logs.get(session)
-        if opened is None:
-            opened = self.engine.catalogue.open_closed(session)
-            self._closed_logs[session] = opened
-        return opened
+    async def closed_session(self, session: str) -> SessionLog:
+        """The log of a session that is not the active one, opened once and kept.
+
+        Opening checks every batch's checksum, so it runs off the event loop; logins
+        for the same session meanwhile wait for the same opening.
+        """
+        opening = self._closed_logs.get(session)
+        if opening is None:
+            loop = asyncio.get_running_loop()
+            opening = loop.run_in_executor(None, self.engine.catalogue.open_closed, session)
+            self._closed_logs[session] = opening
+        try:
+            return await asyncio.shield(opening)
+        except StoreError:
+            self._closed_logs.pop(session, None)  # not there (yet): ask the disk next time
+            raise
 
 
 class _Connection(asyncio.Protocol):
@@ -137,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self._subscriber: Subscriber | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
+        self._pull: asyncio.Task[None] | None = None
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
 
@@ -168,6 +179,8 @@ class _Connection(asyncio.Protocol):
         self._server._connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._pull is not None:
+            self._pull.cancel()
         if self._subscriber is not None:
             self._subscriber.stop()
             log.info(
@@ -216,46 +229,61 @@ class _Connection(asyncio.Protocol):
 
     def _login(self, request: LoginRequest) -> None:
         session = self._session
-        assert session is not None and self._transport is not None
-        now = self._loop.time()
+        assert session is not None
         credentials = self._server.config.credentials
-        who = request.username or "(anonymous)"
         if credentials is not None and not credentials.match(request.username, request.password):
-            log.warning("login of %r from %s rejected: bad username or password", who, self._peer)
-            session.reject(REJECT_NOT_AUTHORIZED, now)
+            log.warning(
+                "login of %r from %s rejected: bad username or password", self._who, self._peer
+            )
+            session.reject(REJECT_NOT_AUTHORIZED, self._loop.time())
             return
         engine = self._engine
         wanted = request.session or engine.session_id
         if wanted == engine.session_id:
-            session_log = engine.session_log
-            source: Engine | None = engine
-            tail = engine.next_seq
+            self._accept(wanted, request.sequence, engine.session_log, engine)
         else:
-            try:
-                session_log = self._server.closed_session(wanted)
-            except SessionNotFound:
-                log.warning("login of %r from %s rejected: no session %r", who, self._peer, wanted)
-                session.reject(REJECT_SESSION_NOT_AVAILABLE, now)
-                return
-            source = None
-            tail = session_log.next_seq
-        first = request.sequence or tail
-        if source is None:
-            first = min(first, tail)
-        session.accept(wanted, first, now)
+            # The answer waits for the log to be opened; the session logic holds back
+            # whatever the client sends meanwhile.
+            self._pull = self._loop.create_task(self._login_closed(wanted, request.sequence))
+
+    async def _login_closed(self, wanted: str, sequence: int) -> None:
+        session = self._session
+        assert session is not None
+        try:
+            session_log = await self._server.closed_session(wanted)
+        except StoreError as exc:
+            log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
+            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+        else:
+            self._accept(wanted, sequence, session_log, None)
+        self._handle_events()
+
+    def _accept(
+        self, wanted: str, sequence: int, session_log: SessionLog, engine: Engine | None
+    ) -> None:
+        session = self._session
+        transport = self._transport
+        assert session is not None and transport is not None
+        if session.state is State.CLOSED:
+            return  # timed out or dropped while the log was being opened
+        tail = engine.next_seq if engine is not None else session_log.next_seq
+        first = sequence or tail
+        if engine is None:
+            first = min(first, tail)  # a closed session has nothing past its end
+        session.accept(wanted, first, self._loop.time())
         log.info(
             "%s logged in as %r to session %s from sequence %d%s",
             self._peer,
-            who,
+            self._who,
             wanted,
             first,
-            "" if source is not None else " (closed session: replay, then end)",
+            "" if engine is not None else " (closed session: replay, then end)",
         )
         self._flush()
         self._subscriber = Subscriber(
-            self._transport,
+            transport,
             session_log,
-            source,
+            engine,
             first,
             on_sent=session.sent,
             on_caught_up=self._caught_up,
@@ -263,6 +291,12 @@ class _Connection(asyncio.Protocol):
             chunk=self._server.config.catch_up_chunk,
         )
         self._subscriber.start()
+
+    @property
+    def _who(self) -> str:
+        session = self._session
+        request = session.request if session is not None else None
+        return (request.username if request is not None else "") or "(anonymous)"
 
     def _caught_up(self, subscriber: Subscriber, replayed: int) -> None:
         if replayed:
