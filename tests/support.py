@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: a tickertape server in a real subprocess."""
+"""Helpers shared by the tests: a tickertape server in a real subprocess, or in-process."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import psutil
+
+from tickertape.server.engine import Engine
+from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Durability
 
 _LISTENING = re.compile(rb"SoupBinTCP listening on ([\d.:a-f]+):(\d+)")
 
@@ -184,3 +189,20 @@ def paused(server: ServerProcess, timeout: float = 10.0) -> Iterator[None]:
         yield
     finally:
         resume(server)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    data: Path, config: ServerConfig | None = None, durability: Durability = Durability.NONE
+) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
+    """An engine and a SoupBinTCP server in this event loop, on 127.0.0.1 and a free port
+    unless ``config`` says otherwise."""
+    engine = Engine(Catalogue(data, durability))
+    await engine.start()
+    server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
+    try:
+        await server.start()
+        yield engine, server
+    finally:
+        await server.close()
+        await engine.close()

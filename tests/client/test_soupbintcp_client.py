@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tickertape.client.soupbintcp import Message, subscribe
 from tickertape.errors import LoginRejected
-from tickertape.server.engine import Engine
-from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
-from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability, SessionLog
+from tickertape.server.soupbintcp import Credentials, ServerConfig
+from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
+
+from support import running_server
 
 TIMEOUT = 20.0
 
@@ -62,21 +61,6 @@ class CuttingProxy:
             await self._server.wait_closed()
 
 
-@contextlib.asynccontextmanager
-async def running(
-    data: Path, config: ServerConfig | None = None
-) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
-    engine = Engine(Catalogue(data, Durability.NONE))
-    await engine.start()
-    server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
-    await server.start()
-    try:
-        yield engine, server
-    finally:
-        await server.close()
-        await engine.close()
-
-
 def payload(seq: int) -> bytes:
     return b"%d hello" % seq
 
@@ -85,7 +69,7 @@ def test_resumes_after_cut_connections_with_no_gap_and_no_duplicate(tmp_path: Pa
     total = 30_000
 
     async def scenario() -> list[Message]:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             proxy = CuttingProxy(server.port)
             await proxy.start()
 
@@ -121,7 +105,7 @@ def test_a_closed_session_ends_the_iteration(tmp_path: Path) -> None:
         old.append(encode_sequenced_many([payload(s) for s in range(1, 6)]), 5)
 
     async def scenario() -> list[Message]:
-        async with running(tmp_path) as (_, server):
+        async with running_server(tmp_path) as (_, server):
             async with subscribe("127.0.0.1", server.port, yesterday, 2) as messages:
                 return [message async for message in messages]
 
@@ -135,7 +119,7 @@ def test_a_rejected_login_raises_and_is_not_retried(tmp_path: Path) -> None:
     config = ServerConfig(port=0, credentials=Credentials("bob", "pw"))
 
     async def scenario() -> None:
-        async with running(tmp_path, config) as (_, server):
+        async with running_server(tmp_path, config) as (_, server):
             async with subscribe("127.0.0.1", server.port, username="bob", password="no") as sub:
                 async for _message in sub:
                     pytest.fail("a rejected login yields nothing")

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from support import ServerProcess, paused
 from tickertape.client.soupbintcp import Message, subscribe
 from tickertape.store.log import verify
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRequest, decode_server_packet
+
+from support import ServerProcess, paused
 
 HOST = "127.0.0.1"
 _SEQUENCED = 0x53  # "S"

@@ -8,18 +8,16 @@ thousand messages a second, so the counts stay small.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nasdaq_protocols import soup
 
-from tickertape.server.engine import Engine
-from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
-from tickertape.store.catalogue import Catalogue
+from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import Durability
+
+from support import running_server
 
 RECEIVE_TIMEOUT = 10.0
 """Seconds to wait for one message before the test fails."""
@@ -31,21 +29,6 @@ this interval); the server sends a heartbeat after each second without sending."
 
 def payload(seq: int) -> bytes:
     return b"%d nasdaq-client message" % seq
-
-
-@asynccontextmanager
-async def running_server(
-    tmp_path: Path, credentials: Credentials | None = None
-) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
-    engine = Engine(Catalogue(tmp_path, Durability.BATCH))
-    await engine.start()
-    server = SoupBinTCPServer(engine, ServerConfig(port=0, credentials=credentials))
-    try:
-        await server.start()
-        yield engine, server
-    finally:
-        await server.close()
-        await engine.close()
 
 
 class NasdaqClient:
@@ -99,7 +82,7 @@ class NasdaqClient:
 
 def test_nasdaq_client_receives_replay_then_live(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_server(tmp_path) as (engine, server):
+        async with running_server(tmp_path, durability=Durability.BATCH) as (engine, server):
             first = await engine.publish_many([payload(seq) for seq in range(1, 21)])
             assert first == 1
             client = NasdaqClient()
@@ -131,7 +114,7 @@ def test_nasdaq_client_session_survives_idle(tmp_path: Path) -> None:
     stream must then resume where the replay ended."""
 
     async def scenario() -> None:
-        async with running_server(tmp_path) as (engine, server):
+        async with running_server(tmp_path, durability=Durability.BATCH) as (engine, server):
             await engine.publish_many([payload(seq) for seq in range(1, 6)])
             client = NasdaqClient()
             await client.connect(server.port, "user", "pass", sequence=1)
@@ -159,7 +142,8 @@ def test_nasdaq_client_session_survives_idle(tmp_path: Path) -> None:
 
 def test_nasdaq_client_rejected_with_wrong_password(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_server(tmp_path, Credentials("user", "secret")) as (engine, server):
+        config = ServerConfig(port=0, credentials=Credentials("user", "secret"))
+        async with running_server(tmp_path, config, Durability.BATCH) as (engine, server):
             await engine.publish_many([payload(1)])
             client = NasdaqClient()
             with pytest.raises(ConnectionRefusedError, match="NOT_AUTHORIZED"):

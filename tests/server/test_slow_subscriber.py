@@ -21,8 +21,9 @@ from typing import Final
 
 import pytest
 
-from support import ServerProcess
 from tickertape.wire.soupbintcp import LoginRequest
+
+from support import ServerProcess
 
 MiB: Final = 1 << 20
 

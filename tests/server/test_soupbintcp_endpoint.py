@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tickertape.server.engine import Engine
-from tickertape.server.soupbintcp import Credentials, ServerConfig, SoupBinTCPServer
-from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability, SessionLog
+from tickertape.server.soupbintcp import Credentials, ServerConfig
+from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import (
     EndOfSession,
     Framer,
@@ -26,22 +22,9 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
+from support import running_server
+
 TIMEOUT = 10.0
-
-
-@contextlib.asynccontextmanager
-async def running(
-    data: Path, config: ServerConfig | None = None
-) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
-    engine = Engine(Catalogue(data, Durability.NONE))
-    await engine.start()
-    server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
-    await server.start()
-    try:
-        yield engine, server
-    finally:
-        await server.close()
-        await engine.close()
 
 
 class RawClient:
@@ -92,7 +75,7 @@ def payloads(first: int, count: int) -> list[bytes]:
 
 def test_replay_then_live_from_sequence_1(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             await engine.publish_many(payloads(1, 10))
             client = await RawClient.login(server.port, LoginRequest("", "", "", 1))
             assert await client.packet() == LoginAccepted(engine.session_id, 1)
@@ -106,7 +89,7 @@ def test_replay_then_live_from_sequence_1(tmp_path: Path) -> None:
 
 def test_sequence_0_is_live_only(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             await engine.publish_many(payloads(1, 7))
             client = await RawClient.login(server.port, LoginRequest("", "", "", 0))
             assert await client.packet() == LoginAccepted(engine.session_id, 8)
@@ -119,7 +102,7 @@ def test_sequence_0_is_live_only(tmp_path: Path) -> None:
 
 def test_sequence_in_the_middle_and_beyond_the_tail(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             await engine.publish_many(payloads(1, 10))
             middle = await RawClient.login(server.port, LoginRequest("", "", "", 6))
             ahead = await RawClient.login(server.port, LoginRequest("", "", "", 14))
@@ -138,7 +121,7 @@ def test_sequence_in_the_middle_and_beyond_the_tail(tmp_path: Path) -> None:
 
 def test_unknown_session_is_rejected_with_s(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (_, server):
+        async with running_server(tmp_path) as (_, server):
             client = await RawClient.login(server.port, LoginRequest("", "", "1999010101", 1))
             assert await client.packet() == LoginRejected("S")
             assert await client.packet() is None
@@ -150,7 +133,7 @@ def test_wrong_password_is_rejected_with_a(tmp_path: Path) -> None:
     config = ServerConfig(port=0, credentials=Credentials("alice", "Secret"))
 
     async def scenario() -> None:
-        async with running(tmp_path, config) as (engine, server):
+        async with running_server(tmp_path, config) as (engine, server):
             bad = await RawClient.login(server.port, LoginRequest("alice", "wrong", "", 1))
             assert await bad.packet() == LoginRejected("A")
             assert await bad.packet() is None
@@ -164,7 +147,7 @@ def test_wrong_password_is_rejected_with_a(tmp_path: Path) -> None:
 
 def test_logout_closes_the_connection(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             client = await RawClient.login(server.port, LoginRequest("", "", "", 1))
             assert await client.packet() == LoginAccepted(engine.session_id, 1)
             client.writer.write(LogoutRequest().encode())
@@ -175,7 +158,7 @@ def test_logout_closes_the_connection(tmp_path: Path) -> None:
 
 def test_malformed_packet_gets_a_debug_and_a_close(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running(tmp_path) as (_, server):
+        async with running_server(tmp_path) as (_, server):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"\x00\x05Xjunk")
             client = RawClient(reader, writer)
@@ -193,7 +176,7 @@ def test_closed_session_is_pulled_then_ended(tmp_path: Path) -> None:
         old.append(encode_sequenced_many(payloads(1, 8)), 8)
 
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
             assert engine.session_id != yesterday
             client = await RawClient.login(server.port, LoginRequest("", "", yesterday, 3))
             assert await client.packet() == LoginAccepted(yesterday, 3)
@@ -208,7 +191,7 @@ def test_hand_off_while_publishing_loses_and_repeats_nothing(tmp_path: Path) -> 
     total = 20_000
 
     async def scenario() -> None:
-        async with running(tmp_path) as (engine, server):
+        async with running_server(tmp_path) as (engine, server):
 
             async def publish() -> None:
                 for first in range(1, total + 1, 100):

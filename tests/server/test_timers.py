@@ -10,10 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tickertape.server.engine import Engine
-from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
-from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
@@ -24,6 +20,8 @@ from tickertape.wire.soupbintcp import (
     ServerPacket,
     decode_server_packet,
 )
+
+from support import running_server
 
 REAL_TIMEOUT = 10.0
 
@@ -70,15 +68,8 @@ def run(tmp_path: Path, scenario: Callable[[JumpingLoop, int], Awaitable[None]])
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, JumpingLoop)
-        engine = Engine(Catalogue(tmp_path, Durability.NONE))
-        await engine.start()
-        server = SoupBinTCPServer(engine, ServerConfig(port=0))
-        await server.start()
-        try:
+        async with running_server(tmp_path) as (_, server):
             await scenario(loop, server.port)
-        finally:
-            await server.close()
-            await engine.close()
 
     with asyncio.Runner(loop_factory=JumpingLoop) as runner:
         runner.run(main())
