@@ -76,3 +76,24 @@ def test_serve_says_when_the_port_is_taken(tmp_path: Path) -> None:
         done = tickertape("serve", "--data", str(tmp_path / "b"), "--port", str(server.port))
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in done.stderr
+
+
+def test_serve_refuses_a_demo_message_soupbintcp_cannot_carry(tmp_path: Path) -> None:
+    done = tickertape("serve", "--data", str(tmp_path), "--demo", "1", "--demo-size", "70000")
+    assert done.returncode == 2
+    assert "a SoupBinTCP message holds 1 to 65534 bytes" in done.stderr
+
+
+def test_serve_says_when_the_data_directory_is_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    done = tickertape("serve", "--data", str(tmp_path / "file"))
+    assert done.returncode == 1
+    assert f"cannot use data directory {tmp_path / 'file'}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as server:
+        done = tickertape("serve", "--data", str(tmp_path), "--port", "0")
+    assert done.returncode == 1
+    assert f"is in use by tickertape process {server.pid}" in done.stderr

@@ -25,6 +25,7 @@ from tickertape.server.soupbintcp import (
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
+from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger("tickertape")
 
@@ -40,6 +41,15 @@ def _credentials(text: str) -> Credentials:
             "SoupBinTCP allows usernames of at most 6 characters and passwords of at most 10"
         )
     return Credentials(username, password)
+
+
+def _payload_size(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= MAX_PAYLOAD:
+        raise argparse.ArgumentTypeError(
+            f"{text}: a SoupBinTCP message holds 1 to {MAX_PAYLOAD} bytes"
+        )
+    return value
 
 
 def _positive(text: str) -> float:
@@ -85,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--demo-size",
-        type=int,
+        type=_payload_size,
         default=DEFAULT_DEMO_SIZE,
         metavar="N",
         help="bytes per demo message (%(default)s)",
@@ -155,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     durability = Durability(args.durability)
     engine = Engine(Catalogue(args.data, durability), EngineConfig(durability=durability))
-    await engine.start()
+    try:
+        await engine.start()
+    except OSError as exc:
+        print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
+        return 1
     server = SoupBinTCPServer(
         engine, ServerConfig(host=args.host, port=args.port, credentials=args.user)
     )
@@ -169,22 +183,32 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    demo = (
-        asyncio.create_task(
+    failed: list[BaseException] = []
+    demo = None
+    if args.demo:
+        demo = asyncio.create_task(
             run_demo(engine, args.demo, args.demo_size, args.demo_count), name="demo"
         )
-        if args.demo
-        else None
-    )
-    await stop.wait()
-    log.info("shutting down")
-    if demo is not None:
-        demo.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await demo
-    await server.close()
-    await engine.close()
-    return 0
+
+        def demo_done(task: asyncio.Task[None]) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failed.append(error)
+                log.error("demo source failed, stopping: %s", error)
+                stop.set()
+
+        demo.add_done_callback(demo_done)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if demo is not None and not demo.done():
+            demo.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
+        await server.close()
+        await engine.close()
+    return 1 if failed else 0
 
 
 async def _tail(args: argparse.Namespace) -> int:

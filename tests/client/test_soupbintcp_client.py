@@ -11,6 +11,7 @@ import pytest
 
 from tickertape.client.soupbintcp import Message, subscribe
 from tickertape.errors import LoginRejected
+from tickertape.protocol.server import ServerTimers
 from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
@@ -127,3 +128,43 @@ def test_a_rejected_login_raises_and_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(LoginRejected, match="not authorized") as caught:
         asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert caught.value.reason == "A"
+
+
+class JumpingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock can be made to jump forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+
+def test_a_busy_consumer_is_not_mistaken_for_a_silent_server(tmp_path: Path) -> None:
+    """While the consumer holds a message, nothing is read, so the server's heartbeats
+    wait unread: the subscription must not call the server silent and reconnect."""
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, JumpingLoop)
+        # The jump moves the server's clock too; it must not drop the client meanwhile.
+        config = ServerConfig(port=0, timers=ServerTimers(idle_timeout=3600.0))
+        async with running_server(tmp_path, config) as (engine, server):
+            await engine.publish_many([payload(s) for s in range(1, 4)])
+            seen: list[int] = []
+            async with subscribe("127.0.0.1", server.port, seq=1) as subscription:
+                async for message in subscription:
+                    seen.append(message.seq)
+                    if message.seq == 1:
+                        loop.offset += 60.0  # the consumer is busy for a minute
+                        for _ in range(10):
+                            await asyncio.sleep(0.001)
+                        await engine.publish_many([payload(s) for s in range(4, 6)])
+                    if message.seq == 5:
+                        break
+                assert subscription.logins == 1
+            return seen
+
+    with asyncio.Runner(loop_factory=JumpingLoop) as runner:
+        assert runner.run(asyncio.wait_for(scenario(), TIMEOUT + 60)) == [1, 2, 3, 4, 5]

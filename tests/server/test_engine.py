@@ -17,6 +17,8 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import INDEX_FILE, Durability, SessionLog
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
+REAL_TIMEOUT = 10.0
+
 
 class Recorder:
     """A cursor that records what it is handed, as a live subscriber would send it."""
@@ -34,6 +36,9 @@ class Recorder:
         self.next_seq = first_seq + count
 
     def session_ended(self) -> None:
+        raise AssertionError("not expected")
+
+    def abort(self) -> None:
         raise AssertionError("not expected")
 
 
@@ -180,5 +185,104 @@ def test_a_call_larger_than_a_batch_is_split_and_resolves_once_all_is_durable(
             )
         finally:
             await engine.close()
+
+    asyncio.run(main())
+
+
+def test_held_back_publishers_are_told_when_publishing_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = EngineConfig(durability=Durability.BATCH, max_queued_messages=2)
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if b"Sfull" in data:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    async def main() -> None:
+        engine = Engine(Catalogue(tmp_path, Durability.BATCH), config)
+        await engine.start()
+        monkeypatch.setattr(os, "write", full_disk)
+        try:
+            calls = [asyncio.ensure_future(engine.publish(b"full")) for _ in range(12)]
+            results = await asyncio.wait_for(
+                asyncio.gather(*calls, return_exceptions=True), REAL_TIMEOUT
+            )
+            assert all(isinstance(r, StoreError) for r in results), results
+        finally:
+            monkeypatch.setattr(os, "write", real_write)
+            await engine.close()
+
+    asyncio.run(main())
+
+
+def test_held_back_publishers_are_told_when_the_engine_closes(tmp_path: Path) -> None:
+    config = EngineConfig(durability=Durability.BATCH, max_queued_messages=2)
+
+    async def main() -> None:
+        engine = Engine(Catalogue(tmp_path, Durability.BATCH), config)
+        await engine.start()
+        calls = [asyncio.ensure_future(engine.publish(b"x")) for _ in range(12)]
+        await asyncio.sleep(0)
+        await engine.close()
+        results = await asyncio.wait_for(
+            asyncio.gather(*calls, return_exceptions=True), REAL_TIMEOUT
+        )
+        published = [r for r in results if isinstance(r, int)]
+        refused = [r for r in results if isinstance(r, StoreError)]
+        assert len(published) + len(refused) == 12
+        assert sorted(published) == list(range(1, len(published) + 1))
+        assert all("shutting down" in str(r) for r in refused)
+
+    asyncio.run(main())
+
+
+def test_messages_must_be_bytes(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        with pytest.raises(TypeError, match="as bytes"):
+            await engine.publish("text")  # type: ignore[arg-type]
+        assert await engine.publish(b"bytes") == 1
+
+    run(Durability.NONE, scenario, tmp_path)
+
+
+class Broken(Recorder):
+    aborted = False
+
+    def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
+        raise RuntimeError("broken subscriber")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_failing_subscriber_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        broken, good = Broken(1), Recorder(1)
+        engine.go_live(broken)
+        engine.go_live(good)
+        assert await engine.publish(b"a") == 1
+        assert await engine.publish(b"b") == 2
+        assert broken.aborted
+        assert good.batches == [(1, 1), (2, 1)]
+        assert engine.live_count == 1
+
+    run(Durability.NONE, scenario, tmp_path)
+
+
+def test_a_second_engine_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = Engine(Catalogue(tmp_path, Durability.NONE))
+        await first.start()
+        try:
+            second = Engine(Catalogue(tmp_path, Durability.NONE))
+            with pytest.raises(StoreError, match=r"is in use by tickertape process \d+"):
+                await second.start()
+        finally:
+            await first.close()
+        again = Engine(Catalogue(tmp_path, Durability.NONE))
+        await again.start()  # the lock went with the first
+        await again.close()
 
     asyncio.run(main())

@@ -6,6 +6,8 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import (
@@ -215,3 +217,47 @@ def test_hand_off_while_publishing_loses_and_repeats_nothing(tmp_path: Path) -> 
                 client.close()
 
     asyncio.run(scenario())
+
+
+def test_replay_without_sendfile_reads_and_writes_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where sendfile is not available (TLS, some filesystems), catch-up reads the log
+    itself; concurrent catch-ups of one log must not disturb each other."""
+
+    async def unavailable(*args: object, **kwargs: object) -> int:
+        raise asyncio.SendfileNotAvailableError("no sendfile here")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", unavailable)
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, ServerConfig(port=0, catch_up_chunk=4096)) as (
+            engine,
+            server,
+        ):
+            for first in range(1, 5001, 500):
+                await engine.publish_many(payloads(first, 500))
+            starts = [1, 2, 1234, 4999]
+            clients = [
+                await RawClient.login(server.port, LoginRequest("", "", "", s)) for s in starts
+            ]
+            for start, client in zip(starts, clients, strict=True):
+                assert await client.packet() == LoginAccepted(engine.session_id, start)
+                assert await client.messages(5001 - start) == payloads(start, 5001 - start)
+                client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_session_that_cannot_be_opened_is_rejected_at_once(tmp_path: Path) -> None:
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).strftime("%Y%m%d") + "01"
+    (tmp_path / yesterday / "log").mkdir(parents=True)  # a log that is a directory
+
+    async def scenario() -> None:
+        async with running_server(tmp_path) as (_, server):
+            for _ in range(2):  # the failure is not remembered: each login asks the disk
+                client = await RawClient.login(server.port, LoginRequest("", "", yesterday, 1))
+                assert await client.packet() == LoginRejected("S")
+                assert await client.packet() is None
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))

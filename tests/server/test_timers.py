@@ -10,12 +10,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tickertape.server.engine import Engine
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
     Framer,
     LoginAccepted,
     LoginRequest,
+    SequencedData,
     ServerHeartbeat,
     ServerPacket,
     decode_server_packet,
@@ -64,12 +66,18 @@ class Client:
             self.framer.feed(data)
 
 
-def run(tmp_path: Path, scenario: Callable[[JumpingLoop, int], Awaitable[None]]) -> None:
+def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]]) -> None:
+    """Run ``scenario(loop, port)`` (or ``scenario(loop, port, engine)``) on a jumping
+    clock against an in-process server."""
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, JumpingLoop)
-        async with running_server(tmp_path) as (_, server):
-            await scenario(loop, server.port)
+        async with running_server(tmp_path) as (engine, server):
+            if scenario.__code__.co_argcount == 3:
+                await scenario(loop, server.port, engine)
+            else:
+                await scenario(loop, server.port)
 
     with asyncio.Runner(loop_factory=JumpingLoop) as runner:
         runner.run(main())
@@ -137,5 +145,38 @@ def test_no_login_within_30_s_closes_the_connection(tmp_path: Path) -> None:
         loop.advance(1.0)
         assert await client.packet() == Debug(b"no Login Request within 30.0 s")
         assert await client.packet() is None
+
+    run(tmp_path, scenario)
+
+
+def test_a_client_is_not_judged_silent_while_a_catch_up_chunk_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """asyncio reads nothing from a client while a sendfile to it is in flight, so its
+    heartbeats wait unread: the 4.10 timeout is judged only between chunks."""
+
+    async def scenario(loop: JumpingLoop, port: int, engine: Engine) -> None:
+        message = b"x" * 1000
+        for _ in range(60):
+            await engine.publish_many([message] * 500)  # 30 MB: more than sockets hold
+        # A small read buffer: the client's transport stops reading at 128 KiB unread.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+        writer.write(LoginRequest("", "", "", 1, 2000).encode())
+        first = await asyncio.wait_for(reader.read(64), REAL_TIMEOUT)  # then stop reading
+        loop.advance(5.0)  # far past the 2 s timeout, with a chunk stuck in flight
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        writer.write(ClientHeartbeat().encode())
+        client = Client(reader, writer)
+        client.framer.feed(first)
+        received = 0
+        while received < 30_000:
+            packet = await client.packet()
+            assert packet is not None, "dropped as silent while it could not be heard"
+            if isinstance(packet, SequencedData):
+                received += 1
+                if received % 1000 == 0:
+                    writer.write(ClientHeartbeat().encode())
+        writer.close()
 
     run(tmp_path, scenario)

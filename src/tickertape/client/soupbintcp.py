@@ -80,6 +80,7 @@ class Subscription:
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
         self._writer: asyncio.StreamWriter | None = None
+        self._reading = False
         self._iterator: AsyncIterator[Message] | None = None
         self.logins = 0
         """How many times this subscription has logged in (1 + reconnections)."""
@@ -140,7 +141,9 @@ class Subscription:
 
     async def _connection(self) -> AsyncIterator[Message]:
         loop = asyncio.get_running_loop()
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self._server_timeout
+        )
         self._writer = writer
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -159,13 +162,17 @@ class Subscription:
         ticker = asyncio.create_task(self._tick(connection, writer))
         try:
             while True:
+                self._reading = True
                 data = await reader.read(_READ_SIZE)
+                self._reading = False
                 now = loop.time()
                 if not data:
                     raise _Dropped("the server closed the connection")
                 connection.receive_data(data, now)
                 for event in connection.events_received():
                     if isinstance(event, protocol.Message):
+                        if event.sequence < self.next_seq:
+                            continue  # a server that starts earlier than asked: no duplicates
                         self.next_seq = event.sequence + 1
                         yield Message(self.session, event.sequence, event.payload)
                     elif isinstance(event, protocol.Accepted):
@@ -177,7 +184,8 @@ class Subscription:
                                 event.sequence,
                                 self.next_seq,
                             )
-                        self.next_seq = event.sequence
+                        if event.sequence > self.next_seq or self.next_seq == 0:
+                            self.next_seq = event.sequence
                     elif isinstance(event, protocol.Rejected):
                         why = (
                             "not authorized: wrong username or password"
@@ -207,6 +215,10 @@ class Subscription:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(0.0, connection.next_deadline() - loop.time()))
+            if not self._reading:
+                # The consumer holds the iterator: what the server sent waits unread, so
+                # its silence cannot be judged now.
+                connection.heard(loop.time())
             connection.tick(loop.time())
             outgoing = connection.data_to_send()
             if outgoing and not writer.is_closing():

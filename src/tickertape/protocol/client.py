@@ -225,6 +225,11 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ output
 
+    def heard(self, now: float) -> None:
+        """The application knows the server is alive (bytes wait unread while its
+        consumer is busy): no silence timeout before ``server_timeout`` from now."""
+        self._last_heard = now
+
     def logout(self, now: float) -> None:
         """Queue a Logout Request (spec 4.1, 2.3.4); the connection is then CLOSED."""
         if self._state is not State.CLOSED:

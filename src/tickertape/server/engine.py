@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_MESSAGES: Final = 16_384
 DEFAULT_MAX_BATCH_BYTES: Final = 1 << 20
 DEFAULT_MAX_QUEUED_MESSAGES: Final = 1 << 20
+DEFAULT_MAX_QUEUED_BYTES: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,9 @@ class EngineConfig:
     """...and about this many bytes of payload: it bounds what a live subscriber may be
     handed beyond its write-buffer limit."""
     max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
-    """Publishers wait while this many messages are queued and not yet written."""
+    """Publishers wait while this many messages are queued and not yet written..."""
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    """...or this many bytes of them."""
 
 
 class Cursor(Protocol):
@@ -65,6 +68,10 @@ class Cursor(Protocol):
 
     def session_ended(self) -> None:
         """The session ended and every message was delivered: send End of Session."""
+        ...
+
+    def abort(self) -> None:
+        """Something went wrong with this cursor: close its connection."""
         ...
 
 
@@ -112,6 +119,7 @@ class Engine:
         self._live: dict[Cursor, None] = {}
         self._queue: deque[_Request] = deque()
         self._queued_messages = 0
+        self._queued_bytes = 0
         self._queue_space = asyncio.Event()
         self._queue_space.set()
         self._wakeup = asyncio.Event()
@@ -128,9 +136,14 @@ class Engine:
         """Open the active session (continuing today's, or the next id of the day)."""
         loop = asyncio.get_running_loop()
         today = self.clock.now().date()
-        session_id, session_log = await loop.run_in_executor(
-            self._executor, self.catalogue.open_active, today
-        )
+        self.catalogue.lock()
+        try:
+            session_id, session_log = await loop.run_in_executor(
+                self._executor, self.catalogue.open_active, today
+            )
+        except BaseException:
+            self.catalogue.unlock()
+            raise
         self._session_id, self._log = session_id, session_log
         self._published_next = self._assigned_next = session_log.next_seq
         self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
@@ -146,6 +159,7 @@ class Engine:
         """Persist and publish what is queued, let the writer finish the batch in hand,
         then close the log."""
         self._closing = True
+        self._queue_space.set()  # held-back publishers wake and are told
         if self._writer is not None:
             self._wakeup.set()
             await self._writer
@@ -154,6 +168,7 @@ class Engine:
         self._executor.shutdown(wait=True)
         if self._log is not None:
             self._log.close()
+        self.catalogue.unlock()
 
     # ------------------------------------------------------------------ state
 
@@ -193,31 +208,48 @@ class Engine:
         """Publish messages in order; returns the first one's sequence number once all
         are durable (per the durability policy) and handed to live subscribers.
 
-        The numbers are assigned when this is called, before it first waits: the
-        caller may read :attr:`next_assigned` just before to know them.
+        The numbers are assigned once there is room in the queue. To know them before
+        calling (to write them into the messages, say), ``await wait_for_room()``, then
+        read :attr:`next_assigned` and call this without awaiting anything in between.
         """
-        if self._failure is not None:
-            raise StoreError(f"publishing has stopped: {self._failure}")
-        if self._closing:
-            raise StoreError("the server is shutting down: nothing more is published")
         if not payloads:
+            self._check_open()
             return self._assigned_next
+        if not all(isinstance(payload, bytes) for payload in payloads):
+            raise TypeError("messages are published as bytes")
         longest = max(map(len, payloads))
         if longest > MAX_PAYLOAD:
             raise LocalProtocolError(
                 f"a message of {longest} bytes cannot be published: SoupBinTCP carries at "
                 f"most {MAX_PAYLOAD} bytes a message"
             )
-        while self._queued_messages >= self.config.max_queued_messages:
-            self._queue_space.clear()
-            await self._queue_space.wait()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         size = sum(map(len, payloads))
+        await self.wait_for_room()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(payloads, size, self._assigned_next, future))
         self._queued_messages += len(payloads)
+        self._queued_bytes += size
         self._assigned_next += len(payloads)
         self._wakeup.set()
         return await future
+
+    async def wait_for_room(self) -> None:
+        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``):
+        publishers are held back, never dropped. Raises if publishing has stopped."""
+        self._check_open()
+        while (
+            self._queued_messages >= self.config.max_queued_messages
+            or self._queued_bytes >= self.config.max_queued_bytes
+        ):
+            self._queue_space.clear()
+            await self._queue_space.wait()
+            self._check_open()
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise StoreError(f"publishing has stopped: {self._failure}")
+        if self._closing:
+            raise StoreError("the server is shutting down: nothing more is published")
 
     def _take_batch(self) -> _Batch:
         """Take queued messages for one batch and encode them: everything queued, up to
@@ -262,29 +294,33 @@ class Engine:
         session_log = self.session_log
         writing: asyncio.Future[Appended] | None = None
         written: _Batch | None = None
-        while True:
-            batch = self._take_batch() if self._queue else None
-            if writing is not None and written is not None:
-                try:
+        batch: _Batch | None = None
+        try:
+            while True:
+                batch = self._take_batch() if self._queue else None
+                if writing is not None and written is not None:
                     appended = await writing
-                except Exception as exc:
-                    self._fail([written, batch], exc)
+                    self._published(written, appended)
+                    writing = written = None
+                if batch is not None:
+                    writing = loop.run_in_executor(
+                        self._executor, session_log.append, batch.data, batch.count, batch.crc
+                    )
+                    written, batch = batch, None
+                    continue
+                if self._closing:
                     return
-                self._published(written, appended)
-                writing = written = None
-            if batch is not None:
-                writing = loop.run_in_executor(
-                    self._executor, session_log.append, batch.data, batch.count, batch.crc
-                )
-                written = batch
-                continue
-            if self._closing:
-                return
-            await self._wakeup.wait()
-            self._wakeup.clear()
+                await self._wakeup.wait()
+                self._wakeup.clear()
+        except asyncio.CancelledError:
+            self._fail([written, batch], StoreError("the session writer was cancelled"))
+            raise
+        except Exception as exc:
+            self._fail([written, batch], exc)
 
     def _published(self, batch: _Batch, appended: Appended) -> None:
         self._queued_messages -= batch.count
+        self._queued_bytes -= len(batch.data) - 3 * batch.count
         self._queue_space.set()
         self._publish(appended, batch.data)
         for request, start, stop in batch.parts:
@@ -303,8 +339,9 @@ class Engine:
             if not request.future.done():
                 request.future.set_exception(error)
         self._queue.clear()
-        self._queued_messages = 0
+        self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next
+        self._queue_space.set()  # wake held-back publishers: they see the failure
 
     def _publish(self, appended: Appended, data: bytes) -> None:
         first, count = appended.first_seq, appended.count
@@ -313,7 +350,13 @@ class Engine:
             return
         now = self.clock.monotonic()
         for cursor in tuple(self._live):
-            cursor.deliver(data, first, count, now)
+            try:
+                cursor.deliver(data, first, count, now)
+            except Exception:
+                # One subscriber's failure must not stop the others, nor the writer.
+                log.exception("dropping a subscriber that failed to take batch %d", first)
+                self._live.pop(cursor, None)
+                cursor.abort()
 
     # ------------------------------------------------------------------ subscribers
 

@@ -131,8 +131,8 @@ class SoupBinTCPServer:
             self._closed_logs[session] = opening
         try:
             return await asyncio.shield(opening)
-        except StoreError:
-            self._closed_logs.pop(session, None)  # not there (yet): ask the disk next time
+        except Exception:
+            self._closed_logs.pop(session, None)  # failed: ask the disk again next time
             raise
 
 
@@ -254,6 +254,15 @@ class _Connection(asyncio.Protocol):
         except StoreError as exc:
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
             session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+        except Exception as exc:
+            log.error(
+                "login of %r from %s rejected: session %s cannot be opened: %s",
+                self._who,
+                self._peer,
+                wanted,
+                exc,
+            )
+            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
         else:
             self._accept(wanted, sequence, session_log, None)
         self._handle_events()
@@ -344,7 +353,12 @@ class _Connection(asyncio.Protocol):
         assert session is not None
         now = self._loop.time()
         if self._subscriber is not None and self._subscriber.sending_file:
-            session.sent(now)  # the sendfile in flight is sending; no heartbeat needed
+            # asyncio does not read from the client while a sendfile is in flight, so
+            # its heartbeats wait unread: judge its silence once the chunk is sent.
+            session.sent(now)
+            self._timer_when = now + self._server.config.timers.heartbeat_interval
+            self._timer = self._loop.call_at(self._timer_when, self._tick)
+            return
         session.tick(now)
         self._handle_events()
         if session.state is not State.CLOSED:

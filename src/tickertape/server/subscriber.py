@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Final
 
@@ -21,9 +22,9 @@ from tickertape.store.log import SessionLog, packet_offsets
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CATCH_UP_CHUNK: Final = 4 << 20
-"""Bytes sent per ``sendfile`` call while catching up; between calls the connection
-reads its client's packets and may send heartbeats."""
+DEFAULT_CATCH_UP_CHUNK: Final = 1 << 20
+"""Bytes sent per ``sendfile`` call while catching up. asyncio stops reading from the
+client during a call; between calls the connection reads its client's packets."""
 
 
 class Subscriber:
@@ -52,6 +53,8 @@ class Subscriber:
         self._chunk = chunk
         self._live = False
         self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._caught_up_once = False
         self._task: asyncio.Task[None] | None = None
         self.sending_file = False
@@ -95,6 +98,11 @@ class Subscriber:
         self.next_seq = end
         self._on_sent(now)
 
+    def abort(self) -> None:
+        """Close the connection at once: something went wrong with this cursor."""
+        self.stop()
+        self._transport.abort()
+
     def session_ended(self) -> None:
         """The active session ended; once caught up, this cursor sends End of Session."""
         self._engine = None
@@ -107,11 +115,13 @@ class Subscriber:
     def pause_writing(self) -> None:
         """The write buffer passed its high-water mark: stop taking live batches."""
         self._paused = True
+        self._writable.clear()
         self._leave_live()
 
     def resume_writing(self) -> None:
         """The write buffer drained: read the log up to the tail, then go live again."""
         self._paused = False
+        self._writable.set()
         self._resume()
 
     def _leave_live(self) -> None:
@@ -147,16 +157,39 @@ class Subscriber:
                         log.debug("replayed %d messages in %.3f s", replayed, loop.time() - started)
                 return
             start, end_seq, end_offset = self._log.span(self.next_seq, self._chunk, tail)
-            self.sending_file = True
             try:
-                await loop.sendfile(self._transport, self._log.reader, start, end_offset - start)
-            except (ConnectionError, RuntimeError) as exc:
+                await self._send_range(start, end_offset - start)
+            except ConnectionError as exc:
                 if not self._transport.is_closing():
                     log.info("catch-up stopped: %s", exc)
                     self._transport.abort()
                 return
-            finally:
-                self.sending_file = False
+            except Exception:
+                log.exception("catch-up from sequence %d failed: closing", self.next_seq)
+                self._transport.abort()
+                return
             replayed += end_seq - self.next_seq
             self.next_seq = end_seq
             self._on_sent(loop.time())
+
+    async def _send_range(self, offset: int, count: int) -> None:
+        """Send ``count`` bytes of the log from ``offset``: with ``sendfile`` where the
+        transport allows it, else by reading and writing (TLS, say)."""
+        loop = asyncio.get_running_loop()
+        self.sending_file = True
+        try:
+            sent = await loop.sendfile(
+                self._transport, self._log.reader, offset, count, fallback=False
+            )
+        except (asyncio.SendfileNotAvailableError, NotImplementedError):
+            sent = None
+        finally:
+            self.sending_file = False
+        if sent is None:
+            # Each read names its offset, so readers of the same log never interfere.
+            data = os.pread(self._log.fileno(), count, offset)
+            self._transport.write(data)
+            sent = len(data)
+            await self._writable.wait()
+        if sent != count:  # pragma: no cover - both paths send all or raise
+            raise ConnectionError(f"sent {sent} of {count} bytes of the log")

@@ -12,6 +12,7 @@ A session whose directory holds ``ended`` is closed: it is served, never appende
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tickertape.store.sessionid import SessionId
 log = logging.getLogger(__name__)
 
 ENDED_MARKER: Final = "ended"
+LOCK_FILE: Final = ".lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,31 @@ class Catalogue:
     def __init__(self, root: Path, durability: Durability = Durability.BATCH) -> None:
         self.root = root
         self.durability = durability
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the data directory for this process: two writers would interleave their
+        appends and destroy each other's sessions. Raises :class:`StoreError` if another
+        process holds it. The lock goes with the process, however it ends."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"data directory {self.root} is in use by tickertape process {holder}; "
+                "stop it first, or serve another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
     def sessions(self) -> list[SessionInfo]:
         """Every session on disk, oldest first."""
