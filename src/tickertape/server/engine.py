@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Final, Protocol
 
 from tickertape.clock import Clock, SystemClock
@@ -215,7 +215,7 @@ class Engine:
         if not payloads:
             self._check_open()
             return self._assigned_next
-        if not all(isinstance(payload, bytes) for payload in payloads):
+        if not all(map(isinstance, payloads, repeat(bytes))):
             raise TypeError("messages are published as bytes")
         longest = max(map(len, payloads))
         if longest > MAX_PAYLOAD:
