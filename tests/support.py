@@ -1,8 +1,11 @@
-"""Helpers shared by the tests: a tickertape server in a real subprocess, or in-process."""
+"""Helpers shared by the tests: a tickertape server in a real subprocess, or in-process;
+an event loop whose clock jumps, and a wall clock that moves with it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import os
 import re
 import signal
@@ -193,11 +196,14 @@ def paused(server: ServerProcess, timeout: float = 10.0) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    data: Path, config: ServerConfig | None = None, durability: Durability = Durability.NONE
+    data: Path,
+    config: ServerConfig | None = None,
+    durability: Durability = Durability.NONE,
+    engine: Engine | None = None,
 ) -> AsyncIterator[tuple[Engine, SoupBinTCPServer]]:
-    """An engine and a SoupBinTCP server in this event loop, on 127.0.0.1 and a free port
-    unless ``config`` says otherwise."""
-    engine = Engine(Catalogue(data, durability))
+    """An engine (by default on ``data``) and a SoupBinTCP server in this event loop, on
+    127.0.0.1 and a free port unless ``config`` says otherwise."""
+    engine = engine or Engine(Catalogue(data, durability))
     await engine.start()
     server = SoupBinTCPServer(engine, config or ServerConfig(port=0))
     try:
@@ -206,3 +212,36 @@ async def running_server(
     finally:
         await server.close()
         await engine.close()
+
+
+class JumpingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock runs with real time plus jumps made by :meth:`advance`:
+    every timer due within the jump fires at once, in milliseconds of real time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class LoopClock:
+    """A :class:`tickertape.clock.Clock` whose wall time starts at ``start`` and moves
+    with the running event loop's clock (so a :class:`JumpingLoop` moves it too)."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.start = start
+        self._origin: float | None = None
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def now(self) -> dt.datetime:
+        loop_time = asyncio.get_running_loop().time()
+        if self._origin is None:
+            self._origin = loop_time
+        return self.start + dt.timedelta(seconds=loop_time - self._origin)

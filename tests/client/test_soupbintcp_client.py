@@ -16,7 +16,7 @@ from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import running_server
+from support import JumpingLoop, running_server
 
 TIMEOUT = 20.0
 
@@ -128,17 +128,6 @@ def test_a_rejected_login_raises_and_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(LoginRejected, match="not authorized") as caught:
         asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert caught.value.reason == "A"
-
-
-class JumpingLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock can be made to jump forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return super().time() + self.offset
 
 
 def test_a_busy_consumer_is_not_mistaken_for_a_silent_server(tmp_path: Path) -> None:

@@ -23,23 +23,9 @@ from tickertape.wire.soupbintcp import (
     decode_server_packet,
 )
 
-from support import running_server
+from support import JumpingLoop, running_server
 
 REAL_TIMEOUT = 10.0
-
-
-class JumpingLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock runs with real time plus jumps made by :meth:`advance`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return super().time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 class Client:

@@ -16,11 +16,13 @@ can neither lose nor repeat a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import zlib
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, repeat
@@ -30,6 +32,7 @@ from tickertape.clock import Clock, SystemClock
 from tickertape.errors import LocalProtocolError, StoreError
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Appended, Durability, SessionLog
+from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
 
@@ -110,10 +113,12 @@ class Engine:
         catalogue: Catalogue,
         config: EngineConfig | None = None,
         clock: Clock | None = None,
+        schedule: RollSchedule | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.config = config or EngineConfig(durability=catalogue.durability)
         self.clock = clock or SystemClock()
+        self.schedule = schedule or RollSchedule()
         self._session_id: SessionId | None = None
         self._log: SessionLog | None = None
         self._live: dict[Cursor, None] = {}
@@ -129,13 +134,18 @@ class Engine:
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closing = False
+        self._rolling = False
+        self._roll_lock = asyncio.Lock()
+        self._roller: asyncio.Task[None] | None = None
+        self._roll_listeners: list[Callable[[str, SessionLog, str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Open the active session (continuing today's, or the next id of the day)."""
+    async def start(self, *, roll_on_schedule: bool = True) -> None:
+        """Open the active session: today's (by the roll schedule) if it was not ended,
+        else the next id of the day. Then roll on the schedule, unless told not to."""
         loop = asyncio.get_running_loop()
-        today = self.clock.now().date()
+        today = self.schedule.session_day(self.clock.now())
         self.catalogue.lock()
         try:
             session_id, session_log = await loop.run_in_executor(
@@ -144,6 +154,11 @@ class Engine:
         except BaseException:
             self.catalogue.unlock()
             raise
+        self._open(session_id, session_log)
+        if roll_on_schedule:
+            self._roller = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
+
+    def _open(self, session_id: SessionId, session_log: SessionLog) -> None:
         self._session_id, self._log = session_id, session_log
         self._published_next = self._assigned_next = session_log.next_seq
         self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
@@ -157,18 +172,93 @@ class Engine:
 
     async def close(self) -> None:
         """Persist and publish what is queued, let the writer finish the batch in hand,
-        then close the log."""
-        self._closing = True
-        self._queue_space.set()  # held-back publishers wake and are told
-        if self._writer is not None:
-            self._wakeup.set()
-            await self._writer
-            self._writer = None
+        then close the log. The session is not ended: a restart continues it."""
+        if self._roller is not None:
+            self._roller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._roller
+        async with self._roll_lock:
+            self._closing = True
+            self._queue_space.set()  # held-back publishers wake and are told
+            await self._stop_writer()
         self._live.clear()
         self._executor.shutdown(wait=True)
         if self._log is not None:
             self._log.close()
         self.catalogue.unlock()
+
+    async def _stop_writer(self) -> None:
+        """Let the writer write everything queued, then return (``_closing`` or
+        ``_rolling`` is set, so it stops once the queue is empty)."""
+        if self._writer is not None:
+            self._wakeup.set()
+            await self._writer
+            self._writer = None
+
+    # ------------------------------------------------------------------ ending and rolling
+
+    def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:
+        """Call ``listener(ended_id, ended_log, next_id)`` after each roll. The ended
+        session's log is handed over open (subscribers may still be reading it): the
+        listener owns it from then on."""
+        self._roll_listeners.append(listener)
+
+    async def end_session(self) -> str:
+        """End the active session and open the next one (see :meth:`roll`)."""
+        return await self.roll()
+
+    async def roll(self, day: dt.date | None = None) -> str:
+        """End the active session and open the next; returns the new session's id.
+
+        Publishing pauses; everything already queued is written and published; the end
+        is persisted (the session's ``ended`` marker, synced); only then is each
+        subscriber told, and sends End of Session after the last message. The next
+        session carries ``day`` (default: the schedule's day for now): counter 01 of a
+        new day, or the next counter of the same day. Publishers held back meanwhile
+        publish into it.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._roll_lock:
+            self._check_open()
+            ended_id, ended_log = self._session_id, self._log
+            assert ended_id is not None and ended_log is not None
+            self._rolling = True
+            try:
+                await self._stop_writer()
+                if self._failure is not None:
+                    raise StoreError(f"publishing has stopped: {self._failure}")
+                day = day or self.schedule.session_day(self.clock.now())
+                next_id, next_log = await loop.run_in_executor(
+                    self._executor, self.catalogue.open_next, ended_id, day
+                )
+                await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                # From here to the switch nothing awaits: a subscriber that logged in to
+                # the ended session meanwhile is live in it, and is told with the rest.
+                for cursor in tuple(self._live):
+                    cursor.session_ended()
+                self._live.clear()
+                log.info("session %s ended after %d messages", ended_id, self._published_next - 1)
+                self._open(next_id, next_log)
+            finally:
+                self._rolling = False
+                self._queue_space.set()
+        for listener in self._roll_listeners:
+            listener(str(ended_id), ended_log, str(next_id))
+        return str(next_id)
+
+    async def _roll_on_schedule(self) -> None:
+        while True:
+            due = self.schedule.next_roll(self.clock.now())
+            log.info("next roll at %s", due.isoformat(timespec="seconds"))
+            due = due.astimezone(dt.UTC)  # compare instants, not wall times
+            while (left := (due - self.clock.now().astimezone(dt.UTC)).total_seconds()) > 0:  # noqa: ASYNC110
+                # In steps, so that a wall clock set forward or back is noticed.
+                await asyncio.sleep(min(left, 60.0))
+            try:
+                await self.roll(self.schedule.session_day(due))
+            except StoreError as exc:
+                log.error("scheduled roll failed: %s", exc)
+                return
 
     # ------------------------------------------------------------------ state
 
@@ -234,11 +324,13 @@ class Engine:
         return await future
 
     async def wait_for_room(self) -> None:
-        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``):
-        publishers are held back, never dropped. Raises if publishing has stopped."""
+        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``)
+        or a roll is under way: publishers are held back, never dropped. Raises if
+        publishing has stopped."""
         self._check_open()
         while (
-            self._queued_messages >= self.config.max_queued_messages
+            self._rolling
+            or self._queued_messages >= self.config.max_queued_messages
             or self._queued_bytes >= self.config.max_queued_bytes
         ):
             self._queue_space.clear()
@@ -308,7 +400,7 @@ class Engine:
                     )
                     written, batch = batch, None
                     continue
-                if self._closing:
+                if self._closing or self._rolling:
                     return
                 await self._wakeup.wait()
                 self._wakeup.clear()
@@ -359,6 +451,10 @@ class Engine:
                 cursor.abort()
 
     # ------------------------------------------------------------------ subscribers
+
+    def is_active(self, session_log: SessionLog) -> bool:
+        """Whether ``session_log`` is the active session's (not one that has ended)."""
+        return session_log is self._log
 
     def go_live(self, cursor: Cursor) -> bool:
         """Add a cursor that has caught up to the live set. Returns False (and adds

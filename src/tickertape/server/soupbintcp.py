@@ -84,6 +84,13 @@ class SoupBinTCPServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closed_logs: dict[str, asyncio.Future[SessionLog]] = {}
+        engine.on_roll(self._rolled)
+
+    def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
+        """The engine ended a session: its log, still open, serves pulls from now on."""
+        handed: asyncio.Future[SessionLog] = asyncio.get_running_loop().create_future()
+        handed.set_result(ended_log)
+        self._closed_logs[ended] = handed
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

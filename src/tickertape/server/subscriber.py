@@ -141,6 +141,8 @@ class Subscriber:
         replayed = 0
         while not self._transport.is_closing():
             engine = self._engine
+            if engine is not None and not engine.is_active(self._log):
+                engine = self._engine = None  # the session ended while catching up
             tail = engine.next_seq if engine is not None else self._log.next_seq
             if self.next_seq >= tail:
                 if engine is None:

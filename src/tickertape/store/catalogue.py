@@ -95,22 +95,26 @@ class Catalogue:
         """The session to append to on start-up.
 
         Today's most recent session is continued unless it was ended; then the next id
-        of the day is opened. Sessions of earlier days that were never ended are ended
-        now: their day is over.
+        of the day is opened. Every other session that was never ended is ended now:
+        its day is over, or a later session of its day replaced it.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         latest: SessionInfo | None = None
-        for info in self.sessions():
-            if info.id.day < today and not info.ended:
-                log.info("session %s is from an earlier day and was not ended: ending it", info.id)
-                self.mark_ended(info.id)
-            elif info.id.day == today:
-                latest = info
-            elif info.id.day > today:
+        sessions = self.sessions()
+        for info in sessions:
+            if info.id.day > today:
                 raise StoreError(
                     f"session {info.id} in {self.root} is dated after today ({today:%Y-%m-%d}); "
                     "is the clock right?"
                 )
+        for info in sessions:
+            if info.id.day == today:
+                latest = info
+        for info in sessions:
+            if info is not latest and not info.ended:
+                # Its day is over, or a later session of the same day replaced it.
+                log.info("session %s was never ended: ending it", info.id)
+                self.mark_ended(info.id)
         if latest is not None and not latest.ended:
             session_id = latest.id
             opened = SessionLog.open(latest.path, durability=self.durability)
@@ -120,6 +124,17 @@ class Catalogue:
                 self.root / str(session_id), durability=self.durability, create=True
             )
         return session_id, opened
+
+    def open_next(self, ended: SessionId, day: dt.date) -> tuple[SessionId, SessionLog]:
+        """Create the session that follows ``ended``: counter 01 of ``day`` if that is a
+        later day, else the next counter of ``ended``'s day."""
+        session_id = SessionId.first_of(day) if day > ended.day else ended.next_roll()
+        while (self.root / str(session_id)).exists():  # the clock went back: never reuse
+            session_id = session_id.next_roll()
+        created = SessionLog.open(
+            self.root / str(session_id), durability=self.durability, create=True
+        )
+        return session_id, created
 
     def open_closed(self, session: str) -> SessionLog:
         """A read-only view of an ended session."""

@@ -1,0 +1,195 @@
+"""Sessions over their life: rolled at midnight and on demand, ended, pulled after.
+
+The server runs in-process on an event loop whose clock jumps, with a wall clock that
+moves with it: crossing midnight takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tickertape.server.engine import Engine, EngineConfig
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import Durability
+from tickertape.store.schedule import RollSchedule
+from tickertape.wire.soupbintcp import (
+    EndOfSession,
+    Framer,
+    LoginAccepted,
+    LoginRequest,
+    SequencedData,
+    ServerHeartbeat,
+    ServerPacket,
+    decode_server_packet,
+)
+
+from support import JumpingLoop, LoopClock, running_server
+
+UTC = dt.UTC
+REAL_TIMEOUT = 10.0
+
+
+class Client:
+    """A raw SoupBinTCP client: every packet but heartbeats, None at end of stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.framer = Framer()
+
+    @classmethod
+    async def login(cls, port: int, session: str = "", seq: int = 1) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(LoginRequest("", "", session, seq).encode())
+        return cls(reader, writer)
+
+    async def packet(self) -> ServerPacket | None:
+        while True:
+            for frame in self.framer:
+                packet = decode_server_packet(frame)
+                if not isinstance(packet, ServerHeartbeat):
+                    return packet
+            data = await asyncio.wait_for(self.reader.read(65536), REAL_TIMEOUT)
+            if not data:
+                return None
+            self.framer.feed(data)
+
+    async def session(self) -> tuple[LoginAccepted, list[bytes]]:
+        """Login Accepted, then every message up to End of Session, then the close."""
+        accepted = await self.packet()
+        assert isinstance(accepted, LoginAccepted), accepted
+        messages = []
+        while isinstance(packet := await self.packet(), SequencedData):
+            messages.append(packet.payload)
+        assert packet == EndOfSession(), packet
+        assert await self.packet() is None  # closed after End of Session
+        return accepted, messages
+
+
+def payloads(tag: str, count: int) -> list[bytes]:
+    return [f"{tag} {n}".encode() for n in range(1, count + 1)]
+
+
+def run(
+    tmp_path: Path,
+    start: dt.datetime,
+    scenario: Callable[[JumpingLoop, Engine, int], Awaitable[None]],
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, JumpingLoop)
+        engine = Engine(
+            Catalogue(tmp_path, Durability.BATCH),
+            EngineConfig(durability=Durability.BATCH),
+            clock=LoopClock(start),
+            schedule=RollSchedule(zone=UTC),
+        )
+        async with running_server(tmp_path, engine=engine) as (_, server):
+            await scenario(loop, engine, server.port)
+
+    with asyncio.Runner(loop_factory=JumpingLoop) as runner:
+        runner.run(asyncio.wait_for(main(), 60))
+
+
+def test_crossing_midnight_ends_the_day_and_opens_the_next(tmp_path: Path) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        assert engine.session_id == "2026112901"
+        await engine.publish_many(payloads("day1", 10))
+        replaying = await Client.login(port, seq=1)
+        live = await Client.login(port, seq=0)
+        while engine.live_count < 2:  # both caught up and at the tail
+            await asyncio.sleep(0.001)
+        await engine.publish_many(payloads("late", 5))
+
+        loop.advance(2.0)  # 23:59:59 -> 00:00:01
+        accepted, got = await replaying.session()
+        assert accepted == LoginAccepted("2026112901", 1)
+        assert got == payloads("day1", 10) + payloads("late", 5)
+        accepted, got = await live.session()
+        assert accepted == LoginAccepted("2026112901", 11)
+        assert got == payloads("late", 5)
+
+        assert engine.session_id == "2026113001"
+        await engine.publish_many(payloads("day2", 3))
+        fresh = await Client.login(port, seq=1)
+        assert await fresh.packet() == LoginAccepted("2026113001", 1)
+        for expected in payloads("day2", 3):
+            assert await fresh.packet() == SequencedData(expected)
+        fresh.writer.close()
+
+        yesterday = await Client.login(port, "2026112901", 1)
+        accepted, got = await yesterday.session()
+        assert accepted == LoginAccepted("2026112901", 1)
+        assert got == payloads("day1", 10) + payloads("late", 5)
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 23, 59, 59, tzinfo=UTC), scenario)
+
+
+def test_rolls_on_demand_number_the_day_and_every_session_stays_served(
+    tmp_path: Path,
+) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        published = {}
+        for counter in (1, 2, 3):
+            session = engine.session_id
+            assert session == "2026112901"[:-1] + str(counter)
+            published[session] = payloads(session, 7 * counter)
+            await engine.publish_many(published[session])
+            if counter < 3:
+                assert await engine.roll() == f"202611290{counter + 1}"
+        await engine.end_session()  # the third ends too; a fourth opens
+        assert engine.session_id == "2026112904"
+        for session, expected in published.items():
+            for start in (1, 4, len(expected)):
+                client = await Client.login(port, session, start)
+                accepted, got = await client.session()
+                assert accepted == LoginAccepted(session, start)
+                assert got == expected[start - 1 :]
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
+
+
+def test_publishers_during_a_roll_publish_into_the_next_session(tmp_path: Path) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        await engine.publish_many(payloads("old", 2))
+        roll = asyncio.ensure_future(engine.roll())
+        await asyncio.sleep(0)  # the roll has begun: publishing waits for the next session
+        first = await engine.publish(b"new 1")
+        assert await roll == "2026112902"
+        assert first == 1
+        assert engine.session_id == "2026112902"
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
+
+
+def restart(tmp_path: Path, now: dt.datetime) -> tuple[str, int]:
+    """Start an engine on ``tmp_path`` at ``now``; its session and next number."""
+
+    async def main() -> tuple[str, int]:
+        engine = Engine(
+            Catalogue(tmp_path, Durability.BATCH),
+            clock=LoopClock(now),
+            schedule=RollSchedule(zone=UTC),
+        )
+        await engine.start(roll_on_schedule=False)
+        try:
+            result = engine.session_id, engine.next_seq
+            await engine.publish(b"x")
+            return result
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def test_a_restart_mid_day_continues_and_on_a_later_date_opens_the_new_day(
+    tmp_path: Path,
+) -> None:
+    morning = dt.datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+    assert restart(tmp_path, morning) == ("2026112901", 1)
+    assert restart(tmp_path, morning + dt.timedelta(hours=3)) == ("2026112901", 2)
+    assert restart(tmp_path, morning + dt.timedelta(days=2)) == ("2026120101", 1)
+    assert (tmp_path / "2026112901" / "ended").exists()
