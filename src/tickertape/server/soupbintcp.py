@@ -63,6 +63,21 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriberInfo:
+    """One logged-in connection, as the status view shows it."""
+
+    address: str
+    user: str
+    session: str
+    next_seq: int
+    """The next sequence number it will be sent."""
+    lag: int
+    """Messages published in its session that it has not been sent yet."""
+    live: bool
+    """At the tail, taking each batch as it is published (else reading the log)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where and how the SoupBinTCP endpoint listens."""
 
@@ -113,6 +128,15 @@ class SoupBinTCPServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    def subscribers(self) -> list[SubscriberInfo]:
+        """Every logged-in connection: who, where, which session, how far behind."""
+        found = []
+        for connection in self._connections:
+            info = connection.info()
+            if info is not None:
+                found.append(info)
+        return sorted(found, key=lambda info: info.address)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -155,6 +179,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         self._pull: asyncio.Task[None] | None = None
+        self._session_name: str | None = None
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
 
@@ -287,6 +312,7 @@ class _Connection(asyncio.Protocol):
         if engine is None:
             first = min(first, tail)  # a closed session has nothing past its end
         session.accept(wanted, first, self._loop.time())
+        self._session_name = wanted
         log.info(
             "%s logged in as %r to session %s from sequence %d%s",
             self._peer,
@@ -307,6 +333,20 @@ class _Connection(asyncio.Protocol):
             chunk=self._server.config.catch_up_chunk,
         )
         self._subscriber.start()
+
+    def info(self) -> SubscriberInfo | None:
+        subscriber = self._subscriber
+        if subscriber is None or self._session_name is None:
+            return None
+        tail = subscriber.tail()
+        return SubscriberInfo(
+            address=self._peer,
+            user=self._who,
+            session=self._session_name,
+            next_seq=subscriber.next_seq,
+            lag=max(0, tail - subscriber.next_seq),
+            live=subscriber.live,
+        )
 
     @property
     def _who(self) -> str:

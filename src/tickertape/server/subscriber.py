@@ -64,6 +64,13 @@ class Subscriber:
     def live(self) -> bool:
         return self._live
 
+    def tail(self) -> int:
+        """One past the last message of its session that exists now."""
+        engine = self._engine
+        if engine is not None and engine.is_active(self._log):
+            return engine.next_seq
+        return self._log.next_seq
+
     def start(self) -> None:
         """Begin: read the log up to the tail, then go live (or, for a closed session,
         send End of Session)."""
