@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tickertape.server.engine import Engine, EngineConfig
+from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.schedule import RollSchedule
@@ -193,3 +194,36 @@ def test_a_restart_mid_day_continues_and_on_a_later_date_opens_the_new_day(
     assert restart(tmp_path, morning + dt.timedelta(hours=3)) == ("2026112901", 2)
     assert restart(tmp_path, morning + dt.timedelta(days=2)) == ("2026120101", 1)
     assert (tmp_path / "2026112901" / "ended").exists()
+
+
+def test_an_archived_session_is_served_byte_for_byte_as_before(tmp_path: Path) -> None:
+    sizes = [0, 1, 100, 5000, 65534]
+    messages = [bytes([n % 251]) * sizes[n % len(sizes)] for n in range(3000)]
+    starts = (1, 1234, len(messages))
+
+    async def pulls(port: int, session: str) -> dict[int, list[bytes]]:
+        served = {}
+        for start in starts:
+            client = await Client.login(port, session, start)
+            accepted, served[start] = await client.session()
+            assert accepted == LoginAccepted(session, start)
+        return served
+
+    async def before() -> tuple[str, dict[int, list[bytes]]]:
+        async with running_server(tmp_path) as (engine, server):
+            for first in range(0, len(messages), 250):
+                await engine.publish_many(messages[first : first + 250])
+            ended = engine.session_id
+            await engine.roll()
+            return ended, await pulls(server.port, ended)
+
+    async def after(session: str) -> dict[int, list[bytes]]:
+        async with running_server(tmp_path) as (_, server):
+            return await pulls(server.port, session)
+
+    ended, served = asyncio.run(asyncio.wait_for(before(), 60))
+    assert served == {start: messages[start - 1 :] for start in starts}
+    result = archive_session(tmp_path / ended, chunk_bytes=64 << 10)
+    assert result.chunks > 10
+    assert not (tmp_path / ended / "log").exists()
+    assert asyncio.run(asyncio.wait_for(after(ended), 60)) == served

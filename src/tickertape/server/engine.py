@@ -31,7 +31,7 @@ from typing import Final, Protocol
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import LocalProtocolError, StoreError
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Appended, Durability, SessionLog
+from tickertape.store.log import Appended, Durability, ReadableLog, SessionLog
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
@@ -452,7 +452,7 @@ class Engine:
 
     # ------------------------------------------------------------------ subscribers
 
-    def is_active(self, session_log: SessionLog) -> bool:
+    def is_active(self, session_log: ReadableLog) -> bool:
         """Whether ``session_log`` is the active session's (not one that has ended)."""
         return session_log is self._log
 

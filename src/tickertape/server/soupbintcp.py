@@ -33,7 +33,7 @@ from tickertape.protocol.server import (
 )
 from tickertape.server.engine import Engine
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
-from tickertape.store.log import SessionLog
+from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.wire.soupbintcp import (
     REJECT_NOT_AUTHORIZED,
     REJECT_SESSION_NOT_AVAILABLE,
@@ -98,12 +98,12 @@ class SoupBinTCPServer:
         self.config = config or ServerConfig()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._closed_logs: dict[str, asyncio.Future[SessionLog]] = {}
+        self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         engine.on_roll(self._rolled)
 
     def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
         """The engine ended a session: its log, still open, serves pulls from now on."""
-        handed: asyncio.Future[SessionLog] = asyncio.get_running_loop().create_future()
+        handed: asyncio.Future[ReadableLog] = asyncio.get_running_loop().create_future()
         handed.set_result(ended_log)
         self._closed_logs[ended] = handed
 
@@ -149,7 +149,7 @@ class SoupBinTCPServer:
                 opening.result().close()
         self._closed_logs.clear()
 
-    async def closed_session(self, session: str) -> SessionLog:
+    async def closed_session(self, session: str) -> ReadableLog:
         """The log of a session that is not the active one, opened once and kept.
 
         Opening checks every batch's checksum, so it runs off the event loop; logins
@@ -300,7 +300,7 @@ class _Connection(asyncio.Protocol):
         self._handle_events()
 
     def _accept(
-        self, wanted: str, sequence: int, session_log: SessionLog, engine: Engine | None
+        self, wanted: str, sequence: int, session_log: ReadableLog, engine: Engine | None
     ) -> None:
         session = self._session
         transport = self._transport

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from typing import Final
 
 from tickertape.server.engine import Engine
-from tickertape.store.log import SessionLog, packet_offsets
+from tickertape.store.log import ReadableLog, packet_offsets
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Subscriber:
     def __init__(
         self,
         transport: asyncio.WriteTransport,
-        session_log: SessionLog,
+        session_log: ReadableLog,
         engine: Engine | None,
         next_seq: int,
         *,
@@ -183,22 +182,22 @@ class Subscriber:
 
     async def _send_range(self, offset: int, count: int) -> None:
         """Send ``count`` bytes of the log from ``offset``: with ``sendfile`` where the
-        transport allows it, else by reading and writing (TLS, say)."""
+        log is a plain file and the transport allows it; else read (off the event loop:
+        an archived log decompresses) and write, then wait for the buffer to drain."""
         loop = asyncio.get_running_loop()
-        self.sending_file = True
-        try:
-            sent = await loop.sendfile(
-                self._transport, self._log.reader, offset, count, fallback=False
-            )
-        except (asyncio.SendfileNotAvailableError, NotImplementedError):
-            sent = None
-        finally:
-            self.sending_file = False
-        if sent is None:
-            # Each read names its offset, so readers of the same log never interfere.
-            data = os.pread(self._log.fileno(), count, offset)
+        source = self._log.sendfile_source()
+        if source is not None:
+            self.sending_file = True
+            try:
+                await loop.sendfile(self._transport, source, offset, count, fallback=False)
+                return
+            except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                pass  # TLS, or a file system without sendfile
+            finally:
+                self.sending_file = False
+        data = await loop.run_in_executor(None, self._log.read_range, offset, count)
+        if len(data) != count:
+            raise ConnectionError(f"read {len(data)} of {count} bytes of the log")
+        if not self._transport.is_closing():
             self._transport.write(data)
-            sent = len(data)
             await self._writable.wait()
-        if sent != count:  # pragma: no cover - both paths send all or raise
-            raise ConnectionError(f"sent {sent} of {count} bytes of the log")

@@ -46,7 +46,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import zstandard
 
@@ -366,6 +366,10 @@ class ArchivedLog:
         if number < len(self._offsets) and self._first_seqs[number] < limit_seq:
             return start, self._first_seqs[number], self._offsets[number]
         return start, limit_seq, self.offset_of(limit_seq)
+
+    def sendfile_source(self) -> BinaryIO | None:
+        """None: the bytes are compressed; :meth:`read_range` serves them."""
+        return None
 
     def read_range(self, offset: int, count: int) -> bytes:
         """``count`` bytes of the original log from ``offset``, decompressing only the

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Final
 
 from tickertape.errors import SessionNotFound, StoreError
-from tickertape.store.log import Durability, SessionLog
+from tickertape.store.archive import ARCHIVE_FILE, open_session_log
+from tickertape.store.log import LOG_FILE, Durability, ReadableLog, SessionLog
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Catalogue:
         """The session named ``session``; raises :class:`SessionNotFound`."""
         if SessionId.is_valid(session):
             path = self.root / session
-            if (path / "log").exists():
+            if (path / LOG_FILE).exists() or (path / ARCHIVE_FILE).exists():
                 return SessionInfo(SessionId.parse(session), path, (path / ENDED_MARKER).exists())
         raise SessionNotFound(f"no session {session!r} in {self.root}")
 
@@ -136,10 +137,9 @@ class Catalogue:
         )
         return session_id, created
 
-    def open_closed(self, session: str) -> SessionLog:
-        """A read-only view of an ended session."""
-        info = self.find(session)
-        return SessionLog.open(info.path, writable=False)
+    def open_closed(self, session: str) -> ReadableLog:
+        """A read-only view of an ended session, archived or not."""
+        return open_session_log(self.find(session).path)
 
     def mark_ended(self, session: SessionId) -> None:
         """Persist that ``session`` has ended."""

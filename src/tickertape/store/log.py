@@ -33,7 +33,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from tickertape.errors import StoreError
 
@@ -115,6 +115,26 @@ def packet_offsets(data: bytes | memoryview, base: int = 0) -> list[int]:
         position += 2 + length
     offsets.append(base + position)
     return offsets
+
+
+class ReadableLog(Protocol):
+    """What serving a session needs of its log, archived or not."""
+
+    @property
+    def next_seq(self) -> int: ...
+
+    def offset_of(self, seq: int) -> int: ...
+
+    def span(self, seq: int, max_bytes: int, limit_seq: int) -> tuple[int, int, int]: ...
+
+    def read_range(self, offset: int, count: int) -> bytes: ...
+
+    def sendfile_source(self) -> BinaryIO | None:
+        """A file whose bytes are the log's, for ``sendfile``; None if there is none
+        (an archived log is compressed): then :meth:`read_range` serves."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class SessionLog:
@@ -380,6 +400,15 @@ class SessionLog:
         """A binary file object over the log, for ``loop.sendfile``."""
         return self._reader
 
+    def sendfile_source(self) -> BinaryIO | None:
+        """The file to ``sendfile`` byte ranges from (:meth:`span` gives them)."""
+        return self._reader
+
+    def read_range(self, offset: int, count: int) -> bytes:
+        """``count`` bytes of the log from ``offset``: each read names its offset, so
+        readers on any thread never disturb each other."""
+        return os.pread(self._reader.fileno(), count, offset)
+
     def fileno(self) -> int:
         return self._reader.fileno()
 
@@ -505,6 +534,7 @@ def _fsync_directory(directory: Path) -> None:
 __all__ = [
     "Appended",
     "Durability",
+    "ReadableLog",
     "Recovery",
     "SessionLog",
     "packet_offsets",
