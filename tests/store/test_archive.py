@@ -13,7 +13,10 @@ import fcntl
 import os
 import random
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -666,3 +669,32 @@ def test_damaged_archive_beside_the_original_is_set_aside(tmp_path: Path, damage
     with open_session_log(directory) as session_log:
         assert isinstance(session_log, ArchivedLog)
         assert serves(session_log) == original
+
+
+_ARCHIVER = """
+import sys
+from pathlib import Path
+from tickertape.store.archive import archive_session
+print("start", flush=True)
+archive_session(Path(sys.argv[1]), chunk_bytes=4096, level=19)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [0.0, 0.03, 0.06, 0.1, 0.15, 1.0])
+def test_sigkill_while_archiving_loses_nothing(tmp_path: Path, kill_after: float) -> None:
+    """A real process, killed outright at a moment in the middle of archiving (or after
+    it finished): the session still serves exactly its messages."""
+    rng = random.Random(kill_after)
+    batches = [[rng.randbytes(rng.randrange(0, 3000)) for _ in range(50)] for _ in range(60)]
+    original = make_session(tmp_path, batches)
+    archiver = subprocess.Popen(
+        [sys.executable, "-c", _ARCHIVER, str(tmp_path)], stdout=subprocess.PIPE
+    )
+    assert archiver.stdout is not None
+    assert archiver.stdout.readline() == b"start\n"
+    try:
+        archiver.wait(kill_after)
+    except subprocess.TimeoutExpired:
+        archiver.send_signal(signal.SIGKILL)
+        archiver.wait(10)
+    check_after_crash(tmp_path, original)
