@@ -14,7 +14,8 @@ from pathlib import Path
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability
+from tickertape.store.log import Durability, SessionLog
+from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.wire.soupbintcp import (
     EndOfSession,
@@ -25,6 +26,7 @@ from tickertape.wire.soupbintcp import (
     ServerHeartbeat,
     ServerPacket,
     decode_server_packet,
+    encode_sequenced_many,
 )
 
 from support import JumpingLoop, LoopClock, running_server
@@ -227,3 +229,31 @@ def test_an_archived_session_is_served_byte_for_byte_as_before(tmp_path: Path) -
     assert result.chunks > 10
     assert not (tmp_path / ended / "log").exists()
     assert asyncio.run(asyncio.wait_for(after(ended), 60)) == served
+
+
+def test_retention_applies_at_start_and_after_each_roll(tmp_path: Path) -> None:
+    for old in ("2026112001", "2026112501"):
+        with SessionLog.open(tmp_path / old, create=True) as session_log:
+            session_log.append(encode_sequenced_many([old.encode()]), 1)
+        (tmp_path / old / "ended").touch()
+
+    async def main() -> None:
+        engine = Engine(
+            Catalogue(tmp_path, Durability.NONE),
+            clock=LoopClock(dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC)),
+            schedule=RollSchedule(zone=UTC),
+            retention=Retention(archive_after_days=2, delete_after_days=7),
+        )
+        await engine.start(roll_on_schedule=False)
+        try:
+            assert engine.housekeeping is not None
+            assert await engine.housekeeping == [
+                "deleted session 2026112001 (9 days old)",
+                "archived session 2026112501 (4 days old): 13 bytes to 130",
+            ]
+            await engine.roll()
+            assert await engine.housekeeping == []  # today's ended session is young
+        finally:
+            await engine.close()
+
+    asyncio.run(main())

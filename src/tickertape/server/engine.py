@@ -32,6 +32,7 @@ from tickertape.clock import Clock, SystemClock
 from tickertape.errors import LocalProtocolError, StoreError
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Appended, Durability, ReadableLog, SessionLog
+from tickertape.store.retention import Retention, apply_retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
@@ -114,11 +115,14 @@ class Engine:
         config: EngineConfig | None = None,
         clock: Clock | None = None,
         schedule: RollSchedule | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.config = config or EngineConfig(durability=catalogue.durability)
         self.clock = clock or SystemClock()
         self.schedule = schedule or RollSchedule()
+        self.retention = retention or Retention()
+        self._housekeeping: asyncio.Future[list[str]] | None = None
         self._session_id: SessionId | None = None
         self._log: SessionLog | None = None
         self._live: dict[Cursor, None] = {}
@@ -155,6 +159,7 @@ class Engine:
             self.catalogue.unlock()
             raise
         self._open(session_id, session_log)
+        self._keep_house()
         if roll_on_schedule:
             self._roller = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
 
@@ -177,6 +182,9 @@ class Engine:
             self._roller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._roller
+        if self._housekeeping is not None:
+            with contextlib.suppress(Exception):
+                await self._housekeeping
         async with self._roll_lock:
             self._closing = True
             self._queue_space.set()  # held-back publishers wake and are told
@@ -244,7 +252,30 @@ class Engine:
                 self._queue_space.set()
         for listener in self._roll_listeners:
             listener(str(ended_id), ended_log, str(next_id))
+        self._keep_house()
         return str(next_id)
+
+    @property
+    def housekeeping(self) -> asyncio.Future[list[str]] | None:
+        """The latest retention pass (run at start and after each roll), if any."""
+        return self._housekeeping
+
+    def _keep_house(self) -> None:
+        """Apply the retention policy to ended sessions, off the event loop."""
+        if not self.retention.configured or (
+            self._housekeeping is not None and not self._housekeeping.done()
+        ):
+            return
+        assert self._session_id is not None
+        self._housekeeping = asyncio.get_running_loop().run_in_executor(
+            None,
+            apply_retention,
+            self.catalogue,
+            self._session_id.day,
+            self.retention,
+            frozenset({str(self._session_id)}),
+        )
+        self._housekeeping.add_done_callback(_log_failure)
 
     async def _roll_on_schedule(self) -> None:
         while True:
@@ -467,3 +498,8 @@ class Engine:
     def leave(self, cursor: Cursor) -> None:
         """Stop handing batches to a cursor (it disconnected, or its buffer is full)."""
         self._live.pop(cursor, None)
+
+
+def _log_failure(done: asyncio.Future[list[str]]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("applying the retention policy failed: %s", done.exception())

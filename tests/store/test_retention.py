@@ -1,0 +1,82 @@
+"""Retention: archive and delete ended sessions by age, and nothing unasked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from tickertape.errors import ConfigError
+from tickertape.store.archive import ARCHIVE_FILE, open_session_log
+from tickertape.store.catalogue import ENDED_MARKER, Catalogue
+from tickertape.store.log import LOG_FILE, SessionLog
+from tickertape.store.retention import Retention, apply_retention
+from tickertape.wire.soupbintcp import encode_sequenced_many
+
+TODAY = dt.date(2026, 11, 29)
+
+
+def make(root: Path, session: str, *, ended: bool = True) -> bytes:
+    payloads = [f"{session} {n}".encode() for n in range(100)]
+    with SessionLog.open(root / session, create=True) as session_log:
+        session_log.append(encode_sequenced_many(payloads), len(payloads))
+    if ended:
+        (root / session / ENDED_MARKER).touch()
+    return (root / session / LOG_FILE).read_bytes()
+
+
+def test_nothing_happens_unless_configured(tmp_path: Path) -> None:
+    make(tmp_path, "2020010101")
+    assert apply_retention(Catalogue(tmp_path), TODAY, Retention()) == []
+    assert (tmp_path / "2020010101" / LOG_FILE).exists()
+
+
+def test_archive_after_and_delete_after(tmp_path: Path) -> None:
+    old = make(tmp_path, "2026111901")  # 10 days old
+    make(tmp_path, "2026110101")  # 28 days old
+    recent = make(tmp_path, "2026112801")  # 1 day old
+    make(tmp_path, "2026112901", ended=False)  # today's, active
+    done = apply_retention(
+        Catalogue(tmp_path), TODAY, Retention(archive_after_days=7, delete_after_days=20)
+    )
+    assert done[0] == "deleted session 2026110101 (28 days old)"
+    assert done[1].startswith("archived session 2026111901 (10 days old)")
+    assert len(done) == 2
+    assert not (tmp_path / "2026110101").exists()
+    assert (tmp_path / "2026111901" / ARCHIVE_FILE).exists()
+    with open_session_log(tmp_path / "2026111901") as archived:
+        assert archived.read_range(0, len(old)) == old
+    assert (tmp_path / "2026112801" / LOG_FILE).read_bytes() == recent
+    assert (tmp_path / "2026112901" / LOG_FILE).exists()
+    # a second pass has nothing left to do
+    assert (
+        apply_retention(
+            Catalogue(tmp_path), TODAY, Retention(archive_after_days=7, delete_after_days=20)
+        )
+        == []
+    )
+
+
+def test_sessions_not_ended_and_kept_ones_are_never_touched(tmp_path: Path) -> None:
+    make(tmp_path, "2020010101", ended=False)
+    make(tmp_path, "2020010201")
+    done = apply_retention(
+        Catalogue(tmp_path), TODAY, Retention(delete_after_days=0), keep=frozenset({"2020010201"})
+    )
+    assert done == []
+    assert (tmp_path / "2020010101").exists()
+    assert (tmp_path / "2020010201").exists()
+
+
+def test_an_interrupted_deletion_is_finished_and_never_served(tmp_path: Path) -> None:
+    make(tmp_path, "2020010101")
+    (tmp_path / "2020010101").rename(tmp_path / ".deleting-2020010101")
+    assert [info.id for info in Catalogue(tmp_path).sessions()] == []
+    apply_retention(Catalogue(tmp_path), TODAY, Retention(delete_after_days=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_days_are_refused() -> None:
+    with pytest.raises(ConfigError, match="--delete-after -1: a number of days"):
+        Retention(delete_after_days=-1)
