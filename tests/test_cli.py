@@ -97,3 +97,28 @@ def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -
         done = tickertape("serve", "--data", str(tmp_path), "--port", "0")
     assert done.returncode == 1
     assert f"is in use by tickertape process {server.pid}" in done.stderr
+
+
+def test_a_finite_demo_with_demo_end_ends_its_session(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, "--demo", "2000", "--demo-count", "50", "--demo-end") as server:
+        first = server.wait_for_log(" open at ").split("session ")[1].split()[0]
+        # ends at End of Session, whether the session is still active or already ended
+        done = tickertape("tail", "--port", str(server.port), "--session", first)
+        server.wait_for_log("ended after 50 messages")
+        fresh = tickertape("tail", "--port", str(server.port), "--from", "0", "--count", "0")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [str(n) for n in range(1, 51)]
+    assert fresh.returncode == 0
+    sessions = sorted(p.name for p in tmp_path.iterdir() if p.name[0].isdigit())
+    assert len(sessions) == 2
+    assert (tmp_path / sessions[0] / "ended").exists()
+    assert not (tmp_path / sessions[1] / "ended").exists()
+
+
+def test_retention_options_are_checked(tmp_path: Path) -> None:
+    done = tickertape("serve", "--data", str(tmp_path), "--delete-after", "-3")
+    assert done.returncode == 2
+    assert "-3: a number of days, 0 or more" in done.stderr
+    done = tickertape("serve", "--data", str(tmp_path), "--demo", "5", "--demo-end")
+    assert done.returncode == 2
+    assert "--demo-end needs --demo-count" in done.stderr

@@ -1,19 +1,28 @@
-"""The ``tickertape`` command: ``serve`` a data directory, ``tail`` a server."""
+"""The ``tickertape`` command: ``serve`` a data directory, ``tail`` a server, and look
+after its ``sessions`` (list, show, roll, end, archive, verify, export)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import http.client
+import json
 import logging
+import os
 import signal
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Final
 
 from tickertape import __version__
+from tickertape import sessions as offline
 from tickertape.client.soupbintcp import subscribe
-from tickertape.errors import TickertapeError
+from tickertape.errors import ConfigError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
@@ -25,11 +34,19 @@ from tickertape.server.soupbintcp import (
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
+from tickertape.store.retention import Retention
+from tickertape.store.schedule import RollSchedule
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger("tickertape")
 
 DEFAULT_DATA = Path("data")
+ADMIN_HOST: Final = "127.0.0.1"
+"""Where the admin API listens (``server.admin.ADMIN_HOST``, not imported: it would
+load the HTTP server into every command)."""
+DEFAULT_ADMIN_TIMEOUT: Final = 120.0
+"""Seconds to wait for the admin API: a roll drains the publishing queue, an archive
+compresses a whole session."""
 
 
 def _credentials(text: str) -> Credentials:
@@ -52,11 +69,190 @@ def _payload_size(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a number of days, 0 or more")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (0 to 65535)")
+    return value
+
+
+def _server_port(text: str) -> int:
+    value = _port(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("give the port the server's admin API listens on")
+    return value
+
+
+def _sequence(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: sequence numbers start at 1")
+    return value
+
+
+def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--admin-token", metavar="TOKEN", help=what)
+    token.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="FILE",
+        help="read the token from FILE (its first line), which keeps it out of the process list",
+    )
+
+
+def _add_sessions_parsers(verbs: Any) -> None:
+    sessions = verbs.add_parser(
+        "sessions",
+        help="list, show, roll, end, archive, verify and export sessions",
+        description="Look after the sessions of a data directory: offline with --data, or "
+        "through a running server's admin API with --admin-port.",
+    )
+    actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, description=description
+        )
+        return parser
+
+    def data_or_server(parser: argparse.ArgumentParser) -> None:
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument(
+            "--data",
+            type=Path,
+            metavar="DIR",
+            help=f"read this data directory, no server needed (default: {DEFAULT_DATA})",
+        )
+        where.add_argument(
+            "--admin-port",
+            type=_server_port,
+            metavar="PORT",
+            help=f"ask the server whose admin API listens on {ADMIN_HOST}:PORT instead",
+        )
+
+    def data_only(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--data",
+            type=Path,
+            default=DEFAULT_DATA,
+            metavar="DIR",
+            help="data directory (%(default)s)",
+        )
+
+    def server_only(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--admin-port",
+            type=_server_port,
+            required=True,
+            metavar="PORT",
+            help=f"the server's admin API port (on {ADMIN_HOST})",
+        )
+
+    def verbose(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+
+    listing = action(
+        "list",
+        "list every session: id, state, messages, bytes on disk",
+        "List every session: its id, state (active, ended or archived), number of messages "
+        "and bytes on disk.",
+    )
+    data_or_server(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verbose(listing)
+
+    show = action(
+        "show",
+        "show one session in detail",
+        "Show one session: state, messages, bytes on disk and in its log, where it is, when "
+        "it was last written to (the log file's modification time) and when it ended.",
+    )
+    show.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    data_or_server(show)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    verbose(show)
+
+    for name, help_text, description in (
+        (
+            "roll",
+            "end the running server's active session and open the next",
+            "Roll the running server's session: every subscriber gets the last message, then "
+            "End of Session; the next session of the day opens. Needs the admin token.",
+        ),
+        (
+            "end",
+            "end the running server's active session (End of Session to all)",
+            "End the running server's active session: every subscriber gets the last "
+            "message, then End of Session; publishing continues in the next session. Needs "
+            "the admin token.",
+        ),
+    ):
+        rolling = action(name, help_text, description)
+        server_only(rolling)
+        _add_token_options(rolling, "the token the server was started with")
+        verbose(rolling)
+
+    archive = action(
+        "archive",
+        "compress an ended session into log.zst",
+        "Archive an ended session: its log and index become one compressed, checksummed "
+        "log.zst, still served by pull. Offline with --data (refused while a server uses "
+        "the directory: then use --admin-port), or by the running server with --admin-port.",
+    )
+    archive.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    data_or_server(archive)
+    _add_token_options(archive, "the token the server was started with (with --admin-port)")
+    verbose(archive)
+
+    verify = action(
+        "verify",
+        "check a session's log and index (or archive) against their checksums",
+        "Read a session's log and index, or its archive, and check every checksum and "
+        "record, changing nothing. Prints each problem with its offset and sequence numbers; "
+        "exits 1 if the session is damaged, 0 if it is clean.",
+    )
+    verify.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    data_only(verify)
+    verbose(verify)
+
+    export = action(
+        "export",
+        "write a session's messages to stdout",
+        "Write the messages of a session (archived or not) to stdout, read from the data "
+        "directory. A progress bar goes to stderr when it is a terminal.",
+    )
+    export.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    data_only(export)
+    export.add_argument(
+        "--from", dest="seq_from", type=_sequence, metavar="N", help="first message (1)"
+    )
+    export.add_argument(
+        "--to", dest="seq_to", type=_sequence, metavar="N", help="last message (the last one)"
+    )
+    export.add_argument(
+        "--format",
+        choices=offline.EXPORT_FORMATS,
+        default="text",
+        help="text: SEQ PAYLOAD a line, as tail prints; hex: SEQ HEX a line; raw: payloads "
+        "only, each after its u16 length; soupbin: the SoupBinTCP Sequenced Data packets "
+        "exactly as in the log (%(default)s)",
+    )
+    verbose(export)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,12 +303,57 @@ def _parser() -> argparse.ArgumentParser:
         help="stop the demo source after N messages (default: run forever)",
     )
     serve.add_argument(
+        "--demo-end",
+        action="store_true",
+        help="end the session when the demo source has published --demo-count messages "
+        "(a finite input ends its session; the next one opens)",
+    )
+    serve.add_argument(
+        "--archive-after",
+        type=_days,
+        metavar="DAYS",
+        help="archive (compress) ended sessions older than DAYS days (default: never)",
+    )
+    serve.add_argument(
+        "--delete-after",
+        type=_days,
+        metavar="DAYS",
+        help="delete ended sessions older than DAYS days (default: never; nothing is "
+        "deleted unless this is given)",
+    )
+    serve.add_argument(
         "--user",
         type=_credentials,
         metavar="NAME:PASSWORD",
         help="accept only this username and password (default: accept any)",
     )
+    serve.add_argument(
+        "--roll-at",
+        default="00:00",
+        metavar="HH:MM",
+        help="roll to a new session every day at this local time; after a time other than "
+        "midnight the new session carries the next day's date (%(default)s)",
+    )
+    serve.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="the IANA time zone --roll-at is read in, such as Europe/London "
+        "(default: this machine's)",
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT (default 0: no admin API)",
+    )
+    _add_token_options(
+        serve,
+        "allow changes (roll, end, archive) through the admin API to callers that send "
+        "'Authorization: Bearer TOKEN' (default: the admin API only reads)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
     tail = verbs.add_parser(
         "tail",
@@ -141,20 +382,33 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--user", default="", metavar="NAME", help="username")
     tail.add_argument("--password", default="", help="password")
     tail.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    _add_sessions_parsers(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verb == "serve":
+        try:
+            args.schedule = RollSchedule.parse(args.roll_at, args.timezone)
+        except ConfigError as exc:
+            args.subparser.error(str(exc))
+        if args.demo_end and args.demo_count is None:
+            args.subparser.error("--demo-end needs --demo-count: a demo without one never ends")
+        if not args.admin_port and (args.admin_token or args.admin_token_file):
+            args.subparser.error("--admin-token and --admin-token-file need --admin-port")
+    quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
         if args.verb == "serve":
             return asyncio.run(_serve(args))
-        return asyncio.run(_tail(args))
+        if args.verb == "tail":
+            return asyncio.run(_tail(args))
+        return _sessions(args)
     except KeyboardInterrupt:
         return 130
     except TickertapeError as exc:
@@ -162,9 +416,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _read_token(args: argparse.Namespace) -> str | None:
+    """The admin token from ``--admin-token`` or ``--admin-token-file``, if either."""
+    if args.admin_token_file is None:
+        token: str | None = args.admin_token
+        if token is not None and not token.strip():
+            raise ConfigError("--admin-token is empty")
+        return token.strip() if token is not None else None
+    try:
+        lines = args.admin_token_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the admin token file {args.admin_token_file}: {exc}"
+        ) from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"the admin token file {args.admin_token_file} is empty")
+    return token
+
+
 async def _serve(args: argparse.Namespace) -> int:
     durability = Durability(args.durability)
-    engine = Engine(Catalogue(args.data, durability), EngineConfig(durability=durability))
+    token = _read_token(args)
+    engine = Engine(
+        Catalogue(args.data, durability),
+        EngineConfig(durability=durability),
+        schedule=args.schedule,
+        retention=Retention(args.archive_after, args.delete_after),
+    )
     try:
         await engine.start()
     except OSError as exc:
@@ -179,6 +458,23 @@ async def _serve(args: argparse.Namespace) -> int:
         await engine.close()
         print(f"tickertape: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    admin = None
+    if args.admin_port:
+        # Imported here: the HTTP server is loaded only by a server that serves it.
+        from tickertape.server.admin import AdminConfig, AdminServer  # noqa: PLC0415
+
+        admin = AdminServer(engine, server, AdminConfig(port=args.admin_port, token=token))
+        try:
+            await admin.start()
+        except OSError as exc:
+            await server.close()
+            await engine.close()
+            print(
+                f"tickertape: cannot listen for the admin API on {ADMIN_HOST}:{args.admin_port}: "
+                f"{exc}",
+                file=sys.stderr,
+            )
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -186,9 +482,13 @@ async def _serve(args: argparse.Namespace) -> int:
     failed: list[BaseException] = []
     demo = None
     if args.demo:
-        demo = asyncio.create_task(
-            run_demo(engine, args.demo, args.demo_size, args.demo_count), name="demo"
-        )
+
+        async def demo_source() -> None:
+            await run_demo(engine, args.demo, args.demo_size, args.demo_count)
+            if args.demo_end:
+                await engine.end_session()
+
+        demo = asyncio.create_task(demo_source(), name="demo")
 
         def demo_done(task: asyncio.Task[None]) -> None:
             error = None if task.cancelled() else task.exception()
@@ -206,6 +506,8 @@ async def _serve(args: argparse.Namespace) -> int:
             demo.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await demo
+        if admin is not None:
+            await admin.close()
         await server.close()
         await engine.close()
     return 1 if failed else 0
@@ -233,6 +535,213 @@ async def _tail(args: argparse.Namespace) -> int:
                 out.flush()
     out.flush()
     return 0
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    """``tickertape sessions ACTION``: errors a person can meet become one line."""
+    handlers = {
+        "list": _sessions_list,
+        "show": _sessions_show,
+        "roll": _sessions_roll,
+        "end": _sessions_roll,
+        "archive": _sessions_archive,
+        "verify": _sessions_verify,
+        "export": _sessions_export,
+    }
+    try:
+        return handlers[args.action](args)
+    except BrokenPipeError:
+        # The reader went away (``export ... | head``): what it wanted, it has.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    except OSError as exc:
+        raise TickertapeError(str(exc)) from None
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    if args.admin_port is not None:
+        rows: list[dict[str, Any]] = _admin_call(args, "GET", "/sessions")["sessions"]
+        where = f"the server at {ADMIN_HOST}:{args.admin_port}"
+        rows_to_check = rows
+    else:
+        root = args.data or DEFAULT_DATA
+        rows = [summary.brief() for summary in offline.list_sessions(root)]
+        where = str(root)
+        rows_to_check = rows
+        if offline.data_directory_in_use(root) is not None:
+            # A batch being appended as the log was read need not be damage: the
+            # server checked its active session when it opened it, and logged it.
+            rows_to_check = [row for row in rows if row["state"] != offline.STATE_ACTIVE]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no sessions in {where}")
+        return 0
+    print(f"{'ID':<12}{'STATE':<10}{'MESSAGES':>12}{'BYTES':>16}")
+    for row in rows:
+        print(f"{row['id']:<12}{row['state']:<10}{row['messages']:>12}{row['bytes']:>16}")
+    for row in rows_to_check:
+        if row.get("problems"):
+            print(
+                f"tickertape: session {row['id']} fails its checks ({row['problems']} problems); "
+                f"tickertape sessions verify {row['id']} says where",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _sessions_show(args: argparse.Namespace) -> int:
+    if args.admin_port is not None:
+        path = "/sessions/" + urllib.parse.quote(args.session, safe="")
+        detail: dict[str, Any] = _admin_call(args, "GET", path)
+    else:
+        detail = offline.show_session(args.data or DEFAULT_DATA, args.session).detail()
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    lines = [
+        ("session", detail["id"]),
+        ("state", detail["state"]),
+        ("messages", detail["messages"]),
+        ("bytes on disk", detail["bytes"]),
+        ("log bytes", detail["log_bytes"]),
+        ("directory", detail["path"]),
+        ("last published", detail["last_published"] or "-"),
+        ("ended at", detail["ended_at"] or "-"),
+    ]
+    for name, value in lines:
+        print(f"{name + ':':<16}{value}")
+    problems = detail["problems"]
+    print(f"{'problems:':<16}{len(problems) or 'none'}")
+    for problem in problems:
+        print(f"  {problem}")
+    return 0
+
+
+def _sessions_roll(args: argparse.Namespace) -> int:
+    answer = _admin_call(args, "POST", f"/{args.action}")
+    print(f"session {answer['ended']} ended; session {answer['session']} is active")
+    return 0
+
+
+def _sessions_archive(args: argparse.Namespace) -> int:
+    if args.admin_port is not None:
+        path = "/sessions/" + urllib.parse.quote(args.session, safe="") + "/archive"
+        answer = _admin_call(args, "POST", path)
+        messages, original, archived = (
+            answer["messages"],
+            answer["original_bytes"],
+            answer["archived_bytes"],
+        )
+    else:
+        if args.admin_token or args.admin_token_file:
+            raise ConfigError("--admin-token is for --admin-port: offline, no token is needed")
+        result = offline.archive_offline(args.data or DEFAULT_DATA, args.session)
+        messages, original, archived = result.messages, result.original_bytes, result.archived_bytes
+    ratio = f" ({100 * archived / original:.0f}%)" if original else ""
+    print(f"session {args.session} archived: {messages} messages, {original} bytes", end="")
+    print(f" into {archived}{ratio}")
+    return 0
+
+
+def _sessions_verify(args: argparse.Namespace) -> int:
+    report = offline.verify_session(args.data, args.session)
+    _warn_if_written(args.data, args.session)
+    checked = " and ".join(report.checked)
+    if report.clean:
+        print(f"session {report.session}: clean: {report.messages} messages ({checked} checked)")
+        return 0
+    count = len(report.problems)
+    plural = "s" if count > 1 else ""
+    print(f"session {report.session}: DAMAGED: {count} problem{plural} ({checked} checked)")
+    for problem in report.problems:
+        print(f"  {problem}")
+    intact = f"messages 1..{report.messages}" if report.messages else "no message"
+    print(f"{intact} intact; nothing was changed (verify only reads)")
+    return 1
+
+
+def _sessions_export(args: argparse.Namespace) -> int:
+    directory = offline.find_session(args.data, args.session)
+    _warn_if_written(args.data, args.session)
+    with offline.open_read_only(directory) as session_log:
+        problems = session_log.recovery.problems
+        if problems:
+            print(
+                f"tickertape: session {args.session} fails its checks ({len(problems)} problems): "
+                f"exporting the {session_log.recovery.messages} intact messages only; "
+                f"tickertape sessions verify {args.session} says where",
+                file=sys.stderr,
+            )
+        first, last = offline.export_range(session_log, args.seq_from, args.seq_to)
+        progress = offline.Progress(last - first + 1) if sys.stderr.isatty() else None
+        out = sys.stdout.buffer
+        offline.export(session_log, first, last, args.format, out, progress)
+        out.flush()
+    return 0
+
+
+def _warn_if_written(root: Path, session: str) -> None:
+    """Say so when a server is appending to the session being read."""
+    holder = offline.data_directory_in_use(root)
+    if holder is not None and offline.state_of(root / session) == offline.STATE_ACTIVE:
+        print(
+            f"tickertape: session {session} is being written by tickertape process {holder}: "
+            "what was read is a snapshot, and a batch being appended may show as incomplete",
+            file=sys.stderr,
+        )
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
+    """Ask the admin API of the server on ``--admin-port``; its JSON answer, or a
+    :class:`TickertapeError` saying why there is none."""
+    port = args.admin_port
+    where = f"{ADMIN_HOST}:{port}"
+    headers = {"Accept": "application/json"}
+    if method == "POST":
+        token = _read_token(args)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://{where}{path}",
+        data=b"" if method == "POST" else None,
+        headers=headers,
+        method=method,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    try:
+        with opener.open(request, timeout=DEFAULT_ADMIN_TIMEOUT) as response:
+            answer: dict[str, Any] = json.load(response)
+            return answer
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                message = json.load(exc)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code} {exc.reason}"
+        if exc.code in (401, 403):
+            message = f"the server refused: {message}"
+        raise TickertapeError(message) from None
+    except urllib.error.URLError as exc:
+        raise TickertapeError(
+            f"cannot reach a tickertape admin API at {where} ({exc.reason}): is the server "
+            f"running, started with --admin-port {port}?"
+        ) from None
+    except (http.client.HTTPException, ValueError) as exc:
+        raise TickertapeError(
+            f"what answers at {where} is not a tickertape admin API ({exc or type(exc).__name__}); "
+            "is that the SoupBinTCP port?"
+        ) from None
+    except TimeoutError:
+        raise TickertapeError(
+            f"the admin API at {where} did not answer in {DEFAULT_ADMIN_TIMEOUT:.0f} s"
+        ) from None
 
 
 if __name__ == "__main__":

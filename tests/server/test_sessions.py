@@ -7,7 +7,9 @@ moves with it: crossing midnight takes milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -257,3 +259,47 @@ def test_retention_applies_at_start_and_after_each_roll(tmp_path: Path) -> None:
             await engine.close()
 
     asyncio.run(main())
+
+
+def open_files() -> set[str]:
+    """What this process has open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def test_a_closed_session_nobody_reads_is_not_kept_open(tmp_path: Path) -> None:
+    """So that archiving or deleting it frees its space while the server runs."""
+
+    async def main() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            await engine.publish_many(payloads("old", 5))
+            reader = await Client.login(server.port, seq=1)
+            assert await reader.packet() == LoginAccepted(engine.session_id, 1)
+            ended = engine.session_id
+            log_path = str(tmp_path / ended / "log")
+            await engine.roll()
+            # its subscriber still reads the ended session: the log stays open
+            assert [await reader.packet() for _ in range(5)] == [
+                SequencedData(p) for p in payloads("old", 5)
+            ]
+            assert await reader.packet() == EndOfSession()
+            assert await reader.packet() is None
+            for _ in range(100):  # the server notices the close on its next turn
+                if log_path not in open_files():
+                    break
+                await asyncio.sleep(0.001)
+            assert log_path not in open_files()
+            puller = await Client.login(server.port, ended, 2)
+            accepted, got = await puller.session()
+            assert accepted == LoginAccepted(ended, 2)
+            assert got == payloads("old", 5)[1:]
+            for _ in range(100):
+                if log_path not in open_files():
+                    break
+                await asyncio.sleep(0.001)
+            assert log_path not in open_files()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

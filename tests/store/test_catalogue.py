@@ -242,6 +242,7 @@ def test_open_closed_is_read_only(tmp_path: Path) -> None:
         assert closed.recovery.clean
         data, count = closed.read(2, 1000)
         assert (data, count) == (encode_sequenced_many([b"m2", b"m3"]), 2)
+        assert isinstance(closed, SessionLog)  # not archived
         with pytest.raises(StoreError, match="read-only"):
             closed.append(encode_sequenced_many([b"more"]), 1)
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.iterdir()}

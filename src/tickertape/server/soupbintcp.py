@@ -99,13 +99,41 @@ class SoupBinTCPServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
+        self._readers: dict[ReadableLog, int] = {}
         engine.on_roll(self._rolled)
 
     def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
-        """The engine ended a session: its log, still open, serves pulls from now on."""
+        """The engine ended a session: its log, still open, serves pulls from now on,
+        until no subscriber reads it."""
         handed: asyncio.Future[ReadableLog] = asyncio.get_running_loop().create_future()
         handed.set_result(ended_log)
         self._closed_logs[ended] = handed
+        self._release(ended, ended_log, 0)
+
+    def _acquire(self, session_log: ReadableLog) -> None:
+        self._readers[session_log] = self._readers.get(session_log, 0) + 1
+
+    def _release(self, session: str, session_log: ReadableLog, count: int = 1) -> None:
+        """A subscriber stopped reading ``session_log``. A closed session's log nobody
+        reads is closed, so that archiving or deleting it frees its space; the next
+        pull opens it again."""
+        left = self._readers.get(session_log, 0) - count
+        if left > 0:
+            self._readers[session_log] = left
+            return
+        self._readers.pop(session_log, None)
+        if self.engine.is_active(session_log):
+            return
+        cached = self._closed_logs.get(session)
+        if (
+            cached is not None
+            and cached.done()
+            and not cached.cancelled()
+            and cached.exception() is None
+            and cached.result() is session_log
+        ):
+            del self._closed_logs[session]
+        session_log.close()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,6 +236,8 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._subscriber is not None and self._session_name is not None:
+            self._server._release(self._session_name, self._subscriber.log)
         self._server._connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
@@ -322,6 +352,7 @@ class _Connection(asyncio.Protocol):
             "" if engine is not None else " (closed session: replay, then end)",
         )
         self._flush()
+        self._server._acquire(session_log)
         self._subscriber = Subscriber(
             transport,
             session_log,

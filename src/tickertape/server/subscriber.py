@@ -63,6 +63,11 @@ class Subscriber:
     def live(self) -> bool:
         return self._live
 
+    @property
+    def log(self) -> ReadableLog:
+        """The log of the session it reads."""
+        return self._log
+
     def tail(self) -> int:
         """One past the last message of its session that exists now."""
         engine = self._engine

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Final
 
 from tickertape.errors import SessionNotFound, StoreError
-from tickertape.store.archive import ARCHIVE_FILE, open_session_log
-from tickertape.store.log import LOG_FILE, Durability, ReadableLog, SessionLog
+from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
+from tickertape.store.log import LOG_FILE, Durability, SessionLog
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Catalogue:
         )
         return session_id, created
 
-    def open_closed(self, session: str) -> ReadableLog:
+    def open_closed(self, session: str) -> SessionLog | ArchivedLog:
         """A read-only view of an ended session, archived or not."""
         return open_session_log(self.find(session).path)
 

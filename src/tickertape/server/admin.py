@@ -1,0 +1,328 @@
+"""The admin API: a small HTTP/JSON interface to a running server, on 127.0.0.1 only.
+
+::
+
+    GET  /status                   the active session, its next sequence number, and
+                                   every connected subscriber (address, user, session,
+                                   next_seq, lag, live)
+    GET  /sessions                 every session: id, state, messages, bytes on disk
+    GET  /sessions/{id}            one session in detail; 404 if there is none
+    POST /roll                     end the active session and open the next
+    POST /end                      the same: End of Session to every subscriber
+    POST /sessions/{id}/archive    archive an ended session; 409 for the active one
+
+Reading needs nothing. Changing needs ``Authorization: Bearer TOKEN`` with the token the
+server was started with; a server started without one refuses every change (403). Every
+answer is JSON; an error is ``{"error": "..."}`` saying what to do about it.
+
+Nothing here blocks the event loop: listing sessions opens their logs (which reads them
+to check their checksums) and archiving compresses a whole log, both on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from tickertape.errors import SessionNotFound, StoreError, TickertapeError
+from tickertape.server.engine import Engine
+from tickertape.server.soupbintcp import SoupBinTCPServer
+from tickertape.sessions import (
+    STATE_ARCHIVED,
+    LogFacts,
+    LogFactsCache,
+    SessionSummary,
+    describe,
+    find_session,
+)
+from tickertape.store.archive import archive_session
+
+log = logging.getLogger(__name__)
+
+ADMIN_HOST: Final = "127.0.0.1"
+"""The only address the admin API listens on: it is for the machine's operator."""
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
+_ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
+_ENDPOINTS: Final = (
+    "GET /status, GET /sessions, GET /sessions/{id}, POST /roll, POST /end, "
+    "POST /sessions/{id}/archive"
+)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """Where the admin API listens, and the token that lets a caller change things."""
+
+    port: int = 0
+    """0: a free port, chosen by the system (see :attr:`AdminServer.port`)."""
+    token: str | None = None
+    """None: reads only; every change is refused."""
+
+
+class ApiError(Exception):
+    """An answer other than success: an HTTP status and a message a person can act on."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class AdminServer:
+    """The admin API of one engine and its SoupBinTCP server. ``await start()``, then
+    ``await close()`` before the server and engine are closed."""
+
+    def __init__(
+        self, engine: Engine, server: SoupBinTCPServer, config: AdminConfig | None = None
+    ) -> None:
+        self.engine = engine
+        self.server = server
+        self.config = config or AdminConfig()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._facts = LogFactsCache()
+        self._archiving: set[str] = set()
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._answer_errors])
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/sessions", self._sessions)
+        app.router.add_get("/sessions/{id}", self._session)
+        app.router.add_post("/roll", self._roll)
+        app.router.add_post("/end", self._end)
+        app.router.add_post("/sessions/{id}/archive", self._archive)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, ADMIN_HOST, self.config.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info(
+            "admin API listening on %s:%d%s",
+            ADMIN_HOST,
+            self._port,
+            "" if self.config.token else " (read-only: start with --admin-token to allow changes)",
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        if self._runner is None:
+            raise RuntimeError("the admin API is not started")
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address and port actually bound."""
+        if self._runner is None:
+            raise RuntimeError("the admin API is not started")
+        host, port = self._runner.addresses[0][:2]
+        return str(host), int(port)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ reading
+
+    async def _status(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        return _json(
+            {
+                "session": engine.session_id,
+                "next_seq": engine.next_seq,
+                "messages": engine.next_seq - 1,
+                "subscribers": [asdict(info) for info in self.server.subscribers()],
+            }
+        )
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        active, facts = self._active_facts()
+        loop = asyncio.get_running_loop()
+        summaries = await loop.run_in_executor(None, self._describe_all, active, facts)
+        return _json({"active": active, "sessions": [summary.brief() for summary in summaries]})
+
+    async def _session(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["id"]
+        active, facts = self._active_facts()
+        loop = asyncio.get_running_loop()
+        summary = await loop.run_in_executor(
+            None, self._describe_one, session_id, facts if session_id == active else None
+        )
+        return _json(summary.detail())
+
+    def _active_facts(self) -> tuple[str, LogFacts]:
+        """The active session's id and size, as the engine knows them: its log is not
+        opened again (a read-only open of a log being appended to may catch a batch
+        halfway)."""
+        engine = self.engine
+        session_log = engine.session_log
+        facts = LogFacts(engine.next_seq - 1, session_log.end_offset, session_log.recovery.problems)
+        return engine.session_id, facts
+
+    def _describe_all(self, active: str, facts: LogFacts) -> list[SessionSummary]:
+        summaries = []
+        for info in self.engine.catalogue.sessions():
+            session_id = str(info.id)
+            try:
+                summaries.append(
+                    describe(
+                        session_id,
+                        info.path,
+                        facts=facts if session_id == active else None,
+                        cache=self._facts,
+                    )
+                )
+            except StoreError:
+                if info.path.exists():
+                    raise
+                # Deleted (by the retention policy) since it was listed.
+        return summaries
+
+    def _describe_one(self, session_id: str, facts: LogFacts | None) -> SessionSummary:
+        directory = find_session(self.engine.catalogue.root, session_id)
+        return describe(session_id, directory, facts=facts, cache=self._facts)
+
+    # ------------------------------------------------------------------ changing
+
+    async def _roll(self, request: web.Request) -> web.Response:
+        return await self._rolled(request, "roll", self.engine.roll)
+
+    async def _end(self, request: web.Request) -> web.Response:
+        return await self._rolled(request, "end", self.engine.end_session)
+
+    async def _rolled(
+        self, request: web.Request, verb: str, act: Callable[[], Awaitable[str]]
+    ) -> web.Response:
+        self._authorize(request)
+        ended = self.engine.session_id
+        log.info("admin API: %s of session %s asked by %s", verb, ended, request.remote)
+        following = await act()
+        return _json({"ended": ended, "session": following})
+
+    async def _archive(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        session_id = request.match_info["id"]
+        if session_id == self.engine.session_id:
+            raise ApiError(
+                409,
+                f"session {session_id} is the active session and cannot be archived: end it "
+                "first (POST /end, or tickertape sessions end), then archive it",
+            )
+        if session_id in self._archiving:
+            raise ApiError(409, f"session {session_id} is being archived already")
+        loop = asyncio.get_running_loop()
+        directory: Path = await loop.run_in_executor(
+            None, find_session, self.engine.catalogue.root, session_id
+        )
+        log.info("admin API: archiving session %s, asked by %s", session_id, request.remote)
+        self._archiving.add(session_id)
+        try:
+            result = await loop.run_in_executor(None, archive_session, directory)
+        finally:
+            self._archiving.discard(session_id)
+        return _json(
+            {
+                "session": session_id,
+                "state": STATE_ARCHIVED,
+                "messages": result.messages,
+                "chunks": result.chunks,
+                "original_bytes": result.original_bytes,
+                "archived_bytes": result.archived_bytes,
+            }
+        )
+
+    def _authorize(self, request: web.Request) -> None:
+        token = self.config.token
+        if not token:
+            log.warning("admin API: refused a change asked by %s: no token", request.remote)
+            raise ApiError(
+                403,
+                "this server accepts no changes through its admin API: start it with "
+                "--admin-token TOKEN (or --admin-token-file FILE), then send "
+                "'Authorization: Bearer TOKEN'",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(
+                401,
+                "this call changes the server and needs the admin token: send "
+                "'Authorization: Bearer TOKEN' (tickertape sessions: --admin-token or "
+                "--admin-token-file)",
+                {"WWW-Authenticate": 'Bearer realm="tickertape"'},
+            )
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            log.warning("admin API: refused a change asked by %s: wrong token", request.remote)
+            raise ApiError(
+                401,
+                "wrong admin token: use the one the server was started with "
+                "(--admin-token or --admin-token-file)",
+                {"WWW-Authenticate": 'Bearer realm="tickertape", error="invalid_token"'},
+            )
+
+    # ------------------------------------------------------------------ errors
+
+    @web.middleware
+    async def _answer_errors(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # A page elsewhere could point a browser at this port through a host name that
+        # resolves to 127.0.0.1 (DNS rebinding): answer only requests addressed here.
+        host = request.url.host
+        if host not in _ALLOWED_HOSTS:
+            return _error(
+                403, f"the admin API answers requests addressed to {ADMIN_HOST} only, not {host}"
+            )
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, str(exc), exc.headers)
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return _error(405, f"{request.method} {request.path} is not allowed: use {allowed}")
+        except web.HTTPNotFound:
+            return _error(
+                404, f"no such endpoint: {request.method} {request.path}; there are {_ENDPOINTS}"
+            )
+        except web.HTTPException as exc:
+            return _error(exc.status, exc.reason)
+        except SessionNotFound as exc:
+            return _error(404, str(exc))
+        except TickertapeError as exc:
+            return _error(409, str(exc))
+        except OSError as exc:
+            log.error("admin API: %s %s failed: %s", request.method, request.path, exc)
+            return _error(500, f"the server could not do it: {exc}")
+        except Exception as exc:
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return _error(500, f"internal error ({exc}); the server's log has the details")
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, indent=2) + "\n",
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": message}, status, headers)
+
+
+__all__ = ["ADMIN_HOST", "AdminConfig", "AdminServer", "ApiError"]
