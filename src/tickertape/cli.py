@@ -11,18 +11,21 @@ import json
 import logging
 import os
 import signal
+import struct
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from tickertape import __version__
 from tickertape import sessions as offline
+from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import subscribe
-from tickertape.errors import ConfigError, TickertapeError
+from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
@@ -355,6 +358,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
+    _add_publish_parser(verbs)
+
     tail = verbs.add_parser(
         "tail",
         help="print the messages of a session",
@@ -408,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(args))
         if args.verb == "tail":
             return asyncio.run(_tail(args))
+        if args.verb == "publish":
+            return asyncio.run(_publish(args))
         return _sessions(args)
     except KeyboardInterrupt:
         return 130
@@ -746,3 +753,138 @@ def _admin_call(args: argparse.Namespace, method: str, path: str) -> dict[str, A
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = verbs.add_parser(
+        "publish",
+        help="publish the lines of a file or of stdin",
+        description="Log in to a tickertape server as a publisher and publish each line of "
+        "FILE (or stdin) as one message of the active session, in order. Exits non-zero if "
+        "any message was not acknowledged as durable.",
+    )
+    publish.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="(stdin)")
+    publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
+    publish.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    publish.add_argument("--user", default="", metavar="NAME", help="username")
+    publish.add_argument("--password", default="", help="password")
+    publish.add_argument(
+        "--binary",
+        action="store_true",
+        help="records are a 2-byte big-endian length, then that many bytes (not lines)",
+    )
+    publish.add_argument(
+        "--end-session",
+        action="store_true",
+        help="end the session once every message is published",
+    )
+    publish.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the last acknowledgement (%(default)s)",
+    )
+    publish.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+
+
+class _Rate:
+    """A progress line for a stream of unknown length: counts and the rate, redrawn at
+    most ten times a second."""
+
+    def __init__(self) -> None:
+        self.started = self.drawn = time.monotonic()
+
+    def show(self, sent: int, acked: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.drawn < 0.1:
+            return
+        self.drawn = now
+        rate = acked / (now - self.started) if now > self.started else 0.0
+        sys.stderr.write(f"\rsent {sent:,}  durable {acked:,}  {rate:,.0f} messages/s ")
+        sys.stderr.flush()
+
+
+def _records(stream: BinaryIO, binary: bool, batch: int = 2000) -> Iterator[list[bytes]]:
+    """The file's messages, in lists of up to ``batch``."""
+    if binary:
+        header = struct.Struct(">H")
+        records: list[bytes] = []
+        while head := stream.read(2):
+            if len(head) < 2:
+                raise ConfigError("the input ends inside a record's length (--binary)")
+            (size,) = header.unpack(head)
+            record = stream.read(size)
+            if len(record) < size:
+                raise ConfigError(f"the input ends inside a record of {size} bytes (--binary)")
+            records.append(record)
+            if len(records) == batch:
+                yield records
+                records = []
+        if records:
+            yield records
+        return
+    while lines := stream.readlines(batch * 64):
+        yield [line.rstrip(b"\r\n") for line in lines]
+
+
+def _open_input(name: str) -> BinaryIO:
+    if name == "-":
+        return sys.stdin.buffer
+    try:
+        return open(name, "rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stream = await loop.run_in_executor(None, _open_input, args.file)
+    progress = _Rate() if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        publisher = await Publisher.connect(
+            args.host, args.port, username=args.user, password=args.password
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot reach {args.host}:{args.port}: {exc}") from None
+    try:
+        batches = _records(stream, args.binary)
+        # Reading runs on a thread: a slow pipe must not stop heartbeats and acknowledgements.
+        while (records := await loop.run_in_executor(None, next, batches, None)) is not None:
+            await publisher.send_many(records)
+            if progress is not None:
+                progress.show(publisher.sent, publisher.acked)
+        try:
+            async with asyncio.timeout(args.timeout):
+                last = await publisher.flush()
+                ended = await publisher.end_session() if args.end_session else None
+        except TimeoutError:
+            raise ConfigError(
+                f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
+                f"acknowledged within {args.timeout} s"
+            ) from None
+    except (OSError, ProtocolError) as exc:
+        raise ConfigError(
+            f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
+            f"acknowledged: {exc}"
+        ) from None
+    finally:
+        await publisher.close()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if progress is not None:
+        progress.show(publisher.sent, publisher.acked, force=True)
+        sys.stderr.write("\n")
+    elapsed = time.monotonic() - started
+    where = f" into session {last.session}, the last as {last.seq}" if last else ""
+    print(
+        f"published {publisher.acked} messages{where} in {elapsed:.2f} s "
+        f"({publisher.acked / elapsed if elapsed else 0:,.0f} a second)"
+        + (f"; session {ended} ended" if ended else ""),
+        file=sys.stderr,
+    )
+    return 0

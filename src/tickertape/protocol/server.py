@@ -69,6 +69,7 @@ DEFAULT_LOGIN_TIMEOUT: Final = 30.0
 DEFAULT_MAX_PACKET_LENGTH: Final = MAX_PACKET_LENGTH
 """The largest packet accepted from a client: any size, since publishers send Unsequenced Data."""
 
+_UNSEQUENCED: Final = 0x55  # "U"
 _SERVER_HEARTBEAT: Final = ServerHeartbeat().encode()
 _END_OF_SESSION: Final = EndOfSession().encode()
 
@@ -112,7 +113,9 @@ class LoginRequested:
     request: LoginRequest
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the other events: a frozen dataclass's __init__ goes through
+# object.__setattr__, and one of these is made per published message. Treat as read-only.
+@dataclass(slots=True)
 class MessageReceived:
     """The client sent an Unsequenced Data packet (spec 4.1, 2.3.2)."""
 
@@ -196,6 +199,10 @@ class ServerConnection:
         try:
             for frame in self._framer:
                 self._last_heard = now
+                if frame[0] == _UNSEQUENCED and self._state is State.LOGGED_IN:
+                    # The publishing hot path: one message per packet, nothing to decode.
+                    self._events.append(MessageReceived(frame[1:]))
+                    continue
                 self._handle(decode_client_packet(frame))
                 if self._state is State.CLOSED or self._awaiting_decision():
                     return
@@ -278,6 +285,11 @@ class ServerConnection:
         return self._request
 
     # ------------------------------------------------------------------ output
+
+    def send_unsequenced(self, payload: bytes, now: float) -> None:
+        """Queue an Unsequenced Data packet (spec 4.1, 2.2.4), once logged in."""
+        if self._state is State.LOGGED_IN:
+            self._queue(UnsequencedData(payload).encode(), now)
 
     def send_debug(self, text: str, now: float) -> None:
         """Queue a Debug packet (spec 4.1, 2.1); allowed in any state but CLOSED."""

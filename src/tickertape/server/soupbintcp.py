@@ -18,10 +18,12 @@ import hmac
 import logging
 import math
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
 from tickertape.errors import StoreError
+from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
     ConnectionLost,
     LoginRequested,
@@ -62,6 +64,11 @@ class Credentials:
         return user_ok and password_ok
 
 
+DEFAULT_MAX_UNPUBLISHED: Final = 65_536
+"""Messages a publisher may have sent that are not yet handed to the writer; past this
+the server stops reading from it until the writer catches up."""
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriberInfo:
     """One logged-in connection, as the status view shows it."""
@@ -88,6 +95,7 @@ class ServerConfig:
     timers: ServerTimers = field(default_factory=ServerTimers)
     write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     catch_up_chunk: int = DEFAULT_CATCH_UP_CHUNK
+    max_unpublished: int = DEFAULT_MAX_UNPUBLISHED
 
 
 class SoupBinTCPServer:
@@ -207,6 +215,12 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         self._pull: asyncio.Task[None] | None = None
+        self._may_publish = False
+        self._unpublished: list[bytes] = []
+        self._ends: deque[int] = deque()  # where, in _unpublished, publishers ended sessions
+        self._publisher: asyncio.Task[None] | None = None
+        self._acked = 0
+        self._paused = False
         self._session_name: str | None = None
         self._peer = "?"
         self._loop = asyncio.get_running_loop()
@@ -272,7 +286,8 @@ class _Connection(asyncio.Protocol):
                 if isinstance(event, LoginRequested):
                     self._login(event.request)
                 elif isinstance(event, MessageReceived):
-                    log.debug("%s sent an Unsequenced Data packet; ignored", self._peer)
+                    if not self._received(event.payload):
+                        return
                 elif isinstance(event, LogoutRequested):
                     log.info("%s logged out", self._peer)
                     self._flush()
@@ -284,6 +299,10 @@ class _Connection(asyncio.Protocol):
                     self._close_transport()
                     return
         self._flush()
+        if (self._unpublished or self._ends) and (
+            self._publisher is None or self._publisher.done()
+        ):
+            self._publisher = self._loop.create_task(self._publish())
         if session.state is State.CLOSED:  # Login Rejected: close once it is sent
             self._close_transport()
         elif session.next_deadline() < self._timer_when:
@@ -343,6 +362,13 @@ class _Connection(asyncio.Protocol):
             first = min(first, tail)  # a closed session has nothing past its end
         session.accept(wanted, first, self._loop.time())
         self._session_name = wanted
+        self._may_publish = engine is not None
+        if engine is not None and sequence == NO_STREAM:
+            # A publisher that does not want the stream: no subscription, so it is not
+            # ended with the session either; it publishes into whichever is active.
+            log.info("%s logged in as %r to publish", self._peer, self._who)
+            self._flush()
+            return
         log.info(
             "%s logged in as %r to session %s from sequence %d%s",
             self._peer,
@@ -384,6 +410,66 @@ class _Connection(asyncio.Protocol):
         session = self._session
         request = session.request if session is not None else None
         return (request.username if request is not None else "") or "(anonymous)"
+
+    # ------------------------------------------------------------------ publishing
+
+    def _received(self, payload: bytes) -> bool:
+        """An Unsequenced Data packet: a message to publish into the active session.
+        Returns False if the connection is being closed instead."""
+        if not self._may_publish:
+            self.close(
+                "publishing goes into the active session; this connection is logged in "
+                f"to {self._session_name or 'no session'}"
+            )
+            return False
+        if payload == END_OF_SESSION_MARKER:
+            self._ends.append(len(self._unpublished))  # after what came before it
+        else:
+            self._unpublished.append(payload)
+        if len(self._unpublished) >= self._server.config.max_unpublished and not self._paused:
+            # The writer is behind: stop reading from this publisher until it catches up.
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._paused = True
+        return True
+
+    async def _publish(self) -> None:
+        """Hand what this publisher sent to the engine, in arrival order, one batch at
+        a time, and acknowledge each once it is durable."""
+        engine = self._engine
+        while self._unpublished or self._ends:
+            end = bool(self._ends) and self._ends[0] <= len(self._unpublished)
+            if end:
+                cut = self._ends.popleft()
+                batch, self._unpublished = self._unpublished[:cut], self._unpublished[cut:]
+                self._ends = deque(position - cut for position in self._ends)
+            else:
+                batch, self._unpublished = self._unpublished, []
+            if self._paused and self._transport is not None:
+                self._transport.resume_reading()
+                self._paused = False
+            try:
+                if batch:
+                    first = await engine.publish_many(batch)
+                    self._acked += len(batch)
+                    self._ack(engine.session_id, first + len(batch) - 1)
+                if end:
+                    ended = engine.session_id
+                    log.info("%s ends session %s", self._peer, ended)
+                    await engine.end_session()
+                    self._ack(ended, 0)
+            except Exception as exc:
+                log.error("publishing from %s failed: %s", self._peer, exc)
+                self.close(f"not published: {exc}")
+                return
+
+    def _ack(self, session: str, last_seq: int) -> None:
+        """Acknowledge to the publisher (see :mod:`tickertape.protocol.publishing`)."""
+        connection = self._session
+        assert connection is not None
+        ack = Ack(self._acked, session, last_seq).encode()
+        connection.send_unsequenced(ack, self._loop.time())
+        self._flush()
 
     def _caught_up(self, subscriber: Subscriber, replayed: int) -> None:
         if replayed:

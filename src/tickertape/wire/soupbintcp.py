@@ -264,15 +264,20 @@ def encode_sequenced(payload: bytes) -> bytes:
 
 
 class _Headers(dict[int, bytes]):
-    """Sequenced Data headers by payload length, made on first use."""
+    """Packet headers of one type by payload length, made on first use."""
+
+    def __init__(self, packet_type: int) -> None:
+        super().__init__()
+        self.packet_type = packet_type
 
     def __missing__(self, size: int) -> bytes:
-        header = _HEADER.pack(size + 1, _SEQUENCED)
+        header = _HEADER.pack(size + 1, self.packet_type)
         self[size] = header
         return header
 
 
-_HEADERS: Final = _Headers()
+_HEADERS: Final = _Headers(_SEQUENCED)
+_UNSEQUENCED_HEADERS: Final = _Headers(0x55)
 
 
 def encode_sequenced_many(payloads: Sequence[bytes], *, checked: bool = False) -> bytes:
@@ -280,6 +285,15 @@ def encode_sequenced_many(payloads: Sequence[bytes], *, checked: bool = False) -
 
     ``checked=True`` skips the length check, for a caller that has made it already.
     """
+    return _encode_many(_HEADERS, payloads, checked)
+
+
+def encode_unsequenced_many(payloads: Sequence[bytes]) -> bytes:
+    """Encode consecutive Unsequenced Data packets as one byte string (a publisher's)."""
+    return _encode_many(_UNSEQUENCED_HEADERS, payloads, False)
+
+
+def _encode_many(headers: _Headers, payloads: Sequence[bytes], checked: bool) -> bytes:
     if not payloads:
         return b""
     longest = 0 if checked else max(map(len, payloads))
@@ -291,7 +305,7 @@ def encode_sequenced_many(payloads: Sequence[bytes], *, checked: bool = False) -
     # Interleave headers and payloads without a Python-level loop: this runs once per
     # message on the publishing hot path.
     parts: list[bytes] = [b""] * (2 * len(payloads))
-    parts[0::2] = map(_HEADERS.__getitem__, map(len, payloads))
+    parts[0::2] = map(headers.__getitem__, map(len, payloads))
     parts[1::2] = payloads
     return b"".join(parts)
 

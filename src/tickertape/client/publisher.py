@@ -1,0 +1,207 @@
+"""An asyncio SoupBinTCP publisher: messages in, acknowledgements back.
+
+::
+
+    async with await Publisher.connect("127.0.0.1", 7300) as publisher:
+        await publisher.send_many([b"first", b"second"])
+        await publisher.flush()              # both durable: publisher.acked == 2
+
+The convention it follows is described in :mod:`tickertape.protocol.publishing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from types import TracebackType
+
+from tickertape.errors import LoginRejected, ProtocolError
+from tickertape.protocol import client as protocol
+from tickertape.protocol.client import ClientConnection
+from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
+from tickertape.protocol.server import State
+from tickertape.wire.soupbintcp import (
+    REJECT_NOT_AUTHORIZED,
+    LoginRequest,
+    encode_unsequenced_many,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """A logged-in publishing connection. Make one with :meth:`connect`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: ClientConnection,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._connection = connection
+        self.sent = 0
+        """Messages sent so far."""
+        self.last_ack: Ack | None = None
+        self.session = ""
+        self._acked = asyncio.Event()
+        self._ended: asyncio.Future[str] | None = None
+        self._failure: BaseException | None = None
+        self._task = asyncio.create_task(self._read(), name="publisher-acks")
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        username: str = "",
+        password: str = "",
+        server_timeout: float = 15.0,
+    ) -> Publisher:
+        """Connect and log in; raises :class:`LoginRejected` or ``OSError``.
+        ``server_timeout``: seconds to wait for the server, and of its silence."""
+        timeout = server_timeout
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = ClientConnection(
+            LoginRequest(username, password, "", NO_STREAM), loop.time(), server_timeout=timeout
+        )
+        writer.write(connection.data_to_send())
+        publisher = cls(reader, writer, connection)
+        try:
+            await asyncio.wait_for(asyncio.shield(publisher._logged_in()), timeout)
+        except BaseException:
+            await publisher.close()
+            raise
+        return publisher
+
+    async def _logged_in(self) -> None:
+        while self._connection.state is State.AWAITING_LOGIN:
+            if self._failure is not None:
+                raise self._failure
+            await self._acked.wait()
+            self._acked.clear()
+        if self._failure is not None:
+            raise self._failure
+
+    @property
+    def acked(self) -> int:
+        """Messages the server has acknowledged as durable."""
+        return self.last_ack.count if self.last_ack else 0
+
+    async def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Send messages; waits while the server is not reading (back-pressure)."""
+        self._check()
+        self._writer.write(encode_unsequenced_many(payloads))
+        self.sent += len(payloads)
+        await self._writer.drain()
+
+    async def flush(self) -> Ack | None:
+        """Wait until every message sent is acknowledged; the last acknowledgement.
+        (Bound the wait with ``asyncio.timeout``.)"""
+        while self.acked < self.sent:
+            self._check()
+            await self._acked.wait()
+            self._acked.clear()
+        self._check()
+        return self.last_ack
+
+    async def end_session(self) -> str:
+        """End the active session after everything sent; returns the session ended."""
+        self._check()
+        self._ended = asyncio.get_running_loop().create_future()
+        self._writer.write(encode_unsequenced_many([END_OF_SESSION_MARKER]))
+        return await self._ended
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        connection = self._connection
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(
+                        self._reader.read(65536), connection.next_deadline() - loop.time()
+                    )
+                except TimeoutError:
+                    data = None
+                now = loop.time()
+                if data == b"":
+                    raise ConnectionError("the server closed the connection")
+                if data:
+                    connection.receive_data(data, now)
+                connection.tick(now)
+                for event in connection.events_received():
+                    self._event(event)
+                outgoing = connection.data_to_send()
+                if outgoing:
+                    self._writer.write(outgoing)
+                self._acked.set()
+        except (OSError, ProtocolError, LoginRejected) as exc:
+            self._failure = exc
+        except asyncio.CancelledError:
+            self._failure = ConnectionError("the publisher was closed")
+            raise
+        finally:
+            self._acked.set()
+            if self._ended is not None and not self._ended.done():
+                self._ended.set_exception(self._failure or ConnectionError("closed"))
+
+    def _event(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Unsequenced):
+            try:
+                ack = Ack.decode(event.payload)
+            except ProtocolError as exc:
+                log.warning("unexpected message from the server: %s", exc)
+                return
+            if ack.seq == 0:
+                if self._ended is not None and not self._ended.done():
+                    self._ended.set_result(ack.session)
+                return
+            self.last_ack = ack
+        elif isinstance(event, protocol.Accepted):
+            self.session = event.session
+        elif isinstance(event, protocol.Rejected):
+            why = (
+                "not authorized: wrong username or password"
+                if event.reason == REJECT_NOT_AUTHORIZED
+                else "no session is open for publishing"
+            )
+            raise LoginRejected(event.reason, f"login rejected: {why}")
+        elif isinstance(event, protocol.ConnectionLost):
+            raise ConnectionError(event.reason)
+        elif isinstance(event, protocol.DebugReceived):
+            log.info("server says: %s", event.text)
+
+    async def close(self) -> None:
+        """Log out and close (without waiting for acknowledgements: see :meth:`flush`)."""
+        if not self._writer.is_closing():
+            with contextlib.suppress(OSError):
+                self._connection.logout(asyncio.get_running_loop().time())
+                self._writer.write(self._connection.data_to_send())
+            self._writer.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
