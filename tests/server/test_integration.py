@@ -165,15 +165,14 @@ MESSAGES = 250_000
 RATE = 50_000
 SUBSCRIBERS = 20
 LAST_LOGIN = 4.5
-"""Seconds after start-up: publishing lasts MESSAGES / RATE = 5 s."""
+"""Seconds after start-up: publishing lasts MESSAGES / PUBLISH_RATE, about 4.5 s."""
 CHECK_TIMEOUT = 240.0
 """Seconds for all the subscribers to be done: about 3 million messages are decoded and
 checked here, in Python; 7 s on an idle machine with 2 cores, 30 s on a busy one."""
-RATE_TOLERANCE = 0.99
-"""The demo source paces itself to RATE exactly (it never runs ahead of its schedule),
-so any measure of the rate it achieved lands on either side of RATE by the few
-milliseconds its last batch is late or its first batch is early: it is checked to 1%
-(50 ms over 5 s), which a server that does not keep up cannot meet."""
+PUBLISH_RATE = 55_000
+"""The demo source paces itself to its rate exactly (it never runs ahead of its
+schedule); set 10% above RATE, the rate checked, so that a busy test machine does not
+make a server that keeps up look as if it did not."""
 
 
 @dataclass
@@ -255,7 +254,13 @@ def test_twenty_subscribers_at_random_moments(tmp_path: Path) -> None:
     rng = random.Random(0x71C4E7)
     began = time.monotonic()
     with ServerProcess(
-        tmp_path, "--durability", "batch", "--demo", str(RATE), "--demo-count", str(MESSAGES)
+        tmp_path,
+        "--durability",
+        "batch",
+        "--demo",
+        str(PUBLISH_RATE),
+        "--demo-count",
+        str(MESSAGES),
     ) as server:
         results = asyncio.run(_twenty_subscribers(server.port, rng))
         checked = time.monotonic() - began
@@ -288,9 +293,7 @@ def test_twenty_subscribers_at_random_moments(tmp_path: Path) -> None:
         f"{sum(plan.received for plan in results):,} deliveries checked, "
         f"all done {checked:.2f} s after start-up"
     )
-    assert rate >= RATE * RATE_TOLERANCE, (
-        f"published at {rate:,.0f} messages a second, below {RATE:,} less {1 - RATE_TOLERANCE:.0%}"
-    )
+    assert rate >= RATE, f"published at {rate:,.0f} messages a second, below {RATE:,}"
 
 
 # ---------------------------------------------------------------------------- 2. SIGKILL
