@@ -82,12 +82,13 @@ class Subscription:
         self._writer: asyncio.StreamWriter | None = None
         self._reading = False
         self._iterator: AsyncIterator[Message] | None = None
+        self._batches: AsyncIterator[list[Message]] | None = None
         self.logins = 0
         """How many times this subscription has logged in (1 + reconnections)."""
 
     def __aiter__(self) -> AsyncIterator[Message]:
         if self._iterator is None:
-            self._iterator = self._run()
+            self._iterator = self._messages()
         return self._iterator
 
     async def __aenter__(self) -> Subscription:
@@ -103,8 +104,8 @@ class Subscription:
 
     async def close(self) -> None:
         """Log out and stop."""
-        if self._iterator is not None:
-            aclose = getattr(self._iterator, "aclose", None)
+        for iterator in (self._iterator, self._batches):
+            aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
         self._close_writer()
@@ -113,13 +114,25 @@ class Subscription:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()
 
-    async def _run(self) -> AsyncIterator[Message]:
+    def batches(self) -> AsyncIterator[list[Message]]:
+        """The same messages, in lists: all that one read from the socket brought (for a
+        consumer that handles many at once, as a relaying server does)."""
+        if self._batches is None:
+            self._batches = self._run()
+        return self._batches
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        async for batch in self.batches():
+            for message in batch:
+                yield message
+
+    async def _run(self) -> AsyncIterator[list[Message]]:
         delay = self._reconnect_delay
         while True:
             try:
-                async for message in self._connection():
+                async for batch in self._connection():
                     delay = self._reconnect_delay
-                    yield message
+                    yield batch
                 return  # End of Session
             except (OSError, _Dropped, asyncio.IncompleteReadError) as exc:
                 if not self._reconnect:
@@ -139,7 +152,7 @@ class Subscription:
             finally:
                 self._close_writer()
 
-    async def _connection(self) -> AsyncIterator[Message]:
+    async def _connection(self) -> AsyncIterator[list[Message]]:
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self._server_timeout
@@ -169,12 +182,13 @@ class Subscription:
                 if not data:
                     raise _Dropped("the server closed the connection")
                 connection.receive_data(data, now)
+                batch: list[Message] = []
                 for event in connection.events_received():
                     if isinstance(event, protocol.Message):
                         if event.sequence < self.next_seq:
                             continue  # a server that starts earlier than asked: no duplicates
                         self.next_seq = event.sequence + 1
-                        yield Message(self.session, event.sequence, event.payload)
+                        batch.append(Message(self.session, event.sequence, event.payload))
                     elif isinstance(event, protocol.Accepted):
                         self.logins += 1
                         self.session = event.session
@@ -194,17 +208,23 @@ class Subscription:
                         )
                         raise LoginRejected(event.reason, f"login rejected: {why}")
                     elif isinstance(event, protocol.SessionEnded):
+                        if batch:
+                            yield batch
                         connection.logout(now)
                         with contextlib.suppress(OSError):
                             writer.write(connection.data_to_send())
                         return
                     elif isinstance(event, protocol.ConnectionLost):
+                        if batch:
+                            yield batch  # counted in next_seq already: hand them over
                         raise _Dropped(event.reason)
                     elif isinstance(event, protocol.DebugReceived):
                         log.info("server says: %s", event.text)
                 outgoing = connection.data_to_send()
                 if outgoing:
                     writer.write(outgoing)
+                if batch:
+                    yield batch
         finally:
             ticker.cancel()
             if connection.state is not State.CLOSED and not writer.is_closing():
