@@ -253,3 +253,38 @@ subscribe = Subscription
 """``subscribe(host, port, session="", seq=1, **options)``: subscribe to ``session``
 (blank: the active one) from sequence number ``seq`` (0: from the next message
 published). See :class:`Subscription` for the options."""
+
+
+async def active_session(
+    host: str,
+    port: int,
+    *,
+    username: str = "",
+    password: str = "",
+    server_timeout: float = protocol.DEFAULT_SERVER_TIMEOUT,
+) -> str:
+    """The id of the server's active session: log in with a blank session at sequence 0,
+    read Login Accepted, log out."""
+    loop = asyncio.get_running_loop()
+    timeout = server_timeout
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    connection = ClientConnection(LoginRequest(username, password, "", 0), loop.time())
+    try:
+        writer.write(connection.data_to_send())
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await reader.read(_READ_SIZE)
+                if not data:
+                    raise ConnectionError(f"{host}:{port} closed the connection at login")
+                connection.receive_data(data, loop.time())
+                for event in connection.events_received():
+                    if isinstance(event, protocol.Accepted):
+                        connection.logout(loop.time())
+                        writer.write(connection.data_to_send())
+                        return event.session
+                    if isinstance(event, protocol.Rejected):
+                        raise LoginRejected(event.reason, f"login to {host}:{port} rejected")
+                    if isinstance(event, protocol.ConnectionLost):
+                        raise ConnectionError(event.reason)
+    finally:
+        writer.close()

@@ -145,16 +145,24 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, *, roll_on_schedule: bool = True) -> None:
-        """Open the active session: today's (by the roll schedule) if it was not ended,
-        else the next id of the day. Then roll on the schedule, unless told not to."""
+    async def start(self, *, roll_on_schedule: bool = True, session: str | None = None) -> None:
+        """Open the active session: ``session`` if given (continued or created: ids come
+        from elsewhere), else today's (by the roll schedule) if it was not ended, else the
+        next id of the day. Then roll on the schedule, unless told not to."""
         loop = asyncio.get_running_loop()
         today = self.schedule.session_day(self.clock.now())
         self.catalogue.lock()
         try:
-            session_id, session_log = await loop.run_in_executor(
-                self._executor, self.catalogue.open_active, today
-            )
+            if session is not None:
+                exact = SessionId.parse(session)
+                session_log = await loop.run_in_executor(
+                    self._executor, self.catalogue.open_exact, exact
+                )
+                session_id = exact
+            else:
+                session_id, session_log = await loop.run_in_executor(
+                    self._executor, self.catalogue.open_active, today
+                )
         except BaseException:
             self.catalogue.unlock()
             raise
@@ -215,15 +223,15 @@ class Engine:
         """End the active session and open the next one (see :meth:`roll`)."""
         return await self.roll()
 
-    async def roll(self, day: dt.date | None = None) -> str:
+    async def roll(self, day: dt.date | None = None, *, to: str | None = None) -> str:
         """End the active session and open the next; returns the new session's id.
 
         Publishing pauses; everything already queued is written and published; the end
         is persisted (the session's ``ended`` marker, synced); only then is each
         subscriber told, and sends End of Session after the last message. The next
         session carries ``day`` (default: the schedule's day for now): counter 01 of a
-        new day, or the next counter of the same day. Publishers held back meanwhile
-        publish into it.
+        new day, or the next counter of the same day; or is exactly ``to``, when ids come
+        from elsewhere (an upstream feed). Publishers held back meanwhile publish into it.
         """
         loop = asyncio.get_running_loop()
         async with self._roll_lock:
@@ -235,10 +243,16 @@ class Engine:
                 await self._stop_writer()
                 if self._failure is not None:
                     raise StoreError(f"publishing has stopped: {self._failure}")
-                day = day or self.schedule.session_day(self.clock.now())
-                next_id, next_log = await loop.run_in_executor(
-                    self._executor, self.catalogue.open_next, ended_id, day
-                )
+                if to is not None:
+                    next_id = SessionId.parse(to)
+                    next_log = await loop.run_in_executor(
+                        self._executor, self.catalogue.open_exact, next_id
+                    )
+                else:
+                    day = day or self.schedule.session_day(self.clock.now())
+                    next_id, next_log = await loop.run_in_executor(
+                        self._executor, self.catalogue.open_next, ended_id, day
+                    )
                 await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
                 # From here to the switch nothing awaits: a subscriber that logged in to
                 # the ended session meanwhile is live in it, and is told with the rest.

@@ -137,6 +137,21 @@ class Catalogue:
         )
         return session_id, created
 
+    def open_exact(self, session_id: SessionId) -> SessionLog:
+        """Open ``session_id`` to append to: continue it, or create it. For a server
+        that takes its session ids from elsewhere (an upstream feed). Every other
+        session not yet ended is ended: this one replaces it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = next((i for i in self.sessions() if i.id == session_id), None)
+        if info is not None and info.ended:
+            raise StoreError(f"session {session_id} has ended; it cannot be appended to")
+        for other in self.sessions():
+            if other.id != session_id and not other.ended:
+                self.mark_ended(other.id)
+        return SessionLog.open(
+            self.root / str(session_id), durability=self.durability, create=info is None
+        )
+
     def open_closed(self, session: str) -> SessionLog | ArchivedLog:
         """A read-only view of an ended session, archived or not."""
         return open_session_log(self.find(session).path)
