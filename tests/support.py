@@ -31,11 +31,13 @@ class ServerProcess:
     """``tickertape serve`` on 127.0.0.1 and a free port, in a subprocess.
 
     Its log (stderr) is collected in :attr:`lines`; ``wait_for_log`` waits for a line.
+    With ``follow``, it serves ``data`` with ``--follow`` (read-only) instead of ``--data``.
     """
 
-    def __init__(self, data: Path, *args: str) -> None:
+    def __init__(self, data: Path, *args: str, follow: bool = False) -> None:
         self.data = data
         self.args = args
+        self.follow = follow
         self.lines: list[str] = []
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -59,7 +61,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             "0",
-            "--data",
+            "--follow" if self.follow else "--data",
             str(self.data),
             *self.args,
         ]

@@ -27,6 +27,7 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -35,6 +36,8 @@ from tickertape.server.soupbintcp import (
     SoupBinTCPServer,
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
+from tickertape.sources.plugin import load_source, run_source
+from tickertape.sources.upstream import Upstream, first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
@@ -279,6 +282,22 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, default=DEFAULT_DATA, help="data directory (%(default)s)"
     )
     serve.add_argument(
+        "--follow",
+        type=Path,
+        metavar="DIR",
+        help="instead of --data: serve, read-only, the data directory DIR that another "
+        "tickertape server on this host is writing, its new messages, new sessions and "
+        "ended sessions as they come; nothing in DIR is changed (takes only --host, "
+        "--port, --user and --verbose)",
+    )
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="re-serve another SoupBinTCP server's sessions (same ids and sequence "
+        "numbers, each message persisted here first): soupbintcp://HOST:PORT"
+        "[?user=NAME&password=SECRET&session=ID]; sessions then roll with the upstream's",
+    )
+    serve.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
         default=Durability.BATCH.value,
@@ -310,6 +329,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="end the session when the demo source has published --demo-count messages "
         "(a finite input ends its session; the next one opens)",
+    )
+    serve.add_argument(
+        "--source",
+        metavar="SPEC",
+        help="publish what a Python callable makes: python:MODULE:FUNCTION or "
+        "python:FILE.py:FUNCTION, an async generator of payloads (or, with --source-rate, "
+        "a function called at that rate); see tickertape.sources.plugin",
+    )
+    serve.add_argument(
+        "--source-rate",
+        type=_positive,
+        metavar="N",
+        help="call the --source function N times a second (a plain or async function, not "
+        "an async generator)",
     )
     serve.add_argument(
         "--archive-after",
@@ -394,6 +427,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.verb == "serve":
+        if args.follow is not None:
+            _check_follow(args, sys.argv[1:] if argv is None else argv)
         try:
             args.schedule = RollSchedule.parse(args.roll_at, args.timezone)
         except ConfigError as exc:
@@ -442,7 +477,61 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
+_FOLLOW_TAKES: Final = frozenset({"help", "host", "port", "user", "verbose", "follow"})
+"""The ``serve`` options that make sense with ``--follow``: the others are for the server
+that writes the directory."""
+
+
+def _check_follow(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Refuse ``--follow`` with an option only a server writing its directory takes."""
+    serve: argparse.ArgumentParser = args.subparser
+    others = [a for a in serve._actions if a.option_strings and a.dest not in _FOLLOW_TAKES]
+    unset = object()
+    given = argparse.Namespace(**{action.dest: unset for action in others})
+    words = list(argv)
+    # Defaults are not applied over attributes the namespace already has: whatever is
+    # no longer ``unset`` was on the command line.
+    serve.parse_known_args(words[words.index("serve") + 1 :], namespace=given)
+    named = [a.option_strings[-1] for a in others if getattr(given, a.dest) is not unset]
+    if named:
+        serve.error(
+            f"--follow serves a directory another process writes, read-only: it takes no "
+            f"{', '.join(named)} (give those to the server writing it)"
+        )
+
+
+async def _serve_follow(args: argparse.Namespace) -> int:
+    """``serve --follow DIR``: the sessions another process writes, read-only."""
+    follower = Follower(args.follow)
+    await follower.start()  # a StoreError says what is wrong with DIR
+    server = SoupBinTCPServer(
+        follower, ServerConfig(host=args.host, port=args.port, credentials=args.user)
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        await follower.close()
+        print(f"tickertape: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.close()
+        await follower.close()
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> int:
+    if args.follow is not None:
+        return await _serve_follow(args)
+    if args.source_rate is not None and args.source is None:
+        raise ConfigError("--source-rate needs --source")
+    source = load_source(args.source, args.source_rate) if args.source else None
     durability = Durability(args.durability)
     token = _read_token(args)
     engine = Engine(
@@ -451,8 +540,16 @@ async def _serve(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
     )
+    upstream = Upstream.parse(args.upstream) if args.upstream else None
     try:
-        await engine.start()
+        if upstream is None:
+            await engine.start()
+        else:
+            # Ids come from the upstream: continue the local session it fed last, if
+            # any, else start with the upstream's.
+            resumed = next((i for i in reversed(engine.catalogue.sessions()) if not i.ended), None)
+            first = str(resumed.id) if resumed else await first_session(upstream)
+            await engine.start(roll_on_schedule=False, session=first)
     except OSError as exc:
         print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 1
@@ -505,10 +602,44 @@ async def _serve(args: argparse.Namespace) -> int:
                 stop.set()
 
         demo.add_done_callback(demo_done)
+    relay = None
+    if upstream is not None:
+        relay = asyncio.create_task(run_upstream(engine, upstream), name="upstream")
+
+        def relay_done(task: asyncio.Task[None]) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failed.append(error)
+                log.error("upstream feed failed, stopping: %s", error)
+                stop.set()
+
+        relay.add_done_callback(relay_done)
+    plugin = None
+    if source is not None:
+        plugin = asyncio.create_task(run_source(engine, source), name="source")
+
+        def plugin_done(task: asyncio.Task[None]) -> None:
+            # A source that fails is logged and stopped by run_source; this is the
+            # engine failing under it.
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failed.append(error)
+                log.error("publishing from source %s failed, stopping: %s", args.source, error)
+                stop.set()
+
+        plugin.add_done_callback(plugin_done)
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        if relay is not None and not relay.done():
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        if plugin is not None and not plugin.done():
+            plugin.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await plugin
         if demo is not None and not demo.done():
             demo.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,7 +33,7 @@ from tickertape.protocol.server import (
     ServerTimers,
     State,
 )
-from tickertape.server.engine import Engine
+from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.wire.soupbintcp import (
@@ -101,7 +101,7 @@ class ServerConfig:
 class SoupBinTCPServer:
     """Serves the engine's sessions to SoupBinTCP clients."""
 
-    def __init__(self, engine: Engine, config: ServerConfig | None = None) -> None:
+    def __init__(self, engine: SessionSource, config: ServerConfig | None = None) -> None:
         self.engine = engine
         self.config = config or ServerConfig()
         self._server: asyncio.Server | None = None
@@ -349,7 +349,7 @@ class _Connection(asyncio.Protocol):
         self._handle_events()
 
     def _accept(
-        self, wanted: str, sequence: int, session_log: ReadableLog, engine: Engine | None
+        self, wanted: str, sequence: int, session_log: ReadableLog, engine: SessionSource | None
     ) -> None:
         session = self._session
         transport = self._transport

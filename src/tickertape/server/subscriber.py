@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from tickertape.server.engine import Engine
+from tickertape.server.session_source import SessionSource
 from tickertape.store.log import ReadableLog, packet_offsets
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Subscriber:
         self,
         transport: asyncio.WriteTransport,
         session_log: ReadableLog,
-        engine: Engine | None,
+        engine: SessionSource | None,
         next_seq: int,
         *,
         on_sent: Callable[[float], None],

@@ -19,6 +19,11 @@ the middle of a write) is cut off. Bytes that cannot be trusted are never served
 are moved aside to ``log.cut-OFFSET`` and the log continues from the intact prefix.
 
 Only one thread appends (the session writer); any thread may read what was appended.
+
+Another process may *follow* a log that a server is appending to: opened with
+``follow=True`` it is read-only, serves only batches whose index record is written and
+whose checksums pass (bytes past the last record are a batch being appended, not damage),
+and :meth:`SessionLog.refresh` picks up the batches appended since.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ _RECORD_SIZE: Final = _RECORD.size + 4  # + crc32 of the record itself
 _PACKET_HEADER: Final = 3
 _SEQUENCED: Final = 0x53
 _VERIFY_CHUNK: Final = 8 << 20
+DEFAULT_REFRESH_BYTES: Final = 8 << 20
+"""About how many bytes of new batches one :meth:`SessionLog.refresh` reads (at least one
+batch): it bounds the memory a follower holds between two deliveries."""
+_REFRESH_INDEX_CHUNK: Final = _RECORD_SIZE * 4096
 
 
 class Durability(enum.Enum):
@@ -137,6 +146,13 @@ class ReadableLog(Protocol):
     def close(self) -> None: ...
 
 
+class _Held:
+    """An index record of a batch a followed log already holds."""
+
+
+_HELD: Final = _Held()
+
+
 class SessionLog:
     """One session's log and index. Open with :meth:`open`."""
 
@@ -164,6 +180,13 @@ class SessionLog:
         self._tail = (next_seq, end_offset)
         self._reader = open(directory / LOG_FILE, "rb")  # noqa: SIM115 - lives as long as the log
         self._closed = False
+        # Following another process's appends (``open(..., follow=True)``): the index as
+        # last opened (its inode and descriptor), where its next unread record is (None:
+        # to be found), and the problem that holds the follower back, if any.
+        self._following = False
+        self._follow_index: tuple[int, int] | None = None
+        self._follow_position: int | None = None
+        self._follow_problem: str | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -175,12 +198,20 @@ class SessionLog:
         durability: Durability = Durability.BATCH,
         writable: bool = True,
         create: bool = False,
+        follow: bool = False,
     ) -> SessionLog:
         """Open (and with ``create``, make) the log in ``directory``, recovering it.
 
         A read-only log is checked the same way but nothing on disk is changed: damaged
         or unindexed bytes are simply not served.
+
+        ``follow`` opens, read-only, a log that another process may be appending to:
+        packets past the last index record are a batch being appended (not yet served,
+        not reported as damage), and :meth:`refresh` takes batches as their records
+        appear.
         """
+        if follow and writable:
+            raise StoreError("a followed log is read-only: open it with writable=False")
         log_path = directory / LOG_FILE
         if create:
             directory.mkdir(parents=True, exist_ok=True)
@@ -193,14 +224,21 @@ class SessionLog:
         else:
             log_fd = os.open(log_path, os.O_RDONLY)
         try:
-            return cls._recover(directory, log_fd, durability, writable)
+            opened = cls._recover(directory, log_fd, durability, writable, follow)
         except BaseException:
             os.close(log_fd)
             raise
+        opened._following = follow
+        return opened
 
     @classmethod
     def _recover(
-        cls, directory: Path, log_fd: int, durability: Durability, writable: bool
+        cls,
+        directory: Path,
+        log_fd: int,
+        durability: Durability,
+        writable: bool,
+        follow: bool = False,
     ) -> SessionLog:
         index_path = directory / INDEX_FILE
         raw_index = index_path.read_bytes() if index_path.exists() else b""
@@ -213,7 +251,7 @@ class SessionLog:
         valid: list[bytes] = []
         reported: list[bytes] = []
         known: dict[int, bytes] = {}
-        if len(raw_index) % _RECORD_SIZE:
+        if len(raw_index) % _RECORD_SIZE and not follow:  # following: a record being written
             problems.append(
                 f"index ends in a partial record ({len(raw_index) % _RECORD_SIZE} bytes)"
             )
@@ -234,6 +272,7 @@ class SessionLog:
         next_seq = 1
         position = 0
         reindexed = 0
+        appending = False  # following: the bytes past the last record are being appended
         while position < log_size:
             found_record = known.get(position)
             if found_record is not None:
@@ -266,6 +305,9 @@ class SessionLog:
             # whose record was damaged. Whole, well-formed packets up to the next record
             # are kept (their checksum is computed now); a torn or foreign packet is cut.
             after = bisect_right(starts, position)
+            if follow and after == len(starts):
+                appending = True  # no record yet: the writer has not finished this batch
+                break
             limit = starts[after] if after < len(starts) else log_size
             limit = min(limit, log_size)
             while position < limit:
@@ -317,7 +359,7 @@ class SessionLog:
 
         end = position
         actual_size = os.fstat(log_fd).st_size
-        cut_bytes = actual_size - end
+        cut_bytes = 0 if appending else actual_size - end
         cut_to: Path | None = None
         if cut_bytes:
             problems.append(
@@ -456,6 +498,141 @@ class SessionLog:
         count = max(bisect_right(found, max_bytes) - 1, 1)
         return block[: found[count]], count
 
+    # ------------------------------------------------------------------ following
+
+    @property
+    def following(self) -> bool:
+        """Whether this log was opened to follow another process's appends."""
+        return self._following
+
+    @property
+    def follow_problem(self) -> str | None:
+        """Why :meth:`refresh` cannot go on, if it cannot: a damaged record or batch."""
+        return self._follow_problem
+
+    def refresh(self, max_bytes: int = DEFAULT_REFRESH_BYTES) -> list[tuple[Appended, bytes]]:
+        """Take the batches another process appended since the log was opened or last
+        refreshed, in order: about ``max_bytes`` of them (at least one); call again for
+        more. Returns each with its bytes. Called from one thread only; nothing on disk
+        is changed.
+
+        A batch is taken only once its index record is whole, passes its checksum and
+        follows on from the previous batch, and its bytes pass the checksum the record
+        holds. The writer appends a batch, then its record: a batch being appended, or a
+        record being written, is simply not taken yet. A record or batch that fails its
+        checksum stops the refresh there (it is never served) and is logged once, as
+        :attr:`follow_problem`. When the index is replaced (a writer restarting rewrites
+        it), the new one is read from the start, skipping the batches already taken.
+        """
+        if not self._following:
+            raise StoreError(f"session log {self.directory} was not opened to follow")
+        if self._closed:
+            raise StoreError(f"session log {self.directory} is closed")
+        index_path = self.directory / INDEX_FILE
+        try:
+            status = os.stat(index_path)
+        except FileNotFoundError:
+            return []  # the writer has not made it yet
+        if self._follow_index is None or self._follow_index[0] != status.st_ino:
+            try:
+                fd = os.open(index_path, os.O_RDONLY)
+            except FileNotFoundError:
+                return []  # replaced between the two calls: the next refresh opens it
+            if self._follow_index is not None:
+                os.close(self._follow_index[1])
+                self._follow_position = 0  # a new index: read it all, skip what we hold
+            self._follow_index = (os.fstat(fd).st_ino, fd)
+        fd = self._follow_index[1]
+        size = os.fstat(fd).st_size
+        position = self._follow_position
+        if position is None:
+            position = self._first_index_position(fd, size)
+        elif size < position:
+            # Records were taken back: the writer's append failed after its record was
+            # written. Read the index again from the start.
+            log.warning(
+                "session %s: its index shrank from %d to %d bytes while followed",
+                self.directory.name,
+                position,
+                size,
+            )
+            position = 0
+        taken: list[tuple[Appended, bytes]] = []
+        taken_bytes = 0
+        while position + _RECORD_SIZE <= size and taken_bytes < max_bytes:
+            chunk = os.pread(fd, min(size - position, _REFRESH_INDEX_CHUNK), position)
+            chunk = chunk[: len(chunk) - len(chunk) % _RECORD_SIZE]
+            if not chunk:
+                break
+            for start in range(0, len(chunk), _RECORD_SIZE):
+                batch = self._take_record(chunk[start : start + _RECORD_SIZE], position)
+                if batch is None:
+                    self._follow_position = position
+                    return taken
+                position += _RECORD_SIZE
+                if not isinstance(batch, _Held):
+                    taken.append(batch)
+                    taken_bytes += len(batch[1])
+                    if taken_bytes >= max_bytes:
+                        break
+        self._follow_position = position
+        if taken:
+            self._follow_problem = None
+        return taken
+
+    def _first_index_position(self, fd: int, size: int) -> int:
+        """Where the record after the last batch held is: one record per batch in an
+        index the writer recovered (the usual case), else found by reading from 0."""
+        held = len(self._first_seqs)
+        position = held * _RECORD_SIZE
+        if held == 0:
+            return 0
+        if position > size:
+            return 0
+        record = os.pread(fd, _RECORD_SIZE, position - _RECORD_SIZE)
+        if len(record) == _RECORD_SIZE and zlib.crc32(record[: _RECORD.size]) == int.from_bytes(
+            record[_RECORD.size :], "little"
+        ):
+            first_seq, offset, _, _, _ = _RECORD.unpack_from(record)
+            if first_seq == self._first_seqs[-1] and offset == self._offsets[-1]:
+                return position
+        return 0
+
+    def _take_record(self, record: bytes, position: int) -> tuple[Appended, bytes] | _Held | None:
+        """Check one index record and take its batch: the batch and its bytes; ``_HELD``
+        for a batch already held; None to stop here (not yet whole, or damaged)."""
+        if zlib.crc32(record[: _RECORD.size]) != int.from_bytes(record[_RECORD.size :], "little"):
+            self._stall(f"index record at byte {position} fails its checksum")
+            return None
+        first_seq, offset, length, count, crc = _RECORD.unpack_from(record)
+        next_seq, end_offset = self._tail
+        if count and first_seq + count <= next_seq:
+            return _HELD
+        if first_seq != next_seq or offset != end_offset or not count:
+            self._stall(
+                f"index record at byte {position} (sequence {first_seq}, offset {offset}) "
+                f"does not follow on (expected sequence {next_seq} at offset {end_offset})"
+            )
+            return None
+        data = os.pread(self._log_fd, length, offset)
+        if len(data) < length:
+            return None  # cannot happen (the log is written first); try again later
+        if zlib.crc32(data) != crc:
+            self._stall(
+                f"batch at offset {offset} (sequence {first_seq}..{first_seq + count - 1}) "
+                "fails its checksum: not served"
+            )
+            return None
+        self._first_seqs.append(first_seq)
+        self._offsets.append(offset)
+        self._tail = (first_seq + count, offset + length)
+        return Appended(first_seq, count, offset, length), data
+
+    def _stall(self, problem: str) -> None:
+        if problem != self._follow_problem:
+            self._follow_problem = problem
+            log.error("session %s: %s; following stops there", self.directory.name, problem)
+
     def _batch_end(self, batch: int) -> int:
         if batch + 1 < len(self._offsets):
             return self._offsets[batch + 1]
@@ -469,6 +646,9 @@ class SessionLog:
         os.close(self._log_fd)
         if self._index_fd is not None:
             os.close(self._index_fd)
+        if self._follow_index is not None:
+            os.close(self._follow_index[1])
+            self._follow_index = None
 
     def __enter__(self) -> SessionLog:
         return self

@@ -1,0 +1,80 @@
+"""What the SoupBinTCP endpoint and its subscribers need of the sessions they serve.
+
+Two things offer it: the :class:`~tickertape.server.engine.Engine`, which writes the
+sessions of its data directory, and the :class:`~tickertape.server.follower.Follower`,
+which serves, read-only, the data directory another process writes. The endpoint and
+:class:`~tickertape.server.subscriber.Subscriber` are written against this protocol, so
+they serve either the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tickertape.server.engine import Cursor
+    from tickertape.store.log import ReadableLog, SessionLog
+
+
+class ClosedSessions(Protocol):
+    """Where the logs of sessions other than the active one are opened, for pulls."""
+
+    def open_closed(self, session: str) -> ReadableLog:
+        """A read-only view of ``session``; raises ``StoreError`` if it cannot be
+        served (``SessionNotFound`` if there is no such session)."""
+        ...
+
+
+class SessionSource(Protocol):
+    """The active session, its tail and its live cursors; the closed sessions."""
+
+    @property
+    def catalogue(self) -> ClosedSessions: ...
+
+    @property
+    def session_id(self) -> str:
+        """The active session's id."""
+        ...
+
+    @property
+    def session_log(self) -> SessionLog:
+        """The active session's log."""
+        ...
+
+    @property
+    def next_seq(self) -> int:
+        """One past the last message of the active session that may be served: the
+        tail live cursors are at."""
+        ...
+
+    def is_active(self, session_log: ReadableLog) -> bool:
+        """Whether ``session_log`` is the active session's (not one that has ended)."""
+        ...
+
+    def go_live(self, cursor: Cursor) -> bool:
+        """Add a cursor that has caught up to the live set; False (nothing added) if
+        it is behind the tail."""
+        ...
+
+    def leave(self, cursor: Cursor) -> None:
+        """Stop handing batches to a cursor."""
+        ...
+
+    def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:
+        """Call ``listener(ended_id, ended_log, next_id)`` after each change of active
+        session; the listener owns the ended log, still open, from then on."""
+        ...
+
+    async def publish_many(self, payloads: Sequence[bytes]) -> int:
+        """Publish messages into the active session; returns the first one's number.
+        Raises ``StoreError`` where nothing may be published (a follower)."""
+        ...
+
+    async def end_session(self) -> str:
+        """End the active session and open the next; returns the new one's id.
+        Raises ``StoreError`` where sessions are not this process's to end."""
+        ...
+
+
+__all__ = ["ClosedSessions", "SessionSource"]
