@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -526,6 +526,36 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Inputs:
+    """The tasks that feed the engine (demo, upstream, plug-in source): one that fails
+    stops the server, saying why; at shutdown they are cancelled."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed: list[BaseException] = []
+
+    def start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=name)
+
+        def done(task: asyncio.Task[None]) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                self.failed.append(error)
+                log.error("%s failed, stopping: %s", name, error)
+                self._stop.set()
+
+        task.add_done_callback(done)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in reversed(self._tasks):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if args.follow is not None:
         return await _serve_follow(args)
@@ -583,8 +613,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    failed: list[BaseException] = []
-    demo = None
+    inputs = _Inputs(stop)
     if args.demo:
 
         async def demo_source() -> None:
@@ -592,63 +621,23 @@ async def _serve(args: argparse.Namespace) -> int:
             if args.demo_end:
                 await engine.end_session()
 
-        demo = asyncio.create_task(demo_source(), name="demo")
-
-        def demo_done(task: asyncio.Task[None]) -> None:
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                failed.append(error)
-                log.error("demo source failed, stopping: %s", error)
-                stop.set()
-
-        demo.add_done_callback(demo_done)
-    relay = None
+        inputs.start("demo source", demo_source())
     if upstream is not None:
-        relay = asyncio.create_task(run_upstream(engine, upstream), name="upstream")
-
-        def relay_done(task: asyncio.Task[None]) -> None:
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                failed.append(error)
-                log.error("upstream feed failed, stopping: %s", error)
-                stop.set()
-
-        relay.add_done_callback(relay_done)
-    plugin = None
+        inputs.start("upstream feed", run_upstream(engine, upstream))
     if source is not None:
-        plugin = asyncio.create_task(run_source(engine, source), name="source")
-
-        def plugin_done(task: asyncio.Task[None]) -> None:
-            # A source that fails is logged and stopped by run_source; this is the
-            # engine failing under it.
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                failed.append(error)
-                log.error("publishing from source %s failed, stopping: %s", args.source, error)
-                stop.set()
-
-        plugin.add_done_callback(plugin_done)
+        # A source that fails is logged and stopped by run_source: what stops the server
+        # here is the engine failing under it.
+        inputs.start(f"source {args.source}", run_source(engine, source))
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
-        if relay is not None and not relay.done():
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-        if plugin is not None and not plugin.done():
-            plugin.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await plugin
-        if demo is not None and not demo.done():
-            demo.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await demo
+        await inputs.stop()
         if admin is not None:
             await admin.close()
         await server.close()
         await engine.close()
-    return 1 if failed else 0
+    return 1 if inputs.failed else 0
 
 
 async def _tail(args: argparse.Namespace) -> int:
