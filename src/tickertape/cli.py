@@ -571,14 +571,21 @@ async def _serve(args: argparse.Namespace) -> int:
         retention=Retention(args.archive_after, args.delete_after),
     )
     upstream = Upstream.parse(args.upstream) if args.upstream else None
+    first: str | None = None
+    if upstream is not None:
+        # Ids come from the upstream: continue the local session it fed last, if any,
+        # else start with the upstream's.
+        resumed = next((i for i in reversed(engine.catalogue.sessions()) if not i.ended), None)
+        try:
+            first = str(resumed.id) if resumed else await first_session(upstream)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach the upstream {upstream.host}:{upstream.port}: {exc}"
+            ) from None
     try:
-        if upstream is None:
+        if first is None:
             await engine.start()
         else:
-            # Ids come from the upstream: continue the local session it fed last, if
-            # any, else start with the upstream's.
-            resumed = next((i for i in reversed(engine.catalogue.sessions()) if not i.ended), None)
-            first = str(resumed.id) if resumed else await first_session(upstream)
             await engine.start(roll_on_schedule=False, session=first)
     except OSError as exc:
         print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)

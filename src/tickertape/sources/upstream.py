@@ -43,10 +43,19 @@ class Upstream:
     @classmethod
     def parse(cls, url: str) -> Upstream:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "soupbintcp" or not parts.hostname or parts.port is None:
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"--upstream {url!r}: {exc}") from None
+        if parts.scheme != "soupbintcp" or not parts.hostname or port is None:
             raise ConfigError(
                 f"--upstream {url!r}: expected soupbintcp://HOST:PORT"
                 "[?user=NAME&password=SECRET&session=ID]"
+            )
+        if parts.username or parts.password or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"--upstream {url!r}: give the user and password as ?user=NAME&password=SECRET"
+                ", and no path"
             )
         query = urllib.parse.parse_qs(parts.query)
         unknown = set(query) - {"user", "password", "session"}
@@ -60,9 +69,10 @@ class Upstream:
             return query.get(name, [""])[-1]
 
         session = one("session")
+        # Local sessions take the upstream's ids, which must be tickertape's YYYYMMDDNN.
         if session and not SessionId.is_valid(session):
             raise ConfigError(f"--upstream session {session!r} is not YYYYMMDDNN")
-        return cls(parts.hostname, parts.port, one("user"), one("password"), session)
+        return cls(parts.hostname, port, one("user"), one("password"), session)
 
 
 async def first_session(upstream: Upstream) -> str:
