@@ -22,16 +22,17 @@ import logging
 import zlib
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, repeat
-from typing import Final, Protocol
+from typing import Final
 
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import LocalProtocolError, StoreError
+from tickertape.server.tail import Tail
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Appended, Durability, ReadableLog, SessionLog
+from tickertape.store.log import Appended, Durability, SessionLog
 from tickertape.store.retention import Retention, apply_retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
@@ -61,24 +62,6 @@ class EngineConfig:
     """...or this many bytes of them."""
 
 
-class Cursor(Protocol):
-    """A subscriber as the engine sees it: the next sequence number it will be sent."""
-
-    next_seq: int
-
-    def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
-        """Take a newly published batch of ``count`` packets starting at ``first_seq``."""
-        ...
-
-    def session_ended(self) -> None:
-        """The session ended and every message was delivered: send End of Session."""
-        ...
-
-    def abort(self) -> None:
-        """Something went wrong with this cursor: close its connection."""
-        ...
-
-
 class _Request:
     """One publish call: its messages, the number of the first, and how far the writer
     has got with it (a call larger than a batch is split over several)."""
@@ -106,7 +89,7 @@ class _Batch:
     crc: int
 
 
-class Engine:
+class Engine(Tail):
     """The active session of one data directory. Create, then ``await start()``."""
 
     def __init__(
@@ -117,22 +100,18 @@ class Engine:
         schedule: RollSchedule | None = None,
         retention: Retention | None = None,
     ) -> None:
+        super().__init__(clock or SystemClock())
         self.catalogue = catalogue
         self.config = config or EngineConfig(durability=catalogue.durability)
-        self.clock = clock or SystemClock()
         self.schedule = schedule or RollSchedule()
         self.retention = retention or Retention()
         self._housekeeping: asyncio.Future[list[str]] | None = None
-        self._session_id: SessionId | None = None
-        self._log: SessionLog | None = None
-        self._live: dict[Cursor, None] = {}
         self._queue: deque[_Request] = deque()
         self._queued_messages = 0
         self._queued_bytes = 0
         self._queue_space = asyncio.Event()
         self._queue_space.set()
         self._wakeup = asyncio.Event()
-        self._published_next = 1
         self._assigned_next = 1
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
         self._writer: asyncio.Task[None] | None = None
@@ -141,7 +120,6 @@ class Engine:
         self._rolling = False
         self._roll_lock = asyncio.Lock()
         self._roller: asyncio.Task[None] | None = None
-        self._roll_listeners: list[Callable[[str, SessionLog, str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,12 +191,6 @@ class Engine:
 
     # ------------------------------------------------------------------ ending and rolling
 
-    def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:
-        """Call ``listener(ended_id, ended_log, next_id)`` after each roll. The ended
-        session's log is handed over open (subscribers may still be reading it): the
-        listener owns it from then on."""
-        self._roll_listeners.append(listener)
-
     async def end_session(self) -> str:
         """End the active session and open the next one (see :meth:`roll`)."""
         return await self.roll()
@@ -256,16 +228,12 @@ class Engine:
                 await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
                 # From here to the switch nothing awaits: a subscriber that logged in to
                 # the ended session meanwhile is live in it, and is told with the rest.
-                for cursor in tuple(self._live):
-                    cursor.session_ended()
-                self._live.clear()
-                log.info("session %s ended after %d messages", ended_id, self._published_next - 1)
+                self._switch(next_id, next_log)
                 self._open(next_id, next_log)
             finally:
                 self._rolling = False
                 self._queue_space.set()
-        for listener in self._roll_listeners:
-            listener(str(ended_id), ended_log, str(next_id))
+        self._hand_over(ended_id, ended_log)
         self._keep_house()
         return str(next_id)
 
@@ -308,30 +276,9 @@ class Engine:
     # ------------------------------------------------------------------ state
 
     @property
-    def session_id(self) -> str:
-        if self._session_id is None:
-            raise StoreError("the engine has not been started")
-        return str(self._session_id)
-
-    @property
-    def session_log(self) -> SessionLog:
-        if self._log is None:
-            raise StoreError("the engine has not been started")
-        return self._log
-
-    @property
-    def next_seq(self) -> int:
-        """The number of the next message to be published: the tail subscribers see."""
-        return self._published_next
-
-    @property
     def next_assigned(self) -> int:
         """The number the next message handed to :meth:`publish_many` will get."""
         return self._assigned_next
-
-    @property
-    def live_count(self) -> int:
-        return len(self._live)
 
     # ------------------------------------------------------------------ publishing
 
@@ -459,7 +406,7 @@ class Engine:
         self._queued_messages -= batch.count
         self._queued_bytes -= len(batch.data) - 3 * batch.count
         self._queue_space.set()
-        self._publish(appended, batch.data)
+        self._fan_out(appended.first_seq, appended.count, batch.data)
         for request, start, stop in batch.parts:
             request.done += stop - start
             if request.done == len(request.payloads) and not request.future.done():
@@ -479,39 +426,6 @@ class Engine:
         self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next
         self._queue_space.set()  # wake held-back publishers: they see the failure
-
-    def _publish(self, appended: Appended, data: bytes) -> None:
-        first, count = appended.first_seq, appended.count
-        self._published_next = first + count
-        if not self._live:
-            return
-        now = self.clock.monotonic()
-        for cursor in tuple(self._live):
-            try:
-                cursor.deliver(data, first, count, now)
-            except Exception:
-                # One subscriber's failure must not stop the others, nor the writer.
-                log.exception("dropping a subscriber that failed to take batch %d", first)
-                self._live.pop(cursor, None)
-                cursor.abort()
-
-    # ------------------------------------------------------------------ subscribers
-
-    def is_active(self, session_log: ReadableLog) -> bool:
-        """Whether ``session_log`` is the active session's (not one that has ended)."""
-        return session_log is self._log
-
-    def go_live(self, cursor: Cursor) -> bool:
-        """Add a cursor that has caught up to the live set. Returns False (and adds
-        nothing) if it is behind the tail: it must read the log up to it first."""
-        if cursor.next_seq < self._published_next:
-            return False
-        self._live[cursor] = None
-        return True
-
-    def leave(self, cursor: Cursor) -> None:
-        """Stop handing batches to a cursor (it disconnected, or its buffer is full)."""
-        self._live.pop(cursor, None)
 
 
 def _log_failure(done: asyncio.Future[list[str]]) -> None:

@@ -47,7 +47,7 @@ from typing import Final
 
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import StoreError
-from tickertape.server.engine import Cursor
+from tickertape.server.tail import Tail
 from tickertape.sessions import open_read_only
 from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
 from tickertape.store.log import (
@@ -113,22 +113,17 @@ class _News:
     """The session to follow next: the followed one ended."""
 
 
-class Follower:
+class Follower(Tail):
     """The sessions of a data directory another process writes, served read-only.
     Create, then ``await start()``."""
 
     def __init__(
         self, root: Path, config: FollowerConfig | None = None, clock: Clock | None = None
     ) -> None:
+        super().__init__(clock or SystemClock())
         self.root = root
         self.config = config or FollowerConfig()
-        self.clock = clock or SystemClock()
         self.catalogue = FollowedCatalogue(root, self)
-        self._session_id: SessionId | None = None
-        self._log: SessionLog | None = None
-        self._published_next = 1
-        self._live: dict[Cursor, None] = {}
-        self._roll_listeners: list[Callable[[str, SessionLog, str], None]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-follower")
         self._task: asyncio.Task[None] | None = None
         self._looking: Future[_News] | None = None
@@ -234,9 +229,9 @@ class Follower:
             else:
                 failing = None
             for appended, data in news.batches:
-                self._publish(appended, data)
+                self._fan_out(appended.first_seq, appended.count, data)
             if news.following is not None:
-                self._switch(*news.following)
+                self._switch_to(*news.following)
             elif not news.batches:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.config.poll_interval):
@@ -262,35 +257,14 @@ class Follower:
             return _News()
         return _News(following=(newer[-1].id, opened))
 
-    def _publish(self, appended: Appended, data: bytes) -> None:
-        """Hand a batch the writer persisted to every live cursor, as the engine does."""
-        first, count = appended.first_seq, appended.count
-        self._published_next = first + count
-        if not self._live:
-            return
-        now = self.clock.monotonic()
-        for cursor in tuple(self._live):
-            try:
-                cursor.deliver(data, first, count, now)
-            except Exception:
-                log.exception("dropping a subscriber that failed to take batch %d", first)
-                self._live.pop(cursor, None)
-                cursor.abort()
-
-    def _switch(self, session_id: SessionId, session_log: SessionLog) -> None:
+    def _switch_to(self, session_id: SessionId, session_log: SessionLog) -> None:
         """The followed session ended: End of Session to its live cursors, its log to
         the roll listeners, and follow the next. No await from start to end."""
         ended_id, ended_log = self._session_id, self._log
         assert ended_id is not None and ended_log is not None
-        for cursor in tuple(self._live):
-            cursor.session_ended()
-        self._live.clear()
-        log.info("session %s ended after %d messages", ended_id, self._published_next - 1)
+        self._switch(session_id, session_log)
         self._follow(session_id, session_log)
-        if not self._roll_listeners:
-            ended_log.close()
-        for listener in self._roll_listeners:
-            listener(str(ended_id), ended_log, str(session_id))
+        self._hand_over(ended_id, ended_log)
 
     # ------------------------------------------------------------------ state
 
@@ -300,49 +274,11 @@ class Follower:
         return self._session_id
 
     @property
-    def session_id(self) -> str:
-        if self._session_id is None:
-            raise StoreError("the follower has not been started")
-        return str(self._session_id)
-
-    @property
-    def session_log(self) -> SessionLog:
-        if self._log is None:
-            raise StoreError("the follower has not been started")
-        return self._log
-
-    @property
-    def next_seq(self) -> int:
-        """One past the last message delivered: the tail subscribers see."""
-        return self._published_next
-
-    @property
-    def live_count(self) -> int:
-        return len(self._live)
-
-    @property
     def inotify(self) -> bool:
         """Whether inotify wakes the follower (else it only polls)."""
         return self._watch is not None
 
     # ------------------------------------------------------------------ subscribers
-
-    def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:
-        """Call ``listener(ended_id, ended_log, next_id)`` when the followed session
-        ends and the next is followed; the listener owns the ended log from then on."""
-        self._roll_listeners.append(listener)
-
-    def is_active(self, session_log: ReadableLog) -> bool:
-        return session_log is self._log
-
-    def go_live(self, cursor: Cursor) -> bool:
-        if cursor.next_seq < self._published_next:
-            return False
-        self._live[cursor] = None
-        return True
-
-    def leave(self, cursor: Cursor) -> None:
-        self._live.pop(cursor, None)
 
     # ------------------------------------------------------------------ not here
 

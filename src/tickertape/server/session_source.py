@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tickertape.server.engine import Cursor
+    from tickertape.server.tail import Cursor
     from tickertape.store.log import ReadableLog, SessionLog
 
 
