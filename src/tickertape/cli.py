@@ -571,6 +571,10 @@ async def _serve(args: argparse.Namespace) -> int:
         retention=Retention(args.archive_after, args.delete_after),
     )
     upstream = Upstream.parse(args.upstream) if args.upstream else None
+    if upstream is not None and (args.demo or args.source):
+        raise ConfigError(
+            "--upstream fills the sessions: it cannot be combined with --demo or --source"
+        )
     first: str | None = None
     if upstream is not None:
         # Ids come from the upstream: continue the local session it fed last, if any,

@@ -6,12 +6,16 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import subscribe
 from tickertape.protocol.publishing import NO_STREAM, Ack
 from tickertape.server.soupbintcp import ServerConfig
+from tickertape.store.log import Appended, SessionLog
 from tickertape.wire.soupbintcp import (
     Debug,
     Framer,
@@ -22,7 +26,7 @@ from tickertape.wire.soupbintcp import (
     encode_unsequenced_many,
 )
 
-from support import ServerProcess, running_server
+from support import JumpingLoop, ServerProcess, running_server
 
 TIMEOUT = 60.0
 
@@ -203,3 +207,58 @@ def test_a_publisher_killed_mid_stream_loses_nothing_it_was_told_was_durable(
             check=False,
         )
         assert done.returncode == 0, done.stderr
+
+
+def test_a_relaying_server_refuses_publishers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            engine.relay_from = "127.0.0.1:7300"  # as run_upstream sets it
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(LoginRequest("", "", "", NO_STREAM).encode())
+            writer.write(encode_unsequenced_many([b"not here"]))
+            framer = Framer()
+            packets: list[object] = []
+            while data := await asyncio.wait_for(reader.read(65536), TIMEOUT):
+                framer.feed(data)
+                packets += [decode_server_packet(frame) for frame in framer]
+            assert Debug(b"this server relays 127.0.0.1:7300: publish there") in packets
+            assert engine.next_seq == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+def test_a_publisher_held_back_is_not_dropped_as_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops reading from a publisher while the writer is behind: that
+    silence is the server's own doing, so the idle timeout must not drop it."""
+    stalled = threading.Event()
+    release = threading.Event()
+    real_append = SessionLog.append
+
+    def slow_append(self: SessionLog, batch: bytes, count: int, crc: int | None = None) -> Appended:
+        stalled.set()
+        release.wait(TIMEOUT)
+        return real_append(self, batch, count, crc)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, JumpingLoop)
+        config = ServerConfig(port=0, max_unpublished=10)
+        async with running_server(tmp_path, config) as (_, server):
+            monkeypatch.setattr(SessionLog, "append", slow_append)
+            async with await Publisher.connect("127.0.0.1", server.port) as publisher:
+                await publisher.send_many([b"%d" % n for n in range(500)])
+                await loop.run_in_executor(None, stalled.wait, TIMEOUT)  # the writer stalls
+                await publisher.send_many([b"%d" % n for n in range(500, 1000)])
+                await asyncio.sleep(0.05)  # received: more than 10 wait, so it is held back
+                for _ in range(4):  # 20 s of the server not reading from it
+                    loop.advance(5.0)
+                    await asyncio.sleep(0.01)
+                release.set()
+                ack = await asyncio.wait_for(publisher.flush(), TIMEOUT)
+            assert ack is not None
+            assert ack.count == 1000
+
+    with asyncio.Runner(loop_factory=JumpingLoop) as runner:
+        runner.run(asyncio.wait_for(scenario(), TIMEOUT))

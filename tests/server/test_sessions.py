@@ -13,6 +13,9 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from tickertape.errors import StoreError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import Catalogue
@@ -161,7 +164,8 @@ def test_publishers_during_a_roll_publish_into_the_next_session(tmp_path: Path) 
     async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
         await engine.publish_many(payloads("old", 2))
         roll = asyncio.ensure_future(engine.roll())
-        await asyncio.sleep(0)  # the roll has begun: publishing waits for the next session
+        while not engine.rolling:  # once the roll has begun, publishing waits for the next
+            await asyncio.sleep(0)
         first = await engine.publish(b"new 1")
         assert await roll == "2026112902"
         assert first == 1
@@ -303,3 +307,36 @@ def test_a_closed_session_nobody_reads_is_not_kept_open(tmp_path: Path) -> None:
             assert log_path not in open_files()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_failed_roll_leaves_the_session_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        await engine.publish(b"before")
+
+        def no_room(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(engine.catalogue, "open_next", no_room)
+        with pytest.raises(StoreError, match=r"rolling session 2026112901 failed: .*No space"):
+            await engine.roll()
+        assert engine.session_id == "2026112901"
+        assert await asyncio.wait_for(engine.publish(b"after"), REAL_TIMEOUT) == 2
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
+
+
+def test_a_roll_whose_caller_is_cancelled_still_completes(tmp_path: Path) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        published = asyncio.ensure_future(engine.publish_many([b"a"] * 1000))
+        roll = asyncio.ensure_future(engine.roll())
+        await asyncio.sleep(0)
+        roll.cancel()
+        assert await published == 1  # persisted, and the publisher told so
+        while engine.session_id == "2026112901":
+            await asyncio.sleep(0.001)
+        assert engine.session_id == "2026112902"
+        assert await engine.publish(b"next") == 1
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)

@@ -77,7 +77,7 @@ class Publisher:
         writer.write(connection.data_to_send())
         publisher = cls(reader, writer, connection)
         try:
-            await asyncio.wait_for(asyncio.shield(publisher._logged_in()), timeout)
+            await asyncio.wait_for(publisher._logged_in(), timeout)
         except BaseException:
             await publisher.close()
             raise

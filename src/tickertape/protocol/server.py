@@ -286,6 +286,11 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ output
 
+    def heard(self, now: float) -> None:
+        """The application knows the client is alive though nothing was read from it
+        (it stopped reading from the client itself): no idle timeout before then."""
+        self._last_heard = now
+
     def send_unsequenced(self, payload: bytes, now: float) -> None:
         """Queue an Unsequenced Data packet (spec 4.1, 2.2.4), once logged in."""
         if self._state is State.LOGGED_IN:

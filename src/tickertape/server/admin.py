@@ -210,6 +210,12 @@ class AdminServer:
         self, request: web.Request, verb: str, act: Callable[[], Awaitable[str]]
     ) -> web.Response:
         self._authorize(request)
+        relay = getattr(self.engine, "relay_from", None)
+        if relay is not None:
+            raise ApiError(
+                409,
+                f"this server relays {relay}: its sessions end and roll with the upstream's",
+            )
         ended = self.engine.session_id
         log.info("admin API: %s of session %s asked by %s", verb, ended, request.remote)
         following = await act()

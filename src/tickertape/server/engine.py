@@ -44,6 +44,8 @@ DEFAULT_MAX_BATCH_MESSAGES: Final = 16_384
 DEFAULT_MAX_BATCH_BYTES: Final = 1 << 20
 DEFAULT_MAX_QUEUED_MESSAGES: Final = 1 << 20
 DEFAULT_MAX_QUEUED_BYTES: Final = 64 << 20
+DEFAULT_ROLL_RETRY: Final = 10.0
+"""Seconds before a scheduled roll that failed is tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,9 @@ class Engine(Tail):
         self._rolling = False
         self._roll_lock = asyncio.Lock()
         self._roller: asyncio.Task[None] | None = None
+        self.relay_from: str | None = None
+        """Set while an upstream feed fills the sessions (``host:port``): then nothing
+        else may publish or roll, or the local copy would stop matching the upstream."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,7 +181,7 @@ class Engine(Tail):
             self._queue_space.set()  # held-back publishers wake and are told
             await self._stop_writer()
         self._live.clear()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, True)
         if self._log is not None:
             self._log.close()
         self.catalogue.unlock()
@@ -186,7 +191,7 @@ class Engine(Tail):
         ``_rolling`` is set, so it stops once the queue is empty)."""
         if self._writer is not None:
             self._wakeup.set()
-            await self._writer
+            await asyncio.shield(self._writer)  # a cancelled caller must not cancel it
             self._writer = None
 
     # ------------------------------------------------------------------ ending and rolling
@@ -204,7 +209,14 @@ class Engine(Tail):
         session carries ``day`` (default: the schedule's day for now): counter 01 of a
         new day, or the next counter of the same day; or is exactly ``to``, when ids come
         from elsewhere (an upstream feed). Publishers held back meanwhile publish into it.
+
+        A roll, once begun, runs to its end even if the caller is cancelled (a roll cut
+        in half would leave a session ended on disk and open in memory). If it fails,
+        the active session goes on and the error is raised.
         """
+        return await asyncio.shield(self._roll(day, to))
+
+    async def _roll(self, day: dt.date | None, to: str | None) -> str:
         loop = asyncio.get_running_loop()
         async with self._roll_lock:
             self._check_open()
@@ -230,12 +242,23 @@ class Engine(Tail):
                 # the ended session meanwhile is live in it, and is told with the rest.
                 self._switch(next_id, next_log)
                 self._open(next_id, next_log)
+            except Exception as exc:
+                if self._writer is None and self._failure is None:
+                    # The active session goes on: publishers held back publish into it.
+                    self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
+                log.error("rolling session %s failed; it goes on: %s", ended_id, exc)
+                raise StoreError(f"rolling session {ended_id} failed: {exc}") from exc
             finally:
                 self._rolling = False
                 self._queue_space.set()
         self._hand_over(ended_id, ended_log)
         self._keep_house()
         return str(next_id)
+
+    @property
+    def rolling(self) -> bool:
+        """Whether a roll is under way (publishing waits for the next session)."""
+        return self._rolling
 
     @property
     def housekeeping(self) -> asyncio.Future[list[str]] | None:
@@ -267,11 +290,13 @@ class Engine(Tail):
             while (left := (due - self.clock.now().astimezone(dt.UTC)).total_seconds()) > 0:  # noqa: ASYNC110
                 # In steps, so that a wall clock set forward or back is noticed.
                 await asyncio.sleep(min(left, 60.0))
-            try:
-                await self.roll(self.schedule.session_day(due))
-            except StoreError as exc:
-                log.error("scheduled roll failed: %s", exc)
-                return
+            while True:
+                try:
+                    await self.roll(self.schedule.session_day(due))
+                    break
+                except StoreError:
+                    # roll() said why in the log; try again shortly, not the next day.
+                    await asyncio.sleep(DEFAULT_ROLL_RETRY)
 
     # ------------------------------------------------------------------ state
 

@@ -64,6 +64,9 @@ class Credentials:
         return user_ok and password_ok
 
 
+DEFAULT_MAX_UNPUBLISHED_BYTES: Final = 16 << 20
+"""...or this many bytes of them."""
+
 DEFAULT_MAX_UNPUBLISHED: Final = 65_536
 """Messages a publisher may have sent that are not yet handed to the writer; past this
 the server stops reading from it until the writer catches up."""
@@ -96,6 +99,7 @@ class ServerConfig:
     write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     catch_up_chunk: int = DEFAULT_CATCH_UP_CHUNK
     max_unpublished: int = DEFAULT_MAX_UNPUBLISHED
+    max_unpublished_bytes: int = DEFAULT_MAX_UNPUBLISHED_BYTES
 
 
 class SoupBinTCPServer:
@@ -217,6 +221,7 @@ class _Connection(asyncio.Protocol):
         self._pull: asyncio.Task[None] | None = None
         self._may_publish = False
         self._unpublished: list[bytes] = []
+        self._unpublished_bytes = 0
         self._ends: deque[int] = deque()  # where, in _unpublished, publishers ended sessions
         self._publisher: asyncio.Task[None] | None = None
         self._acked = 0
@@ -257,6 +262,8 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
         if self._pull is not None:
             self._pull.cancel()
+        if self._publisher is not None:
+            self._publisher.cancel()  # what it handed the engine is published anyway
         if self._subscriber is not None:
             self._subscriber.stop()
             log.info(
@@ -355,7 +362,10 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         assert session is not None and transport is not None
         if session.state is State.CLOSED:
-            return  # timed out or dropped while the log was being opened
+            # Timed out or dropped while the log was being opened: nobody reads it.
+            if engine is None:
+                self._server._release(wanted, session_log, 0)
+            return
         tail = engine.next_seq if engine is not None else session_log.next_seq
         first = sequence or tail
         if engine is None:
@@ -422,11 +432,19 @@ class _Connection(asyncio.Protocol):
                 f"to {self._session_name or 'no session'}"
             )
             return False
+        relay = getattr(self._engine, "relay_from", None)
+        if relay is not None:
+            self.close(f"this server relays {relay}: publish there")
+            return False
         if payload == END_OF_SESSION_MARKER:
             self._ends.append(len(self._unpublished))  # after what came before it
         else:
             self._unpublished.append(payload)
-        if len(self._unpublished) >= self._server.config.max_unpublished and not self._paused:
+            self._unpublished_bytes += len(payload)
+        if not self._paused and (
+            len(self._unpublished) >= self._server.config.max_unpublished
+            or self._unpublished_bytes >= self._server.config.max_unpublished_bytes
+        ):
             # The writer is behind: stop reading from this publisher until it catches up.
             assert self._transport is not None
             self._transport.pause_reading()
@@ -445,6 +463,7 @@ class _Connection(asyncio.Protocol):
                 self._ends = deque(position - cut for position in self._ends)
             else:
                 batch, self._unpublished = self._unpublished, []
+            self._unpublished_bytes = sum(map(len, self._unpublished))
             if self._paused and self._transport is not None:
                 self._transport.resume_reading()
                 self._paused = False
@@ -516,6 +535,8 @@ class _Connection(asyncio.Protocol):
         session = self._session
         assert session is not None
         now = self._loop.time()
+        if self._paused:
+            session.heard(now)  # held back: it is we who stopped reading from it
         if self._subscriber is not None and self._subscriber.sending_file:
             # asyncio does not read from the client while a sendfile is in flight, so
             # its heartbeats wait unread: judge its silence once the chunk is sent.

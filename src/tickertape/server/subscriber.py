@@ -169,8 +169,14 @@ class Subscriber:
                     if replayed:
                         log.debug("replayed %d messages in %.3f s", replayed, loop.time() - started)
                 return
-            start, end_seq, end_offset = self._log.span(self.next_seq, self._chunk, tail)
             try:
+                if self._log.sendfile_source() is None:
+                    # An archive: finding the range decompresses a chunk; not on the loop.
+                    start, end_seq, end_offset = await loop.run_in_executor(
+                        None, self._log.span, self.next_seq, self._chunk, tail
+                    )
+                else:
+                    start, end_seq, end_offset = self._log.span(self.next_seq, self._chunk, tail)
                 await self._send_range(start, end_offset - start)
             except ConnectionError as exc:
                 if not self._transport.is_closing():

@@ -83,7 +83,9 @@ async def first_session(upstream: Upstream) -> str:
 
 
 async def run_upstream(engine: Engine, upstream: Upstream) -> None:
-    """Relay the upstream's sessions into ``engine``, forever (or until cancelled)."""
+    """Relay the upstream's sessions into ``engine``, forever (or until cancelled).
+    Meanwhile nothing else may publish into the engine or roll it."""
+    engine.relay_from = f"{upstream.host}:{upstream.port}"
     while True:
         session = engine.session_id
         subscription = Subscription(
@@ -108,6 +110,11 @@ async def run_upstream(engine: Engine, upstream: Upstream) -> None:
                     fresh = [m for m in batch if m.seq >= expected]
                     if not fresh:
                         continue
+                    if engine.session_id != session:
+                        raise ConfigError(
+                            f"the local session changed from {session} to "
+                            f"{engine.session_id} under the upstream feed"
+                        )
                     if fresh[0].seq != expected:
                         raise ConfigError(
                             f"upstream session {session} skipped from {expected} to "

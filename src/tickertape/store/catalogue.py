@@ -153,8 +153,12 @@ class Catalogue:
         )
 
     def open_closed(self, session: str) -> SessionLog | ArchivedLog:
-        """A read-only view of an ended session, archived or not."""
-        return open_session_log(self.find(session).path)
+        """A read-only view of an ended session, archived or not. A session that has
+        not ended (the next one, while a roll opens it) is not served this way."""
+        info = self.find(session)
+        if not info.ended:
+            raise SessionNotFound(f"session {session} has not ended: it is not served yet")
+        return open_session_log(info.path)
 
     def mark_ended(self, session: SessionId) -> None:
         """Persist that ``session`` has ended."""
