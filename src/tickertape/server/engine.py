@@ -6,11 +6,12 @@ Sequenced Data packets, appends it to the log and makes it durable on a thread o
 own (disk work never runs on the event loop), and only then hands the encoded batch to
 every subscriber at the tail.
 
-Subscribers are cursors (:class:`Cursor`): the engine only keeps the set of those that
-are *live*, at the tail, and gives each new batch to them. A subscriber behind the tail
-reads the log itself until it reaches the tail, then joins the live set. The hand-off is
-one comparison of sequence numbers, made on the event loop between two batches, so it
-can neither lose nor repeat a message.
+Subscribers are cursors (:class:`~tickertape.server.tail.Cursor`): the engine's
+:class:`~tickertape.server.tail.Tail` keeps the set of those that are *live*, at the tail,
+and gives each new batch to them. A subscriber behind the tail reads the log itself until
+it reaches the tail, then joins the live set. The hand-off is one comparison of sequence
+numbers, made on the event loop between two batches, so it can neither lose nor repeat a
+message.
 """
 
 from __future__ import annotations
