@@ -1,0 +1,185 @@
+"""An asyncio MoldUDP64 subscriber: the group for live data, a re-request server for gaps.
+
+::
+
+    async with MoldSubscription("239.1.1.1", 7400, ("10.0.0.1", 7401)) as messages:
+        async for message in messages:      # Message(session, seq, payload), in order
+            ...
+
+It joins the multicast group and keeps what arrives while it asks the re-request server
+for what is missing (at start for a late joiner, and after any loss), then hands out
+messages strictly in sequence order, each exactly once (the logic is
+:class:`tickertape.protocol.moldudp64.Receiver`). Iteration ends at End of Session, once
+every message before it was handed out. A late joiner whose gap is larger than
+``tcp_threshold`` and that was given a SoupBinTCP server (``tcp=(host, port)``) catches up
+over TCP instead, keeping the group's packets meanwhile (the RFC 6285 scheme).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Final
+
+from tickertape.client.soupbintcp import Message, Subscription
+from tickertape.protocol.moldudp64 import Receiver
+from tickertape.wire.moldudp64 import MAX_MESSAGES, Downstream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TCP_THRESHOLD: Final = 10_000
+"""A gap larger than this is caught up over SoupBinTCP, when a server is given."""
+_RECEIVE_BUFFER: Final = 8 << 20
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, receiver: Receiver, wake: asyncio.Event) -> None:
+        self._receiver = receiver
+        self._wake = wake
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self._receiver.datagram_received(data, asyncio.get_running_loop().time())
+        self._wake.set()
+
+
+def _group_socket(group: str, port: int, iface: str) -> socket.socket:
+    """A UDP socket receiving ``group:port``: joined to the group if it is multicast
+    (on ``iface``), else simply bound to that unicast address (useful in tests)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+    if ipaddress.ip_address(group).is_multicast:
+        sock.bind(("", port))
+        membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(iface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    else:
+        sock.bind((group, port))
+    sock.setblocking(False)
+    return sock
+
+
+class MoldSubscription:
+    """An async iterator of :class:`~tickertape.client.soupbintcp.Message` from a
+    MoldUDP64 group. Use with ``async with``."""
+
+    def __init__(
+        self,
+        group: str,
+        port: int,
+        request: tuple[str, int],
+        *,
+        iface: str = "0.0.0.0",
+        session: str = "",
+        seq: int = 1,
+        tcp: tuple[str, int] | None = None,
+        tcp_threshold: int = DEFAULT_TCP_THRESHOLD,
+    ) -> None:
+        self.group = group
+        self.port = port
+        self.request_address = request
+        self.iface = iface
+        self.tcp = tcp
+        self.tcp_threshold = tcp_threshold
+        self._start_session = session
+        self._start_seq = seq
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._iterator: AsyncIterator[Message] | None = None
+        self.caught_up_by_tcp = 0
+        """Messages that came over SoupBinTCP rather than the group or re-requests."""
+
+    async def __aenter__(self) -> MoldSubscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def close(self) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+    async def _run(self) -> AsyncIterator[Message]:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        receiver = Receiver(loop.time(), session=self._start_session, next_seq=self._start_seq)
+        group_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(receiver, wake),
+            sock=_group_socket(self.group, self.port, self.iface),
+        )
+        request_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(receiver, wake), local_addr=("0.0.0.0", 0)
+        )
+        self._transports += [group_transport, request_transport]
+        tcp_done = False
+        while True:
+            for seq, payload in receiver.messages():
+                yield Message(receiver.session, seq, payload)
+            if receiver.ended:
+                return
+            now = loop.time()
+            if (
+                self.tcp is not None
+                and not tcp_done
+                and receiver.session
+                and receiver.gap > self.tcp_threshold
+            ):
+                tcp_done = True
+                async for message in self._catch_up_by_tcp(receiver):
+                    yield message
+                continue
+            for ask in receiver.requests(now):
+                request_transport.sendto(ask.encode(), self.request_address)
+            wake.clear()
+            timeout = max(0.0, receiver.next_deadline() - loop.time())
+            try:
+                async with asyncio.timeout(min(timeout, 1.0)):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _catch_up_by_tcp(self, receiver: Receiver) -> AsyncIterator[Message]:
+        """Fetch the gap over SoupBinTCP, feeding it to the receiver as if it came by
+        UDP: the group's packets kept meanwhile join it without a gap or a duplicate."""
+        assert self.tcp is not None
+        loop = asyncio.get_running_loop()
+        host, port = self.tcp
+        log.info(
+            "gap of %d messages: catching up session %s from %d over SoupBinTCP %s:%d",
+            receiver.gap,
+            receiver.session,
+            receiver.next_seq,
+            host,
+            port,
+        )
+        subscription = Subscription(host, port, receiver.session, receiver.next_seq)
+        async with subscription:
+            async for batch in subscription.batches():
+                for first in range(0, len(batch), MAX_MESSAGES):
+                    part = batch[first : first + MAX_MESSAGES]
+                    packet = Downstream(
+                        receiver.session, part[0].seq, tuple(m.payload for m in part)
+                    )
+                    receiver.datagram_received(packet.encode(), loop.time())
+                self.caught_up_by_tcp += len(batch)
+                for seq, payload in receiver.messages():
+                    yield Message(receiver.session, seq, payload)
+                if receiver.gap <= self.tcp_threshold // 10 or receiver.ended:
+                    return  # close enough: the rest comes by re-request
