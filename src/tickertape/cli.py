@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -28,6 +29,16 @@ from tickertape.client.soupbintcp import subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
+from tickertape.server.moldudp64 import (
+    DEFAULT_EOS_SECONDS,
+    DEFAULT_REQUEST_RATE,
+    DEFAULT_TTL,
+    MoldPublisher,
+    MoldRequestServer,
+    PublisherConfig,
+    RequestServerConfig,
+    parse_group,
+)
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -100,6 +111,27 @@ def _server_port(text: str) -> int:
     value = _port(text)
     if value == 0:
         raise argparse.ArgumentTypeError("give the port the server's admin API listens on")
+    return value
+
+
+def _mold_group(text: str) -> tuple[str, int]:
+    try:
+        return parse_group(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _ttl(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{text}: a TTL is 0 to 255")
     return value
 
 
@@ -388,6 +420,46 @@ def _parser() -> argparse.ArgumentParser:
         "allow changes (roll, end, archive) through the admin API to callers that send "
         "'Authorization: Bearer TOKEN' (default: the admin API only reads)",
     )
+    serve.add_argument(
+        "--mold",
+        type=_mold_group,
+        metavar="GROUP:PORT",
+        help="also multicast the active session as MoldUDP64 to GROUP:PORT (from the "
+        "moment the server starts; earlier messages by re-request)",
+    )
+    serve.add_argument(
+        "--mold-iface",
+        type=_ipv4,
+        metavar="ADDR",
+        help="send MoldUDP64 from the interface with this local IPv4 address "
+        "(default: the route to the group decides)",
+    )
+    serve.add_argument(
+        "--mold-ttl",
+        type=_ttl,
+        metavar="N",
+        help=f"multicast TTL, how many routers the packets may cross ({DEFAULT_TTL})",
+    )
+    serve.add_argument(
+        "--mold-eos-seconds",
+        type=float,
+        metavar="S",
+        help="after a session ends, repeat its MoldUDP64 End of Session once a second "
+        f"for S seconds ({DEFAULT_EOS_SECONDS:g})",
+    )
+    serve.add_argument(
+        "--mold-request",
+        type=_port,
+        metavar="PORT",
+        help="answer MoldUDP64 re-requests on UDP --host:PORT, for the active session and "
+        "every closed one on disk",
+    )
+    serve.add_argument(
+        "--mold-request-rate",
+        type=_positive,
+        metavar="N",
+        help=f"messages a second each re-requester may be sent ({DEFAULT_REQUEST_RATE:g})",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
@@ -437,6 +509,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.subparser.error("--demo-end needs --demo-count: a demo without one never ends")
         if not args.admin_port and (args.admin_token or args.admin_token_file):
             args.subparser.error("--admin-token and --admin-token-file need --admin-port")
+        if args.mold is None and not all(
+            value is None for value in (args.mold_iface, args.mold_ttl, args.mold_eos_seconds)
+        ):
+            args.subparser.error("--mold-iface, --mold-ttl and --mold-eos-seconds need --mold")
+        if args.mold_eos_seconds is not None and args.mold_eos_seconds < 0:
+            args.subparser.error("--mold-eos-seconds cannot be negative")
+        if args.mold_request is None and args.mold_request_rate is not None:
+            args.subparser.error("--mold-request-rate needs --mold-request")
     quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
@@ -620,6 +700,15 @@ async def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+    try:
+        mold = await _start_mold(args, engine)
+    except OSError as exc:
+        if admin is not None:
+            await admin.close()
+        await server.close()
+        await engine.close()
+        print(f"tickertape: cannot start MoldUDP64: {exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -647,8 +736,67 @@ async def _serve(args: argparse.Namespace) -> int:
         if admin is not None:
             await admin.close()
         await server.close()
+        await mold.close_requests()  # before the engine closes the log it reads
         await engine.close()
+        await mold.close()  # after: the last batches go out too
     return 1 if inputs.failed else 0
+
+
+class _Mold:
+    """The MoldUDP64 publisher and re-request server ``serve`` was asked for, if any."""
+
+    def __init__(self) -> None:
+        self.publisher: MoldPublisher | None = None
+        self.requests: MoldRequestServer | None = None
+
+    async def close_requests(self) -> None:
+        if self.requests is not None:
+            await self.requests.close()
+
+    async def close(self) -> None:
+        await self.close_requests()
+        if self.publisher is not None:
+            await self.publisher.close()
+
+
+async def _start_mold(args: argparse.Namespace, engine: Engine) -> _Mold:
+    """Start what ``--mold`` and ``--mold-request`` ask for; OSError if a socket cannot be
+    set up (what was started is closed again)."""
+    mold = _Mold()
+    if args.mold is None and args.mold_request is None:
+        return mold
+    try:
+        if args.mold_request is not None:
+            mold.requests = MoldRequestServer(
+                engine,
+                RequestServerConfig(
+                    host=args.host,
+                    port=args.mold_request,
+                    rate=args.mold_request_rate or DEFAULT_REQUEST_RATE,
+                ),
+            )
+            await mold.requests.start()
+        if args.mold is not None:
+            group, port = args.mold
+            mold.publisher = MoldPublisher(
+                engine,
+                PublisherConfig(
+                    group,
+                    port,
+                    interface=args.mold_iface,
+                    ttl=DEFAULT_TTL if args.mold_ttl is None else args.mold_ttl,
+                    eos_seconds=(
+                        DEFAULT_EOS_SECONDS
+                        if args.mold_eos_seconds is None
+                        else args.mold_eos_seconds
+                    ),
+                ),
+            )
+            mold.publisher.start()
+    except BaseException:
+        await mold.close()
+        raise
+    return mold
 
 
 async def _tail(args: argparse.Namespace) -> int:
