@@ -35,10 +35,21 @@ latency
 memory
     Peak RSS of ``tickertape serve --demo`` in a subprocess while it publishes with 10
     subscribers, one of them stalled (logs in at 1, tiny receive buffer, never reads).
+mold
+    MoldUDP64, in a network namespace the benchmark makes (and always deletes), with
+    multicast routed over its loopback (needs root and iproute2; skipped otherwise).
+    ``tickertape serve --mold --mold-request --demo 500,000 --demo-count 1,000,000
+    --demo-end`` publishes to a group; a raw socket counts the messages received (the
+    count field of each 20-byte header) and the highest sequence number: sent/s (over the
+    demo's duration), received/s and the fraction received. Then, the session ended (End
+    of Session is repeated meanwhile), two late joiners (``MoldSubscription``) catch up
+    all of it: by re-requests only, and by SoupBinTCP (``tcp=``, small ``tcp_threshold``).
+    No raw ceiling.
 
 The replay session is built once and kept under the work directory (``bench/.work``),
 renamed to today's session id when reused (the server continues only today's session).
-All traffic is on 127.0.0.1. Progress goes to stderr; the table to stdout.
+All traffic is on 127.0.0.1 (mold: that of its namespace). Progress goes to stderr; the
+table to stdout.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import json
 import math
 import multiprocessing as mp
 import os
@@ -88,7 +100,7 @@ _INDEX_RECORD: Final = struct.Struct("<QQIII")  # first_seq, offset, length, cou
 READ_BUFFER: Final = 4 << 20
 STALLED_RCVBUF: Final = 4096
 MIB: Final = 1 << 20
-WORKLOADS: Final = ("replay", "fanout", "publish", "latency", "memory")
+WORKLOADS: Final = ("replay", "fanout", "publish", "latency", "memory", "mold")
 _LISTENING: Final = re.compile(r"SoupBinTCP listening on ([\d.]+):(\d+)")
 
 _T0 = time.monotonic()
@@ -125,6 +137,10 @@ class Settings:
     latency_rounds: int
     latency_durability: Durability
     memory_messages: int
+    mold_messages: int
+    mold_rate: int
+    mold_request_rate: float | None
+    mold_tcp_threshold: int
 
     @property
     def packet_size(self) -> int:
@@ -549,10 +565,12 @@ def accept_subscribers(
 
 
 class ServerProcess:
-    """``python -m tickertape serve`` on 127.0.0.1 and a free port."""
+    """``python -m tickertape serve`` on 127.0.0.1 and a free port (run under ``prefix``,
+    such as ``ip netns exec NS``, if given)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, prefix: Sequence[str] = ()) -> None:
         self.command = [
+            *prefix,
             sys.executable,
             "-m",
             "tickertape",
@@ -564,6 +582,8 @@ class ServerProcess:
             *args,
         ]
         self.lines: list[str] = []
+        self.all_lines: list[str] = []
+        self.keep_all = False
         self.port = 0
         self._listening = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
@@ -599,6 +619,8 @@ class ServerProcess:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
             del self.lines[:-200]
+            if self.keep_all:
+                self.all_lines.append(line)
             match = _LISTENING.search(line)
             if match:
                 self.port = int(match.group(2))
@@ -1273,6 +1295,342 @@ def bench_memory(settings: Settings, report: Report) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- mold
+
+MOLD_GROUP: Final = "239.192.7.1"
+MOLD_PORT: Final = 30001
+MOLD_REQUEST_PORT: Final = 30002
+_LOG_TIME: Final = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_MOLD_END: Final = re.compile(r"MoldUDP64: End of Session (\S+) at (\d+)")
+
+MOLD_RECEIVER: Final = r"""
+import json, socket, struct, sys, time
+
+group, port, timeout, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), 3.0
+HEADER = struct.Struct(">10sQH")
+
+
+def udp_stats():
+    lines = [line.split() for line in open("/proc/net/snmp") if line.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE (root)
+except OSError:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+sock.bind((group, port))
+membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+before = udp_stats()
+print("ready", flush=True)
+buffer = bytearray(65536)
+session, received, packets, highest, first, last, end = None, 0, 0, 0, None, None, None
+deadline = time.monotonic() + timeout
+sock.settimeout(0.5)
+while time.monotonic() < deadline:
+    try:
+        size = sock.recv_into(buffer)
+    except TimeoutError:
+        if last is not None and time.monotonic() - last > idle:
+            break
+        continue
+    if size < HEADER.size:
+        continue
+    name, seq, count = HEADER.unpack_from(buffer)
+    if session is None:
+        session = name
+    if name != session:
+        continue
+    if count == 0xFFFF:
+        end = seq
+        break
+    if count == 0:
+        continue
+    last = time.monotonic()
+    if first is None:
+        first = last
+    received += count
+    packets += 1
+    highest = max(highest, seq + count - 1)
+after = udp_stats()
+print(json.dumps({
+    "session": session.decode().strip() if session else None,
+    "received": received,
+    "packets": packets,
+    "highest": highest,
+    "end": end,
+    "seconds": (last - first) if first is not None else 0.0,
+    "rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+    "rcvbuf_errors": after.get("RcvbufErrors", 0) - before.get("RcvbufErrors", 0),
+}), flush=True)
+"""
+
+MOLD_JOINER: Final = r"""
+import asyncio, json, sys, time
+from tickertape.client.moldudp64 import MoldSubscription
+
+group, port = sys.argv[1], int(sys.argv[2])
+request_port, tcp_port = int(sys.argv[3]), int(sys.argv[4])
+session, threshold, timeout = sys.argv[5], int(sys.argv[6]), float(sys.argv[7])
+
+
+async def main():
+    tcp = ("127.0.0.1", tcp_port) if tcp_port else None
+    subscription = MoldSubscription(
+        group, port, ("127.0.0.1", request_port), iface="127.0.0.1", session=session,
+        tcp=tcp, tcp_threshold=threshold,
+    )
+    joined = time.monotonic()
+    first, count, last, in_order = None, 0, 0, True
+    async with asyncio.timeout(timeout):
+        async with subscription:
+            async for message in subscription:
+                if first is None:
+                    first = time.monotonic()
+                count += 1
+                in_order = in_order and message.seq == last + 1
+                last = message.seq
+    ended = time.monotonic()
+    return {
+        "count": count,
+        "last": last,
+        "in_order": in_order,
+        "to_first": (first or ended) - joined,
+        "seconds": ended - (first or ended),
+        "by_tcp": subscription.caught_up_by_tcp,
+    }
+
+
+print(json.dumps(asyncio.run(main())), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def network_namespace() -> Iterator[str]:
+    """A network namespace of the benchmark's own, with multicast routed over its
+    loopback; deleted on the way out, whatever happens."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise BenchError("needs root and iproute2 (ip netns) for a network namespace")
+    name = f"ttbench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    try:
+        for command in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "lo", "multicast", "on"],
+            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
+        ):
+            subprocess.run(
+                ["ip", "netns", "exec", name, *command],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=30)
+
+
+def log_time(line: str) -> float:
+    """The wall-clock time of a server log line (its asctime, to the millisecond)."""
+    match = _LOG_TIME.match(line)
+    if match is None:
+        raise BenchError(f"no time stamp on the server log line {line!r}")
+    return dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def wait_for_line(server: ServerProcess, pattern: re.Pattern[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(server.all_lines):
+            if pattern.search(line):
+                return line
+        if not server.alive():
+            break
+        time.sleep(0.05)
+    tail = "\n".join(server.lines[-20:])
+    raise BenchError(f"the server never logged {pattern.pattern!r}:\n{tail}")
+
+
+def run_inside(
+    namespace: str, script: str, args: Sequence[object], timeout: float
+) -> dict[str, Any]:
+    """Run a Python script in the namespace; its last stdout line, as JSON."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"the process in the namespace failed: {done.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_mold(settings: Settings, report: Report) -> None:
+    messages, send_rate = settings.mold_messages, settings.mold_rate
+    data = fresh_dir(settings.run_dir / "mold")
+    try:
+        namespace = network_namespace()
+        name = namespace.__enter__()
+    except BenchError as exc:
+        say(f"mold: skipped: {exc}")
+        report.rows.append(Row("mold", "skipped", "-", "-", str(exc)[:60]))
+        return
+    try:
+        measure_mold(settings, report, name, data, messages, send_rate)
+    finally:
+        namespace.__exit__(None, None, None)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def measure_mold(
+    settings: Settings, report: Report, name: str, data: Path, messages: int, send_rate: int
+) -> None:
+    inside = ["ip", "netns", "exec", name]
+    say(
+        f"mold: in network namespace {name}: tickertape serve --demo {send_rate:,} "
+        f"--demo-count {messages:,} to {MOLD_GROUP}:{MOLD_PORT}, a raw receiver counting"
+    )
+    timeout = str(settings.timeout)
+    receiver = subprocess.Popen(
+        [*inside, sys.executable, "-c", MOLD_RECEIVER, MOLD_GROUP, str(MOLD_PORT), timeout],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    request_rate = (
+        []
+        if settings.mold_request_rate is None
+        else ["--mold-request-rate", f"{settings.mold_request_rate:g}"]
+    )
+    server = ServerProcess(
+        "--data",
+        str(data),
+        "--durability",
+        "none",
+        "--mold",
+        f"{MOLD_GROUP}:{MOLD_PORT}",
+        "--mold-iface",
+        "127.0.0.1",
+        "--mold-request",
+        str(MOLD_REQUEST_PORT),
+        *request_rate,
+        "--mold-eos-seconds",
+        f"{settings.timeout * 4:.0f}",  # repeated while the late joiners catch up
+        "--demo",
+        str(send_rate),
+        "--demo-size",
+        str(settings.payload_size),
+        "--demo-count",
+        str(messages),
+        "--demo-end",
+        prefix=inside,
+    )
+    server.keep_all = True
+    try:
+        assert receiver.stdout is not None
+        if receiver.stdout.readline().strip() != "ready":
+            raise BenchError(f"the group receiver did not start: {receiver.communicate()[1]}")
+        tcp_port = server.start(settings.timeout)
+        end_line = wait_for_line(server, _MOLD_END, settings.timeout)
+        out, err = receiver.communicate(timeout=settings.timeout + 30)
+        if receiver.returncode != 0 or not out.strip():
+            raise BenchError(f"the group receiver failed: {err.strip()[-500:]}")
+        group: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        started = log_time(wait_for_line(server, re.compile(r"demo source: \S+ messages a"), 5))
+        stopped = log_time(wait_for_line(server, re.compile(r"demo source: published"), 5))
+        match = _MOLD_END.search(end_line)
+        assert match is not None
+        session, end_seq = match.group(1), int(match.group(2))
+        if end_seq != messages + 1:
+            raise BenchError(f"session {session} ended at {end_seq}, not {messages + 1}")
+        joiners: dict[str, dict[str, Any]] = {}
+        for route, port in (("re-requests", 0), ("SoupBinTCP", tcp_port)):
+            say(f"mold: a late joiner catches up {messages:,} messages by {route}")
+            joiners[route] = result = run_inside(
+                name,
+                MOLD_JOINER,
+                [
+                    MOLD_GROUP,
+                    MOLD_PORT,
+                    MOLD_REQUEST_PORT,
+                    port,
+                    session,
+                    settings.mold_tcp_threshold,
+                    settings.timeout * 2,  # catch-up by re-requests can be slow
+                ],
+                settings.timeout * 2 + 30,
+            )
+            if result["count"] != messages or not result["in_order"]:
+                raise BenchError(
+                    f"the late joiner by {route} got {result['count']:,} messages "
+                    f"(in order: {result['in_order']}), not {messages:,}"
+                )
+            say(f"mold: {route}: {result['seconds']:.2f} s ({result['by_tcp']:,} by SoupBinTCP)")
+        dropped = [line for line in server.all_lines if "dropped" in line.lower()]
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.communicate()
+        server.stop()
+    demo_seconds = stopped - started
+    sent = messages / demo_seconds if demo_seconds > 0 else math.inf
+    received = group["received"]
+    received_rate = received / group["seconds"] if group["seconds"] > 0 else math.nan
+    report.rows.append(
+        Row(
+            f"mold: group, {messages:,} demo messages at {send_rate:,}/s asked",
+            f"sent {rate(sent, 'msg/s')}, received {rate(received_rate, 'msg/s')} "
+            f"({received / messages:.1%})",
+            "-",
+            "-",
+            "-",
+        )
+    )
+    for route, result in joiners.items():
+        report.rows.append(
+            Row(
+                f"mold: late joiner catches up {messages:,} by {route}",
+                f"{result['seconds']:.2f} s, {rate(messages / result['seconds'], 'msg/s')}",
+                "-",
+                "-",
+                "-",
+            )
+        )
+    report.notes.append(
+        f"mold: in a network namespace of its own (multicast over its loopback), "
+        f"tickertape serve --durability none --demo {send_rate:,} --demo-count {messages:,} "
+        f"({settings.payload_size}-byte payloads) publishing to {MOLD_GROUP}:{MOLD_PORT}. "
+        f"Sent: {messages:,} messages over the demo's {demo_seconds:.3f} s (server log "
+        f"stamps, to the ms). Received by a raw socket (receive buffer "
+        f"{group['rcvbuf'] // MIB} MiB) counting messages in the 20-byte headers: "
+        f"{received:,} in {group['packets']:,} packets over {group['seconds']:.3f} s from the "
+        f"first to the last, highest sequence number {group['highest']:,}, End of Session "
+        f"{'seen' if group['end'] else 'NOT seen'}; the namespace's UDP RcvbufErrors rose by "
+        f"{group['rcvbuf_errors']:,}"
+        + (f"; the server logged {len(dropped)} warnings of dropped batches" if dropped else "")
+        + ". Late joiners (MoldSubscription, a process in the namespace, naming the ended "
+        f"session {session}, which the server holds closed on disk): timed from the first "
+        "message handed out to End of Session; before it, waiting for the group's next End "
+        "of Session packet (sent once a second) and the first answer took "
+        + ", ".join(f"{r['to_first']:.2f} s ({route})" for route, r in joiners.items())
+        + ". Re-requests: the server's per-requester budget is "
+        + (
+            f"{settings.mold_request_rate:,.0f} msg/s (--mold-request-rate)"
+            if settings.mold_request_rate is not None
+            else "its default, 50,000 msg/s, which alone makes catch-up by re-requests take "
+            f"at least {messages / 50_000:.1f} s"
+        )
+        + f". SoupBinTCP: tcp_threshold {settings.mold_tcp_threshold:,}; "
+        f"{joiners['SoupBinTCP']['by_tcp']:,} messages came over TCP, the rest by re-request"
+    )
+
+
 # ---------------------------------------------------------------------------- main
 
 RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
@@ -1281,6 +1639,7 @@ RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "publish": bench_publish,
     "latency": bench_latency,
     "memory": bench_memory,
+    "mold": bench_mold,
 }
 
 
@@ -1305,6 +1664,27 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser.add_argument("--fanout-messages", type=int, metavar="N", help="(2,000,000)")
     parser.add_argument("--publish-messages", type=int, metavar="N", help="(2,000,000)")
     parser.add_argument("--memory-messages", type=int, metavar="N", help="(2,000,000)")
+    parser.add_argument("--mold-messages", type=int, metavar="N", help="(1,000,000)")
+    parser.add_argument(
+        "--mold-rate",
+        type=int,
+        default=500_000,
+        metavar="N",
+        help="demo messages a second published to the MoldUDP64 group (%(default)s)",
+    )
+    parser.add_argument(
+        "--mold-request-rate",
+        type=float,
+        metavar="N",
+        help="messages a second the re-request server gives each requester (its default)",
+    )
+    parser.add_argument(
+        "--mold-tcp-threshold",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="gap above which the late joiner catches up over SoupBinTCP (%(default)s)",
+    )
     parser.add_argument(
         "--payload-size", type=int, default=100, metavar="BYTES", help="(%(default)s)"
     )
@@ -1416,6 +1796,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         latency_rounds=args.latency_rounds or (1 if args.quick else 3),
         latency_durability=Durability(args.latency_durability),
         memory_messages=count(args.memory_messages, 2_000_000, 100_000),
+        mold_messages=count(args.mold_messages, 1_000_000, 50_000),
+        mold_rate=args.mold_rate,
+        mold_request_rate=args.mold_request_rate,
+        mold_tcp_threshold=args.mold_tcp_threshold,
     )
     return args, settings
 

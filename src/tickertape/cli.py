@@ -24,8 +24,9 @@ from typing import Any, BinaryIO, Final
 
 from tickertape import __version__
 from tickertape import sessions as offline
+from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import subscribe
+from tickertape.client.soupbintcp import Subscription, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
@@ -126,6 +127,31 @@ def _ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, such as 10.0.0.1:30002")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{port_text!r} is not a port number") from None
+    if not 0 < port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port}: a port is 1 to 65535")
+    return host, port
+
+
+def _request_address(text: str) -> tuple[str, int]:
+    host, port = _address(text)
+    return _ipv4(host), port
+
+
+def _tcp_address(text: str) -> tuple[str, int]:
+    host, port = _address(text)
+    if any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"{host!r} is not a host name or address")
+    return host, port
 
 
 def _ttl(text: str) -> int:
@@ -491,7 +517,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
     tail.add_argument("--password", default="", help="password")
+    mold = tail.add_argument_group(
+        "MoldUDP64",
+        "with --mold, follow a MoldUDP64 group instead of logging in over SoupBinTCP "
+        "(--host, --port, --user and --password are then not used)",
+    )
+    mold.add_argument(
+        "--mold",
+        type=_mold_group,
+        metavar="GROUP:PORT",
+        help="join this MoldUDP64 group (as given to serve --mold)",
+    )
+    mold.add_argument(
+        "--request",
+        type=_request_address,
+        metavar="HOST:PORT",
+        help="the server's MoldUDP64 re-request address (serve --mold-request), for gaps "
+        "and late joins; needed with --mold",
+    )
+    mold.add_argument(
+        "--iface",
+        type=_ipv4,
+        metavar="ADDR",
+        help="join the group on the interface with this local IPv4 address "
+        "(default: the route to the group decides)",
+    )
+    mold.add_argument(
+        "--tcp",
+        type=_tcp_address,
+        metavar="HOST:PORT",
+        help="catch up a gap of more than "
+        f"{DEFAULT_TCP_THRESHOLD:,} messages from this SoupBinTCP server, then follow the group",
+    )
     tail.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    tail.set_defaults(subparser=tail)
     _add_sessions_parsers(verbs)
     return parser
 
@@ -517,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.subparser.error("--mold-eos-seconds cannot be negative")
         if args.mold_request is None and args.mold_request_rate is not None:
             args.subparser.error("--mold-request-rate needs --mold-request")
+    if args.verb == "tail":
+        _check_tail(args)
     quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
@@ -527,7 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "serve":
             return asyncio.run(_serve(args))
         if args.verb == "tail":
-            return asyncio.run(_tail(args))
+            try:
+                return asyncio.run(_tail(args))
+            except OSError as exc:  # a port that cannot be bound, a server not there
+                raise ConfigError(f"tail: {exc.strerror or exc}") from None
         if args.verb == "publish":
             return asyncio.run(_publish(args))
         return _sessions(args)
@@ -799,14 +863,45 @@ async def _start_mold(args: argparse.Namespace, engine: Engine) -> _Mold:
     return mold
 
 
+def _check_tail(args: argparse.Namespace) -> None:
+    """Refuse MoldUDP64 options that do not go together."""
+    if args.mold is None:
+        if args.request is not None or args.iface is not None or args.tcp is not None:
+            args.subparser.error("--request, --iface and --tcp need --mold")
+        return
+    if args.request is None:
+        args.subparser.error(
+            "--mold needs --request HOST:PORT, the server's re-request address "
+            "(serve --mold-request)"
+        )
+    if args.seq < 1:
+        args.subparser.error("with --mold, --from is 1 or more (MoldUDP64 numbers from 1)")
+    if args.user or args.password:
+        args.subparser.error("--user and --password are for SoupBinTCP, not --mold")
+
+
 async def _tail(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     shown = 0
     if args.count is not None and args.count <= 0:
         return 0
-    async with subscribe(
-        args.host, args.port, args.session, args.seq, username=args.user, password=args.password
-    ) as messages:
+    source: Subscription | MoldSubscription
+    if args.mold is not None:
+        group, port = args.mold
+        source = MoldSubscription(
+            group,
+            port,
+            args.request,
+            iface=args.iface or "0.0.0.0",
+            session=args.session,
+            seq=args.seq,
+            tcp=args.tcp,
+        )
+    else:
+        source = subscribe(
+            args.host, args.port, args.session, args.seq, username=args.user, password=args.password
+        )
+    async with source as messages:
         async for message in messages:
             if args.format == "text":
                 out.write(b"%d %s\n" % (message.seq, message.payload.rstrip(b" ")))

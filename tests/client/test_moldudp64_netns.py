@@ -1,0 +1,316 @@
+"""``tickertape tail --mold`` and :class:`MoldSubscription` against a real ``tickertape
+serve --mold`` on a real multicast group, in a network namespace made for each test.
+
+Every process runs inside the namespace (``ip netns exec``), where multicast is routed
+over the loopback; the namespace is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tickertape import cli
+
+GROUP = "239.1.2.3"
+MOLD_PORT = 31001
+REQUEST_PORT = 31002
+TCP_PORT = 31003  # the namespace has ports of its own: fixed ones are free
+
+
+@contextlib.contextmanager
+def namespace() -> Iterator[str]:
+    """A network namespace of its own, with multicast routed over its loopback."""
+    name = f"tickertape-tail-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "lo", "multicast", "on"],
+            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
+        ):
+            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+class Server:
+    """``tickertape serve --mold`` in the namespace; its log collected in :attr:`lines`."""
+
+    def __init__(self, name: str, data: Path, rate: int, count: int) -> None:
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.process = subprocess.Popen(
+            [
+                *inside(name),
+                "-m",
+                "tickertape",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(TCP_PORT),
+                "--data",
+                str(data),
+                "--durability",
+                "none",
+                "--mold",
+                f"{GROUP}:{MOLD_PORT}",
+                "--mold-iface",
+                "127.0.0.1",
+                "--mold-request",
+                str(REQUEST_PORT),
+                "--mold-request-rate",
+                "1000000",
+                "--mold-eos-seconds",
+                "30",
+                "--demo",
+                str(rate),
+                "--demo-count",
+                str(count),
+                "--demo-end",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._seen:
+                self.lines.append(line.rstrip())
+                self._seen.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    raise AssertionError(f"no {text!r} in the server's log:\n" + self.log())
+                self._seen.wait(min(left, 0.2))
+
+    def log(self) -> str:
+        with self._seen:
+            return "\n".join(self.lines)
+
+    def stop(self) -> int:
+        stop(self.process)
+        self._reader.join(5)
+        return self.process.returncode
+
+
+def inside(name: str) -> list[str]:
+    return ["ip", "netns", "exec", name, sys.executable]
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def tail(name: str, *options: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *inside(name),
+            "-m",
+            "tickertape",
+            "tail",
+            "--mold",
+            f"{GROUP}:{MOLD_PORT}",
+            "--request",
+            f"127.0.0.1:{REQUEST_PORT}",
+            "--iface",
+            "127.0.0.1",
+            *options,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def messages_on_disk(data: Path) -> tuple[int, float]:
+    """Messages in the active session of ``data``, read offline while the server writes,
+    and about when (the middle of the read)."""
+    before = time.monotonic()
+    answer = subprocess.run(
+        [sys.executable, "-m", "tickertape", "sessions", "list", "--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(answer.stdout)
+    messages = sum(row["messages"] for row in rows if row["state"] == "active")
+    return messages, (before + time.monotonic()) / 2
+
+
+def check_lines(out: str, count: int) -> None:
+    """``SEQ PAYLOAD`` lines for 1..count, each once, in order, the payload starting with SEQ."""
+    lines = out.splitlines()
+    seqs = [int(line.split(" ", 1)[0]) for line in lines]
+    assert seqs == list(range(1, count + 1))
+    assert all(line.split(" ")[1] == line.split(" ")[0] for line in lines)
+
+
+def test_tail_mold_two_at_once_and_a_late_joiner_get_the_whole_session(tmp_path: Path) -> None:
+    count, rate = 20_000, 4000
+    with namespace() as name:
+        tails: list[subprocess.Popen[str]] = []
+        server = Server(name, tmp_path / "data", rate, count)
+        try:
+            server.wait_for_log("MoldUDP64 re-requests on")
+            tails += [tail(name), tail(name)]  # at once, as publishing starts
+            time.sleep(count / rate / 2)  # about half the session out: the third is late
+            published, _ = messages_on_disk(tmp_path / "data")
+            assert 0 < published < count
+            tails.append(tail(name, "--from", "1"))
+            outputs = []
+            for process in tails:
+                out, err = process.communicate(timeout=90)
+                assert process.returncode == 0, err
+                outputs.append(out)
+        finally:
+            for process in tails:
+                stop(process)
+            server.stop()
+    print(f"the late tail joined with {published} messages published")
+    for out in outputs:
+        check_lines(out, count)
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+SUBSCRIBER = r"""
+import asyncio, json, sys, time
+from tickertape.client.moldudp64 import MoldSubscription
+
+group, port = sys.argv[1], int(sys.argv[2])
+request_port, tcp_port = int(sys.argv[3]), int(sys.argv[4])
+
+async def main():
+    expected, bad_payload, out_of_order, session = 1, 0, 0, None
+    started = time.monotonic()
+    subscription = MoldSubscription(
+        group, port, ("127.0.0.1", request_port), iface="127.0.0.1",
+        tcp=("127.0.0.1", tcp_port), tcp_threshold=10_000,
+    )
+    async with subscription as messages:
+        async for message in messages:
+            session = message.session
+            if message.seq != expected:
+                out_of_order += 1
+            if message.payload.split(b" ", 1)[0] != str(message.seq).encode():
+                bad_payload += 1
+            expected = message.seq + 1
+    print(json.dumps({
+        "session": session, "last": expected - 1,
+        "out_of_order": out_of_order, "bad_payload": bad_payload,
+        "caught_up_by_tcp": subscription.caught_up_by_tcp,
+        "seconds": time.monotonic() - started,
+    }))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_late_joiner_catches_up_over_soupbintcp_under_live_load(tmp_path: Path) -> None:
+    count, rate, join_after = 500_000, 55_000, 100_000
+    data = tmp_path / "data"
+    with namespace() as name:
+        server = Server(name, data, rate, count)
+        subscriber: subprocess.Popen[str] | None = None
+        try:
+            server.wait_for_log("MoldUDP64 re-requests on")
+            started = time.monotonic()
+            while True:
+                published, when = messages_on_disk(data)
+                if published >= join_after:
+                    break
+                assert time.monotonic() - started < 60, f"only {published} published"
+                time.sleep(0.05)
+            subscriber = subprocess.Popen(
+                [
+                    *inside(name),
+                    "-c",
+                    SUBSCRIBER,
+                    GROUP,
+                    str(MOLD_PORT),
+                    str(REQUEST_PORT),
+                    str(TCP_PORT),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(1.0)
+            later, then = messages_on_disk(data)
+            load = (later - published) / (then - when)  # publishing while it catches up
+            out, err = subscriber.communicate(timeout=240)
+            assert subscriber.returncode == 0, err
+        finally:
+            if subscriber is not None:
+                stop(subscriber)
+            server.stop()
+    result = json.loads(out)
+    print(
+        f"joined with {published} messages published; live load {load:,.0f} messages/s; "
+        f"caught_up_by_tcp={result['caught_up_by_tcp']}; received 1..{result['last']} in "
+        f"{result['seconds']:.1f} s"
+    )
+    assert result["last"] == count
+    assert result["out_of_order"] == 0
+    assert result["bad_payload"] == 0
+    assert result["caught_up_by_tcp"] > 0
+    assert result["caught_up_by_tcp"] < count  # then it followed the group
+    assert load >= 50_000
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--mold", "239.1.1.1"], "GROUP:PORT"),
+        (["--mold", "nowhere:1", "--request", "127.0.0.1:1"], "not an IPv4 address"),
+        (["--mold", "239.1.1.1:1"], "--mold needs --request"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1"], "HOST:PORT"),
+        (["--mold", "239.1.1.1:1", "--request", "localhost:1"], "not an IPv4 address"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:0"], "a port is 1 to 65535"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:x"], "not a port number"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--iface", "lo"], "IPv4"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--tcp", ":1"], "HOST:PORT"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--from", "0"], "--from"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--user", "u"], "--user"),
+        (["--request", "127.0.0.1:1"], "need --mold"),
+        (["--tcp", "127.0.0.1:1"], "need --mold"),
+    ],
+)
+def test_tail_mold_refuses_bad_options(
+    options: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["tail", *options])
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
