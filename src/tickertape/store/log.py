@@ -179,6 +179,7 @@ class SessionLog:
         # never sees one updated without the other.
         self._tail = (next_seq, end_offset)
         self._reader = open(directory / LOG_FILE, "rb")  # noqa: SIM115 - lives as long as the log
+        self._walked: tuple[int, list[int]] | None = None
         self._closed = False
         # Following another process's appends (``open(..., follow=True)``): the index as
         # last opened (its inode and descriptor), where its next unread record is (None:
@@ -466,12 +467,15 @@ class SessionLog:
         skip = seq - self._first_seqs[batch]
         if skip == 0:
             return offset
-        limit = self._batch_end(batch)
-        block = os.pread(self._reader.fileno(), limit - offset, offset)
-        position = 0
-        for _ in range(skip):
-            position += 2 + ((block[position] << 8) | block[position + 1])
-        return offset + position
+        # Where each message of the batch starts, worked out once and kept for the last
+        # batch asked about: gap fills and re-requests ask for one batch over and over.
+        walked = self._walked
+        if walked is None or walked[0] != offset:
+            limit = self._batch_end(batch)
+            block = os.pread(self._reader.fileno(), limit - offset, offset)
+            walked = (offset, packet_offsets(block, offset))
+            self._walked = walked  # one assignment: safe for readers on other threads
+        return walked[1][skip]
 
     def span(self, seq: int, max_bytes: int, limit_seq: int) -> tuple[int, int, int]:
         """A byte range to send from message ``seq``: about ``max_bytes``, ending on a
