@@ -122,3 +122,31 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
     done = tickertape("serve", "--data", str(tmp_path), "--demo", "5", "--demo-end")
     assert done.returncode == 2
     assert "--demo-end needs --demo-count" in done.stderr
+
+
+def test_a_demo_too_large_for_moldudp64_stops_the_server_saying_why(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tickertape",
+            "serve",
+            "--data",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--mold",
+            "127.0.0.1:1",
+            "--demo",
+            "10",
+            "--demo-size",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "a message of 2000 bytes cannot be published" in done.stderr
+    assert "with --mold" in done.stderr

@@ -54,6 +54,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
+from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger("tickertape")
@@ -710,7 +711,12 @@ async def _serve(args: argparse.Namespace) -> int:
     token = _read_token(args)
     engine = Engine(
         Catalogue(args.data, durability),
-        EngineConfig(durability=durability),
+        EngineConfig(
+            durability=durability,
+            # MoldUDP64 does not fragment: refuse at publish time what it cannot carry
+            # (a relay takes what its upstream has; longer messages skip the multicast).
+            max_message=MOLD_MAX_MESSAGE if args.mold and not args.upstream else MAX_PAYLOAD,
+        ),
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
     )

@@ -286,3 +286,19 @@ def test_a_second_engine_on_the_same_directory_is_refused(tmp_path: Path) -> Non
         await again.close()
 
     asyncio.run(main())
+
+
+def test_a_server_that_multicasts_refuses_what_moldudp64_cannot_carry(tmp_path: Path) -> None:
+    config = EngineConfig(durability=Durability.NONE, max_message=1450)
+
+    async def main() -> None:
+        engine = Engine(Catalogue(tmp_path, Durability.NONE), config)
+        await engine.start()
+        try:
+            with pytest.raises(LocalProtocolError, match="configured for at most 1450 bytes"):
+                await engine.publish(b"x" * 1451)
+            assert await engine.publish(b"x" * 1450) == 1
+        finally:
+            await engine.close()
+
+    asyncio.run(main())

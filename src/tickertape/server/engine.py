@@ -63,6 +63,9 @@ class EngineConfig:
     """Publishers wait while this many messages are queued and not yet written..."""
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     """...or this many bytes of them."""
+    max_message: int = MAX_PAYLOAD
+    """Longer messages are refused when published (lowered to what a MoldUDP64 packet
+    carries when the server multicasts)."""
 
 
 class _Request:
@@ -326,11 +329,14 @@ class Engine(Tail):
         if not all(map(isinstance, payloads, repeat(bytes))):
             raise TypeError("messages are published as bytes")
         longest = max(map(len, payloads))
-        if longest > MAX_PAYLOAD:
-            raise LocalProtocolError(
-                f"a message of {longest} bytes cannot be published: SoupBinTCP carries at "
-                f"most {MAX_PAYLOAD} bytes a message"
+        if longest > self.config.max_message:
+            why = (
+                f"SoupBinTCP carries at most {MAX_PAYLOAD} bytes a message"
+                if self.config.max_message == MAX_PAYLOAD
+                else f"this server is configured for at most {self.config.max_message} bytes "
+                "a message (with --mold: what one MoldUDP64 packet carries)"
             )
+            raise LocalProtocolError(f"a message of {longest} bytes cannot be published: {why}")
         size = sum(map(len, payloads))
         await self.wait_for_room()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
