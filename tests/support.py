@@ -247,3 +247,21 @@ class LoopClock:
         if self._origin is None:
             self._origin = loop_time
         return self.start + dt.timedelta(seconds=loop_time - self._origin)
+
+
+@contextlib.contextmanager
+def network_namespace(tag: str) -> Iterator[str]:
+    """A network namespace of the test's own (needs root and iproute2), with multicast
+    routed over its loopback; deleted afterwards. Yields its name."""
+    name = f"tickertape-{tag}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "lo", "multicast", "on"],
+            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
+        ):
+            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)

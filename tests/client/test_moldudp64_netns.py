@@ -7,7 +7,6 @@ over the loopback; the namespace is deleted afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,34 +14,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tickertape import cli
 
+from support import network_namespace
+
 GROUP = "239.1.2.3"
 MOLD_PORT = 31001
 REQUEST_PORT = 31002
 TCP_PORT = 31003  # the namespace has ports of its own: fixed ones are free
-
-
-@contextlib.contextmanager
-def namespace() -> Iterator[str]:
-    """A network namespace of its own, with multicast routed over its loopback."""
-    name = f"tickertape-tail-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "link", "set", "lo", "multicast", "on"],
-            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
-        ):
-            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 class Server:
@@ -177,7 +160,7 @@ def check_lines(out: str, count: int) -> None:
 
 def test_tail_mold_two_at_once_and_a_late_joiner_get_the_whole_session(tmp_path: Path) -> None:
     count, rate = 20_000, 4000
-    with namespace() as name:
+    with network_namespace("tail") as name:
         tails: list[subprocess.Popen[str]] = []
         server = Server(name, tmp_path / "data", rate, count)
         try:
@@ -239,7 +222,7 @@ asyncio.run(main())
 def test_a_late_joiner_catches_up_over_soupbintcp_under_live_load(tmp_path: Path) -> None:
     count, rate, join_after = 500_000, 55_000, 100_000
     data = tmp_path / "data"
-    with namespace() as name:
+    with network_namespace("tail") as name:
         server = Server(name, data, rate, count)
         subscriber: subprocess.Popen[str] | None = None
         try:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import random
 import signal
 import socket
@@ -45,7 +44,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.wire.moldudp64 import MAX_DATAGRAM, MAX_MESSAGE, Downstream, Request
 
-from support import JumpingLoop
+from support import JumpingLoop, network_namespace
 
 TIMEOUT = 10.0
 P = ParamSpec("P")
@@ -745,26 +744,9 @@ print(json.dumps({"session": session, "messages": messages, "end": end, "answer"
 """
 
 
-@contextlib.contextmanager
-def namespace() -> Iterator[str]:
-    """A network namespace of its own, with multicast routed over its loopback."""
-    name = f"tickertape-mold-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "link", "set", "lo", "multicast", "on"],
-            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
-        ):
-            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
 def test_real_multicast_reaches_two_receivers(tmp_path: Path) -> None:
     count = 3000
-    with namespace() as name:
+    with network_namespace("mold") as name:
         inside = ["ip", "netns", "exec", name, sys.executable]
         receivers = [
             subprocess.Popen(
