@@ -23,6 +23,16 @@ from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
+from tickertape.wire.soupbintcp import (
+    EndOfSession,
+    Framer,
+    LoginAccepted,
+    LoginRequest,
+    SequencedData,
+    ServerHeartbeat,
+    ServerPacket,
+    decode_server_packet,
+)
 
 _LISTENING = re.compile(rb"SoupBinTCP listening on ([\d.:a-f]+):(\d+)")
 
@@ -265,3 +275,52 @@ def network_namespace(tag: str) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+class SoupClient:
+    """A raw SoupBinTCP client for tests: every packet but heartbeats, None once the
+    server has closed the connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.framer = Framer()
+
+    @classmethod
+    async def login(cls, port: int, session: str = "", seq: int = 1, user: str = "") -> SoupClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(LoginRequest(user, "", session, seq).encode())
+        return cls(reader, writer)
+
+    TIMEOUT = 10.0
+    """Seconds to wait for the server to send something."""
+
+    async def packet(self) -> ServerPacket | None:
+        while True:
+            for frame in self.framer:
+                packet = decode_server_packet(frame)
+                if not isinstance(packet, ServerHeartbeat):
+                    return packet
+            data = await asyncio.wait_for(self.reader.read(65536), self.TIMEOUT)
+            if not data:
+                return None
+            self.framer.feed(data)
+
+    async def until_end(self) -> list[bytes]:
+        """Every message up to End of Session, which must come, then the close."""
+        messages = []
+        while isinstance(packet := await self.packet(), SequencedData):
+            messages.append(packet.payload)
+        assert packet == EndOfSession(), packet
+        assert await self.packet() is None  # closed after End of Session
+        self.close()
+        return messages
+
+    async def session(self) -> tuple[LoginAccepted, list[bytes]]:
+        """Login Accepted, then every message up to End of Session, then the close."""
+        accepted = await self.packet()
+        assert isinstance(accepted, LoginAccepted), accepted
+        return accepted, await self.until_end()
+
+    def close(self) -> None:
+        self.writer.close()

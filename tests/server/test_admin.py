@@ -20,18 +20,12 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import (
-    EndOfSession,
-    Framer,
     LoginAccepted,
-    LoginRequest,
     SequencedData,
-    ServerHeartbeat,
-    ServerPacket,
-    decode_server_packet,
     encode_sequenced_many,
 )
 
-from support import running_server
+from support import SoupClient, running_server
 
 TOKEN = "s3cret-admin-token"
 TIMEOUT = 10.0
@@ -75,43 +69,7 @@ def run(data: Path, scenario: Scenario, token: str | None = TOKEN) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-class Client:
-    """A raw SoupBinTCP client: every packet but heartbeats, None once closed."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.framer = Framer()
-
-    @classmethod
-    async def login(cls, port: int, session: str = "", seq: int = 1, user: str = "") -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(LoginRequest(user, "", session, seq).encode())
-        return cls(reader, writer)
-
-    async def packet(self) -> ServerPacket | None:
-        while True:
-            for frame in self.framer:
-                packet = decode_server_packet(frame)
-                if not isinstance(packet, ServerHeartbeat):
-                    return packet
-            data = await asyncio.wait_for(self.reader.read(65536), TIMEOUT)
-            if not data:
-                return None
-            self.framer.feed(data)
-
-    async def until_end(self) -> list[bytes]:
-        """Every message up to End of Session, which must come, then the close."""
-        messages = []
-        while isinstance(packet := await self.packet(), SequencedData):
-            messages.append(packet.payload)
-        assert packet == EndOfSession(), packet
-        assert await self.packet() is None
-        self.close()
-        return messages
-
-    def close(self) -> None:
-        self.writer.close()
+Client = SoupClient
 
 
 def payloads(tag: str, count: int) -> list[bytes]:

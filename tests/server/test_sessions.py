@@ -24,57 +24,18 @@ from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.wire.soupbintcp import (
     EndOfSession,
-    Framer,
     LoginAccepted,
-    LoginRequest,
     SequencedData,
-    ServerHeartbeat,
-    ServerPacket,
-    decode_server_packet,
     encode_sequenced_many,
 )
 
-from support import JumpingLoop, LoopClock, running_server
+from support import JumpingLoop, LoopClock, SoupClient, running_server
 
 UTC = dt.UTC
 REAL_TIMEOUT = 10.0
 
 
-class Client:
-    """A raw SoupBinTCP client: every packet but heartbeats, None at end of stream."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.framer = Framer()
-
-    @classmethod
-    async def login(cls, port: int, session: str = "", seq: int = 1) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(LoginRequest("", "", session, seq).encode())
-        return cls(reader, writer)
-
-    async def packet(self) -> ServerPacket | None:
-        while True:
-            for frame in self.framer:
-                packet = decode_server_packet(frame)
-                if not isinstance(packet, ServerHeartbeat):
-                    return packet
-            data = await asyncio.wait_for(self.reader.read(65536), REAL_TIMEOUT)
-            if not data:
-                return None
-            self.framer.feed(data)
-
-    async def session(self) -> tuple[LoginAccepted, list[bytes]]:
-        """Login Accepted, then every message up to End of Session, then the close."""
-        accepted = await self.packet()
-        assert isinstance(accepted, LoginAccepted), accepted
-        messages = []
-        while isinstance(packet := await self.packet(), SequencedData):
-            messages.append(packet.payload)
-        assert packet == EndOfSession(), packet
-        assert await self.packet() is None  # closed after End of Session
-        return accepted, messages
+Client = SoupClient
 
 
 def payloads(tag: str, count: int) -> list[bytes]:
