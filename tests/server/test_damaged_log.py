@@ -1,0 +1,402 @@
+"""A session's log or index damaged on disk, then checked and served by a real server.
+
+Issue 6: damage (a truncation, flipped bytes, garbage, a lost index) is found by
+``tickertape sessions verify`` and when the server opens the session; the server serves
+the intact prefix of the session byte for byte, says what it left out, and never sends a
+corrupt packet. Both for the active session (opened at start, then appended to) and for a
+closed one (opened when a subscriber first pulls it).
+
+One session of three batches is made by a real ``tickertape serve``: published into over
+SoupBinTCP, then rolled through the admin API, so that it is closed. Each test damages a
+copy of it: as the active session of a fresh data directory (its ``ended`` marker
+removed), or as one of the closed sessions that one server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tickertape.client.publisher import Publisher
+from tickertape.protocol.publishing import Ack
+from tickertape.store.log import verify
+from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
+
+from support import ServerProcess, SoupClient
+
+TOKEN = "damaged-log-token"
+BATCHES = 3
+PER_BATCH = 8
+FIRST, MIDDLE, LAST = 0, 1, 2
+MORE = 5
+"""Messages published after the restart of a server whose active session was damaged."""
+TIMEOUT = 20.0
+RECORD = struct.Struct("<QQIII4x")
+"""An index record: first sequence number, offset, length, message count, CRC-32 of the
+batch; then the record's own CRC-32 (see ``tickertape.store.log``)."""
+
+
+def payload(seq: int) -> bytes:
+    """Message ``seq`` of the session as published: it names its number; the lengths
+    vary, so that a packet's length header matters."""
+    return b"msg %03d " % seq + b"x" * (seq % 5)
+
+
+def payload_after(seq: int) -> bytes:
+    """Message ``seq``, published after the restart."""
+    return b"after restart %d" % seq
+
+
+def tickertape(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tickertape", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class Batch:
+    first_seq: int
+    offset: int
+    length: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Pristine:
+    """The undamaged session: its directory (closed: it holds ``ended``), log, batches."""
+
+    session: str
+    directory: Path
+    log: bytes
+    batches: tuple[Batch, ...]
+
+    def packet(self, batch: int, number: int) -> int:
+        """Where packet ``number`` (from 0) of ``batch`` starts in the log."""
+        offset = self.batches[batch].offset
+        for _ in range(number):
+            offset += 2 + int.from_bytes(self.log[offset : offset + 2], "big")
+        return offset
+
+    def first(self, batch: int) -> int:
+        return self.batches[batch].first_seq
+
+
+async def publish(port: int, first: int, payloads: list[bytes]) -> Ack:
+    """Publish ``payloads`` as one batch; they must get the numbers from ``first`` on."""
+    async with asyncio.timeout(TIMEOUT):
+        async with await Publisher.connect("127.0.0.1", port) as publisher:
+            await publisher.send_many(payloads)
+            ack = await publisher.flush()
+    assert ack is not None
+    assert ack.seq == first + len(payloads) - 1, ack
+    return ack
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
+    data = tmp_path_factory.mktemp("made")
+    admin = free_port()
+    with ServerProcess(data, "--admin-port", str(admin), "--admin-token", TOKEN) as server:
+        session = server.wait_for_log(" open at ").split("session ")[1].split()[0]
+        server.wait_for_log(f"admin API listening on 127.0.0.1:{admin}")
+
+        async def fill() -> None:
+            for batch in range(BATCHES):  # one publish call a batch, each waited for
+                first = batch * PER_BATCH + 1
+                await publish(
+                    server.port, first, [payload(s) for s in range(first, first + PER_BATCH)]
+                )
+
+        asyncio.run(fill())
+        rolled = tickertape("sessions", "roll", "--admin-port", str(admin), "--admin-token", TOKEN)
+        assert rolled.returncode == 0, rolled.stderr
+        assert rolled.stdout.startswith(f"session {session} ended; ")
+    directory = data / session
+    assert (directory / "ended").exists()
+    index = (directory / "index").read_bytes()
+    batches = tuple(
+        Batch(*RECORD.unpack_from(index, at)[:4]) for at in range(0, len(index), RECORD.size)
+    )
+    assert [(b.first_seq, b.count) for b in batches] == [
+        (n * PER_BATCH + 1, PER_BATCH) for n in range(BATCHES)
+    ]
+    log = (directory / "log").read_bytes()
+    assert log == encode_sequenced_many([payload(s) for s in range(1, BATCHES * PER_BATCH + 1)])
+    return Pristine(session, directory, log, batches)
+
+
+# ---------------------------------------------------------------------------- the damage
+
+
+def flip(path: Path, offset: int, mask: int = 0x20) -> None:
+    """Flip the bits ``mask`` of the byte at ``offset``."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as out:
+        out.write(data)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One kind of damage, and what must come of it."""
+
+    name: str
+    apply: Callable[[Path, Pristine], None]
+    """Damage the session in the directory (a copy of the pristine one)."""
+    intact: Callable[[Pristine], int]
+    """How many messages are intact: 1..this is what is served."""
+    cut_at: Callable[[Pristine], int | None]
+    """Where the log is cut, its bytes from there moved aside to ``log.cut-OFFSET``
+    (None: no byte of the log is moved)."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _all(p: Pristine) -> int:
+    return BATCHES * PER_BATCH
+
+
+def _nothing(p: Pristine) -> None:
+    return None
+
+
+DAMAGES = [
+    Damage(
+        "log-cut-mid-packet",  # into the third packet of the last batch
+        lambda d, p: os.truncate(d / "log", p.packet(LAST, 2) + 5),
+        lambda p: p.first(LAST) + 1,
+        lambda p: p.packet(LAST, 2),
+    ),
+    Damage(
+        "log-cut-mid-batch",  # after the third packet of the middle batch
+        lambda d, p: os.truncate(d / "log", p.packet(MIDDLE, 3)),
+        lambda p: p.first(MIDDLE) + 2,
+        _nothing,
+    ),
+    Damage(
+        "log-cut-before-last-record",  # the last batch is gone; its record is not
+        lambda d, p: os.truncate(d / "log", p.batches[LAST].offset),
+        lambda p: p.first(LAST) - 1,
+        _nothing,
+    ),
+    Damage(
+        "payload-flipped-first-batch",
+        lambda d, p: flip(d / "log", p.packet(FIRST, 2) + 4),
+        lambda p: 0,
+        lambda p: 0,
+    ),
+    Damage(
+        "payload-flipped-middle-batch",
+        lambda d, p: flip(d / "log", p.packet(MIDDLE, 5) + 4),
+        lambda p: p.first(MIDDLE) - 1,
+        lambda p: p.batches[MIDDLE].offset,
+    ),
+    Damage(
+        "payload-flipped-last-batch",  # its very last message
+        lambda d, p: flip(d / "log", p.packet(LAST, PER_BATCH - 1) + 4),
+        lambda p: p.first(LAST) - 1,
+        lambda p: p.batches[LAST].offset,
+    ),
+    Damage(
+        "length-header-flipped",  # the low byte of a packet's length, middle batch
+        lambda d, p: flip(d / "log", p.packet(MIDDLE, 4) + 1, 0x01),
+        lambda p: p.first(MIDDLE) - 1,
+        lambda p: p.batches[MIDDLE].offset,
+    ),
+    Damage(
+        "index-cut-mid-record",  # the middle batch's record torn, the last one's gone
+        lambda d, p: os.truncate(d / "index", RECORD.size * MIDDLE + 10),
+        _all,
+        _nothing,
+    ),
+    Damage(
+        "index-record-flipped",  # a byte of the middle batch's record (its offset)
+        lambda d, p: flip(d / "index", RECORD.size * MIDDLE + 9),
+        _all,
+        _nothing,
+    ),
+    Damage(
+        "index-missing",
+        lambda d, p: (d / "index").unlink(),
+        _all,
+        _nothing,
+    ),
+    Damage(
+        "garbage-appended",
+        lambda d, p: append(d / "log", b"\xde\xad\xbe\xef" * 16),
+        _all,
+        lambda p: len(p.log),
+    ),
+]
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {entry.name: entry.read_bytes() for entry in sorted(directory.iterdir())}
+
+
+def verified(data: Path, session: str, intact: int) -> list[str]:
+    """Run ``tickertape sessions verify``: it must call the session damaged, say how much
+    of it is intact, and change nothing. Returns the problems it printed."""
+    before = files(data / session)
+    done = tickertape("sessions", "verify", session, "--data", str(data))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"session {session}: DAMAGED: "), done.stdout
+    what = f"messages 1..{intact}" if intact else "no message"
+    assert lines[-1] == f"{what} intact; nothing was changed (verify only reads)", done.stdout
+    assert files(data / session) == before
+    problems = [line.strip() for line in lines[1:-1]]
+    assert problems
+    return problems
+
+
+async def receive(client: SoupClient, count: int) -> list[bytes]:
+    """The next ``count`` messages; anything else is a failure."""
+    got: list[bytes] = []
+    for _ in range(count):
+        packet = await client.packet()
+        assert isinstance(packet, SequencedData), (len(got), packet)
+        got.append(packet.payload)
+    return got
+
+
+# ---------------------------------------------------------------------------- the active session
+
+
+def damaged_active(data: Path, pristine: Pristine, damage: Damage) -> Path:
+    """A copy of the pristine session as ``data``'s active session, damaged."""
+    directory = data / pristine.session
+    shutil.copytree(pristine.directory, directory)
+    (directory / "ended").unlink()
+    damage.apply(directory, pristine)
+    return directory
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=str)
+def test_the_active_session_is_served_up_to_the_damage_and_goes_on_from_there(
+    tmp_path: Path, pristine: Pristine, damage: Damage
+) -> None:
+    session, intact, cut_at = pristine.session, damage.intact(pristine), damage.cut_at(pristine)
+    directory = damaged_active(tmp_path, pristine, damage)
+    damaged_log = (directory / "log").read_bytes()
+    problems = verified(tmp_path, session, intact)
+
+    with ServerProcess(tmp_path) as server:
+        # It starts, continues the session from the damage, and says what it found.
+        server.wait_for_log(
+            f"session {session} open at {directory}: {intact} messages, next is {intact + 1}"
+        )
+        for problem in problems:
+            server.wait_for_log(f"session {session}: {problem}")
+
+        async def subscribe_then_publish() -> None:
+            client = await SoupClient.login(server.port, "", 1)
+            assert await client.packet() == LoginAccepted(session, 1)
+            assert await receive(client, intact) == [payload(s) for s in range(1, intact + 1)]
+            more = [payload_after(s) for s in range(intact + 1, intact + MORE + 1)]
+            ack = await publish(server.port, intact + 1, more)
+            assert ack.session == session
+            assert await receive(client, MORE) == more
+            client.close()
+
+        asyncio.run(asyncio.wait_for(subscribe_then_publish(), TIMEOUT))
+        assert server.stop() == 0
+
+    # What was cut went aside, whole; the log is the intact prefix and what came after.
+    kept = len(damaged_log) if cut_at is None else cut_at
+    aside = sorted(path.name for path in directory.glob("log.cut-*"))
+    if cut_at is None:
+        assert aside == []
+    else:
+        assert aside == [f"log.cut-{cut_at}"]
+        assert (directory / f"log.cut-{cut_at}").read_bytes() == damaged_log[cut_at:]
+    log = (directory / "log").read_bytes()
+    assert log[:kept] == pristine.log[:kept]
+    assert log[kept:] == encode_sequenced_many(
+        [payload_after(s) for s in range(intact + 1, intact + MORE + 1)]
+    )
+    # The index was mended: the session is clean now.
+    recovery = verify(directory)
+    assert recovery.problems == ()
+    assert recovery.messages == intact + MORE
+
+
+# ---------------------------------------------------------------------------- closed sessions
+
+
+def closed_id(number: int) -> str:
+    """The id of the closed session that holds damage ``number`` (a day of 2000)."""
+    return f"200001{number + 1:02d}01"
+
+
+@dataclass(frozen=True)
+class ClosedSessions:
+    server: ServerProcess
+    data: Path
+    files: dict[str, dict[str, bytes]]
+    """Each session's files as damaged, before the server started."""
+
+
+@pytest.fixture(scope="module")
+def closed(
+    tmp_path_factory: pytest.TempPathFactory, pristine: Pristine
+) -> Iterator[ClosedSessions]:
+    """One server over closed copies of the session, each damaged in its own way."""
+    data = tmp_path_factory.mktemp("closed")
+    damaged = {}
+    for number, damage in enumerate(DAMAGES):
+        directory = data / closed_id(number)
+        shutil.copytree(pristine.directory, directory)
+        damage.apply(directory, pristine)
+        damaged[directory.name] = files(directory)
+    with ServerProcess(data) as server:
+        yield ClosedSessions(server, data, damaged)
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=str)
+def test_a_closed_session_is_pulled_up_to_the_damage(
+    closed: ClosedSessions, pristine: Pristine, damage: Damage
+) -> None:
+    session, intact = closed_id(DAMAGES.index(damage)), damage.intact(pristine)
+    problems = verified(closed.data, session, intact)
+
+    async def pull() -> tuple[LoginAccepted, list[bytes]]:
+        client = await SoupClient.login(closed.server.port, session, 1)
+        return await client.session()
+
+    accepted, got = asyncio.run(asyncio.wait_for(pull(), TIMEOUT))
+    assert accepted == LoginAccepted(session, 1)
+    assert got == [payload(s) for s in range(1, intact + 1)]
+    for problem in problems:  # said when the server opened it for the pull
+        closed.server.wait_for_log(f"session {session}: {problem}", 5)
+    # Served read-only: nothing on disk changes.
+    assert files(closed.data / session) == closed.files[session]
