@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Final
 
 from tickertape import __version__
 from tickertape import sessions as offline
+from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, subscribe
@@ -553,11 +554,14 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     tail.set_defaults(subparser=tail)
     _add_sessions_parsers(verbs)
+    add_users_command(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verb == "users":  # its own errors and exit statuses; no logging
+        return run_users(args)
     if args.verb == "serve":
         if args.follow is not None:
             _check_follow(args, sys.argv[1:] if argv is None else argv)
