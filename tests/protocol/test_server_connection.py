@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tickertape.errors import ConfigError, LocalProtocolError
 from tickertape.protocol.server import (
+    MAX_PENDING_BYTES,
     ConnectionLost,
     Event,
     LoginRequested,
@@ -553,3 +554,45 @@ def test_tick_acts_exactly_at_next_deadline(
         if connection.state is State.CLOSED:
             assert connection.next_deadline() == math.inf
             break
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_before_its_login_a_client_may_send_no_more_than_a_login_request() -> None:
+    connection = ServerConnection(0.0)
+    connection.receive_data(b"\x00\x35", 0.0)  # a length of 53: one more than a 4.10 login
+    assert_lost(connection, "packet length 53: this endpoint accepts at most 52")
+
+
+def test_after_the_login_the_application_sets_the_packet_limit() -> None:
+    connection = ServerConnection(0.0)
+    connection.receive_data(LOGIN_400.encode(), 0.0)
+    connection.events_received()
+    connection.accept("", 1, 0.0, max_packet_length=10)
+    sent_packets(connection)
+    connection.receive_data(UnsequencedData(b"x" * 9).encode(), 1.0)
+    assert connection.events_received() == [MessageReceived(b"x" * 9)]
+    connection.receive_data(UnsequencedData(b"x" * 10).encode(), 1.0)
+    assert_lost(connection, "packet length 11: this endpoint accepts at most 10")
+
+
+def test_accept_refuses_a_packet_limit_out_of_range() -> None:
+    connection = ServerConnection(0.0)
+    connection.receive_data(LOGIN_400.encode(), 0.0)
+    with pytest.raises(ConfigError, match="max_packet_length is 0"):
+        connection.accept("", 1, 0.0, max_packet_length=0)
+
+
+def test_too_much_sent_while_the_login_is_decided_closes_the_connection() -> None:
+    connection = ServerConnection(0.0)
+    connection.receive_data(LOGIN_400.encode(), 0.0)
+    assert connection.events_received() == [LoginRequested(LOGIN_400)]
+    chunk = UnsequencedData(b"x" * 60_000).encode()
+    for _ in range(MAX_PENDING_BYTES // len(chunk)):
+        connection.receive_data(chunk, 0.0)
+    assert state(connection) is State.AWAITING_LOGIN
+    connection.receive_data(chunk, 0.0)
+    assert_lost(
+        connection, f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered"
+    )

@@ -50,6 +50,8 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LOGIN_TIMEOUT",
     "DEFAULT_MAX_PACKET_LENGTH",
+    "MAX_LOGIN_PACKET_LENGTH",
+    "MAX_PENDING_BYTES",
     "ConnectionLost",
     "Event",
     "LoginRequested",
@@ -67,7 +69,14 @@ DEFAULT_IDLE_TIMEOUT: Final = 15.0
 DEFAULT_LOGIN_TIMEOUT: Final = 30.0
 """Drop a connection whose login is not done this long after it opened."""
 DEFAULT_MAX_PACKET_LENGTH: Final = MAX_PACKET_LENGTH
-"""The largest packet accepted from a client: any size, since publishers send Unsequenced Data."""
+"""The largest packet accepted from a logged-in client unless :meth:`ServerConnection.accept`
+says otherwise: any size, since publishers send Unsequenced Data."""
+MAX_LOGIN_PACKET_LENGTH: Final = LOGIN_REQUEST_410_LENGTH
+"""The largest packet accepted before a login: a client never needs more than a Login
+Request, so a longer length field closes the connection before its bytes are buffered."""
+MAX_PENDING_BYTES: Final = 1 << 20
+"""Bytes a client may send after its Login Request while the login is being decided;
+more closes the connection (a server should also stop reading from it meanwhile)."""
 
 _UNSEQUENCED: Final = 0x55  # "U"
 _SERVER_HEARTBEAT: Final = ServerHeartbeat().encode()
@@ -161,7 +170,7 @@ class ServerConnection:
 
     def __init__(self, now: float, timers: ServerTimers = ServerTimers()) -> None:
         self._timers = timers
-        self._framer = Framer(timers.max_packet_length)
+        self._framer = Framer(MAX_LOGIN_PACKET_LENGTH)
         self._state = State.AWAITING_LOGIN
         self._created = now
         self._last_heard = now
@@ -194,6 +203,10 @@ class ServerConnection:
         self._framer.feed(data)
         if not self._awaiting_decision():
             self._parse(now)
+        elif self._framer.buffered > MAX_PENDING_BYTES:
+            self._fail(
+                f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered", now
+            )
 
     def _parse(self, now: float) -> None:
         try:
@@ -242,16 +255,24 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ decisions
 
-    def accept(self, session: str, sequence: int, now: float) -> None:
+    def accept(
+        self, session: str, sequence: int, now: float, *, max_packet_length: int | None = None
+    ) -> None:
         """Accept the pending login: queue Login Accepted naming ``session`` and ``sequence``.
 
         ``sequence`` is the number of the next Sequenced Data packet that will be sent.
+        ``max_packet_length`` is the longest packet this client may send from now on
+        (default: the timers'); a client that may not publish needs only a few bytes.
         Packets the client sent after its login are parsed now; read ``events_received()``.
         Does nothing if the connection closed meanwhile (a timeout while authenticating).
         """
         if self._state is State.CLOSED:
             return
         request = self._pending_request("accept")
+        limit = self._timers.max_packet_length if max_packet_length is None else max_packet_length
+        if not 1 <= limit <= MAX_PACKET_LENGTH:
+            raise ConfigError(f"max_packet_length is {limit}; it must be 1 to {MAX_PACKET_LENGTH}")
+        self._framer.max_length = limit
         self._queue(LoginAccepted(session, sequence).encode(), now)
         self._state = State.LOGGED_IN
         timeout_ms = request.heartbeat_timeout_ms

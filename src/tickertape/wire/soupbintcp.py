@@ -450,6 +450,15 @@ class Framer:
         return bytes(buffer[position + 2 : end])
 
     @property
+    def max_length(self) -> int:
+        """The longest packet accepted; it may change between packets (after a login)."""
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self._max_length = value
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet handed out as frames."""
         return len(self._buffer) - self._position
