@@ -15,6 +15,12 @@ replay
     Catch-up of a long session (10 million messages) to one subscriber logging in at 1:
     ``tickertape serve`` in a subprocess against a tiny server that ``os.sendfile``-s the
     same log file. Time from sending the login to the last byte received.
+replay-tls
+    The same catch-up over TLS (``serve --tls-cert --tls-key``, a certificate the
+    benchmark makes with trustme): no ``sendfile`` there, the server reads the log in
+    1 MiB ranges and encrypts them. The reader decrypts, in this process. The raw ceiling
+    is a tiny server that reads the same file in 1 MiB chunks and ``sendall``-s them on
+    a blocking TLS socket (the same protocol version and cipher).
 fanout
     Live fan-out to 10 subscribers (one reader process reading all of them): an
     in-process engine (durability none) and SoupBinTCP server, fed with
@@ -70,6 +76,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -100,7 +107,7 @@ _INDEX_RECORD: Final = struct.Struct("<QQIII")  # first_seq, offset, length, cou
 READ_BUFFER: Final = 4 << 20
 STALLED_RCVBUF: Final = 4096
 MIB: Final = 1 << 20
-WORKLOADS: Final = ("replay", "fanout", "publish", "latency", "memory", "mold")
+WORKLOADS: Final = ("replay", "replay-tls", "fanout", "publish", "latency", "memory", "mold")
 _LISTENING: Final = re.compile(r"SoupBinTCP listening on ([\d.]+):(\d+)")
 
 _T0 = time.monotonic()
@@ -165,6 +172,8 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    replay_seconds: float | None = None
+    """The best plain replay, for the TLS one to be compared with."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -725,6 +734,7 @@ def bench_replay(settings: Settings, report: Report) -> None:
         server.stop()
         stop_child(raw_process, raw_conn)
     best, best_raw = min(ours), min(raw)
+    report.replay_seconds = best
     ratio = best_raw / best
     report.rows.append(
         Row(
@@ -742,6 +752,191 @@ def bench_replay(settings: Settings, report: Report) -> None:
         + ", ".join(f"{s:.3f}" for s in raw)
         + " s (login to last byte); "
         + paired([r / o for o, r in zip(ours, raw, strict=True)])
+    )
+
+
+# ---------------------------------------------------------------------------- replay over TLS
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate it signed for 127.0.0.1, made with trustme (a test
+    dependency): (certificate chain, key, CA) PEM files in ``directory``."""
+    try:
+        import trustme  # noqa: PLC0415 - only this workload needs it
+    except ImportError:
+        raise BenchError("replay-tls needs trustme: pip install -e '.[test]'") from None
+    ca = trustme.CA()
+    issued = ca.issue_cert(HOST)
+    cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file
+
+
+def raw_tls_replay_server_main(
+    conn: Connection,
+    log_path: str,
+    session: str,
+    cert: str,
+    key: str,
+    connections: int,
+    time_limit: float,
+) -> None:
+    """The TLS replay ceiling: on each connection, the TLS handshake, the login, Login
+    Accepted, then the log read in 1 MiB chunks and ``sendall``-ed on a blocking socket."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert, key)
+        with socket.create_server((HOST, 0)) as listener:
+            conn.send(("port", listener.getsockname()[1]))
+            listener.settimeout(time_limit)
+            fd = os.open(log_path, os.O_RDONLY)
+            size = os.fstat(fd).st_size
+            accepted = LoginAccepted(session, 1).encode()
+            try:
+                for _ in range(connections):
+                    plain, _ = listener.accept()
+                    plain.settimeout(time_limit)
+                    plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    with context.wrap_socket(plain, server_side=True) as sock:
+                        recv_exactly(sock, LOGIN_REQUEST_SIZE)
+                        sock.sendall(accepted)
+                        offset = 0
+                        while offset < size:
+                            chunk = os.pread(fd, min(MIB, size - offset), offset)
+                            if not chunk:
+                                break
+                            sock.sendall(chunk)
+                            offset += len(chunk)
+                        with contextlib.suppress(OSError):
+                            for _ in range(10_000):  # until the reader closes
+                                if not sock.recv(1 << 16):
+                                    break
+            finally:
+                os.close(fd)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", repr(exc)))
+
+
+def replay_read_tls(
+    port: int, context: ssl.SSLContext, session: str, expected: int, timeout: float
+) -> tuple[float, str]:
+    """Log in at 1 over TLS and read until ``expected`` bytes came (Login Accepted
+    included): (seconds from the start of the handshake, cipher)."""
+    buffer = bytearray(READ_BUFFER)
+    view = memoryview(buffer)
+    with socket.create_connection((HOST, port), timeout=30) as plain:
+        started = time.monotonic()
+        with context.wrap_socket(plain, server_hostname=HOST) as sock:
+            cipher = sock.cipher()
+            sock.sendall(login(1))
+            accepted = recv_exactly(sock, LOGIN_ACCEPTED_SIZE)
+            if accepted[2:3] != b"A" or accepted[3:13].strip().decode() != session:
+                raise BenchError(f"unexpected Login Accepted {accepted!r} (wanted {session})")
+            got = LOGIN_ACCEPTED_SIZE
+            deadline = started + timeout
+            next_heartbeat = time.monotonic() + 1.0
+            sock.settimeout(1.0)
+            while got < expected:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if now >= next_heartbeat:
+                    next_heartbeat = now + 1.0
+                    sock.sendall(CLIENT_HEARTBEAT)
+                try:
+                    count = sock.recv_into(view)
+                except TimeoutError:
+                    continue
+                if not count:
+                    break
+                got += count
+            done_at = time.monotonic()
+    if got < expected:
+        raise BenchError(f"TLS replay stopped after {got:,} of {expected:,} bytes")
+    return done_at - started, f"{cipher[1]} {cipher[0]}" if cipher else "?"
+
+
+def bench_replay_tls(settings: Settings, report: Report) -> None:
+    messages = settings.replay_messages
+    data, log_path, session = replay_session(settings, messages)
+    log_size = log_path.stat().st_size
+    expected = log_size + LOGIN_ACCEPTED_SIZE
+    cert, key, ca = make_certificate(settings.run_dir)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    warm_page_cache(log_path)
+    server = ServerProcess(
+        "--data",
+        str(data),
+        "--durability",
+        "none",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    say("replay-tls: starting tickertape serve --tls-cert (it verifies the log on start)")
+    port = server.start(settings.timeout)
+    raw_process, raw_conn = start_child(
+        raw_tls_replay_server_main,
+        str(log_path),
+        session,
+        str(cert),
+        str(key),
+        settings.repeat,
+        settings.timeout,
+    )
+    ours: list[float] = []
+    raw: list[float] = []
+    ciphers: set[str] = set()
+    try:
+        raw_port = int(recv_sync(raw_conn, 60)[1])
+        for attempt in range(settings.repeat):
+            warm_page_cache(log_path)
+            seconds, cipher = replay_read_tls(port, context, session, expected, settings.timeout)
+            ours.append(seconds)
+            ciphers.add(cipher)
+            say(f"replay-tls {attempt + 1}: tickertape {seconds:.3f} s ({cipher})")
+            warm_page_cache(log_path)
+            seconds, cipher = replay_read_tls(
+                raw_port, context, session, expected, settings.timeout
+            )
+            raw.append(seconds)
+            ciphers.add(cipher)
+            say(f"replay-tls {attempt + 1}: raw TLS sendall {seconds:.3f} s ({cipher})")
+    finally:
+        server.stop()
+        stop_child(raw_process, raw_conn)
+    best, best_raw = min(ours), min(raw)
+    ratio = best_raw / best
+    report.rows.append(
+        Row(
+            f"replay over TLS {messages:,} x {settings.payload_size} B, 1 subscriber",
+            f"{rate(messages / best, 'msg/s')}, {log_size / best / 1e6:,.0f} MB/s",
+            f"{rate(messages / best_raw, 'msg/s')}, {log_size / best_raw / 1e6:,.0f} MB/s",
+            f"{ratio:.2f}",
+            f">= 0.8 of raw: {verdict(ratio >= 0.8)}",
+        )
+    )
+    plain = (
+        f"; {report.replay_seconds / best:.2f} of the plain replay's rate in this run"
+        if report.replay_seconds
+        else ""
+    )
+    report.notes.append(
+        f"replay-tls ({', '.join(sorted(ciphers))}; the reader decrypts on one core, the "
+        f"server encrypts on another): best of {settings.repeat}; tickertape runs "
+        + ", ".join(f"{s:.3f}" for s in ours)
+        + " s; raw runs "
+        + ", ".join(f"{s:.3f}" for s in raw)
+        + " s (handshake to last byte); "
+        + paired([r / o for o, r in zip(ours, raw, strict=True)])
+        + plain
     )
 
 
@@ -1635,6 +1830,7 @@ def measure_mold(
 
 RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "replay": bench_replay,
+    "replay-tls": bench_replay_tls,
     "fanout": bench_fanout,
     "publish": bench_publish,
     "latency": bench_latency,

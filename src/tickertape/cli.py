@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import struct
 import sys
 import time
@@ -27,7 +28,7 @@ from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription, subscribe
+from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
@@ -55,6 +56,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
+from tickertape.tls import client_context, server_context
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
@@ -168,6 +170,26 @@ def _sequence(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: sequence numbers start at 1")
     return value
+
+
+def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS (1.2 or later), checking the server's certificate against "
+        "the system's trust store (or --ca) and its name against --host",
+    )
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="with --tls, trust only the CA certificates in this PEM file",
+    )
+
+
+def _tls_client(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client TLS context ``--tls`` and ``--ca`` ask for, if any."""
+    return client_context(args.ca) if args.tls else None
 
 
 def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -488,6 +510,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"messages a second each re-requester may be sent ({DEFAULT_REQUEST_RATE:g})",
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve SoupBinTCP over TLS (1.2 or later) with this certificate chain (PEM); "
+        "needs --tls-key",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
@@ -519,6 +551,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
     tail.add_argument("--password", default="", help="password")
+    _add_tls_client_options(tail)
     mold = tail.add_argument_group(
         "MoldUDP64",
         "with --mold, follow a MoldUDP64 group instead of logging in over SoupBinTCP "
@@ -583,6 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.subparser.error("--mold-request-rate needs --mold-request")
     if args.verb == "tail":
         _check_tail(args)
+    try:
+        _check_tls(args)
+    except ConfigError as exc:
+        print(f"tickertape: {exc}", file=sys.stderr)
+        return 2
     quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
@@ -626,7 +664,9 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
-_FOLLOW_TAKES: Final = frozenset({"help", "host", "port", "user", "verbose", "follow"})
+_FOLLOW_TAKES: Final = frozenset(
+    {"help", "host", "port", "user", "verbose", "follow", "tls_cert", "tls_key"}
+)
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
 that writes the directory."""
 
@@ -654,7 +694,8 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     follower = Follower(args.follow)
     await follower.start()  # a StoreError says what is wrong with DIR
     server = SoupBinTCPServer(
-        follower, ServerConfig(host=args.host, port=args.port, credentials=args.user)
+        follower,
+        ServerConfig(host=args.host, port=args.port, credentials=args.user, ssl=args.tls_context),
     )
     try:
         await server.start()
@@ -749,7 +790,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 1
     server = SoupBinTCPServer(
-        engine, ServerConfig(host=args.host, port=args.port, credentials=args.user)
+        engine,
+        ServerConfig(host=args.host, port=args.port, credentials=args.user, ssl=args.tls_context),
     )
     try:
         await server.start()
@@ -873,6 +915,24 @@ async def _start_mold(args: argparse.Namespace, engine: Engine) -> _Mold:
     return mold
 
 
+def _check_tls(args: argparse.Namespace) -> None:
+    """Refuse TLS options that do not go together, and load the files they name: into
+    ``args.tls_context`` (a server's or a client's). A file that cannot be
+    read, or a key that is not the certificate's, raises :class:`ConfigError`."""
+    if args.verb == "serve":
+        if (args.tls_cert is None) != (args.tls_key is None):
+            args.subparser.error("--tls-cert and --tls-key go together: give both, or neither")
+        args.tls_context = (
+            None if args.tls_cert is None else server_context(args.tls_cert, args.tls_key)
+        )
+    elif args.verb in ("tail", "publish"):
+        if args.ca is not None and not args.tls:
+            args.subparser.error("--ca needs --tls")
+        if args.verb == "tail" and args.mold is not None and args.tls:
+            args.subparser.error("--tls and --ca are for SoupBinTCP, not --mold")
+        args.tls_context = _tls_client(args)
+
+
 def _check_tail(args: argparse.Namespace) -> None:
     """Refuse MoldUDP64 options that do not go together."""
     if args.mold is None:
@@ -909,7 +969,13 @@ async def _tail(args: argparse.Namespace) -> int:
         )
     else:
         source = subscribe(
-            args.host, args.port, args.session, args.seq, username=args.user, password=args.password
+            args.host,
+            args.port,
+            args.session,
+            args.seq,
+            username=args.user,
+            password=args.password,
+            ssl=args.tls_context,
         )
     async with source as messages:
         async for message in messages:
@@ -1172,7 +1238,9 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="S",
         help="seconds to wait for the last acknowledgement (%(default)s)",
     )
+    _add_tls_client_options(publish)
     publish.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    publish.set_defaults(subparser=publish)
 
 
 class _Rate:
@@ -1231,8 +1299,14 @@ async def _publish(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         publisher = await Publisher.connect(
-            args.host, args.port, username=args.user, password=args.password
+            args.host,
+            args.port,
+            username=args.user,
+            password=args.password,
+            ssl=args.tls_context,
         )
+    except TLSRefused as exc:
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot reach {args.host}:{args.port}: {exc}") from None
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
 
 from tickertape.errors import StoreError
@@ -48,7 +49,8 @@ class Tickertape:
     ``durability`` is a :class:`Durability` or its name (``none``, ``batch``,
     ``always``); ``credentials`` None accepts every login; ``schedule`` says when
     sessions roll (default: every day at local midnight); ``retention`` when ended
-    sessions are archived or deleted (default: never).
+    sessions are archived or deleted (default: never); ``ssl`` serves SoupBinTCP over
+    TLS with this context (:func:`tickertape.tls.server_context`).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Tickertape:
         credentials: Credentials | None = None,
         schedule: RollSchedule | None = None,
         retention: Retention | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         durability = Durability(durability)
         self.engine = Engine(
@@ -71,7 +74,7 @@ class Tickertape:
         )
         """The engine: the active session, its writer, its subscribers."""
         self.server = SoupBinTCPServer(
-            self.engine, ServerConfig(host=host, port=port, credentials=credentials)
+            self.engine, ServerConfig(host=host, port=port, credentials=credentials, ssl=ssl)
         )
         """The SoupBinTCP endpoint."""
         self._state = "new"

@@ -6,6 +6,7 @@
         await publisher.send_many([b"first", b"second"])
         await publisher.flush()              # both durable: publisher.acked == 2
 
+Over TLS, pass ``ssl=tickertape.tls.client_context(ca)`` to :meth:`Publisher.connect`.
 The convention it follows is described in :mod:`tickertape.protocol.publishing`.
 """
 
@@ -15,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import Sequence
 from types import TracebackType
 
+from tickertape.client.soupbintcp import open_stream
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
@@ -62,12 +65,17 @@ class Publisher:
         username: str = "",
         password: str = "",
         server_timeout: float = 15.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Publisher:
-        """Connect and log in; raises :class:`LoginRejected` or ``OSError``.
-        ``server_timeout``: seconds to wait for the server, and of its silence."""
+        """Connect and log in; raises :class:`LoginRejected` or ``OSError`` (a server
+        certificate ``ssl`` does not trust: ``client.soupbintcp.TLSRefused``).
+        ``server_timeout``: seconds to wait for the server, and of its silence.
+        ``ssl``: connect over TLS with this context; ``server_hostname``: the name its
+        certificate must carry (default: ``host``)."""
         timeout = server_timeout
         loop = asyncio.get_running_loop()
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await open_stream(host, port, timeout, ssl, server_hostname)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -6,6 +6,9 @@
         async for message in messages:
             print(message.seq, message.payload)
 
+Over TLS, pass ``ssl=tickertape.tls.client_context(ca)`` (``ca``: a CA file to trust
+instead of the system's).
+
 Each :class:`Message` carries its session and sequence number. When the connection drops,
 the subscriber logs in again to the same session with the next sequence number it needs,
 so its consumer sees no gap and no duplicate. Iteration ends at End of Session.
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -48,6 +52,36 @@ class _Dropped(Exception):
     """The connection ended without End of Session: log in again."""
 
 
+class TLSRefused(ConnectionError):
+    """The server's TLS certificate failed verification: a wrong CA, or a wrong name."""
+
+
+async def open_stream(
+    host: str,
+    port: int,
+    within: float,
+    tls: _ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect (in ``within`` seconds), over TLS if ``tls`` is given. A server certificate
+    the context does not trust raises :class:`TLSRefused` saying so (to try again would not
+    help)."""
+    try:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host,
+                port,
+                ssl=tls,
+                server_hostname=server_hostname if tls is not None else None,
+            ),
+            within,
+        )
+    except _ssl.SSLCertVerificationError as exc:
+        raise TLSRefused(
+            f"TLS: the certificate of {host}:{port} is not trusted: {exc.verify_message}"
+        ) from None
+
+
 class Subscription:
     """An async iterator of :class:`Message`; see :func:`subscribe`."""
 
@@ -65,6 +99,8 @@ class Subscription:
         reconnect: bool = True,
         reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
         max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -79,6 +115,8 @@ class Subscription:
         self._reconnect = reconnect
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
+        self._ssl = ssl
+        self._server_hostname = server_hostname
         self._writer: asyncio.StreamWriter | None = None
         self._reading = False
         self._iterator: AsyncIterator[Message] | None = None
@@ -134,6 +172,8 @@ class Subscription:
                     delay = self._reconnect_delay
                     yield batch
                 return  # End of Session
+            except TLSRefused:
+                raise  # the same certificate would be refused again
             except (OSError, _Dropped, asyncio.IncompleteReadError) as exc:
                 if not self._reconnect:
                     raise ConnectionError(
@@ -154,8 +194,8 @@ class Subscription:
 
     async def _connection(self) -> AsyncIterator[list[Message]]:
         loop = asyncio.get_running_loop()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self._server_timeout
+        reader, writer = await open_stream(
+            self.host, self.port, self._server_timeout, self._ssl, self._server_hostname
         )
         self._writer = writer
         sock = writer.get_extra_info("socket")
@@ -262,12 +302,14 @@ async def active_session(
     username: str = "",
     password: str = "",
     server_timeout: float = protocol.DEFAULT_SERVER_TIMEOUT,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> str:
     """The id of the server's active session: log in with a blank session at sequence 0,
     read Login Accepted, log out."""
     loop = asyncio.get_running_loop()
     timeout = server_timeout
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    reader, writer = await open_stream(host, port, timeout, ssl, server_hostname)
     connection = ClientConnection(LoginRequest(username, password, "", 0), loop.time())
     try:
         writer.write(connection.data_to_send())

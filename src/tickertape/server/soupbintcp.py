@@ -20,6 +20,7 @@ import math
 import socket
 from collections import deque
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Final
 
 from tickertape.errors import StoreError
@@ -100,6 +101,9 @@ class ServerConfig:
     catch_up_chunk: int = DEFAULT_CATCH_UP_CHUNK
     max_unpublished: int = DEFAULT_MAX_UNPUBLISHED
     max_unpublished_bytes: int = DEFAULT_MAX_UNPUBLISHED_BYTES
+    ssl: SSLContext | None = None
+    """Serve over TLS with this context (see :func:`tickertape.tls.server_context`).
+    Catching up cannot use ``sendfile`` then: the log is read and written in large ranges."""
 
 
 class SoupBinTCPServer:
@@ -149,12 +153,19 @@ class SoupBinTCPServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        tls = self.config.ssl
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
+            lambda: _Connection(self),
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            ssl=tls,
+            # A client that never finishes the handshake is dropped as one that never logs in.
+            ssl_handshake_timeout=self.config.timers.login_timeout if tls is not None else None,
         )
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
-            log.info("SoupBinTCP listening on %s:%d", host, port)
+            log.info("SoupBinTCP listening on %s:%d%s", host, port, " (TLS)" if tls else "")
 
     @property
     def port(self) -> int:

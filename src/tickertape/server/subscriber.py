@@ -2,11 +2,12 @@
 
 Its whole state is :attr:`Subscriber.next_seq`, the number of the next message it will be
 sent. Behind the tail it copies byte ranges of the log straight to its socket with
-``sendfile``; at the tail it is *live* and the engine hands it each published batch,
-encoded once for all. When its write buffer passes the high-water mark it leaves the
-live set; when the buffer drains it reads the log again until it is back at the tail. It
-never holds more than its write buffer and one batch in memory, and it never slows the
-others.
+``sendfile`` (over TLS, where the bytes must be encrypted in the process, it reads them
+in ranges of the same size and writes them); at the tail it is *live* and the engine
+hands it each published batch, encoded once for all. When its write buffer passes the
+high-water mark it leaves the live set; when the buffer drains it reads the log again
+until it is back at the tail. It never holds more than its write buffer and one batch in
+memory, and it never slows the others.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CATCH_UP_CHUNK: Final = 1 << 20
 """Bytes sent per ``sendfile`` call while catching up. asyncio stops reading from the
-client during a call; between calls the connection reads its client's packets."""
+client during a call; between calls the connection reads its client's packets. Over TLS,
+bytes read from the log and written per step."""
 
 
 class Subscriber:
@@ -58,6 +60,9 @@ class Subscriber:
         self._task: asyncio.Task[None] | None = None
         self.sending_file = False
         """True while a ``sendfile`` is in flight: nothing else may be written then."""
+        self._sendfile = transport.get_extra_info("ssl_object") is None
+        """False over TLS, where the bytes are encrypted in the process, or once
+        ``sendfile`` was found not to work: then the log is read and written."""
 
     @property
     def live(self) -> bool:
@@ -193,17 +198,19 @@ class Subscriber:
 
     async def _send_range(self, offset: int, count: int) -> None:
         """Send ``count`` bytes of the log from ``offset``: with ``sendfile`` where the
-        log is a plain file and the transport allows it; else read (off the event loop:
-        an archived log decompresses) and write, then wait for the buffer to drain."""
+        log is a plain file and the transport allows it; else (TLS, an archive) read them
+        (off the event loop: an archived log decompresses) and write them, then wait
+        while the write buffer is above its high-water mark. The read of the next range
+        overlaps the sending of this one, which the buffer holds."""
         loop = asyncio.get_running_loop()
-        source = self._log.sendfile_source()
+        source = self._log.sendfile_source() if self._sendfile else None
         if source is not None:
             self.sending_file = True
             try:
                 await loop.sendfile(self._transport, source, offset, count, fallback=False)
                 return
             except (asyncio.SendfileNotAvailableError, NotImplementedError):
-                pass  # TLS, or a file system without sendfile
+                self._sendfile = False  # a file system or transport without sendfile
             finally:
                 self.sending_file = False
         data = await loop.run_in_executor(None, self._log.read_range, offset, count)
