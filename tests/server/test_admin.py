@@ -258,6 +258,7 @@ def test_status_lists_a_connected_subscriber(tmp_path: Path) -> None:
             "session": engine.session_id,
             "next_seq": 6,
             "messages": 5,
+            "publishing_error": None,
             "subscribers": [
                 {
                     "address": f"{host}:{port}",

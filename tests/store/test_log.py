@@ -453,7 +453,7 @@ def test_failed_index_write_rolls_the_log_back(
             return real_write(fd, data)
 
         monkeypatch.setattr(os, "write", failing_write)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(StoreError, match=r"no space left on device writing session .*'s index"):
             session_log.append(encode_sequenced_many(BATCHES[2]), len(BATCHES[2]))
         monkeypatch.undo()
         assert (tmp_path / LOG_FILE).read_bytes() == before
@@ -478,7 +478,7 @@ def test_short_log_write_rolls_the_log_back(
             return real_write(fd, data[: len(data) // 2])
 
         monkeypatch.setattr(os, "write", short_write)
-        with pytest.raises(OSError, match="short write"):
+        with pytest.raises(StoreError, match="short write"):
             session_log.append(encode_sequenced_many(BATCHES[2]), len(BATCHES[2]))
         monkeypatch.undo()
         assert (tmp_path / LOG_FILE).read_bytes() == before
@@ -506,7 +506,7 @@ def test_failed_sync_rolls_back_log_and_index(
             real_sync(fd)
 
         monkeypatch.setattr(os, "fdatasync", failing_sync)
-        with pytest.raises(OSError, match="Input/output error"):
+        with pytest.raises(StoreError, match=f"input/output error syncing session .*'s {failing}"):
             session_log.append(encode_sequenced_many([b"lost"]), 1)
         monkeypatch.undo()
         assert index_records(tmp_path) == 2

@@ -2,9 +2,10 @@
 
 ::
 
-    GET  /status                   the active session, its next sequence number, and
-                                   every connected subscriber (address, user, session,
-                                   next_seq, lag, live)
+    GET  /status                   the active session, its next sequence number, why
+                                   publishing is paused if it is, and every connected
+                                   subscriber (address, user, session, next_seq, lag,
+                                   live)
     GET  /sessions                 every session: id, state, messages, bytes on disk
     GET  /sessions/{id}            one session in detail; 404 if there is none
     POST /roll                     end the active session and open the next
@@ -147,6 +148,8 @@ class AdminServer:
                 "session": engine.session_id,
                 "next_seq": engine.next_seq,
                 "messages": engine.next_seq - 1,
+                # Why publishing is paused (a write to the log failed), or null.
+                "publishing_error": engine.publishing_error,
                 "subscribers": [asdict(info) for info in self.server.subscribers()],
             }
         )

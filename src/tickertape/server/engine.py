@@ -12,6 +12,15 @@ and gives each new batch to them. A subscriber behind the tail reads the log its
 it reaches the tail, then joins the live set. The hand-off is one comparison of sequence
 numbers, made on the event loop between two batches, so it can neither lose nor repeat a
 message.
+
+A write that fails (the disk is full, a file-size limit, an I/O error) leaves the log as
+it was (:meth:`SessionLog.append` cuts it back) and pauses publishing: the publish calls
+of the failed batch, and every call queued or waiting behind it, fail with
+:class:`PublishFailed` saying why, and none of their messages gets a number. Subscribers
+are not disturbed: they go on reading what is in the log. Publish calls made meanwhile
+wait out a short delay (on the event loop's clock; it doubles while writes keep
+failing), then the next batch tries again; the first one written resumes publishing.
+:attr:`Engine.publishing_error` says why publishing is paused, if it is.
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ DEFAULT_MAX_QUEUED_MESSAGES: Final = 1 << 20
 DEFAULT_MAX_QUEUED_BYTES: Final = 64 << 20
 DEFAULT_ROLL_RETRY: Final = 10.0
 """Seconds before a scheduled roll that failed is tried again."""
+DEFAULT_PUBLISH_RETRY: Final = 1.0
+"""Seconds after a failed write to the log before publishing is tried again..."""
+DEFAULT_PUBLISH_RETRY_MAX: Final = 8.0
+"""...doubling after each failure in a row, up to this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,23 @@ class EngineConfig:
     max_message: int = MAX_PAYLOAD
     """Longer messages are refused when published (lowered to what a MoldUDP64 packet
     carries when the server multicasts)."""
+    publish_retry: float = DEFAULT_PUBLISH_RETRY
+    """After a write to the log fails, publish calls wait this long (on the event
+    loop's clock), then the next batch tries again..."""
+    publish_retry_max: float = DEFAULT_PUBLISH_RETRY_MAX
+    """...doubling after each failure in a row, up to this."""
+
+
+class PublishFailed(StoreError):
+    """A publish call failed: a write to the log failed (the disk is full, say), and
+    publishing is paused until a write succeeds. ``published``: how many of the call's
+    messages were published before that (a call larger than a batch is written in
+    several), numbered from ``first_seq``; none of its others were."""
+
+    def __init__(self, message: str, published: int = 0, first_seq: int = 0) -> None:
+        super().__init__(message)
+        self.published = published
+        self.first_seq = first_seq
 
 
 class _Request:
@@ -121,7 +151,15 @@ class Engine(Tail):
         self._assigned_next = 1
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
         self._writer: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # the writer broke: publishing stopped
+        # A failed write pauses publishing: publish calls wait until ``_hold`` fires,
+        # then the next batch tries again; the first that is written resumes it.
+        self._publishing_error: str | None = None
+        self._hold: asyncio.TimerHandle | None = None
+        self._failed_in_a_row = 0
+        self._write_failures = 0  # ever: a call waiting for room when one happens is told
+        self._last_reason: str | None = None
+        self._retry_in = 0.0
         self._closing = False
         self._rolling = False
         self._roll_lock = asyncio.Lock()
@@ -182,7 +220,7 @@ class Engine(Tail):
                 await self._housekeeping
         async with self._roll_lock:
             self._closing = True
-            self._queue_space.set()  # held-back publishers wake and are told
+            self._end_hold()  # held-back publishers wake and are told
             await self._stop_writer()
         self._live.clear()
         await asyncio.to_thread(self._executor.shutdown, True)
@@ -309,6 +347,14 @@ class Engine(Tail):
         """The number the next message handed to :meth:`publish_many` will get."""
         return self._assigned_next
 
+    @property
+    def publishing_error(self) -> str | None:
+        """Why publishing is paused (the last write to the log failed: the next batch
+        tries again) or has stopped; None while publishing works."""
+        if self._failure is not None:
+            return f"publishing has stopped: {self._failure}"
+        return self._publishing_error
+
     # ------------------------------------------------------------------ publishing
 
     async def publish(self, payload: bytes) -> int:
@@ -322,6 +368,9 @@ class Engine(Tail):
         The numbers are assigned once there is room in the queue. To know them before
         calling (to write them into the messages, say), ``await wait_for_room()``, then
         read :attr:`next_assigned` and call this without awaiting anything in between.
+
+        Raises :class:`PublishFailed` if writing them to the log failed: publishing is
+        then paused, and a later call tries again (see the module's documentation).
         """
         if not payloads:
             self._check_open()
@@ -348,18 +397,24 @@ class Engine(Tail):
         return await future
 
     async def wait_for_room(self) -> None:
-        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``)
-        or a roll is under way: publishers are held back, never dropped. Raises if
-        publishing has stopped."""
+        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``),
+        a roll is under way, or publishing is paused after a failed write and its retry
+        is not due: publishers are held back, never dropped. Raises if publishing has
+        stopped, or a write fails meanwhile (:class:`PublishFailed`)."""
         self._check_open()
+        failures = self._write_failures
         while (
             self._rolling
+            or self._hold is not None
             or self._queued_messages >= self.config.max_queued_messages
             or self._queued_bytes >= self.config.max_queued_bytes
         ):
             self._queue_space.clear()
             await self._queue_space.wait()
             self._check_open()
+            if self._write_failures != failures:
+                # Behind the batch that failed: told with the calls it carried.
+                raise PublishFailed(self._paused_message())
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -415,8 +470,15 @@ class Engine(Tail):
             while True:
                 batch = self._take_batch() if self._queue else None
                 if writing is not None and written is not None:
-                    appended = await writing
-                    self._published(written, appended)
+                    try:
+                        appended = await writing
+                    except Exception as exc:
+                        self._write_failed([written, batch], exc)
+                        batch = None
+                    else:
+                        self._published(written, appended)
+                        if self._publishing_error is not None:
+                            self._resumed(appended)
                     writing = written = None
                 if batch is not None:
                     writing = loop.run_in_executor(
@@ -444,10 +506,95 @@ class Engine(Tail):
             if request.done == len(request.payloads) and not request.future.done():
                 request.future.set_result(request.first_seq)
 
+    def _write_failed(self, batches: list[_Batch | None], exc: Exception) -> None:
+        """Appending a batch failed (the log is as it was before it: see
+        :meth:`SessionLog.append`). Fail it, the batch taken after it and every call
+        queued or waiting for room: none of their messages gets a number. Then pause
+        publishing: calls wait out the retry delay, and the next batch tries again."""
+        self._write_failures += 1
+        self._failed_in_a_row += 1
+        delay = min(
+            self.config.publish_retry * 2 ** (self._failed_in_a_row - 1),
+            self.config.publish_retry_max,
+        )
+        again = self._publishing_error is not None
+        reason = str(exc) if isinstance(exc, StoreError) else f"writing to the log failed: {exc}"
+        self._publishing_error = reason
+        requests = dict.fromkeys(
+            request for batch in batches if batch for request, _, _ in batch.parts
+        )
+        requests.update(dict.fromkeys(self._queue))
+        lost = 0
+        self._retry_in = delay
+        message = self._paused_message()
+        for request in requests:
+            count = len(request.payloads)
+            lost += count - request.done
+            if request.future.done():
+                continue
+            if request.done:
+                last = request.first_seq + request.done - 1
+                error = PublishFailed(
+                    f"the first {request.done} of these {count} messages were published "
+                    f"(sequence {request.first_seq}..{last}), the rest not: {message}",
+                    request.done,
+                    request.first_seq,
+                )
+            else:
+                error = PublishFailed(message)
+            error.__cause__ = exc  # a StoreError, caused by the OSError
+            request.future.set_exception(error)
+        self._queue.clear()
+        self._queued_messages = self._queued_bytes = 0
+        self._assigned_next = self._published_next
+        if self._hold is not None:
+            self._hold.cancel()
+        if not self._closing:
+            self._hold = asyncio.get_running_loop().call_later(delay, self._end_hold)
+        self._queue_space.set()  # calls waiting for room are told
+        log.log(
+            logging.WARNING if again and reason == self._last_reason else logging.ERROR,
+            "session %s: %s: %s; %s (%s) were not published and got no numbers (the next "
+            "is still %d); the next publish tries again in %g s",
+            self._session_id,
+            "publishing still paused" if again else "publishing paused",
+            reason,
+            _plural(lost, "message"),
+            _plural(len(requests), "publish call"),
+            self._published_next,
+            delay,
+        )
+        self._last_reason = reason
+
+    def _paused_message(self) -> str:
+        return (
+            f"{self._publishing_error}; publishing is paused, and the next publish tries "
+            f"again in {self._retry_in:g} s"
+        )
+
+    def _end_hold(self) -> None:
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
+        self._queue_space.set()
+
+    def _resumed(self, appended: Appended) -> None:
+        log.warning(
+            "session %s: publishing resumed at sequence %d, after %s (%s)",
+            self._session_id,
+            appended.first_seq,
+            _plural(self._failed_in_a_row, "failed write"),
+            self._publishing_error,
+        )
+        self._publishing_error = None
+        self._failed_in_a_row = 0
+
     def _fail(self, batches: list[_Batch | None], exc: BaseException) -> None:
+        """The writer broke (not a failed write: see :meth:`_write_failed`): publishing
+        stops for good."""
         self._failure = exc
         log.error(
-            "session %s: writing to the log failed, publishing stopped: %s", self._session_id, exc
+            "session %s: the session writer broke, publishing stopped: %s", self._session_id, exc
         )
         error = StoreError(f"the message was not persisted: {exc}")
         requests = [r for batch in batches if batch for r, _, _ in batch.parts]
@@ -457,7 +604,11 @@ class Engine(Tail):
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next
-        self._queue_space.set()  # wake held-back publishers: they see the failure
+        self._end_hold()  # wake held-back publishers: they see the failure
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _log_failure(done: asyncio.Future[list[str]]) -> None:

@@ -28,7 +28,9 @@ and :meth:`SessionLog.refresh` picks up the batches appended since.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import logging
 import os
 import struct
@@ -181,6 +183,9 @@ class SessionLog:
         self._reader = open(directory / LOG_FILE, "rb")  # noqa: SIM115 - lives as long as the log
         self._walked: tuple[int, list[int]] | None = None
         self._closed = False
+        # (log size, index size) to cut the files back to before the next append: set
+        # when cutting back after a failed append failed too.
+        self._cut_back_to: tuple[int, int] | None = None
         # Following another process's appends (``open(..., follow=True)``): the index as
         # last opened (its inode and descriptor), where its next unread record is (None:
         # to be found), and the problem that holds the follower back, if any.
@@ -395,37 +400,93 @@ class SessionLog:
     def append(self, batch: bytes, count: int, crc: int | None = None) -> Appended:
         """Append ``count`` encoded Sequenced Data packets and make them durable per the
         policy; ``crc`` is the batch's CRC-32 if the caller has it. Called from one thread
-        only. Raises ``OSError`` when the write fails; the
-        log and index are then truncated back to where they were, so they never hold a
-        partial batch."""
+        only.
+
+        A write or sync that fails (a full disk, a file-size limit, an I/O error) raises
+        :class:`StoreError` saying so, its cause the ``OSError``. The log and the index
+        are then cut back to where they were, so they never hold a partial batch, and
+        nothing here moves: the batch was not appended. Should cutting back fail too,
+        the first bytes of the failed batch are overwritten (so that recovery cuts them
+        rather than re-index them), every later append first tries the cut again and is
+        refused until it works, and what this log serves is still only what was
+        appended before."""
         if self._index_fd is None:
             raise StoreError(f"session log {self.directory} is open read-only")
-        first_seq, offset = self._tail
         if count <= 0:
             raise StoreError(f"a batch holds at least one message, not {count}")
+        if self._cut_back_to is not None:
+            self._retry_cut_back()
+        first_seq, offset = self._tail
         if crc is None:
             crc = zlib.crc32(batch)
         record = _pack_record(first_seq, offset, len(batch), count, crc)
+        doing, where = "writing", LOG_FILE
         try:
-            written = os.write(self._log_fd, batch)
-            if written != len(batch):
-                raise OSError(f"short write: {written} of {len(batch)} bytes")
+            _write_all(self._log_fd, batch)
             if self.durability is not Durability.NONE:
+                doing = "syncing"
                 os.fdatasync(self._log_fd)
-            os.write(self._index_fd, record)
+            doing, where = "writing", INDEX_FILE
+            _write_all(self._index_fd, record)
             if self.durability is Durability.ALWAYS:
+                doing = "syncing"
                 os.fdatasync(self._index_fd)
-        except OSError:
-            os.ftruncate(self._log_fd, offset)
-            # The record may already be in the index (a failed index sync): drop it too,
-            # or the next batch lands at the same offset under a stale record and the
-            # next recovery cuts it as damaged. The index holds one record per batch.
-            os.ftruncate(self._index_fd, len(self._first_seqs) * _RECORD_SIZE)
-            raise
+        except OSError as exc:
+            raise self._append_failed(
+                exc, f"{doing} session {self.directory.name}'s {where}"
+            ) from exc
         self._first_seqs.append(first_seq)
         self._offsets.append(offset)
         self._tail = (first_seq + count, offset + len(batch))
         return Appended(first_seq, count, offset, len(batch))
+
+    def _append_failed(self, exc: OSError, doing: str) -> StoreError:
+        """Cut the log and index back to before the failed batch; the error to raise."""
+        offset = self._tail[1]
+        # The index holds one record per batch: a record of the failed batch already
+        # written (a failed index sync) goes too, or the next batch would land at the
+        # same offset under a stale record and the next recovery would cut it.
+        index_size = len(self._first_seqs) * _RECORD_SIZE
+        message = f"{_reason(exc)} {doing}"
+        try:
+            self._cut_back(offset, index_size)
+        except OSError as cut_exc:
+            self._cut_back_to = (offset, index_size)
+            spoiled = _spoil_packet(self.directory / LOG_FILE, offset)
+            message += (
+                f"; cutting the log back to {offset} bytes failed too ({_reason(cut_exc)}): "
+                "the next append tries again first"
+                + (
+                    f", and a restart cuts what is past sequence {self._tail[0] - 1}"
+                    if spoiled
+                    else ""
+                )
+            )
+            log.error("session %s: %s", self.directory.name, message)
+        return StoreError(message)
+
+    def _cut_back(self, offset: int, index_size: int) -> None:
+        assert self._index_fd is not None
+        os.ftruncate(self._log_fd, offset)
+        os.ftruncate(self._index_fd, index_size)
+        self._cut_back_to = None
+        if self.durability is not Durability.NONE:
+            # Best effort: the cut was made in memory; a crash before it reaches the disk
+            # leaves bytes past the last good batch, which recovery deals with.
+            with contextlib.suppress(OSError):
+                os.fsync(self._log_fd)
+
+    def _retry_cut_back(self) -> None:
+        assert self._cut_back_to is not None
+        offset, index_size = self._cut_back_to
+        try:
+            self._cut_back(offset, index_size)
+        except OSError as exc:
+            raise StoreError(
+                f"session {self.directory.name}'s log still holds a batch whose append "
+                f"failed, and cutting it back to {offset} bytes fails: {_reason(exc)}"
+            ) from exc
+        log.info("session %s: the failed batch was cut back at last", self.directory.name)
 
     # ------------------------------------------------------------------ reading
 
@@ -694,6 +755,62 @@ def _move_aside(directory: Path, log_fd: int, start: int, stop: int) -> Path:
     os.ftruncate(log_fd, start)
     os.fsync(log_fd)
     return aside_path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``. A regular file takes a write whole unless something stops
+    it part way (the disk filled, the file-size limit, a signal): then the rest is
+    written, and the write that cannot make progress raises, saying why."""
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)
+    while written < len(data):
+        more = os.write(fd, view[written:])
+        if more <= 0:
+            raise OSError(f"short write: {written} of {len(data)} bytes written")
+        written += more
+
+
+_REASONS: Final = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (over the file-size limit)",
+}
+
+
+def _reason(exc: OSError) -> str:
+    """Why an operation failed, in words that fit in a sentence."""
+    reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
+
+
+def _spoil_packet(log_path: Path, offset: int) -> bool:
+    """Zero the length of the packet at ``offset`` of a log that could not be cut back
+    there after a failed append: recovery then cuts everything from there on, rather
+    than re-index whole packets of a batch its publishers were told was not appended.
+    Best effort (an overwrite needs no new space on most file systems): whether the log
+    now ends at ``offset`` as recovery sees it."""
+    try:
+        fd = os.open(log_path, os.O_WRONLY)  # not O_APPEND: pwrite writes where it is told
+        try:
+            size = os.fstat(fd).st_size
+            if size <= offset + 1:
+                return True  # nothing there, or a torn header: recovery cuts it
+            os.pwrite(fd, b"\x00\x00", offset)
+            with contextlib.suppress(OSError):  # as good as the cut: a crash may lose it
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.error(
+            "%s: could not mark the failed batch at offset %d as not appended either: %s",
+            log_path,
+            offset,
+            _reason(exc),
+        )
+        return False
+    return True
 
 
 def _replace_file(path: Path, data: bytes) -> None:
