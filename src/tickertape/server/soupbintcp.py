@@ -489,7 +489,15 @@ class _Connection(asyncio.Protocol):
                     await engine.end_session()
                     self._ack(ended, 0)
             except Exception as exc:
-                log.error("publishing from %s failed: %s", self._peer, exc)
+                from tickertape.server.engine import PublishFailed  # noqa: PLC0415
+
+                if isinstance(exc, PublishFailed) and exc.published:
+                    # Part of the batch was written before a write failed: say so.
+                    self._acked += exc.published
+                    self._ack(engine.session_id, exc.first_seq + exc.published - 1)
+                # A failed write is logged once, by the engine: here, whom it cost.
+                level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
+                log.log(level, "publishing from %s failed: %s", self._peer, exc)
                 self.close(f"not published: {exc}")
                 return
 
