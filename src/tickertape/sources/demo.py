@@ -17,6 +17,7 @@ import logging
 from typing import Final
 
 from tickertape.server.engine import Engine
+from tickertape.sources.persist import publish_until_persisted
 
 log = logging.getLogger(__name__)
 
@@ -57,5 +58,5 @@ async def run_demo(
         first = engine.next_assigned
         payloads = [demo_payload(seq, stamp, size) for seq in range(first, first + due)]
         made += due
-        await engine.publish_many(payloads)
+        await publish_until_persisted(engine, payloads, "demo source")
     log.info("demo source: published %d messages, stopping", made)

@@ -52,6 +52,7 @@ from typing import Any, Final, Literal, cast
 
 from tickertape.errors import ConfigError
 from tickertape.server.engine import Engine
+from tickertape.sources.persist import publish_until_persisted
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
@@ -521,7 +522,7 @@ class _Runner:
                 ended_last = False
 
     async def _publish(self, payloads: list[bytes]) -> None:
-        await self.engine.publish_many(payloads)
+        await publish_until_persisted(self.engine, payloads, f"source {self.source.name}")
         self.published += len(payloads)
 
     def _cancel_endings(self) -> None:

@@ -21,6 +21,7 @@ from typing import Final
 from tickertape.client.soupbintcp import Subscription, active_session
 from tickertape.errors import ConfigError, LoginRejected
 from tickertape.server.engine import Engine
+from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import REJECT_SESSION_NOT_AVAILABLE
 
@@ -120,7 +121,9 @@ async def run_upstream(engine: Engine, upstream: Upstream) -> None:
                             f"upstream session {session} skipped from {expected} to "
                             f"{fresh[0].seq}: the local log and the upstream disagree"
                         )
-                    await engine.publish_many([m.payload for m in fresh])
+                    await publish_until_persisted(
+                        engine, [m.payload for m in fresh], "upstream feed"
+                    )
         except LoginRejected as exc:
             if exc.reason != REJECT_SESSION_NOT_AVAILABLE:
                 raise
