@@ -6,6 +6,11 @@ the intact prefix of the session byte for byte, says what it left out, and never
 corrupt packet. Both for the active session (opened at start, then appended to) and for a
 closed one (opened when a subscriber first pulls it).
 
+An active session that lost messages its index vouched for (they had been published) is
+not numbered on: the server ends it, still serving its intact prefix, and publishes into
+the next session. One that lost nothing published (a torn or unindexed tail, a damaged
+index) goes on from its intact prefix.
+
 One session of three batches is made by a real ``tickertape serve``: published into over
 SoupBinTCP, then rolled through the admin API, so that it is closed. Each test damages a
 copy of it: as the active session of a fresh data directory (its ``ended`` marker
@@ -30,6 +35,7 @@ import pytest
 from tickertape.client.publisher import Publisher
 from tickertape.protocol.publishing import Ack
 from tickertape.store.log import verify
+from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 
 from support import ServerProcess, SoupClient
@@ -176,13 +182,26 @@ class Damage:
     cut_at: Callable[[Pristine], int | None]
     """Where the log is cut, its bytes from there moved aside to ``log.cut-OFFSET``
     (None: no byte of the log is moved)."""
+    ends_session: bool = False
+    """Whether messages an index record vouched for are lost: then an active session is
+    ended, and the next one opened."""
 
     def __str__(self) -> str:
         return self.name
 
 
+def flip_record_and_batch(directory: Path, pristine: Pristine, batch: int) -> None:
+    """Flip one bit of ``batch``'s index record (its offset) and one of its payload: the
+    batch cannot be vouched for by its record, and must not be served."""
+    flip(directory / "index", RECORD.size * batch + 9)
+    flip(directory / "log", pristine.packet(batch, 5) + 4)
+
+
+ALL = BATCHES * PER_BATCH
+
+
 def _all(p: Pristine) -> int:
-    return BATCHES * PER_BATCH
+    return ALL
 
 
 def _nothing(p: Pristine) -> None:
@@ -195,42 +214,49 @@ DAMAGES = [
         lambda d, p: os.truncate(d / "log", p.packet(LAST, 2) + 5),
         lambda p: p.first(LAST) + 1,
         lambda p: p.packet(LAST, 2),
+        ends_session=True,
     ),
     Damage(
         "log-cut-mid-batch",  # after the third packet of the middle batch
         lambda d, p: os.truncate(d / "log", p.packet(MIDDLE, 3)),
         lambda p: p.first(MIDDLE) + 2,
         _nothing,
+        ends_session=True,
     ),
     Damage(
         "log-cut-before-last-record",  # the last batch is gone; its record is not
         lambda d, p: os.truncate(d / "log", p.batches[LAST].offset),
         lambda p: p.first(LAST) - 1,
         _nothing,
+        ends_session=True,
     ),
     Damage(
         "payload-flipped-first-batch",
         lambda d, p: flip(d / "log", p.packet(FIRST, 2) + 4),
         lambda p: 0,
         lambda p: 0,
+        ends_session=True,
     ),
     Damage(
         "payload-flipped-middle-batch",
         lambda d, p: flip(d / "log", p.packet(MIDDLE, 5) + 4),
         lambda p: p.first(MIDDLE) - 1,
         lambda p: p.batches[MIDDLE].offset,
+        ends_session=True,
     ),
     Damage(
         "payload-flipped-last-batch",  # its very last message
         lambda d, p: flip(d / "log", p.packet(LAST, PER_BATCH - 1) + 4),
         lambda p: p.first(LAST) - 1,
         lambda p: p.batches[LAST].offset,
+        ends_session=True,
     ),
     Damage(
         "length-header-flipped",  # the low byte of a packet's length, middle batch
         lambda d, p: flip(d / "log", p.packet(MIDDLE, 4) + 1, 0x01),
         lambda p: p.first(MIDDLE) - 1,
         lambda p: p.batches[MIDDLE].offset,
+        ends_session=True,
     ),
     Damage(
         "index-cut-mid-record",  # the middle batch's record torn, the last one's gone
@@ -239,8 +265,14 @@ DAMAGES = [
         _nothing,
     ),
     Damage(
-        "index-record-flipped",  # a byte of the middle batch's record (its offset)
+        "index-record-flipped",  # a bit of the middle batch's record (its offset): put right
         lambda d, p: flip(d / "index", RECORD.size * MIDDLE + 9),
+        _all,
+        _nothing,
+    ),
+    Damage(
+        "index-record-two-bits-flipped",  # past putting right: its batch is re-indexed
+        lambda d, p: flip(d / "index", RECORD.size * MIDDLE + 9, 0x21),
         _all,
         _nothing,
     ),
@@ -255,6 +287,13 @@ DAMAGES = [
         lambda d, p: append(d / "log", b"\xde\xad\xbe\xef" * 16),
         _all,
         lambda p: len(p.log),
+    ),
+    Damage(
+        "index-record-and-its-batch-flipped",  # one bit each: the record, its batch
+        lambda d, p: flip_record_and_batch(d, p, MIDDLE),
+        lambda p: p.first(MIDDLE) - 1,
+        lambda p: p.batches[MIDDLE].offset,
+        ends_session=True,
     ),
 ]
 
@@ -301,7 +340,17 @@ def damaged_active(data: Path, pristine: Pristine, damage: Damage) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("damage", DAMAGES, ids=str)
+def moved_aside(directory: Path, damaged_log: bytes, cut_at: int | None) -> None:
+    """What was cut went aside, whole (and nothing else did)."""
+    aside = sorted(path.name for path in directory.glob("log.cut-*"))
+    if cut_at is None:
+        assert aside == []
+    else:
+        assert aside == [f"log.cut-{cut_at}"]
+        assert (directory / f"log.cut-{cut_at}").read_bytes() == damaged_log[cut_at:]
+
+
+@pytest.mark.parametrize("damage", [d for d in DAMAGES if not d.ends_session], ids=str)
 def test_the_active_session_is_served_up_to_the_damage_and_goes_on_from_there(
     tmp_path: Path, pristine: Pristine, damage: Damage
 ) -> None:
@@ -317,6 +366,7 @@ def test_the_active_session_is_served_up_to_the_damage_and_goes_on_from_there(
         )
         for problem in problems:
             server.wait_for_log(f"session {session}: {problem}")
+        assert not server.logged(" was damaged: ")
 
         async def subscribe_then_publish() -> None:
             client = await SoupClient.login(server.port, "", 1)
@@ -333,21 +383,89 @@ def test_the_active_session_is_served_up_to_the_damage_and_goes_on_from_there(
 
     # What was cut went aside, whole; the log is the intact prefix and what came after.
     kept = len(damaged_log) if cut_at is None else cut_at
-    aside = sorted(path.name for path in directory.glob("log.cut-*"))
-    if cut_at is None:
-        assert aside == []
-    else:
-        assert aside == [f"log.cut-{cut_at}"]
-        assert (directory / f"log.cut-{cut_at}").read_bytes() == damaged_log[cut_at:]
+    moved_aside(directory, damaged_log, cut_at)
     log = (directory / "log").read_bytes()
     assert log[:kept] == pristine.log[:kept]
     assert log[kept:] == encode_sequenced_many(
         [payload_after(s) for s in range(intact + 1, intact + MORE + 1)]
     )
+    assert not (directory / "ended").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [session]
     # The index was mended: the session is clean now.
     recovery = verify(directory)
     assert recovery.problems == ()
     assert recovery.messages == intact + MORE
+
+
+@pytest.mark.parametrize("damage", [d for d in DAMAGES if d.ends_session], ids=str)
+def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_one_opened(
+    tmp_path: Path, pristine: Pristine, damage: Damage
+) -> None:
+    """Messages its index vouched for had been published: numbering on from the damage
+    would give their numbers to other messages. The server ends the session (it still
+    serves its intact prefix, then End of Session) and publishes into the next one."""
+    session, intact, cut_at = pristine.session, damage.intact(pristine), damage.cut_at(pristine)
+    following = str(SessionId.parse(session).next_roll())
+    directory = damaged_active(tmp_path, pristine, damage)
+    damaged_log = (directory / "log").read_bytes()
+    problems = verified(tmp_path, session, intact)
+    more = [payload_after(s) for s in range(1, MORE + 1)]
+
+    with ServerProcess(tmp_path) as server:
+        for problem in problems:
+            server.wait_for_log(f"session {session}: {problem}")
+        line = server.wait_for_log(
+            f"session {session} was damaged: messages {intact + 1}..{ALL} were cut; it is "
+            f"ended and session {following} opened so that no number is reused"
+        )
+        assert "ERROR" in line, line
+        server.wait_for_log(
+            f"session {following} open at {tmp_path / following}: 0 messages, next is 1"
+        )
+        assert not server.logged(f"session {session} open at ")
+
+        async def subscribe_publish_and_pull() -> None:
+            client = await SoupClient.login(server.port, "", 1)
+            assert await client.packet() == LoginAccepted(following, 1)
+            ack = await publish(server.port, 1, more)
+            assert ack.session == following
+            assert await receive(client, MORE) == more
+            client.close()
+            # The damaged session: its intact prefix, then End of Session.
+            pulled = await SoupClient.login(server.port, session, 1)
+            assert await pulled.session() == (
+                LoginAccepted(session, 1),
+                [payload(s) for s in range(1, intact + 1)],
+            )
+
+        asyncio.run(asyncio.wait_for(subscribe_publish_and_pull(), TIMEOUT))
+        assert server.stop() == 0
+
+    # The damaged session was repaired as ever, then ended; nothing was appended to it.
+    kept = len(damaged_log) if cut_at is None else cut_at
+    moved_aside(directory, damaged_log, cut_at)
+    assert (directory / "log").read_bytes() == pristine.log[:kept]
+    assert (directory / "ended").exists()
+    recovery = verify(directory)
+    assert recovery.problems == ()
+    assert recovery.messages == intact
+    assert (tmp_path / following / "log").read_bytes() == encode_sequenced_many(more)
+    assert verify(tmp_path / following).problems == ()
+
+
+def test_start_up_says_where_it_moved_the_bytes_it_cut(tmp_path: Path, pristine: Pristine) -> None:
+    damage = next(d for d in DAMAGES if d.name == "payload-flipped-middle-batch")
+    cut_at = damage.cut_at(pristine)
+    directory = damaged_active(tmp_path, pristine, damage)
+    cut = len(pristine.log) - pristine.batches[MIDDLE].offset
+    with ServerProcess(tmp_path) as server:  # recovery is logged before it listens
+        assert (directory / f"log.cut-{cut_at}").exists()
+        line = server.wait_for_log(f"log.cut-{cut_at}", 0)
+        assert "WARNING" in line, line
+        assert line.endswith(
+            f"session {pristine.session}: the {cut} bytes cut (sequence "
+            f"{pristine.first(MIDDLE)} on) are kept in {directory / f'log.cut-{cut_at}'}"
+        ), line
 
 
 # ---------------------------------------------------------------------------- closed sessions
@@ -398,5 +516,18 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
     assert got == [payload(s) for s in range(1, intact + 1)]
     for problem in problems:  # said when the server opened it for the pull
         closed.server.wait_for_log(f"session {session}: {problem}", 5)
+    # What it leaves out is not served; it was not cut, and is kept nowhere else.
+    cut_at = damage.cut_at(pristine)
+    if cut_at is not None:
+        cut = len(closed.files[session]["log"]) - cut_at
+        closed.server.wait_for_log(
+            f"session {session}: the {cut} damaged bytes after offset {cut_at} (sequence "
+            f"{intact + 1} on) are not served; nothing on disk is changed (opened read-only)",
+            5,
+        )
+    assert not any(
+        f"session {session}: " in line and ("kept in" in line or "was damaged" in line)
+        for line in closed.server.lines
+    )
     # Served read-only: nothing on disk changes.
     assert files(closed.data / session) == closed.files[session]

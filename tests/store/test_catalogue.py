@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
+from tickertape.store import log as log_module
 from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
 from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
 from tickertape.store.sessionid import SessionId
@@ -160,6 +162,157 @@ def test_the_last_roll_of_a_day_cannot_be_followed(tmp_path: Path) -> None:
     make_session(tmp_path, "2026112999", ended=True)
     with pytest.raises(ConfigError, match="last of its day"):
         Catalogue(tmp_path).open_active(TODAY)
+
+
+# ---------------------------------------------------------------- open_active after damage
+
+
+FIRST = [b"one", b"two", b"three"]
+SECOND = [b"four", b"five"]
+"""Today's session as damaged below: two batches (two index records)."""
+
+
+def make_two_batches(root: Path, session: str = "2026112901") -> Path:
+    path = root / session
+    with SessionLog.open(path, create=True) as session_log:
+        session_log.append(encode_sequenced_many(FIRST), len(FIRST))
+        session_log.append(encode_sequenced_many(SECOND), len(SECOND))
+    return path
+
+
+def flip_in_second_batch(path: Path) -> int:
+    """Flip a payload bit of the second batch; returns where that batch starts."""
+    at = len(encode_sequenced_many(FIRST))
+    data = bytearray((path / LOG_FILE).read_bytes())
+    data[at + 4] ^= 0x10
+    (path / LOG_FILE).write_bytes(bytes(data))
+    return at
+
+
+def cut_at_second_batch(path: Path) -> int:
+    """Cut the log where the second batch starts: its record is left."""
+    at = len(encode_sequenced_many(FIRST))
+    os.truncate(path / LOG_FILE, at)
+    return at
+
+
+def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tickertape.store.catalogue" and r.levelno == logging.ERROR
+    ]
+
+
+@pytest.mark.parametrize("damage", [flip_in_second_batch, cut_at_second_batch])
+def test_open_active_ends_a_session_that_lost_messages_its_index_vouched_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], int]
+) -> None:
+    """Messages 4..5 had been published (their record was written): numbering on from 4
+    in the same session would give their numbers to other messages. The session is
+    ended, keeping its intact prefix, and the next one is opened, from 1."""
+    caplog.set_level(logging.INFO, logger="tickertape.store.catalogue")
+    path = make_two_batches(tmp_path)
+    at = damage(path)
+    catalogue = Catalogue(tmp_path)
+    session, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert str(session) == "2026112902"
+        assert session_log.next_seq == 1
+        assert session_log.recovery.clean
+        session_log.append(encode_sequenced_many([b"fresh"]), 1)  # writable
+    assert error_records(caplog) == [
+        "session 2026112901 was damaged: messages 4..5 were cut; it is ended and session "
+        "2026112902 opened so that no number is reused"
+    ]
+    assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [
+        ("2026112901", True),
+        ("2026112902", False),
+    ]
+    # The damaged session was repaired as usual, and is served up to the damage.
+    assert (path / LOG_FILE).stat().st_size == at
+    with catalogue.open_closed("2026112901") as closed:
+        assert closed.recovery.clean
+        assert closed.read(1, 1000) == (encode_sequenced_many(FIRST), len(FIRST))
+    # A restart continues the new session.
+    again, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert str(again) == "2026112902"
+        assert session_log.next_seq == 2
+
+
+@pytest.mark.parametrize(
+    ("tail", "whole"),
+    [
+        (encode_sequenced_many([b"six", b"seven"]), 2),  # its record was never written
+        (encode_sequenced_many([b"six", b"seven"])[:8], 1),  # and torn in "seven"
+    ],
+    ids=["unindexed", "torn"],
+)
+def test_open_active_continues_a_session_whose_unindexed_tail_was_cut_or_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tail: bytes, whole: int
+) -> None:
+    """A crash between the log write and the index write leaves a tail that was never
+    published: its whole packets are kept, a torn one is cut, and the session goes on."""
+    caplog.set_level(logging.INFO, logger="tickertape.store.catalogue")
+    path = make_two_batches(tmp_path)
+    with open(path / LOG_FILE, "ab") as f:
+        f.write(tail)
+    catalogue = Catalogue(tmp_path)
+    session, session_log = catalogue.open_active(TODAY)
+    with session_log:
+        assert str(session) == "2026112901"
+        assert not session_log.recovery.clean
+        assert not session_log.recovery.lost_vouched
+        assert session_log.next_seq == len(FIRST) + len(SECOND) + whole + 1
+    assert error_records(caplog) == []
+    assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [("2026112901", False)]
+
+
+def test_open_active_persists_the_end_before_the_repair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repair leaves no trace of what it cut: were the process to stop after it and
+    before the end is persisted, a restart would number on from 4 again. So the end
+    comes first: stopped at any point after, a restart opens the next session."""
+    path = make_two_batches(tmp_path)
+    flip_in_second_batch(path)
+    catalogue = Catalogue(tmp_path)
+    ended_before_the_cut: list[bool] = []
+    real_move_aside = log_module._move_aside
+
+    def move_aside(directory: Path, log_fd: int, start: int, stop: int) -> Path:
+        ended_before_the_cut.append((path / ENDED_MARKER).exists())
+        return real_move_aside(directory, log_fd, start, stop)
+
+    def stopped(ended: SessionId, day: dt.date) -> tuple[SessionId, SessionLog]:
+        raise OSError(5, "Input/output error")  # as if the process stopped here
+
+    monkeypatch.setattr(log_module, "_move_aside", move_aside)
+    monkeypatch.setattr(catalogue, "open_next", stopped)
+    with pytest.raises(OSError, match="Input/output error"):
+        catalogue.open_active(TODAY)
+    assert ended_before_the_cut == [True]
+    with SessionLog.open(path, writable=False) as repaired:
+        assert repaired.recovery.clean  # it no longer shows what was cut
+
+    session, session_log = Catalogue(tmp_path).open_active(TODAY)
+    with session_log:
+        assert str(session) == "2026112902"
+        assert session_log.next_seq == 1
+
+
+def test_the_last_session_of_a_day_that_lost_published_messages_is_left_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """No session can follow the day's last: start-up is refused, saying why, before
+    anything on disk changes."""
+    path = make_two_batches(tmp_path, "2026112999")
+    flip_in_second_batch(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(StoreError, match=r"2026112999 was damaged: messages 4..5 were cut.*last"):
+        Catalogue(tmp_path).open_active(TODAY)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
 
 
 # ---------------------------------------------------------------------------- sessions, find

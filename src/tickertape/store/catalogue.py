@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from tickertape.errors import SessionNotFound, StoreError
+from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
-from tickertape.store.log import LOG_FILE, Durability, SessionLog
+from tickertape.store.log import LOG_FILE, Durability, Recovery, SessionLog
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ class Catalogue:
         Today's most recent session is continued unless it was ended; then the next id
         of the day is opened. Every other session that was never ended is ended now:
         its day is over, or a later session of its day replaced it.
+
+        Today's session is not continued either if opening it cut messages its index
+        vouched for (:attr:`Recovery.lost_vouched`): they had been published, and
+        numbering on from what is left would give numbers subscribers may have seen to
+        other messages. It is ended (its intact prefix is still served) and the next id
+        of the day is opened. The end is persisted before the log is repaired: after a
+        crash in between, the repaired log would no longer show what was cut.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         latest: SessionInfo | None = None
@@ -117,14 +124,47 @@ class Catalogue:
                 log.info("session %s was never ended: ending it", info.id)
                 self.mark_ended(info.id)
         if latest is not None and not latest.ended:
-            session_id = latest.id
-            opened = SessionLog.open(latest.path, durability=self.durability)
-        else:
-            session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
-            opened = SessionLog.open(
-                self.root / str(session_id), durability=self.durability, create=True
-            )
+            return self._continue(latest, today)
+        session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
+        opened = SessionLog.open(
+            self.root / str(session_id), durability=self.durability, create=True
+        )
         return session_id, opened
+
+    def _continue(self, latest: SessionInfo, today: dt.date) -> tuple[SessionId, SessionLog]:
+        """Open ``latest`` to append to, unless its recovery cut messages its index
+        vouched for: then end it and open the next (see :meth:`open_active`)."""
+
+        def end_if_published_cut(found: Recovery) -> None:
+            if not found.lost_vouched:
+                return
+            try:
+                latest.id.next_roll()
+            except ConfigError as exc:  # refused before anything is changed
+                raise StoreError(
+                    f"session {latest.id} was damaged: messages {found.messages + 1}.."
+                    f"{found.vouched} were cut, so it cannot go on, and no session can "
+                    f"follow it today: {exc}"
+                ) from exc
+            self.mark_ended(latest.id)
+
+        opened = SessionLog.open(
+            latest.path, durability=self.durability, before_repair=end_if_published_cut
+        )
+        found = opened.recovery
+        if not found.lost_vouched:
+            return latest.id, opened
+        opened.close()
+        next_id, next_log = self.open_next(latest.id, today)
+        log.error(
+            "session %s was damaged: messages %d..%d were cut; it is ended and session %s "
+            "opened so that no number is reused",
+            latest.id,
+            found.messages + 1,
+            found.vouched,
+            next_id,
+        )
+        return next_id, next_log
 
     def open_next(self, ended: SessionId, day: dt.date) -> tuple[SessionId, SessionLog]:
         """Create the session that follows ``ended``: counter 01 of ``day`` if that is a

@@ -12,11 +12,13 @@ Two files live in a session's directory:
     holds them, so that a flipped bit or a truncation anywhere is detected.
 
 Appends come in batches and are made durable by :class:`Durability`. Opening a log
-recovers it: index records that fail their own check or do not follow on from the
-previous one are dropped; each batch's checksum is verified; packets in the log past the
-last good record are re-indexed if whole and well formed; a torn last packet (a crash in
-the middle of a write) is cut off. Bytes that cannot be trusted are never served: they
-are moved aside to ``log.cut-OFFSET`` and the log continues from the intact prefix.
+recovers it: an index record that fails its own check has a single flipped bit put right
+(CRC-32 tells every single-bit error in a record apart) and is otherwise dropped, as is
+one that does not follow on from the previous one; each batch's checksum is verified;
+packets in the log past the last good record are re-indexed if whole and well formed; a
+torn last packet (a crash in the middle of a write) is cut off. Bytes that cannot be
+trusted are never served: they are moved aside to ``log.cut-OFFSET`` and the log
+continues from the intact prefix.
 
 Only one thread appends (the session writer); any thread may read what was appended.
 
@@ -38,7 +40,8 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
@@ -90,10 +93,22 @@ class Recovery:
     cut_bytes: int = 0
     cut_to: Path | None = None
     problems: tuple[str, ...] = ()
+    vouched: int = 0
+    """The highest sequence number an index record (one that passes its own check, or
+    was put right) vouches for; 0 if none does. The writer writes a batch's record only
+    once the batch is in the log, and publishes the batch only after that."""
 
     @property
     def clean(self) -> bool:
         return not self.problems
+
+    @property
+    def lost_vouched(self) -> bool:
+        """Whether messages the index vouched for are not kept (:attr:`messages` is
+        below :attr:`vouched`): they had been published, and numbering on from
+        :attr:`messages` would give their numbers to other messages. A torn or unindexed
+        tail (a crash before the index was written) was never published: it is not."""
+        return self.vouched > self.messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,24 @@ class Appended:
 def _pack_record(first_seq: int, offset: int, length: int, count: int, crc: int) -> bytes:
     body = _RECORD.pack(first_seq, offset, length, count, crc)
     return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def _corrected(record: bytes) -> bytes | None:
+    """``record``, which fails its own check, with the one flipped bit that explains it
+    put back; None if no single bit does. CRC-32 tells every single-bit error in a
+    32-byte record apart (no two, or three, flipped bits look like one), so the
+    correction is unique, and a record with more bits flipped is never "corrected"."""
+    body = bytearray(record[: _RECORD.size])
+    stored = int.from_bytes(record[_RECORD.size :], "little")
+    actual = zlib.crc32(body)
+    if (actual ^ stored).bit_count() == 1:  # the flipped bit is in the stored CRC
+        return bytes(body) + actual.to_bytes(4, "little")
+    for bit in range(len(body) * 8):
+        body[bit >> 3] ^= 1 << (bit & 7)
+        if zlib.crc32(body) == stored:
+            return bytes(body) + record[_RECORD.size :]
+        body[bit >> 3] ^= 1 << (bit & 7)
+    return None
 
 
 def packet_offsets(data: bytes | memoryview, base: int = 0) -> list[int]:
@@ -205,11 +238,18 @@ class SessionLog:
         writable: bool = True,
         create: bool = False,
         follow: bool = False,
+        before_repair: Callable[[Recovery], None] | None = None,
     ) -> SessionLog:
         """Open (and with ``create``, make) the log in ``directory``, recovering it.
 
         A read-only log is checked the same way but nothing on disk is changed: damaged
         or unindexed bytes are simply not served.
+
+        A writable open about to change the files (cut the log, write a mended index)
+        first calls ``before_repair`` with what it found (``cut_to`` not yet set): a
+        caller may persist a decision that rests on it, which the repair would otherwise
+        leave no trace of after a crash. If it raises, nothing is changed and the open
+        fails.
 
         ``follow`` opens, read-only, a log that another process may be appending to:
         packets past the last index record are a batch being appended (not yet served,
@@ -230,7 +270,7 @@ class SessionLog:
         else:
             log_fd = os.open(log_path, os.O_RDONLY)
         try:
-            opened = cls._recover(directory, log_fd, durability, writable, follow)
+            opened = cls._recover(directory, log_fd, durability, writable, follow, before_repair)
         except BaseException:
             os.close(log_fd)
             raise
@@ -245,15 +285,17 @@ class SessionLog:
         durability: Durability,
         writable: bool,
         follow: bool = False,
+        before_repair: Callable[[Recovery], None] | None = None,
     ) -> SessionLog:
         index_path = directory / INDEX_FILE
         raw_index = index_path.read_bytes() if index_path.exists() else b""
         log_size = os.fstat(log_fd).st_size
         problems: list[str] = []
 
-        # Every index record that passes its own check, by the offset of its batch. A
-        # damaged record costs the checksum of its own batch only: the walk below picks
-        # the next good record up again, so later batches are still verified.
+        # Every index record that passes its own check (or has its one flipped bit put
+        # right), by the offset of its batch. A record that cannot be put right costs
+        # the checksum of its own batch only: the walk below picks the next good record
+        # up again, so later batches are still verified.
         valid: list[bytes] = []
         reported: list[bytes] = []
         known: dict[int, bytes] = {}
@@ -266,8 +308,15 @@ class SessionLog:
             if zlib.crc32(record[: _RECORD.size]) != int.from_bytes(
                 record[_RECORD.size :], "little"
             ):
-                problems.append(f"index record {number} fails its checksum")
-                continue
+                corrected = _corrected(record)
+                if corrected is None:
+                    problems.append(f"index record {number} fails its checksum")
+                    continue
+                problems.append(
+                    f"index record {number} fails its checksum: one bit was flipped, and "
+                    "put right (its batch is checked against the corrected record)"
+                )
+                record = corrected
             valid.append(record)
             known[_RECORD.unpack_from(record)[1]] = record
         starts = sorted(known)
@@ -366,31 +415,49 @@ class SessionLog:
         end = position
         actual_size = os.fstat(log_fd).st_size
         cut_bytes = 0 if appending else actual_size - end
-        cut_to: Path | None = None
         if cut_bytes:
             problems.append(
                 f"cut {cut_bytes} bytes after offset {end} (sequence {next_seq} on): "
                 "a torn or damaged tail"
             )
-            if writable:
-                cut_to = _move_aside(directory, log_fd, end, actual_size)
-        good_index = b"".join(records)
-        index_fd: int | None = None
-        if writable:
-            if good_index != raw_index or not index_path.exists():
-                _replace_file(index_path, good_index)
-            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND)
-
         recovery = Recovery(
             messages=next_seq - 1,
             batches=len(first_seqs),
             reindexed_messages=reindexed,
             cut_bytes=cut_bytes,
-            cut_to=cut_to,
             problems=tuple(problems),
+            vouched=promised,
         )
         for problem in problems:
             log.warning("session %s: %s", directory.name, problem)
+        good_index = b"".join(records)
+        index_fd: int | None = None
+        if writable:
+            rewrite = good_index != raw_index or not index_path.exists()
+            if before_repair is not None and (cut_bytes or rewrite):
+                before_repair(recovery)
+            if cut_bytes:
+                cut_to = _move_aside(directory, log_fd, end, actual_size)
+                recovery = replace(recovery, cut_to=cut_to)
+                log.warning(
+                    "session %s: the %d bytes cut (sequence %d on) are kept in %s",
+                    directory.name,
+                    cut_bytes,
+                    next_seq,
+                    cut_to,
+                )
+            if rewrite:
+                _replace_file(index_path, good_index)
+            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND)
+        elif cut_bytes:
+            log.warning(
+                "session %s: the %d damaged bytes after offset %d (sequence %d on) are not "
+                "served; nothing on disk is changed (opened read-only)",
+                directory.name,
+                cut_bytes,
+                end,
+                next_seq,
+            )
         return cls(
             directory, log_fd, index_fd, durability, first_seqs, offsets, end, next_seq, recovery
         )
