@@ -9,6 +9,7 @@ import datetime as dt
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -287,9 +288,11 @@ class SoupClient:
         self.framer = Framer()
 
     @classmethod
-    async def login(cls, port: int, session: str = "", seq: int = 1, user: str = "") -> SoupClient:
+    async def login(
+        cls, port: int, session: str = "", seq: int = 1, user: str = "", password: str = ""
+    ) -> SoupClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(LoginRequest(user, "", session, seq).encode())
+        writer.write(LoginRequest(user, password, session, seq).encode())
         return cls(reader, writer)
 
     TIMEOUT = 10.0
@@ -324,3 +327,11 @@ class SoupClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -21,7 +21,7 @@ from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import ServerProcess
+from support import ServerProcess, free_port
 
 PAYLOAD_SIZE = 10
 PACKET_SIZE = PAYLOAD_SIZE + 3
@@ -69,13 +69,6 @@ def make_session(
 
 def files_size(directory: Path) -> int:
     return sum(entry.stat().st_size for entry in directory.iterdir() if entry.is_file())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import getpass
 import http.client
 import ipaddress
 import json
 import logging
 import os
+import resource
 import signal
 import ssl
 import struct
@@ -30,6 +33,7 @@ from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
+from tickertape.protocol.server import DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
 from tickertape.server.moldudp64 import (
@@ -44,6 +48,9 @@ from tickertape.server.moldudp64 import (
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
+    DEFAULT_MAX_CLIENT_PACKET,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_PORT,
     Credentials,
     ServerConfig,
@@ -57,6 +64,7 @@ from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.tls import client_context, server_context
+from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
@@ -192,7 +200,7 @@ def _tls_client(args: argparse.Namespace) -> ssl.SSLContext | None:
     return client_context(args.ca) if args.tls else None
 
 
-def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
+def _add_token_options(parser: argparse.ArgumentParser, what: str, *, user: bool = True) -> None:
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--admin-token", metavar="TOKEN", help=what)
     token.add_argument(
@@ -201,6 +209,13 @@ def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
         metavar="FILE",
         help="read the token from FILE (its first line), which keeps it out of the process list",
     )
+    if user:
+        token.add_argument(
+            "--admin-user",
+            metavar="NAME",
+            help="instead of a token, log in as NAME, a user with the admin role in the "
+            "server's users file; the password is asked for (or read as one line of stdin)",
+        )
 
 
 def _add_sessions_parsers(verbs: Any) -> None:
@@ -468,7 +483,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_token_options(
         serve,
         "allow changes (roll, end, archive) through the admin API to callers that send "
-        "'Authorization: Bearer TOKEN' (default: the admin API only reads)",
+        "'Authorization: Bearer TOKEN' (default: the admin API only reads; with --users, "
+        "users with the admin role may change things too)",
+        user=False,
     )
     serve.add_argument(
         "--mold",
@@ -520,6 +537,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)"
     )
+    _add_access_options(serve)
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
@@ -665,10 +683,148 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 
 _FOLLOW_TAKES: Final = frozenset(
-    {"help", "host", "port", "user", "verbose", "follow", "tls_cert", "tls_key"}
+    {
+        "help",
+        "host",
+        "port",
+        "user",
+        "verbose",
+        "follow",
+        "tls_cert",
+        "tls_key",
+        "users",
+        "allow_anonymous",
+        "max_connections",
+        "max_connections_per_source",
+        "max_client_packet",
+        "login_timeout",
+    }
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
 that writes the directory."""
+
+
+def _add_access_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "who may connect",
+        "SoupBinTCP usernames have at most 6 letters or digits, passwords at most 10; both "
+        "are case-insensitive. Each limit closes a connection that passes it with a Debug "
+        "packet saying why.",
+    )
+    group.add_argument(
+        "--users",
+        type=Path,
+        metavar="FILE",
+        help="the users who may log in, with their roles (made with 'tickertape users'); "
+        "read again on SIGHUP",
+    )
+    group.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="accept anonymous subscribers (a blank username) even when --host is not a "
+        "loopback address. Without --users or --user, a server on a loopback address "
+        "accepts anyone; elsewhere it refuses to start without this",
+    )
+    group.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections open at once (%(default)s)",
+    )
+    group.add_argument(
+        "--max-connections-per-source",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        metavar="N",
+        help="connections open at once from one IP address (%(default)s)",
+    )
+    group.add_argument(
+        "--max-client-packet",
+        type=_positive_int,
+        default=DEFAULT_MAX_CLIENT_PACKET,
+        metavar="BYTES",
+        help="the longest packet a logged-in client that may not publish can send; before "
+        "its login a client may send only a Login Request, a publisher messages as long as "
+        "the server accepts (%(default)s)",
+    )
+    group.add_argument(
+        "--login-timeout",
+        type=_positive,
+        default=DEFAULT_LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose login is not done this long after it opened (%(default)g)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The SoupBinTCP endpoint's configuration from ``serve``'s options."""
+    users = Users.load(args.users) if args.users is not None else None
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        users=users,
+        credentials=args.user,
+        allow_anonymous=args.allow_anonymous,
+        ssl=args.tls_context,
+        timers=ServerTimers(login_timeout=args.login_timeout),
+        max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        max_client_packet=args.max_client_packet,
+    )
+
+
+def _reload_users_on_sighup(args: argparse.Namespace, server: SoupBinTCPServer) -> None:
+    """``kill -HUP``: read the users file again; if it is broken, keep the users as they
+    were and say why."""
+    if args.users is None:
+        return
+    loop = asyncio.get_running_loop()
+
+    async def reload() -> None:
+        try:
+            users = await loop.run_in_executor(None, Users.load, args.users)
+        except (OSError, ConfigError) as exc:
+            log.error("SIGHUP: the users file was not reloaded, the old users stay: %s", exc)
+        else:
+            server.reload_users(users)
+
+    def reload_soon() -> None:
+        task = loop.create_task(reload())
+        _reloads.add(task)
+        task.add_done_callback(_reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_soon)
+
+
+_reloads: set[asyncio.Task[None]] = set()
+
+
+def _raise_file_limit(config: ServerConfig) -> None:
+    """Let the server hold as many connections as it is configured for, as far as the
+    hard limit on open files allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.max_connections + 256  # logs, listening sockets, the executor
+    if soft < wanted and (hard == resource.RLIM_INFINITY or soft < hard):
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < wanted:
+        log.warning(
+            "only %d files may be open (ulimit -n): fewer than --max-connections %d",
+            soft,
+            config.max_connections,
+        )
 
 
 def _check_follow(args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -691,12 +847,11 @@ def _check_follow(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 async def _serve_follow(args: argparse.Namespace) -> int:
     """``serve --follow DIR``: the sessions another process writes, read-only."""
+    config = _server_config(args)
+    _raise_file_limit(config)
     follower = Follower(args.follow)
     await follower.start()  # a StoreError says what is wrong with DIR
-    server = SoupBinTCPServer(
-        follower,
-        ServerConfig(host=args.host, port=args.port, credentials=args.user, ssl=args.tls_context),
-    )
+    server = SoupBinTCPServer(follower, config)
     try:
         await server.start()
     except OSError as exc:
@@ -707,6 +862,7 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    _reload_users_on_sighup(args, server)
     try:
         await stop.wait()
         log.info("shutting down")
@@ -754,6 +910,8 @@ async def _serve(args: argparse.Namespace) -> int:
     source = load_source(args.source, args.source_rate) if args.source else None
     durability = Durability(args.durability)
     token = _read_token(args)
+    config = _server_config(args)
+    _raise_file_limit(config)
     engine = Engine(
         Catalogue(args.data, durability),
         EngineConfig(
@@ -789,10 +947,7 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
         return 1
-    server = SoupBinTCPServer(
-        engine,
-        ServerConfig(host=args.host, port=args.port, credentials=args.user, ssl=args.tls_context),
-    )
+    server = SoupBinTCPServer(engine, config)
     try:
         await server.start()
     except OSError as exc:
@@ -829,6 +984,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    _reload_users_on_sighup(args, server)
     inputs = _Inputs(stop)
     if args.demo:
 
@@ -1097,7 +1253,7 @@ def _sessions_archive(args: argparse.Namespace) -> int:
             answer["archived_bytes"],
         )
     else:
-        if args.admin_token or args.admin_token_file:
+        if args.admin_token or args.admin_token_file or args.admin_user:
             raise ConfigError("--admin-token is for --admin-port: offline, no token is needed")
         result = offline.archive_offline(args.data or DEFAULT_DATA, args.session)
         messages, original, archived = result.messages, result.original_bytes, result.archived_bytes
@@ -1155,6 +1311,19 @@ def _warn_if_written(root: Path, session: str) -> None:
         )
 
 
+def _basic_credentials(user: str) -> str:
+    """``Authorization: Basic`` for ``user``, its password asked for on a terminal or
+    read as the first line of stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {user}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"no password given for {user}")
+    pair = f"{user}:{password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 def _admin_call(args: argparse.Namespace, method: str, path: str) -> dict[str, Any]:
     """Ask the admin API of the server on ``--admin-port``; its JSON answer, or a
     :class:`TickertapeError` saying why there is none."""
@@ -1165,6 +1334,8 @@ def _admin_call(args: argparse.Namespace, method: str, path: str) -> dict[str, A
         token = _read_token(args)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        elif getattr(args, "admin_user", None):
+            headers["Authorization"] = _basic_credentials(args.admin_user)
     request = urllib.request.Request(
         f"http://{where}{path}",
         data=b"" if method == "POST" else None,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from tickertape.store.log import verify
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 
-from support import ServerProcess, SoupClient
+from support import ServerProcess, SoupClient, free_port
 
 TOKEN = "damaged-log-token"
 BATCHES = 3
@@ -71,13 +70,6 @@ def tickertape(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---------------------------------------------------------------------------- the session

@@ -13,8 +13,10 @@
     POST /sessions/{id}/archive    archive an ended session; 409 for the active one
 
 Reading needs nothing. Changing needs ``Authorization: Bearer TOKEN`` with the token the
-server was started with; a server started without one refuses every change (403). Every
-answer is JSON; an error is ``{"error": "..."}`` saying what to do about it.
+server was started with, or ``Authorization: Basic`` with the username and password of a
+user with the ``admin`` role in the server's users file; a server with neither refuses
+every change (403). Every answer is JSON; an error is ``{"error": "..."}`` saying what to
+do about it.
 
 Nothing here blocks the event loop: listing sessions opens their logs (which reads them
 to check their checksums) and archiving compresses a whole log, both on a worker thread.
@@ -23,6 +25,8 @@ to check their checksums) and archiving compresses a whole log, both on a worker
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import json
 import logging
@@ -212,7 +216,7 @@ class AdminServer:
     async def _rolled(
         self, request: web.Request, verb: str, act: Callable[[], Awaitable[str]]
     ) -> web.Response:
-        self._authorize(request)
+        await self._authorize(request)
         relay = getattr(self.engine, "relay_from", None)
         if relay is not None:
             raise ApiError(
@@ -225,7 +229,7 @@ class AdminServer:
         return _json({"ended": ended, "session": following})
 
     async def _archive(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        await self._authorize(request)
         session_id = request.match_info["id"]
         if session_id == self.engine.session_id:
             raise ApiError(
@@ -256,19 +260,27 @@ class AdminServer:
             }
         )
 
-    def _authorize(self, request: web.Request) -> None:
+    async def _authorize(self, request: web.Request) -> None:
         token = self.config.token
+        admins = self.server.access.has_users  # a users file may name admins
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        scheme, given = scheme.lower(), given.strip()
+        if scheme == "basic" and admins:
+            await self._authorize_user(request, given)
+            return
         if not token:
             log.warning("admin API: refused a change asked by %s: no token", request.remote)
             raise ApiError(
-                403,
+                403 if not admins else 401,
                 "this server accepts no changes through its admin API: start it with "
                 "--admin-token TOKEN (or --admin-token-file FILE), then send "
-                "'Authorization: Bearer TOKEN'",
+                "'Authorization: Bearer TOKEN'"
+                if not admins
+                else "this call changes the server: log in as a user with the admin role "
+                "('Authorization: Basic'; tickertape sessions: --admin-user NAME)",
+                {} if not admins else {"WWW-Authenticate": 'Basic realm="tickertape"'},
             )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        given = given.strip()
-        if scheme.lower() != "bearer" or not given:
+        if scheme != "bearer" or not given:
             raise ApiError(
                 401,
                 "this call changes the server and needs the admin token: send "
@@ -284,6 +296,37 @@ class AdminServer:
                 "(--admin-token or --admin-token-file)",
                 {"WWW-Authenticate": 'Bearer realm="tickertape", error="invalid_token"'},
             )
+
+    async def _authorize_user(self, request: web.Request, given: str) -> None:
+        """``Authorization: Basic``: a user of the users file with the admin role. The
+        password is checked on a thread; failures are slowed down as logins are."""
+        try:
+            username, _, password = base64.b64decode(given, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApiError(400, "the Basic credentials are not base64 of NAME:PASSWORD") from None
+        loop = asyncio.get_running_loop()
+        principal = await loop.run_in_executor(
+            None, self.server.access.authenticate, username, password
+        )
+        source = request.remote or "?"
+        if principal is not None and principal.is_admin:
+            log.info("admin API: %s authorized as %r", source, principal.name)
+            return
+        delay = self.server.login_throttle.failed(source, loop.time())
+        log.warning(
+            "admin API: refused a change asked by %s as %r: %s",
+            source,
+            username,
+            "not an admin" if principal is not None else "bad username or password",
+        )
+        await asyncio.sleep(delay)
+        raise ApiError(
+            401 if principal is None else 403,
+            "bad username or password"
+            if principal is None
+            else f"user {principal.name!r} does not have the admin role",
+            {"WWW-Authenticate": 'Basic realm="tickertape"'},
+        )
 
     # ------------------------------------------------------------------ errors
 

@@ -8,13 +8,20 @@ which returns events and bytes to send. A login is classified here:
   above next: accepted, and sent from that number once it exists);
 - the id of another session on disk: a pull, the messages from the requested number to
   the end, then End of Session;
-- anything else: Login Rejected ``S``. Wrong credentials (when ``--user`` is set): ``A``.
+- anything else: Login Rejected ``S``.
+
+Who may log in and do what is decided by :class:`~tickertape.server.access.Access`: wrong
+credentials get Login Rejected ``A`` after a delay that grows with each failure from the
+same address; a session the user may not read gets ``S``; publishing without the
+``publisher`` role closes the connection with a Debug packet saying why. The limits of
+:class:`ServerConfig` (connections in all and per address, packet sizes, the login
+timeout, the write buffer) close a connection that passes them the same way: a Debug
+packet, then the close.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import socket
@@ -23,7 +30,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
-from tickertape.errors import StoreError
+from tickertape.errors import ConfigError, StoreError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
     ConnectionLost,
@@ -34,14 +41,38 @@ from tickertape.protocol.server import (
     ServerTimers,
     State,
 )
+from tickertape.server.access import (
+    DEFAULT_LOGIN_DELAY,
+    DEFAULT_MAX_LOGIN_DELAY,
+    Access,
+    Credentials,
+    LoginThrottle,
+    Principal,
+    is_loopback,
+)
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
+    MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
     REJECT_SESSION_NOT_AVAILABLE,
+    Debug,
     LoginRequest,
 )
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_CLIENT_PACKET",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_SOURCE",
+    "DEFAULT_PORT",
+    "Credentials",
+    "ServerConfig",
+    "SoupBinTCPServer",
+    "SubscriberInfo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +82,17 @@ DEFAULT_WRITE_BUFFER_HIGH: Final = 4 << 20
 """A live subscriber whose unsent bytes pass this stops taking live batches and reads
 the log once they drain: with one batch on top, its memory bound."""
 
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """The one username and password accepted, compared case-insensitively."""
-
-    username: str
-    password: str
-
-    def match(self, username: str, password: str) -> bool:
-        user_ok = hmac.compare_digest(username.upper().encode(), self.username.upper().encode())
-        password_ok = hmac.compare_digest(password.upper().encode(), self.password.upper().encode())
-        return user_ok and password_ok
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+"""Connections open at once, in all; one more gets a Debug packet and is closed."""
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE: Final = 100
+"""Connections open at once from one IP address."""
+CLOSE_GRACE: Final = 5.0
+"""Seconds a closing connection has to take what is queued for it (a Debug packet
+saying why, End of Session) before it is cut off."""
+DEFAULT_MAX_CLIENT_PACKET: Final = 1024
+"""The longest packet a logged-in client that may not publish can send (it needs only
+heartbeats and a logout: 1 byte each). Before its login a client may send at most a
+Login Request; a publisher may send messages as long as the engine accepts."""
 
 
 DEFAULT_MAX_UNPUBLISHED_BYTES: Final = 16 << 20
@@ -94,16 +124,63 @@ class ServerConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    users: Users | None = None
+    """Who may log in (``serve --users FILE``)."""
     credentials: Credentials | None = None
-    """None: every username and password is accepted."""
+    """The one account accepted, with every role (``serve --user NAME:PASSWORD``)."""
+    allow_anonymous: bool = False
+    """Accept anonymous subscribers even on an address other machines can reach. With
+    neither ``users`` nor ``credentials``, a server on a loopback address accepts anyone
+    to subscribe and to publish; elsewhere it refuses to start without this."""
     timers: ServerTimers = field(default_factory=ServerTimers)
     write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     catch_up_chunk: int = DEFAULT_CATCH_UP_CHUNK
     max_unpublished: int = DEFAULT_MAX_UNPUBLISHED
     max_unpublished_bytes: int = DEFAULT_MAX_UNPUBLISHED_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    max_client_packet: int = DEFAULT_MAX_CLIENT_PACKET
+    login_delay: float = DEFAULT_LOGIN_DELAY
+    """Seconds before answering a failed login, doubled by each further failure from the
+    same address (up to ``max_login_delay``)."""
+    max_login_delay: float = DEFAULT_MAX_LOGIN_DELAY
     ssl: SSLContext | None = None
     """Serve over TLS with this context (see :func:`tickertape.tls.server_context`).
     Catching up cannot use ``sendfile`` then: the log is read and written in large ranges."""
+
+    def __post_init__(self) -> None:
+        if self.users is not None and self.credentials is not None:
+            raise ConfigError("give a users file or one --user account, not both")
+        for name in ("max_connections", "max_connections_per_source"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}; it must be at least 1")
+        if not 1 <= self.max_client_packet <= MAX_PACKET_LENGTH:
+            raise ConfigError(
+                f"max_client_packet is {self.max_client_packet}; it must be 1 to "
+                f"{MAX_PACKET_LENGTH}"
+            )
+        if not 0 <= self.login_delay <= self.max_login_delay:
+            raise ConfigError("login_delay must be between 0 and max_login_delay")
+        self.access()  # refuses anonymous logins from other machines unless allowed
+
+    def access(self) -> Access:
+        """Who may log in under this configuration; raises ConfigError if the server
+        would be open to anonymous logins from other machines without ``allow_anonymous``."""
+        anonymous: frozenset[Role] | None = None
+        if self.users is None and self.credentials is None:
+            if is_loopback(self.host):
+                anonymous = frozenset({Role.SUBSCRIBER, Role.PUBLISHER})
+            elif self.allow_anonymous:
+                anonymous = frozenset({Role.SUBSCRIBER})
+            else:
+                raise ConfigError(
+                    f"listening on {self.host or 'every address'} with no users file would let "
+                    "anyone who can reach it log in: give --users FILE (see 'tickertape users "
+                    "add --help'), or --allow-anonymous to serve anonymous subscribers anyway"
+                )
+        elif self.allow_anonymous:
+            anonymous = frozenset({Role.SUBSCRIBER})
+        return Access(users=self.users, credentials=self.credentials, anonymous=anonymous)
 
 
 class SoupBinTCPServer:
@@ -112,8 +189,12 @@ class SoupBinTCPServer:
     def __init__(self, engine: SessionSource, config: ServerConfig | None = None) -> None:
         self.engine = engine
         self.config = config or ServerConfig()
+        self.access = self.config.access()
+        self._throttle = LoginThrottle(self.config.login_delay, self.config.max_login_delay)
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._per_source: dict[str, int] = {}
+        self._refused = 0
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
         engine.on_roll(self._rolled)
@@ -125,6 +206,45 @@ class SoupBinTCPServer:
         handed.set_result(ended_log)
         self._closed_logs[ended] = handed
         self._release(ended, ended_log, 0)
+
+    def reload_users(self, users: Users) -> None:
+        """Use a users file read again (on SIGHUP): for logins from now on."""
+        self.access.replace_users(users)
+        log.info("users reloaded: %d users", len(users))
+
+    @property
+    def login_throttle(self) -> LoginThrottle:
+        """Failed logins per source address (the admin API counts its own in too)."""
+        return self._throttle
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once because a connection limit was reached."""
+        return self._refused
+
+    def _admit(self, connection: _Connection, source: str) -> str | None:
+        """Count a new connection in; or say why it is refused."""
+        config = self.config
+        if len(self._connections) >= config.max_connections:
+            return f"too many connections (this server takes at most {config.max_connections})"
+        count = self._per_source.get(source, 0)
+        if count >= config.max_connections_per_source:
+            return (
+                f"too many connections from {source} (at most "
+                f"{config.max_connections_per_source} from one address)"
+            )
+        self._per_source[source] = count + 1
+        self._connections.add(connection)
+        return None
+
+    def _forget(self, connection: _Connection, source: str) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            left = self._per_source.get(source, 0) - 1
+            if left > 0:
+                self._per_source[source] = left
+            else:
+                self._per_source.pop(source, None)
 
     def _acquire(self, session_log: ReadableLog) -> None:
         self._readers[session_log] = self._readers.get(session_log, 0) + 1
@@ -238,7 +358,11 @@ class _Connection(asyncio.Protocol):
         self._acked = 0
         self._paused = False
         self._session_name: str | None = None
+        self._principal: Principal | None = None
         self._peer = "?"
+        self._source = "?"
+        self._admitted = False
+        self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (next_seq, since)
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------ asyncio
@@ -251,14 +375,33 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._source = str(peer[0]) if peer else "?"
+        refused = self._server._admit(self, self._source)
+        if refused is not None:
+            self._refuse(transport, refused)
+            return
+        self._admitted = True
         transport.set_write_buffer_limits(high=self._server.config.write_buffer_high)
         self._session = ServerConnection(self._loop.time(), self._server.config.timers)
-        self._server._connections.add(self)
         self._schedule()
+
+    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        server = self._server
+        server._refused += 1
+        if server._refused == 1 or server._refused % 1000 == 0:
+            log.warning(
+                "refusing %s: %s (%d connections refused so far)",
+                self._peer,
+                reason,
+                server._refused,
+            )
+        transport.write(Debug(reason.encode()).encode())
+        transport.close()
 
     def data_received(self, data: bytes) -> None:
         session = self._session
-        assert session is not None
+        if session is None:
+            return  # refused: closing
         session.receive_data(data, self._loop.time())
         self._handle_events()
 
@@ -266,9 +409,11 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
         if self._subscriber is not None and self._session_name is not None:
             self._server._release(self._session_name, self._subscriber.log)
-        self._server._connections.discard(self)
+        self._server._forget(self, self._source)
         if self._timer is not None:
             self._timer.cancel()
         if self._pull is not None:
@@ -327,23 +472,76 @@ class _Connection(asyncio.Protocol):
             self._schedule()  # e.g. a login: heartbeats and the idle timeout start now
 
     def _login(self, request: LoginRequest) -> None:
+        access = self._server.access
+        if access.slow:
+            # Checking a password hash takes tens of milliseconds: off the event loop.
+            # The session logic holds back whatever the client sends meanwhile, and we
+            # stop reading from it until the login is decided.
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._pull = self._loop.create_task(self._authenticate(request))
+            return
+        self._authorize(request, access.authenticate(request.username, request.password))
+
+    async def _authenticate(self, request: LoginRequest) -> None:
+        access = self._server.access
+        principal = await self._loop.run_in_executor(
+            None, access.authenticate, request.username, request.password
+        )
+        self._authorize(request, principal)
+        self._handle_events()
+
+    def _authorize(self, request: LoginRequest, principal: Principal | None) -> None:
+        """The credentials are checked: accept or reject the login."""
         session = self._session
         assert session is not None
-        credentials = self._server.config.credentials
-        if credentials is not None and not credentials.match(request.username, request.password):
+        now = self._loop.time()
+        if principal is None:
+            delay = self._server._throttle.failed(self._source, now)
             log.warning(
-                "login of %r from %s rejected: bad username or password", self._who, self._peer
+                "login of %r from %s rejected: bad username or password (failure %d from "
+                "this address; answered in %.2f s)",
+                self._who,
+                self._peer,
+                self._server._throttle.failures(self._source, now),
+                delay,
             )
-            session.reject(REJECT_NOT_AUTHORIZED, self._loop.time())
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._loop.call_later(delay, self._reject, REJECT_NOT_AUTHORIZED)
             return
+        self._server._throttle.succeeded(self._source)
+        self._principal = principal
         engine = self._engine
         wanted = request.session or engine.session_id
-        if wanted == engine.session_id:
+        publishing = wanted == engine.session_id and request.sequence == NO_STREAM
+        if publishing and not principal.may_publish():
+            self._refuse_login(
+                f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
+            )
+        elif not publishing and not principal.may_read(wanted):
+            self._refuse_login(f"user {principal.name!r} may not read session {wanted}")
+        elif wanted == engine.session_id:
             self._accept(wanted, request.sequence, engine.session_log, engine)
         else:
             # The answer waits for the log to be opened; the session logic holds back
             # whatever the client sends meanwhile.
+            assert self._transport is not None
+            self._transport.pause_reading()
             self._pull = self._loop.create_task(self._login_closed(wanted, request.sequence))
+
+    def _refuse_login(self, reason: str) -> None:
+        log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
+        session = self._session
+        assert session is not None
+        session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+
+    def _reject(self, reason: str) -> None:
+        """Answer a failed login, once its delay is over."""
+        session = self._session
+        assert session is not None
+        session.reject(reason, self._loop.time())
+        self._handle_events()
 
     async def _login_closed(self, wanted: str, sequence: int) -> None:
         session = self._session
@@ -381,9 +579,11 @@ class _Connection(asyncio.Protocol):
         first = sequence or tail
         if engine is None:
             first = min(first, tail)  # a closed session has nothing past its end
-        session.accept(wanted, first, self._loop.time())
+        principal = self._principal
+        self._may_publish = engine is not None and principal is not None and principal.may_publish()
+        session.accept(wanted, first, self._loop.time(), max_packet_length=self._packet_limit())
+        transport.resume_reading()
         self._session_name = wanted
-        self._may_publish = engine is not None
         if engine is not None and sequence == NO_STREAM:
             # A publisher that does not want the stream: no subscription, so it is not
             # ended with the session either; it publishes into whichever is active.
@@ -412,6 +612,14 @@ class _Connection(asyncio.Protocol):
         )
         self._subscriber.start()
 
+    def _packet_limit(self) -> int:
+        """The longest packet this client may send once logged in."""
+        if not self._may_publish:
+            return self._server.config.max_client_packet
+        config = getattr(self._engine, "config", None)
+        longest = getattr(config, "max_message", MAX_PACKET_LENGTH - 1)
+        return min(MAX_PACKET_LENGTH, max(longest + 1, self._server.config.max_client_packet))
+
     def info(self) -> SubscriberInfo | None:
         subscriber = self._subscriber
         if subscriber is None or self._session_name is None:
@@ -438,10 +646,18 @@ class _Connection(asyncio.Protocol):
         """An Unsequenced Data packet: a message to publish into the active session.
         Returns False if the connection is being closed instead."""
         if not self._may_publish:
-            self.close(
-                "publishing goes into the active session; this connection is logged in "
-                f"to {self._session_name or 'no session'}"
-            )
+            principal = self._principal
+            if principal is not None and not principal.may_publish():
+                reason = (
+                    f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
+                )
+            else:
+                reason = (
+                    "publishing goes into the active session; this connection is logged in "
+                    f"to {self._session_name or 'no session'}"
+                )
+            log.warning("closing %s: %s", self._peer, reason)
+            self.close(reason)
             return False
         relay = getattr(self._engine, "relay_from", None)
         if relay is not None:
@@ -556,23 +772,51 @@ class _Connection(asyncio.Protocol):
         now = self._loop.time()
         if self._paused:
             session.heard(now)  # held back: it is we who stopped reading from it
-        if self._subscriber is not None and self._subscriber.sending_file:
+        subscriber = self._subscriber
+        if subscriber is not None and subscriber.sending_file:
             # asyncio does not read from the client while a sendfile is in flight, so
-            # its heartbeats wait unread: judge its silence once the chunk is sent.
+            # its heartbeats wait unread: judge its silence once the chunk is sent. A
+            # chunk that does not move for the idle timeout is a client that stopped
+            # reading, and is dropped.
+            if self._stuck is None or self._stuck[0] != subscriber.next_seq:
+                self._stuck = (subscriber.next_seq, now)
+            elif now - self._stuck[1] >= session.idle_timeout:
+                self._drop(f"it read nothing for {session.idle_timeout:g} s")
+                return
             session.sent(now)
             self._timer_when = now + self._server.config.timers.heartbeat_interval
             self._timer = self._loop.call_at(self._timer_when, self._tick)
             return
+        self._stuck = None
         session.tick(now)
         self._handle_events()
         if session.state is not State.CLOSED:
             self._schedule()
 
     def _close_transport(self) -> None:
+        """Close once what is queued is sent; a client that does not read it within
+        :data:`CLOSE_GRACE` seconds is cut off, so that it holds no buffer or slot."""
         if self._subscriber is not None:
             self._subscriber.stop()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self._loop.call_later(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        transport = self._transport
+        if transport is not None and self._admitted and self in self._server._connections:
+            log.info("%s read nothing more: connection cut", self._peer)
+            transport.abort()
+
+    def _drop(self, reason: str) -> None:
+        """Cut off a client that stopped reading: nothing more can reach it."""
+        log.info("dropping %s: %s", self._peer, reason)
+        if self._subscriber is not None:
+            self._subscriber.stop()
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self, reason: str) -> None:
         """Close this connection from the server side, telling the client why."""
