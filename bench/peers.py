@@ -407,7 +407,7 @@ class SoupSubscriber:
 
     async def _consume(self, checker: Checker) -> None:
         async for batch in self.subscription.batches():
-            checker.feed([message.payload for message in batch], time.monotonic_ns())
+            checker.feed(batch.payloads, time.monotonic_ns())
             if checker.done:
                 break
 

@@ -20,7 +20,7 @@ from tickertape.protocol.client import (
     ConnectionLost,
     DebugReceived,
     Event,
-    Message,
+    Messages,
     Rejected,
     SessionEnded,
     State,
@@ -48,6 +48,22 @@ ACCEPTED = LoginAccepted("2026112901", 1).encode()
 HEARTBEAT = ServerHeartbeat().encode()
 
 
+def msg(sequence: int, payload: bytes) -> tuple[int, bytes]:
+    """One Sequenced Data packet as :func:`split` shows it."""
+    return (sequence, payload)
+
+
+def split(events: list[Event]) -> list[object]:
+    """The events, each :class:`Messages` as one (sequence, payload) per message."""
+    out: list[object] = []
+    for event in events:
+        if isinstance(event, Messages):
+            out += [msg(event.first_sequence + i, p) for i, p in enumerate(event.payloads)]
+        else:
+            out.append(event)
+    return out
+
+
 def state(connection: ClientConnection | ServerConnection) -> State:
     # A function, so that mypy does not narrow the property between calls.
     return connection.state
@@ -65,12 +81,12 @@ def logged_in(now: float = 0.0, sequence: int = 1) -> ClientConnection:
     connection = ClientConnection(REQUEST, now)
     connection.data_to_send()
     connection.receive_data(LoginAccepted("2026112901", sequence).encode(), now)
-    assert connection.events_received() == [Accepted("2026112901", sequence)]
+    assert split(connection.events_received()) == [Accepted("2026112901", sequence)]
     return connection
 
 
 def assert_lost(connection: ClientConnection, reason: str) -> None:
-    assert connection.events_received() == [ConnectionLost(reason)]
+    assert split(connection.events_received()) == [ConnectionLost(reason)]
     assert sent_packets(connection) == [Debug(reason.encode())]
     assert state(connection) is State.CLOSED
     assert connection.next_deadline() == math.inf
@@ -92,7 +108,7 @@ def test_login_accepted() -> None:
     # 2.2.1: session right-justified, space-padded; the next sequence number.
     connection = ClientConnection(REQUEST, 0.0)
     connection.receive_data(b"\x00\x1fA" + b"2026112901" + b" " * 18 + b"42", 0.3)
-    assert connection.events_received() == [Accepted("2026112901", 42)]
+    assert split(connection.events_received()) == [Accepted("2026112901", 42)]
     assert state(connection) is State.LOGGED_IN
     assert connection.session == "2026112901"
     assert connection.next_sequence == 42
@@ -103,12 +119,12 @@ def test_login_rejected() -> None:
     connection = ClientConnection(REQUEST, 0.0)
     connection.data_to_send()
     connection.receive_data(Debug(b"no").encode() + b"\x00\x02JA", 0.1)
-    assert connection.events_received() == [DebugReceived("no"), Rejected("A")]
+    assert split(connection.events_received()) == [DebugReceived("no"), Rejected("A")]
     assert state(connection) is State.CLOSED
     assert connection.next_deadline() == math.inf
     connection.tick(100.0)
     assert connection.data_to_send() == b""
-    assert connection.events_received() == []
+    assert split(connection.events_received()) == []
 
 
 # ---------------------------------------------------------------------------- sequence numbers
@@ -127,16 +143,16 @@ def test_counts_sequence_numbers() -> None:
         + encode_sequenced(b""),
         1.0,
     )
-    assert connection.events_received() == [
-        Message(5, b"a"),
+    assert split(connection.events_received()) == [
+        msg(5, b"a"),
         Unsequenced(b"u"),
-        Message(6, b"b"),
+        msg(6, b"b"),
         DebugReceived("d"),
-        Message(7, b""),
+        msg(7, b""),
     ]
     assert connection.next_sequence == 8
     connection.receive_data(encode_sequenced(b"c"), 1.1)
-    assert connection.events_received() == [Message(8, b"c")]
+    assert split(connection.events_received()) == [msg(8, b"c")]
     assert connection.next_sequence == 9
 
 
@@ -144,8 +160,8 @@ def test_many_messages_in_one_call() -> None:
     connection = logged_in()
     payloads = [i.to_bytes(4, "big") * 25 for i in range(10_000)]
     connection.receive_data(encode_sequenced_many(payloads), 1.0)
-    events = connection.events_received()
-    assert events == [Message(i + 1, payload) for i, payload in enumerate(payloads)]
+    events = split(connection.events_received())
+    assert events == [msg(i + 1, payload) for i, payload in enumerate(payloads)]
     assert connection.next_sequence == 10_001
 
 
@@ -154,17 +170,17 @@ def test_login_accepted_and_data_in_one_chunk() -> None:
     connection.receive_data(
         LoginAccepted("2026112901", 10).encode() + encode_sequenced_many([b"x", b"y"]), 0.0
     )
-    assert connection.events_received() == [
+    assert split(connection.events_received()) == [
         Accepted("2026112901", 10),
-        Message(10, b"x"),
-        Message(11, b"y"),
+        msg(10, b"x"),
+        msg(11, b"y"),
     ]
 
 
 def test_debug_text_is_decoded_for_logs() -> None:
     connection = ClientConnection(REQUEST, 0.0)
     connection.receive_data(Debug(b"caf\xe9").encode(), 0.0)
-    assert connection.events_received() == [DebugReceived("caf\\xe9")]
+    assert split(connection.events_received()) == [DebugReceived("caf\\xe9")]
 
 
 # ---------------------------------------------------------------------------- heartbeats, timeouts
@@ -196,7 +212,7 @@ def test_server_silent_for_15_seconds() -> None:
     connection = logged_in()
     connection.receive_data(HEARTBEAT, 10.0)
     connection.tick(24.9)
-    assert connection.events_received() == []
+    assert split(connection.events_received()) == []
     assert state(connection) is State.LOGGED_IN
     connection.data_to_send()  # heartbeats
     connection.tick(25.0)
@@ -244,12 +260,12 @@ def test_end_of_session() -> None:
     # 2.2.6: "no more messages"; the server closes the connection shortly after.
     connection = logged_in()
     connection.receive_data(encode_sequenced(b"last") + b"\x00\x01Z" + encode_sequenced(b"x"), 1.0)
-    assert connection.events_received() == [Message(1, b"last"), SessionEnded()]
+    assert split(connection.events_received()) == [msg(1, b"last"), SessionEnded()]
     assert state(connection) is State.CLOSED
     assert connection.next_sequence == 2
     connection.receive_data(HEARTBEAT, 2.0)
     connection.tick(100.0)
-    assert connection.events_received() == []
+    assert split(connection.events_received()) == []
     assert connection.data_to_send() == b""
 
 
@@ -282,7 +298,7 @@ def test_violation_before_login(raw: bytes, reason: str) -> None:
     connection.receive_data(raw + ACCEPTED, 0.0)
     assert_lost(connection, reason)
     connection.receive_data(ACCEPTED, 0.0)
-    assert connection.events_received() == []
+    assert split(connection.events_received()) == []
 
 
 @pytest.mark.parametrize(
@@ -296,7 +312,7 @@ def test_violation_before_login(raw: bytes, reason: str) -> None:
 def test_violation_after_login(raw: bytes, reason: str) -> None:
     connection = logged_in()
     connection.receive_data(encode_sequenced(b"a") + raw + encode_sequenced(b"b"), 1.0)
-    assert connection.events_received()[0] == Message(1, b"a")
+    assert split(connection.events_received())[0] == msg(1, b"a")
     assert connection.next_sequence == 2
     connection.receive_data(b"", 1.0)  # nothing more is parsed
     assert sent_packets(connection) == [Debug(reason.encode())]
@@ -306,8 +322,8 @@ def test_violation_after_login(raw: bytes, reason: str) -> None:
 def test_violation_after_login_events() -> None:
     connection = logged_in()
     connection.receive_data(encode_sequenced(b"a") + ACCEPTED + encode_sequenced(b"b"), 1.0)
-    assert connection.events_received() == [
-        Message(1, b"a"),
+    assert split(connection.events_received()) == [
+        msg(1, b"a"),
         ConnectionLost("Login Accepted on a logged-in connection"),
     ]
 
@@ -315,7 +331,7 @@ def test_violation_after_login_events() -> None:
 def test_server_heartbeat_before_login_is_tolerated() -> None:
     connection = ClientConnection(REQUEST, 0.0)
     connection.receive_data(HEARTBEAT + ACCEPTED, 0.0)
-    assert connection.events_received() == [Accepted("2026112901", 1)]
+    assert split(connection.events_received()) == [Accepted("2026112901", 1)]
 
 
 # ---------------------------------------------------------------------------- chunking
@@ -333,21 +349,21 @@ SERVER_STREAM = (
 EXPECTED = [
     Accepted("2026112901", 1),
     DebugReceived("hello"),
-    Message(1, b"one"),
-    Message(2, b""),
-    Message(3, bytes(range(256))),
+    msg(1, b"one"),
+    msg(2, b""),
+    msg(3, bytes(range(256))),
     Unsequenced(b"note"),
-    Message(4, b"four"),
+    msg(4, b"four"),
     SessionEnded(),
 ]
 
 
-def run_chunked(chunks: list[bytes]) -> list[Event]:
+def run_chunked(chunks: list[bytes]) -> list[object]:
     connection = ClientConnection(REQUEST, 0.0)
-    events: list[Event] = []
+    events: list[object] = []
     for chunk in chunks:
         connection.receive_data(chunk, 0.0)
-        events.extend(connection.events_received())
+        events.extend(split(connection.events_received()))
     assert connection.next_sequence == 5
     return events
 
@@ -431,7 +447,7 @@ def test_wired_session() -> None:
     pair = Pair()
     pair.pump(0.0)
     assert pair.server_events == [srv.LoginRequested(REQUEST)]
-    assert pair.client_events == [Accepted("2026112901", 1)]
+    assert split(pair.client_events) == [Accepted("2026112901", 1)]
     assert state(pair.server) is srv.State.LOGGED_IN
     assert state(pair.client) is State.LOGGED_IN
 
@@ -441,11 +457,11 @@ def test_wired_session() -> None:
     pair.publish([b"c"], 60.1)
     pair.client.logout(60.2)
     pair.pump(60.2)
-    assert pair.client_events == [
+    assert split(pair.client_events) == [
         Accepted("2026112901", 1),
-        Message(1, b"a"),
-        Message(2, b"b"),
-        Message(3, b"c"),
+        msg(1, b"a"),
+        msg(2, b"b"),
+        msg(3, b"c"),
     ]
     assert pair.server_events == [srv.LoginRequested(REQUEST), srv.LogoutRequested()]
     assert state(pair.server) is srv.State.CLOSED
@@ -458,7 +474,7 @@ def test_wired_end_of_session() -> None:
     pair.publish([b"a"], 1.0)
     pair.server.end_session(1.0)
     pair.pump(1.0)
-    assert pair.client_events[-2:] == [Message(1, b"a"), SessionEnded()]
+    assert split(pair.client_events)[-2:] == [msg(1, b"a"), SessionEnded()]
     assert state(pair.client) is State.CLOSED
     assert state(pair.server) is srv.State.CLOSED
 
@@ -472,7 +488,7 @@ def test_wired_client_goes_silent() -> None:
     pair.run(10.0, 13.0, 0.5)
     assert pair.server_events[-1] == srv.ConnectionLost("client silent for 3.0 s")
     assert state(pair.server) is srv.State.CLOSED
-    assert pair.client_events[-1] == DebugReceived("client silent for 3.0 s")
+    assert split(pair.client_events)[-1] == DebugReceived("client silent for 3.0 s")
 
 
 def test_wired_server_goes_silent() -> None:
@@ -481,9 +497,16 @@ def test_wired_server_goes_silent() -> None:
     pair.run(0.0, 10.0, 0.5)
     pair.to_client = False  # the server's heartbeats stop arriving
     pair.run(10.0, 25.0, 0.5)
-    assert pair.client_events[-1] == ConnectionLost("server silent for 15.0 s")
+    assert split(pair.client_events)[-1] == ConnectionLost("server silent for 15.0 s")
     assert state(pair.client) is State.CLOSED
     # The server still hears the client's heartbeats until the client gives up at 25.0.
     assert state(pair.server) is srv.State.LOGGED_IN
     pair.run(25.0, 40.0, 0.5)
     assert pair.server_events[-1] == srv.ConnectionLost("client silent for 15.0 s")
+
+
+def test_sequenced_data_arriving_together_is_one_event() -> None:
+    connection = logged_in(sequence=7)
+    connection.receive_data(encode_sequenced_many([b"a", b"b", b"c"]) + HEARTBEAT, 1.0)
+    assert connection.events_received() == [Messages(7, [b"a", b"b", b"c"])]
+    assert Messages(7, [b"a", b"b", b"c"]).next_sequence == 10

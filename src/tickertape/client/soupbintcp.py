@@ -21,10 +21,10 @@ import contextlib
 import logging
 import socket
 import ssl as _ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, overload
 
 from tickertape.errors import LoginRejected
 from tickertape.protocol import client as protocol
@@ -46,6 +46,47 @@ class Message:
     session: str
     seq: int
     payload: bytes
+
+
+class Batch(Sequence[Message]):
+    """Messages that arrived together: :attr:`payloads`, numbered from :attr:`first_seq`
+    in :attr:`session`. Iterating or indexing gives :class:`Message` objects, made as they
+    are asked for; a consumer that wants only the bytes reads :attr:`payloads`."""
+
+    __slots__ = ("first_seq", "payloads", "session")
+
+    def __init__(self, session: str, first_seq: int, payloads: list[bytes]) -> None:
+        self.session = session
+        self.first_seq = first_seq
+        self.payloads = payloads
+
+    @property
+    def next_seq(self) -> int:
+        """The number after the last message of the batch."""
+        return self.first_seq + len(self.payloads)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Message]: ...
+
+    def __getitem__(self, index: int | slice) -> Message | Sequence[Message]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        position = range(len(self.payloads))[index]  # IndexError, negative indexes
+        return Message(self.session, self.first_seq + position, self.payloads[position])
+
+    def __iter__(self) -> Iterator[Message]:
+        session = self.session
+        for seq, payload in enumerate(self.payloads, self.first_seq):
+            yield Message(session, seq, payload)
+
+    def __repr__(self) -> str:
+        return f"Batch({self.session!r}, {self.first_seq}, {len(self.payloads)} messages)"
 
 
 class _Dropped(Exception):
@@ -120,7 +161,7 @@ class Subscription:
         self._writer: asyncio.StreamWriter | None = None
         self._reading = False
         self._iterator: AsyncIterator[Message] | None = None
-        self._batches: AsyncIterator[list[Message]] | None = None
+        self._batches: AsyncIterator[Batch] | None = None
         self.logins = 0
         """How many times this subscription has logged in (1 + reconnections)."""
 
@@ -152,9 +193,10 @@ class Subscription:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()
 
-    def batches(self) -> AsyncIterator[list[Message]]:
-        """The same messages, in lists: all that one read from the socket brought (for a
-        consumer that handles many at once, as a relaying server does)."""
+    def batches(self) -> AsyncIterator[Batch]:
+        """The same messages, in batches (:class:`Batch`) as they arrived together (for a consumer
+        that handles many at once, as a relaying server does: it costs no object per
+        message)."""
         if self._batches is None:
             self._batches = self._run()
         return self._batches
@@ -164,7 +206,7 @@ class Subscription:
             for message in batch:
                 yield message
 
-    async def _run(self) -> AsyncIterator[list[Message]]:
+    async def _run(self) -> AsyncIterator[Batch]:
         delay = self._reconnect_delay
         while True:
             try:
@@ -192,7 +234,7 @@ class Subscription:
             finally:
                 self._close_writer()
 
-    async def _connection(self) -> AsyncIterator[list[Message]]:
+    async def _connection(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()
         reader, writer = await open_stream(
             self.host, self.port, self._server_timeout, self._ssl, self._server_hostname
@@ -222,13 +264,17 @@ class Subscription:
                 if not data:
                     raise _Dropped("the server closed the connection")
                 connection.receive_data(data, now)
-                batch: list[Message] = []
+                batches: list[Batch] = []
                 for event in connection.events_received():
-                    if isinstance(event, protocol.Message):
-                        if event.sequence < self.next_seq:
+                    if isinstance(event, protocol.Messages):
+                        skip = self.next_seq - event.first_sequence
+                        if skip >= len(event.payloads):
                             continue  # a server that starts earlier than asked: no duplicates
-                        self.next_seq = event.sequence + 1
-                        batch.append(Message(self.session, event.sequence, event.payload))
+                        first, payloads = event.first_sequence, event.payloads
+                        if skip > 0:
+                            first, payloads = self.next_seq, payloads[skip:]
+                        self.next_seq = first + len(payloads)
+                        batches.append(Batch(self.session, first, payloads))
                     elif isinstance(event, protocol.Accepted):
                         self.logins += 1
                         self.session = event.session
@@ -248,14 +294,14 @@ class Subscription:
                         )
                         raise LoginRejected(event.reason, f"login rejected: {why}")
                     elif isinstance(event, protocol.SessionEnded):
-                        if batch:
+                        for batch in batches:
                             yield batch
                         connection.logout(now)
                         with contextlib.suppress(OSError):
                             writer.write(connection.data_to_send())
                         return
                     elif isinstance(event, protocol.ConnectionLost):
-                        if batch:
+                        for batch in batches:
                             yield batch  # counted in next_seq already: hand them over
                         raise _Dropped(event.reason)
                     elif isinstance(event, protocol.DebugReceived):
@@ -263,7 +309,7 @@ class Subscription:
                 outgoing = connection.data_to_send()
                 if outgoing:
                     writer.write(outgoing)
-                if batch:
+                for batch in batches:
                     yield batch
         finally:
             ticker.cancel()

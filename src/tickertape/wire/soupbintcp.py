@@ -449,6 +449,34 @@ class Framer:
         self._position = end
         return bytes(buffer[position + 2 : end])
 
+    def drain(self) -> list[bytes]:
+        """Every complete frame buffered, at once: what iterating gives, in one loop
+        (for a receiver of many small packets). A bad length field after some frames
+        ends the list there; the next call raises :class:`RemoteProtocolError`."""
+        buffer = self._buffer
+        data = bytes(buffer[self._position :]) if self._position else bytes(buffer)
+        size = len(data)
+        limit = self._max_length
+        frames: list[bytes] = []
+        append = frames.append
+        position = 0
+        while size - position >= 2:
+            length = (data[position] << 8) | data[position + 1]
+            end = position + 2 + length
+            if length == 0 or length > limit:
+                if frames:
+                    break
+                self._position += position
+                next(self)  # raises the error, as iterating would
+            if end > size:
+                break
+            append(data[position + 2 : end])
+            position = end
+        if position:
+            del buffer[: self._position + position]
+            self._position = 0
+        return frames
+
     @property
     def max_length(self) -> int:
         """The longest packet accepted; it may change between packets (after a login)."""
