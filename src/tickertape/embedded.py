@@ -37,6 +37,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
+from tickertape.users import Users
 
 __all__ = ["Credentials", "Durability", "Retention", "RollSchedule", "Tickertape"]
 
@@ -61,6 +62,7 @@ class Tickertape:
         port: int = DEFAULT_PORT,
         durability: Durability | str = Durability.BATCH,
         credentials: Credentials | None = None,
+        users: Users | None = None,
         schedule: RollSchedule | None = None,
         retention: Retention | None = None,
         ssl: SSLContext | None = None,
@@ -74,7 +76,8 @@ class Tickertape:
         )
         """The engine: the active session, its writer, its subscribers."""
         self.server = SoupBinTCPServer(
-            self.engine, ServerConfig(host=host, port=port, credentials=credentials, ssl=ssl)
+            self.engine,
+            ServerConfig(host=host, port=port, users=users, credentials=credentials, ssl=ssl),
         )
         """The SoupBinTCP endpoint."""
         self._state = "new"
