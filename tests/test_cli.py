@@ -150,3 +150,43 @@ def test_a_demo_too_large_for_moldudp64_stops_the_server_saying_why(tmp_path: Pa
     assert done.returncode == 1
     assert "a message of 2000 bytes cannot be published" in done.stderr
     assert "with --mold" in done.stderr
+
+
+def test_every_limit_is_an_option_that_reaches_the_server() -> None:
+    from tickertape import cli  # noqa: PLC0415 - the parser, not a subprocess
+
+    args = cli._parser().parse_args(
+        [
+            "serve",
+            "--max-connections",
+            "7",
+            "--max-connections-per-source",
+            "3",
+            "--max-client-packet",
+            "64",
+            "--max-write-buffer",
+            "65536",
+            "--login-timeout",
+            "2.5",
+            "--idle-timeout",
+            "4",
+        ]
+    )
+    args.tls_context = None
+    config = cli._server_config(args)
+    assert (config.max_connections, config.max_connections_per_source) == (7, 3)
+    assert (config.max_client_packet, config.write_buffer_high) == (64, 65536)
+    assert (config.timers.login_timeout, config.timers.idle_timeout) == (2.5, 4.0)
+
+
+@pytest.mark.parametrize("option", ["--max-connections", "--max-client-packet"])
+def test_a_limit_below_one_is_refused(option: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tickertape", "serve", option, "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "must be at least 1" in done.stderr

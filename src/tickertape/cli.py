@@ -33,7 +33,7 @@ from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
-from tickertape.protocol.server import DEFAULT_LOGIN_TIMEOUT, ServerTimers
+from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
 from tickertape.server.moldudp64 import (
@@ -52,6 +52,7 @@ from tickertape.server.soupbintcp import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_PORT,
+    DEFAULT_WRITE_BUFFER_HIGH,
     Credentials,
     ServerConfig,
     SoupBinTCPServer,
@@ -698,6 +699,8 @@ _FOLLOW_TAKES: Final = frozenset(
         "max_connections_per_source",
         "max_client_packet",
         "login_timeout",
+        "idle_timeout",
+        "max_write_buffer",
     }
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
@@ -749,6 +752,22 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
         "the server accepts (%(default)s)",
     )
     group.add_argument(
+        "--max-write-buffer",
+        type=_positive_int,
+        default=DEFAULT_WRITE_BUFFER_HIGH,
+        metavar="BYTES",
+        help="a subscriber's unsent bytes past which it leaves the live stream and reads "
+        "the log once they drain: with one batch on top, its memory bound (%(default)s)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a logged-in client silent this long, unless its SoupBinTCP 4.10 login "
+        "asks for another timeout (%(default)g)",
+    )
+    group.add_argument(
         "--login-timeout",
         type=_positive,
         default=DEFAULT_LOGIN_TIMEOUT,
@@ -777,7 +796,8 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         credentials=args.user,
         allow_anonymous=args.allow_anonymous,
         ssl=args.tls_context,
-        timers=ServerTimers(login_timeout=args.login_timeout),
+        timers=ServerTimers(login_timeout=args.login_timeout, idle_timeout=args.idle_timeout),
+        write_buffer_high=args.max_write_buffer,
         max_connections=args.max_connections,
         max_connections_per_source=args.max_connections_per_source,
         max_client_packet=args.max_client_packet,
