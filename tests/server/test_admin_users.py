@@ -77,7 +77,10 @@ def test_sessions_roll_as_an_admin_user(tmp_path: Path, users: Users) -> None:
     users_file = tmp_path / "users.toml"
     users.save(users_file)
     port = free_port()
-    with ServerProcess(tmp_path / "data", "--users", str(users_file), "--admin-port", str(port)):
+    with ServerProcess(
+        tmp_path / "data", "--users", str(users_file), "--admin-port", str(port)
+    ) as server:
+        server.wait_for_log("admin API listening")
 
         def roll(user: str, password: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
