@@ -580,8 +580,9 @@ def test_after_the_login_the_application_sets_the_packet_limit() -> None:
 def test_accept_refuses_a_packet_limit_out_of_range() -> None:
     connection = ServerConnection(0.0)
     connection.receive_data(LOGIN_400.encode(), 0.0)
-    with pytest.raises(ConfigError, match="max_packet_length is 0"):
+    with pytest.raises(LocalProtocolError, match="max_packet_length is 0"):
         connection.accept("", 1, 0.0, max_packet_length=0)
+    assert state(connection) is State.AWAITING_LOGIN  # unchanged: it can still be accepted
 
 
 def test_too_much_sent_while_the_login_is_decided_closes_the_connection() -> None:
@@ -596,3 +597,14 @@ def test_too_much_sent_while_the_login_is_decided_closes_the_connection() -> Non
     assert_lost(
         connection, f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered"
     )
+
+
+def test_too_much_sent_with_the_login_request_itself_closes_the_connection() -> None:
+    connection = ServerConnection(0.0)
+    flood = UnsequencedData(b"x" * 60_000).encode() * (MAX_PENDING_BYTES // 60_000 + 1)
+    connection.receive_data(LOGIN_400.encode() + flood, 0.0)
+    assert connection.events_received() == [
+        LoginRequested(LOGIN_400),
+        ConnectionLost(f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered"),
+    ]
+    assert state(connection) is State.CLOSED

@@ -203,7 +203,7 @@ class ServerConnection:
         self._framer.feed(data)
         if not self._awaiting_decision():
             self._parse(now)
-        elif self._framer.buffered > MAX_PENDING_BYTES:
+        if self._awaiting_decision() and self._framer.buffered > MAX_PENDING_BYTES:
             self._fail(
                 f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered", now
             )
@@ -271,7 +271,9 @@ class ServerConnection:
         request = self._pending_request("accept")
         limit = self._timers.max_packet_length if max_packet_length is None else max_packet_length
         if not 1 <= limit <= MAX_PACKET_LENGTH:
-            raise ConfigError(f"max_packet_length is {limit}; it must be 1 to {MAX_PACKET_LENGTH}")
+            raise LocalProtocolError(
+                f"max_packet_length is {limit}; it must be 1 to {MAX_PACKET_LENGTH}"
+            )
         self._framer.max_length = limit
         self._queue(LoginAccepted(session, sequence).encode(), now)
         self._state = State.LOGGED_IN
