@@ -287,3 +287,49 @@ def test_a_rejected_publisher_client_raises(tmp_path: Path, users: Users) -> Non
             assert EndOfSession() not in await _publish_refused(server.port)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.timeout(60)
+def test_logins_from_one_address_are_checked_one_after_the_other(
+    tmp_path: Path, users: Users
+) -> None:
+    """Three wrong passwords at once from one address: the second is checked only once
+    the first has been answered (after its delay), the third after the second's: guessing
+    in parallel is no faster than guessing in turn."""
+    loop = JumpingLoop()
+
+    async def scenario() -> None:
+        config = ServerConfig(
+            port=0,
+            users=users,
+            login_delay=100.0,
+            max_login_delay=400.0,
+            timers=ServerTimers(login_timeout=10_000.0),
+        )
+        async with running_server(tmp_path, config) as (_, server):
+            clients = [
+                await SoupClient.login(server.port, user="sub", password="bad") for _ in range(3)
+            ]
+            reads = [asyncio.ensure_future(c.reader.read(65536)) for c in clients]
+
+            async def answered() -> int:
+                await asyncio.sleep(0.3)  # real time: a password check, an answer sent
+                return sum(read.done() for read in reads)
+
+            assert await answered() == 0
+            loop.advance(100)  # the first failure's delay
+            assert await answered() == 1
+            loop.advance(199)  # the second waits 200 from when it was checked
+            assert await answered() == 1
+            loop.advance(1)
+            assert await answered() == 2
+            loop.advance(400)
+            assert await answered() == 3
+            assert [await read for read in reads] == [LoginRejected("A").encode()] * 3
+            for client in clients:
+                client.close()
+
+    try:
+        loop.run_until_complete(scenario())  # bounded by pytest-timeout: the clock jumps
+    finally:
+        loop.close()

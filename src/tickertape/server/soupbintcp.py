@@ -22,10 +22,13 @@ packet, then the close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import socket
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
@@ -195,6 +198,11 @@ class SoupBinTCPServer:
         self._connections: set[_Connection] = set()
         self._per_source: dict[str, int] = {}
         self._refused = 0
+        # Password checks: one at a time per address (a failure's delay included, so
+        # that guessing in parallel is no faster than in turn), and no more at once in
+        # all than the machine has cores.
+        self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._check_slots = asyncio.Semaphore(os.cpu_count() or 2)
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
         engine.on_roll(self._rolled)
@@ -236,6 +244,22 @@ class SoupBinTCPServer:
         self._per_source[source] = count + 1
         self._connections.add(connection)
         return None
+
+    @contextlib.asynccontextmanager
+    async def _checking_from(self, source: str) -> AsyncIterator[None]:
+        """Held while a login from ``source`` is being checked (and, if it failed, while
+        its answer is delayed)."""
+        lock, users = self._checking.get(source) or (asyncio.Lock(), 0)
+        self._checking[source] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._checking[source]
+            if users > 1:
+                self._checking[source] = (lock, users - 1)
+            else:
+                del self._checking[source]
 
     def _forget(self, connection: _Connection, source: str) -> None:
         if connection in self._connections:
@@ -484,31 +508,44 @@ class _Connection(asyncio.Protocol):
         self._authorize(request, access.authenticate(request.username, request.password))
 
     async def _authenticate(self, request: LoginRequest) -> None:
-        access = self._server.access
-        principal = await self._loop.run_in_executor(
-            None, access.authenticate, request.username, request.password
-        )
+        """Check a password off the event loop; logins from one address are checked one
+        after the other, each failure holding the next back for its delay."""
+        server = self._server
+        async with server._checking_from(self._source):
+            async with server._check_slots:
+                principal = await self._loop.run_in_executor(
+                    None, server.access.authenticate, request.username, request.password
+                )
+            if principal is None:
+                await asyncio.sleep(self._failed())
+                self._reject(REJECT_NOT_AUTHORIZED)
+                return
         self._authorize(request, principal)
         self._handle_events()
+
+    def _failed(self) -> float:
+        """Count a failed login from this address and say so; the delay before answering."""
+        throttle = self._server._throttle
+        now = self._loop.time()
+        delay = throttle.failed(self._source, now)
+        log.warning(
+            "login of %r from %s rejected: bad username or password (failure %d from "
+            "this address; answered in %.2f s)",
+            self._who,
+            self._peer,
+            throttle.failures(self._source, now),
+            delay,
+        )
+        return delay
 
     def _authorize(self, request: LoginRequest, principal: Principal | None) -> None:
         """The credentials are checked: accept or reject the login."""
         session = self._session
         assert session is not None
-        now = self._loop.time()
         if principal is None:
-            delay = self._server._throttle.failed(self._source, now)
-            log.warning(
-                "login of %r from %s rejected: bad username or password (failure %d from "
-                "this address; answered in %.2f s)",
-                self._who,
-                self._peer,
-                self._server._throttle.failures(self._source, now),
-                delay,
-            )
             assert self._transport is not None
-            self._transport.pause_reading()
-            self._loop.call_later(delay, self._reject, REJECT_NOT_AUTHORIZED)
+            self._transport.pause_reading()  # nothing more is read before the answer
+            self._loop.call_later(self._failed(), self._reject, REJECT_NOT_AUTHORIZED)
             return
         self._server._throttle.succeeded(self._source)
         self._principal = principal
