@@ -459,7 +459,9 @@ def _parser() -> argparse.ArgumentParser:
         "--user",
         type=_credentials,
         metavar="NAME:PASSWORD",
-        help="accept only this username and password (default: accept any)",
+        help="accept only this one account, with every role (the password shows in the "
+        "process list: prefer --users). Without --user or --users, a server on a loopback "
+        "address accepts anyone",
     )
     serve.add_argument(
         "--roll-at",
