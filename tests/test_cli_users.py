@@ -277,3 +277,27 @@ def test_on_a_terminal_the_password_is_asked_for_twice_unechoed(tmp_path: Path) 
     assert b"added user alice (admin)" in terminal.seen
     assert b"Typed42" not in terminal.seen  # not echoed
     assert Users.load(path).authenticate("alice", "typed42") is not None
+
+
+def test_users_added_at_the_same_time_are_all_kept(tmp_path: Path) -> None:
+    """Eight ``users add`` at once on one file: each waits for the one before it."""
+    file = tmp_path / "users.toml"
+    names = [f"user{i}" for i in range(8)]
+    command = [sys.executable, "-m", "tickertape", "users", "add"]
+    runs = [
+        subprocess.Popen(
+            [*command, name, "--role", "subscriber", "--file", str(file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    for run in runs:  # every password first: the one holding the lock reads its own
+        assert run.stdin is not None
+        run.stdin.write("secret\n")
+        run.stdin.close()
+    for run in runs:
+        assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+    assert sorted(user.name for user in Users.load(file)) == names

@@ -10,9 +10,12 @@ that cannot be read or written, exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import getpass
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -140,7 +143,10 @@ def run_users(args: argparse.Namespace) -> int:
         "list": _list,
     }
     try:
-        return handlers[args.action](args)
+        if args.action == "list":
+            return _list(args)
+        with _locked(args.file):
+            return handlers[args.action](args)
     except _UsageError as exc:
         print(f"{command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -150,6 +156,25 @@ def run_users(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Held while one ``users`` command reads, changes and writes ``path``: two at once
+    (two operators, a script) would otherwise lose one's change. The lock is ``flock``
+    on the file's directory, which the atomic rename of a save leaves in place."""
+    directory = path.parent
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {directory} for {path.name}: {exc.strerror or exc}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _load(path: Path, *, create: bool = False) -> Users:
