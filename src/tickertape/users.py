@@ -98,6 +98,34 @@ class Role(enum.StrEnum):
 ROLE_NAMES: Final = ", ".join(role.value for role in Role)
 
 
+class Permissions:
+    """What someone may do, from their ``roles`` and the ``sessions`` they may read
+    (None: every one): a :class:`User`, or a login with no users file behind it."""
+
+    __slots__ = ()
+    roles: frozenset[Role]
+    sessions: tuple[str, ...] | None
+
+    @property
+    def is_admin(self) -> bool:
+        return Role.ADMIN in self.roles
+
+    def may_publish(self) -> bool:
+        """A publisher or an admin."""
+        return bool(self.roles & {Role.PUBLISHER, Role.ADMIN})
+
+    def may_read(self, session_id: str) -> bool:
+        """Whether they may read (subscribe to) session ``session_id``: an admin reads
+        every session; a subscriber every one, or those its ``sessions`` match."""
+        if self.is_admin:
+            return True
+        if Role.SUBSCRIBER not in self.roles:
+            return False
+        if self.sessions is None:
+            return True
+        return any(fnmatch.fnmatchcase(session_id, pattern) for pattern in self.sessions)
+
+
 # ---------------------------------------------------------------------------- validation
 
 
@@ -268,7 +296,7 @@ _DUMMY_PASSWORD: Final = "X" * PASSWORD_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
-class User:
+class User(Permissions):
     """One user of the users file. Construct it with checked values (see
     :meth:`User.create`): ``__post_init__`` refuses anything else with :class:`ConfigError`."""
 
@@ -311,25 +339,6 @@ class User:
             parse_roles(roles),
             None if sessions is None else check_sessions(sessions),
         )
-
-    @property
-    def is_admin(self) -> bool:
-        return Role.ADMIN in self.roles
-
-    def may_publish(self) -> bool:
-        """A publisher or an admin."""
-        return bool(self.roles & {Role.PUBLISHER, Role.ADMIN})
-
-    def may_read(self, session_id: str) -> bool:
-        """Whether the user may read (subscribe to) session ``session_id``: an admin reads
-        every session; a subscriber every one, or those its ``sessions`` match."""
-        if self.is_admin:
-            return True
-        if Role.SUBSCRIBER not in self.roles:
-            return False
-        if self.sessions is None:
-            return True
-        return any(fnmatch.fnmatchcase(session_id, pattern) for pattern in self.sessions)
 
     def check_password(self, password: str) -> bool:
         """Whether ``password`` (case-insensitive) is this user's, in constant time."""

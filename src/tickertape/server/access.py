@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from tickertape.users import Role, Users
+from tickertape.users import Permissions, Role, Users
 
 __all__ = [
     "ANONYMOUS",
@@ -60,21 +60,12 @@ class Principal(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(Permissions):
     """A login with no users file behind it: its roles, over every session."""
 
     name: str
     roles: frozenset[Role]
-
-    @property
-    def is_admin(self) -> bool:
-        return Role.ADMIN in self.roles
-
-    def may_publish(self) -> bool:
-        return bool(self.roles & {Role.PUBLISHER, Role.ADMIN})
-
-    def may_read(self, session_id: str) -> bool:
-        return bool(self.roles & {Role.SUBSCRIBER, Role.ADMIN})
+    sessions: tuple[str, ...] | None = None
 
 
 ANONYMOUS: Final = "(anonymous)"
