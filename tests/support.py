@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 import psutil
+import pytest
 
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
@@ -335,3 +337,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class FullDisk:
+    """``os.write`` failing with ENOSPC, while ``full``, for the writes that hold
+    ``marker`` (pick one that only the log's batches under test contain)."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, marker: bytes = b"Sfail", full: bool = True
+    ) -> None:
+        self.full = full
+        self.marker = marker
+        self.failures = 0
+        self._write = os.write
+        monkeypatch.setattr(os, "write", self.write)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.full and self.marker in data:
+            self.failures += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._write(fd, data)

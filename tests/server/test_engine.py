@@ -18,7 +18,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import INDEX_FILE, Durability, Recovery, SessionLog, verify
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
-from support import JumpingLoop
+from support import FullDisk, JumpingLoop
 
 REAL_TIMEOUT = 10.0
 
@@ -379,22 +379,6 @@ def test_a_server_that_multicasts_refuses_what_moldudp64_cannot_carry(tmp_path: 
 RETRY = 60.0
 """The engine's retry delay in these tests: far longer than they take, so that only
 the loop's clock jumping (:class:`JumpingLoop`) lets a retry happen."""
-
-
-class FullDisk:
-    """``os.write`` failing with ENOSPC for the log's writes that hold ``marker``, while
-    ``full``."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, marker: bytes = b"Sfail") -> None:
-        self.full = True
-        self.marker = marker
-        self._write = os.write
-        monkeypatch.setattr(os, "write", self.write)
-
-    def write(self, fd: int, data: bytes) -> int:
-        if self.full and self.marker in data:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._write(fd, data)
 
 
 def run_jumping(

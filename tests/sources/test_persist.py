@@ -4,8 +4,6 @@ example, against a log whose writes fail with ENOSPC until the disk has room aga
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 from pathlib import Path
 
 import pytest
@@ -17,26 +15,10 @@ from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
 
-from support import JumpingLoop
+from support import FullDisk, JumpingLoop
 
 RETRY = 60.0
 """The engine's retry delay: only the loop's clock jumping lets a retry happen."""
-
-
-class FullDisk:
-    """``os.write`` failing with ENOSPC for the log's batches while ``full``."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.full = False
-        self.failures = 0
-        self._write = os.write
-        monkeypatch.setattr(os, "write", self.write)
-
-    def write(self, fd: int, data: bytes) -> int:
-        if self.full and data[2:3] == b"S":  # a batch of Sequenced Data packets
-            self.failures += 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._write(fd, data)
 
 
 def run_jumping(tmp_path: Path, scenario: object) -> None:
@@ -78,7 +60,7 @@ def logged(tmp_path: Path) -> list[bytes]:
 def test_the_demo_waits_out_a_full_disk_and_numbers_every_message_right(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    disk = FullDisk(monkeypatch)
+    disk = FullDisk(monkeypatch, marker=b" demo", full=False)  # every demo batch
 
     async def scenario(engine: Engine, loop: JumpingLoop) -> None:
         demo = asyncio.ensure_future(run_demo(engine, rate=1000, count=300, tick=0.001))
