@@ -15,10 +15,7 @@ from tickertape.client.publisher import Publisher
 from tickertape.errors import LoginRejected as LoginRejectedError
 from tickertape.protocol.publishing import NO_STREAM
 from tickertape.protocol.server import ServerTimers
-from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability
 from tickertape.users import User, Users
 from tickertape.wire.soupbintcp import (
     Debug,
@@ -47,6 +44,23 @@ def users() -> Users:
     )
 
 
+def answered_at_once(users: Users) -> ServerConfig:
+    """A server checking ``users``, answering failed logins at once."""
+    return ServerConfig(port=0, users=users, login_delay=0.0)
+
+
+def answered_slowly(users: Users) -> ServerConfig:
+    """A server checking ``users`` whose delays (100 s, doubling to 400 s) are long
+    enough that the real time a test takes does not count: for a jumping clock."""
+    return ServerConfig(
+        port=0,
+        users=users,
+        login_delay=100.0,
+        max_login_delay=400.0,
+        timers=ServerTimers(login_timeout=10_000.0),
+    )
+
+
 async def rest(client: SoupClient) -> list[object]:
     """Every packet until the server closes the connection."""
     packets: list[object] = []
@@ -57,9 +71,7 @@ async def rest(client: SoupClient) -> list[object]:
 
 def test_each_role_over_real_logins(tmp_path: Path, users: Users) -> None:
     async def scenario() -> None:
-        config = ServerConfig(port=0, users=users, login_delay=0.0)
-        engine = Engine(Catalogue(tmp_path, Durability.NONE))
-        async with running_server(tmp_path, config, engine=engine) as (engine, server):
+        async with running_server(tmp_path, answered_at_once(users)) as (engine, server):
             await engine.publish_many([b"one", b"two"])
             port = server.port
 
@@ -116,9 +128,7 @@ def test_a_user_restricted_to_some_sessions_cannot_pull_others(
     tmp_path: Path, users: Users
 ) -> None:
     async def scenario() -> None:
-        config = ServerConfig(port=0, users=users, login_delay=0.0)
-        engine = Engine(Catalogue(tmp_path, Durability.NONE))
-        async with running_server(tmp_path, config, engine=engine) as (engine, server):
+        async with running_server(tmp_path, answered_at_once(users)) as (engine, server):
             first = engine.session_id
             await engine.publish_many([b"a", b"b"])
             await engine.roll(to="2026112902")  # "old" may read this one only
@@ -150,15 +160,7 @@ def test_failed_logins_from_one_address_are_answered_ever_later(
     loop = JumpingLoop()
 
     async def scenario() -> None:
-        # Delays long enough that the real time the test takes does not count.
-        config = ServerConfig(
-            port=0,
-            users=users,
-            login_delay=100.0,
-            max_login_delay=400.0,
-            timers=ServerTimers(login_timeout=10_000.0),
-        )
-        async with running_server(tmp_path, config) as (_, server):
+        async with running_server(tmp_path, answered_slowly(users)) as (_, server):
             for delay in (100.0, 200.0, 400.0, 400.0):
                 client = await SoupClient.login(server.port, user="sub", password="bad")
                 read = asyncio.ensure_future(client.reader.read(65536))  # no timeout: time jumps
@@ -195,9 +197,7 @@ def test_the_event_loop_keeps_serving_while_passwords_are_checked(
     already logged in keeps getting its messages meanwhile."""
 
     async def scenario() -> None:
-        config = ServerConfig(port=0, users=users, login_delay=0.0)
-        engine = Engine(Catalogue(tmp_path, Durability.NONE))
-        async with running_server(tmp_path, config, engine=engine) as (engine, server):
+        async with running_server(tmp_path, answered_at_once(users)) as (engine, server):
             reader = await SoupClient.login(server.port, user="admin", password="adminpass")
             assert isinstance(await reader.packet(), LoginAccepted)
             logins = [
@@ -279,8 +279,7 @@ async def _publish_refused(port: int) -> list[object]:
 
 def test_a_rejected_publisher_client_raises(tmp_path: Path, users: Users) -> None:
     async def scenario() -> None:
-        config = ServerConfig(port=0, users=users, login_delay=0.0)
-        async with running_server(tmp_path, config) as (_, server):
+        async with running_server(tmp_path, answered_at_once(users)) as (_, server):
             with pytest.raises(LoginRejectedError):
                 await Publisher.connect("127.0.0.1", server.port, username="pub", password="x")
             assert await _publish_refused(server.port) == [LoginRejected("S")]
@@ -299,14 +298,7 @@ def test_logins_from_one_address_are_checked_one_after_the_other(
     loop = JumpingLoop()
 
     async def scenario() -> None:
-        config = ServerConfig(
-            port=0,
-            users=users,
-            login_delay=100.0,
-            max_login_delay=400.0,
-            timers=ServerTimers(login_timeout=10_000.0),
-        )
-        async with running_server(tmp_path, config) as (_, server):
+        async with running_server(tmp_path, answered_slowly(users)) as (_, server):
             clients = [
                 await SoupClient.login(server.port, user="sub", password="bad") for _ in range(3)
             ]
