@@ -387,12 +387,30 @@ class SoupPublisher:
             await self.publisher.close()
 
 
-class SoupSubscriber:
+class ConsumingSubscriber:
+    """A subscriber whose messages are taken by a task of its own (``self.task``)."""
+
+    task: asyncio.Task[None] | None = None
+
+    async def wait(self, deadline: float) -> None:
+        assert self.task is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.task), max(0.0, deadline - time.monotonic()))
+        if self.task.done():
+            self.task.result()
+
+    async def stop_consuming(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class SoupSubscriber(ConsumingSubscriber):
     """tickertape's Subscription, from sequence number 1, in batches."""
 
     def __init__(self, port: int) -> None:
         self.subscription = Subscription(HOST, port, seq=1, reconnect=False)
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self, checker: Checker, deadline: float) -> None:
         self.task = asyncio.create_task(self._consume(checker))
@@ -411,18 +429,8 @@ class SoupSubscriber:
             if checker.done:
                 break
 
-    async def wait(self, deadline: float) -> None:
-        assert self.task is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.task), max(0.0, deadline - time.monotonic()))
-        if self.task.done():
-            self.task.result()
-
     async def close(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await self.stop_consuming()
         await self.subscription.close()
 
 
@@ -530,13 +538,12 @@ class RedisPublisher:
             self.client.close()
 
 
-class RedisSubscriber:
+class RedisSubscriber(ConsumingSubscriber):
     """redis-py: XREAD COUNT n BLOCK from the last id received (from 0-0)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.client: Any = None
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self, checker: Checker, deadline: float) -> None:
         self.client = redis.asyncio.Redis(host=HOST, port=self.port)
@@ -554,18 +561,8 @@ class RedisSubscriber:
             checker.feed([fields[REDIS_FIELD] for _, fields in entries], time.monotonic_ns())
             last = entries[-1][0]
 
-    async def wait(self, deadline: float) -> None:
-        assert self.task is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.task), max(0.0, deadline - time.monotonic()))
-        if self.task.done():
-            self.task.result()
-
     async def close(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await self.stop_consuming()
         if self.client is not None:
             await self.client.aclose()
 
