@@ -64,6 +64,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import json
 import math
@@ -518,11 +519,23 @@ def latency_reader_main(conn: Connection, count: int, time_limit: float) -> None
 
 
 def raw_replay_server_main(
-    conn: Connection, log_path: str, session: str, connections: int, time_limit: float
+    conn: Connection,
+    log_path: str,
+    session: str,
+    connections: int,
+    time_limit: float,
+    cert: str = "",
+    key: str = "",
 ) -> None:
     """The replay ceiling: on each connection, read the login, send Login Accepted, then
-    ``os.sendfile`` the whole log on a blocking socket."""
+    the whole log: with ``os.sendfile`` on a blocking socket; or, given ``cert`` and
+    ``key``, over TLS, read in 1 MiB chunks and ``sendall``-ed."""
     try:
+        context = None
+        if cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(cert, key)
         with socket.create_server((HOST, 0)) as listener:
             conn.send(("port", listener.getsockname()[1]))
             listener.settimeout(time_limit)
@@ -531,21 +544,19 @@ def raw_replay_server_main(
             accepted = LoginAccepted(session, 1).encode()
             try:
                 for _ in range(connections):
-                    sock, _ = listener.accept()
+                    plain, _ = listener.accept()
+                    plain.settimeout(time_limit)
+                    plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock = (
+                        plain if context is None else context.wrap_socket(plain, server_side=True)
+                    )
                     with sock:
-                        sock.settimeout(time_limit)
                         recv_exactly(sock, LOGIN_REQUEST_SIZE)
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        sock.settimeout(None)  # os.sendfile needs a blocking socket
                         sock.sendall(accepted)
-                        offset = 0
-                        deadline = time.monotonic() + time_limit
-                        while offset < size and time.monotonic() < deadline:
-                            sent = os.sendfile(sock.fileno(), fd, offset, size - offset)
-                            if not sent:
-                                break
-                            offset += sent
-                        sock.settimeout(time_limit)
+                        if context is None:
+                            _sendfile_log(sock, fd, size, time_limit)
+                        else:
+                            _sendall_log(sock, fd, size)
                         with contextlib.suppress(OSError):
                             for _ in range(10_000):  # until the reader closes
                                 if not sock.recv(1 << 16):
@@ -555,6 +566,28 @@ def raw_replay_server_main(
     except Exception as exc:
         with contextlib.suppress(OSError):
             conn.send(("error", repr(exc)))
+
+
+def _sendfile_log(sock: socket.socket, fd: int, size: int, time_limit: float) -> None:
+    sock.settimeout(None)  # os.sendfile needs a blocking socket
+    offset = 0
+    deadline = time.monotonic() + time_limit
+    while offset < size and time.monotonic() < deadline:
+        sent = os.sendfile(sock.fileno(), fd, offset, size - offset)
+        if not sent:
+            break
+        offset += sent
+    sock.settimeout(time_limit)
+
+
+def _sendall_log(sock: socket.socket, fd: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(MIB, size - offset), offset)
+        if not chunk:
+            break
+        sock.sendall(chunk)
+        offset += len(chunk)
 
 
 def accept_subscribers(
@@ -701,60 +734,6 @@ def replay_read(port: int, session: str, expected: int, timeout: float) -> tuple
     return done_at[0] - started, got
 
 
-def bench_replay(settings: Settings, report: Report) -> None:
-    messages = settings.replay_messages
-    data, log_path, session = replay_session(settings, messages)
-    log_size = log_path.stat().st_size
-    expected = log_size + LOGIN_ACCEPTED_SIZE
-    warm_page_cache(log_path)
-    server = ServerProcess("--data", str(data), "--durability", "none")
-    say("replay: starting tickertape serve (it verifies the log's checksums on start)")
-    port = server.start(settings.timeout)
-    raw_process, raw_conn = start_child(
-        raw_replay_server_main,
-        str(log_path),
-        session,
-        settings.repeat,
-        settings.timeout,
-    )
-    ours: list[float] = []
-    raw: list[float] = []
-    try:
-        raw_port = int(recv_sync(raw_conn, 60)[1])
-        for attempt in range(settings.repeat):
-            warm_page_cache(log_path)
-            seconds, _ = replay_read(port, session, expected, settings.timeout)
-            ours.append(seconds)
-            say(f"replay {attempt + 1}: tickertape {seconds:.3f} s")
-            warm_page_cache(log_path)
-            seconds, _ = replay_read(raw_port, session, expected, settings.timeout)
-            raw.append(seconds)
-            say(f"replay {attempt + 1}: raw sendfile {seconds:.3f} s")
-    finally:
-        server.stop()
-        stop_child(raw_process, raw_conn)
-    best, best_raw = min(ours), min(raw)
-    report.replay_seconds = best
-    ratio = best_raw / best
-    report.rows.append(
-        Row(
-            f"replay {messages:,} x {settings.payload_size} B, 1 subscriber",
-            f"{rate(messages / best, 'msg/s')}, {log_size / best / 1e6:,.0f} MB/s",
-            f"{rate(messages / best_raw, 'msg/s')}, {log_size / best_raw / 1e6:,.0f} MB/s",
-            f"{ratio:.2f}",
-            f">= 0.8 of raw: {verdict(ratio >= 0.8)}",
-        )
-    )
-    report.notes.append(
-        f"replay: best of {settings.repeat}; tickertape runs "
-        + ", ".join(f"{s:.3f}" for s in ours)
-        + " s; raw runs "
-        + ", ".join(f"{s:.3f}" for s in raw)
-        + " s (login to last byte); "
-        + paired([r / o for o, r in zip(ours, raw, strict=True)])
-    )
-
-
 # ---------------------------------------------------------------------------- replay over TLS
 
 
@@ -773,53 +752,6 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     issued.private_key_pem.write_to_path(str(key))
     ca.cert_pem.write_to_path(str(ca_file))
     return cert, key, ca_file
-
-
-def raw_tls_replay_server_main(
-    conn: Connection,
-    log_path: str,
-    session: str,
-    cert: str,
-    key: str,
-    connections: int,
-    time_limit: float,
-) -> None:
-    """The TLS replay ceiling: on each connection, the TLS handshake, the login, Login
-    Accepted, then the log read in 1 MiB chunks and ``sendall``-ed on a blocking socket."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
-        with socket.create_server((HOST, 0)) as listener:
-            conn.send(("port", listener.getsockname()[1]))
-            listener.settimeout(time_limit)
-            fd = os.open(log_path, os.O_RDONLY)
-            size = os.fstat(fd).st_size
-            accepted = LoginAccepted(session, 1).encode()
-            try:
-                for _ in range(connections):
-                    plain, _ = listener.accept()
-                    plain.settimeout(time_limit)
-                    plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    with context.wrap_socket(plain, server_side=True) as sock:
-                        recv_exactly(sock, LOGIN_REQUEST_SIZE)
-                        sock.sendall(accepted)
-                        offset = 0
-                        while offset < size:
-                            chunk = os.pread(fd, min(MIB, size - offset), offset)
-                            if not chunk:
-                                break
-                            sock.sendall(chunk)
-                            offset += len(chunk)
-                        with contextlib.suppress(OSError):
-                            for _ in range(10_000):  # until the reader closes
-                                if not sock.recv(1 << 16):
-                                    break
-            finally:
-                os.close(fd)
-    except Exception as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", repr(exc)))
 
 
 def replay_read_tls(
@@ -861,54 +793,61 @@ def replay_read_tls(
     return done_at - started, f"{cipher[1]} {cipher[0]}" if cipher else "?"
 
 
-def bench_replay_tls(settings: Settings, report: Report) -> None:
+def bench_replay(settings: Settings, report: Report, *, tls: bool = False) -> None:
+    """One subscriber replays the whole log, from tickertape and from the raw ceiling
+    (``os.sendfile``; over TLS, a plain TLS ``sendall`` loop), alternately."""
+    name = "replay-tls" if tls else "replay"
     messages = settings.replay_messages
     data, log_path, session = replay_session(settings, messages)
     log_size = log_path.stat().st_size
     expected = log_size + LOGIN_ACCEPTED_SIZE
-    cert, key, ca = make_certificate(settings.run_dir)
-    context = ssl.create_default_context(cafile=str(ca))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    server_args = ["--data", str(data), "--durability", "none"]
+    raw_args: tuple[str, ...] = ()
+    context: ssl.SSLContext | None = None
+    if tls:
+        cert, key, ca = make_certificate(settings.run_dir)
+        context = ssl.create_default_context(cafile=str(ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        server_args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        raw_args = (str(cert), str(key))
+
+    def read(port: int) -> tuple[float, str]:
+        """(seconds, the cipher over TLS)"""
+        if context is None:
+            return replay_read(port, session, expected, settings.timeout)[0], ""
+        return replay_read_tls(port, context, session, expected, settings.timeout)
+
     warm_page_cache(log_path)
-    server = ServerProcess(
-        "--data",
-        str(data),
-        "--durability",
-        "none",
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-    )
-    say("replay-tls: starting tickertape serve --tls-cert (it verifies the log on start)")
+    server = ServerProcess(*server_args)
+    if tls:
+        say("replay-tls: starting tickertape serve --tls-cert (it verifies the log on start)")
+    else:
+        say("replay: starting tickertape serve (it verifies the log's checksums on start)")
     port = server.start(settings.timeout)
     raw_process, raw_conn = start_child(
-        raw_tls_replay_server_main,
+        raw_replay_server_main,
         str(log_path),
         session,
-        str(cert),
-        str(key),
         settings.repeat,
         settings.timeout,
+        *raw_args,
     )
     ours: list[float] = []
     raw: list[float] = []
     ciphers: set[str] = set()
+    raw_name = "raw TLS sendall" if tls else "raw sendfile"
     try:
         raw_port = int(recv_sync(raw_conn, 60)[1])
         for attempt in range(settings.repeat):
-            warm_page_cache(log_path)
-            seconds, cipher = replay_read_tls(port, context, session, expected, settings.timeout)
-            ours.append(seconds)
-            ciphers.add(cipher)
-            say(f"replay-tls {attempt + 1}: tickertape {seconds:.3f} s ({cipher})")
-            warm_page_cache(log_path)
-            seconds, cipher = replay_read_tls(
-                raw_port, context, session, expected, settings.timeout
-            )
-            raw.append(seconds)
-            ciphers.add(cipher)
-            say(f"replay-tls {attempt + 1}: raw TLS sendall {seconds:.3f} s ({cipher})")
+            for who, where, times in (("tickertape", port, ours), (raw_name, raw_port, raw)):
+                warm_page_cache(log_path)
+                seconds, cipher = read(where)
+                times.append(seconds)
+                if tls:
+                    ciphers.add(cipher)
+                    say(f"{name} {attempt + 1}: {who} {seconds:.3f} s ({cipher})")
+                else:
+                    say(f"{name} {attempt + 1}: {who} {seconds:.3f} s")
     finally:
         server.stop()
         stop_child(raw_process, raw_conn)
@@ -916,13 +855,25 @@ def bench_replay_tls(settings: Settings, report: Report) -> None:
     ratio = best_raw / best
     report.rows.append(
         Row(
-            f"replay over TLS {messages:,} x {settings.payload_size} B, 1 subscriber",
+            f"replay{' over TLS' if tls else ''} {messages:,} x {settings.payload_size} B, "
+            "1 subscriber",
             f"{rate(messages / best, 'msg/s')}, {log_size / best / 1e6:,.0f} MB/s",
             f"{rate(messages / best_raw, 'msg/s')}, {log_size / best_raw / 1e6:,.0f} MB/s",
             f"{ratio:.2f}",
             f">= 0.8 of raw: {verdict(ratio >= 0.8)}",
         )
     )
+    runs = (
+        f"best of {settings.repeat}; tickertape runs "
+        + ", ".join(f"{s:.3f}" for s in ours)
+        + " s; raw runs "
+        + ", ".join(f"{s:.3f}" for s in raw)
+    )
+    pairs = paired([r / o for o, r in zip(ours, raw, strict=True)])
+    if not tls:
+        report.replay_seconds = best
+        report.notes.append(f"replay: {runs} s (login to last byte); {pairs}")
+        return
     plain = (
         f"; {report.replay_seconds / best:.2f} of the plain replay's rate in this run"
         if report.replay_seconds
@@ -930,13 +881,7 @@ def bench_replay_tls(settings: Settings, report: Report) -> None:
     )
     report.notes.append(
         f"replay-tls ({', '.join(sorted(ciphers))}; the reader decrypts on one core, the "
-        f"server encrypts on another): best of {settings.repeat}; tickertape runs "
-        + ", ".join(f"{s:.3f}" for s in ours)
-        + " s; raw runs "
-        + ", ".join(f"{s:.3f}" for s in raw)
-        + " s (handshake to last byte); "
-        + paired([r / o for o, r in zip(ours, raw, strict=True)])
-        + plain
+        f"server encrypts on another): {runs} s (handshake to last byte); {pairs}{plain}"
     )
 
 
@@ -1830,7 +1775,7 @@ def measure_mold(
 
 RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "replay": bench_replay,
-    "replay-tls": bench_replay_tls,
+    "replay-tls": functools.partial(bench_replay, tls=True),
     "fanout": bench_fanout,
     "publish": bench_publish,
     "latency": bench_latency,
