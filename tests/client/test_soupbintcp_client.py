@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -16,50 +15,9 @@ from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import JumpingLoop, running_server
+from support import CuttingProxy, JumpingLoop, running_server
 
 TIMEOUT = 20.0
-
-
-class CuttingProxy:
-    """Forwards TCP to a server; :meth:`cut` aborts every connection passing through."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.port = 0
-        self.cuts = 0
-        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self._pairs.append((writer, up_writer))
-
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def cut(self) -> None:
-        self.cuts += 1
-        for down, up in self._pairs:
-            for writer in (down, up):
-                writer.transport.abort()
-        self._pairs.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 def payload(seq: int) -> bytes:

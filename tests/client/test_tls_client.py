@@ -4,7 +4,6 @@ and certificates the test makes (trustme)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tickertape.errors import ConfigError
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.tls import client_context, server_context
 
-from support import running_server
+from support import CuttingProxy, running_server
 
 TIMEOUT = 20.0
 
@@ -45,45 +44,6 @@ def ca_and_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 async def first_message(subscription: Subscription) -> Message:
     async with subscription as messages:
         return await anext(aiter(messages))
-
-
-class CuttingProxy:
-    """Forwards TCP (here, TLS records it cannot read) to a port; :meth:`cut` aborts every
-    connection passing through."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self._writers += [writer, up_writer]
-
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def cut(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 def test_a_tls_subscription_reconnects_with_no_gap(
