@@ -135,33 +135,30 @@ def _is_alphanumeric(text: str) -> bool:
 
 def normalise_username(name: str) -> str:
     """``name`` as stored: lower case. :class:`ConfigError` if SoupBinTCP cannot carry it."""
-    rule = f"SoupBinTCP allows 1 to {USERNAME_LENGTH} letters or digits"
-    if not name:
-        raise ConfigError(f"the username is empty; {rule}")
-    if len(name) > USERNAME_LENGTH:
-        raise ConfigError(
-            f"username {name!r} is {len(name)} characters; SoupBinTCP allows at most "
-            f"{USERNAME_LENGTH} letters or digits"
-        )
-    if not _is_alphanumeric(name):
-        raise ConfigError(f"username {name!r} has characters other than letters or digits; {rule}")
+    _check_field(name, "the username", f"username {name!r}", USERNAME_LENGTH)
     return name.lower()
 
 
 def normalise_password(password: str) -> str:
     """``password`` as hashed: upper case. :class:`ConfigError` if SoupBinTCP cannot carry
     it; the message never quotes the password."""
-    rule = f"SoupBinTCP allows 1 to {PASSWORD_LENGTH} letters or digits"
-    if not password:
-        raise ConfigError(f"the password is empty; {rule}")
-    if len(password) > PASSWORD_LENGTH:
-        raise ConfigError(
-            f"the password is {len(password)} characters; SoupBinTCP allows at most "
-            f"{PASSWORD_LENGTH} letters or digits"
-        )
-    if not _is_alphanumeric(password):
-        raise ConfigError(f"the password has characters other than letters or digits; {rule}")
+    _check_field(password, "the password", "the password", PASSWORD_LENGTH)
     return password.upper()
+
+
+def _check_field(value: str, empty: str, named: str, limit: int) -> None:
+    """A SoupBinTCP username or password field: 1 to ``limit`` ASCII letters or digits.
+    ``empty`` and ``named`` say what it is in the messages."""
+    rule = f"SoupBinTCP allows 1 to {limit} letters or digits"
+    if not value:
+        raise ConfigError(f"{empty} is empty; {rule}")
+    if len(value) > limit:
+        raise ConfigError(
+            f"{named} is {len(value)} characters; SoupBinTCP allows at most {limit} letters "
+            "or digits"
+        )
+    if not _is_alphanumeric(value):
+        raise ConfigError(f"{named} has characters other than letters or digits; {rule}")
 
 
 def parse_roles(names: Iterable[str]) -> frozenset[Role]:
