@@ -53,6 +53,7 @@ from tickertape.server.access import (
     Principal,
     is_loopback,
 )
+from tickertape.server.engine import PublishFailed
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
@@ -164,26 +165,28 @@ class ServerConfig:
             )
         if not 0 <= self.login_delay <= self.max_login_delay:
             raise ConfigError("login_delay must be between 0 and max_login_delay")
-        self.access()  # refuses anonymous logins from other machines unless allowed
+        self.anonymous_roles()  # refuses anonymous logins from other machines unless allowed
 
-    def access(self) -> Access:
-        """Who may log in under this configuration; raises ConfigError if the server
-        would be open to anonymous logins from other machines without ``allow_anonymous``."""
-        anonymous: frozenset[Role] | None = None
+    def anonymous_roles(self) -> frozenset[Role] | None:
+        """What an anonymous login may do (None: it is refused); raises ConfigError if
+        the server would be open to anonymous logins from other machines without
+        ``allow_anonymous``."""
         if self.users is None and self.credentials is None:
             if is_loopback(self.host):
-                anonymous = frozenset({Role.SUBSCRIBER, Role.PUBLISHER})
-            elif self.allow_anonymous:
-                anonymous = frozenset({Role.SUBSCRIBER})
-            else:
+                return frozenset({Role.SUBSCRIBER, Role.PUBLISHER})
+            if not self.allow_anonymous:
                 raise ConfigError(
                     f"listening on {self.host or 'every address'} with no users file would let "
                     "anyone who can reach it log in: give --users FILE (see 'tickertape users "
                     "add --help'), or --allow-anonymous to serve anonymous subscribers anyway"
                 )
-        elif self.allow_anonymous:
-            anonymous = frozenset({Role.SUBSCRIBER})
-        return Access(users=self.users, credentials=self.credentials, anonymous=anonymous)
+        return frozenset({Role.SUBSCRIBER}) if self.allow_anonymous else None
+
+    def access(self) -> Access:
+        """Who may log in under this configuration."""
+        return Access(
+            users=self.users, credentials=self.credentials, anonymous=self.anonymous_roles()
+        )
 
 
 class SoupBinTCPServer:
@@ -553,9 +556,7 @@ class _Connection(asyncio.Protocol):
         wanted = request.session or engine.session_id
         publishing = wanted == engine.session_id and request.sequence == NO_STREAM
         if publishing and not principal.may_publish():
-            self._refuse_login(
-                f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
-            )
+            self._refuse_login(_may_not_publish(principal))
         elif not publishing and not principal.may_read(wanted):
             self._refuse_login(f"user {principal.name!r} may not read session {wanted}")
         elif wanted == engine.session_id:
@@ -685,9 +686,7 @@ class _Connection(asyncio.Protocol):
         if not self._may_publish:
             principal = self._principal
             if principal is not None and not principal.may_publish():
-                reason = (
-                    f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
-                )
+                reason = _may_not_publish(principal)
             else:
                 reason = (
                     "publishing goes into the active session; this connection is logged in "
@@ -742,8 +741,6 @@ class _Connection(asyncio.Protocol):
                     await engine.end_session()
                     self._ack(ended, 0)
             except Exception as exc:
-                from tickertape.server.engine import PublishFailed  # noqa: PLC0415
-
                 if isinstance(exc, PublishFailed) and exc.published:
                     # Part of the batch was written before a write failed: say so.
                     self._acked += exc.published
@@ -862,3 +859,7 @@ class _Connection(asyncio.Protocol):
             session.send_debug(reason, self._loop.time())
             self._flush()
         self._close_transport()
+
+
+def _may_not_publish(principal: Principal) -> str:
+    return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
