@@ -15,8 +15,11 @@
 Reading needs nothing. Changing needs ``Authorization: Bearer TOKEN`` with the token the
 server was started with, or ``Authorization: Basic`` with the username and password of a
 user with the ``admin`` role in the server's users file; a server with neither refuses
-every change (403). Every answer is JSON; an error is ``{"error": "..."}`` saying what to
-do about it.
+every change (403). A wrong token or password is counted with the failed SoupBinTCP
+logins of the caller's address and answered after the same delay; checks from one
+address are made one after the other. Every answer is JSON; an error is
+``{"error": "..."}`` saying what to do about it. A request that is not HTTP, or not
+addressed to 127.0.0.1, is answered 4xx and logged as one WARNING line.
 
 Nothing here blocks the event loop: listing sessions opens their logs (which reads them
 to check their checksums) and archiving compresses a whole log, both on a worker thread.
@@ -27,15 +30,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
@@ -97,6 +103,7 @@ class AdminServer:
         self._port = 0
         self._facts = LogFactsCache()
         self._archiving: set[str] = set()
+        self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._answer_errors])
@@ -106,7 +113,12 @@ class AdminServer:
         app.router.add_post("/roll", self._roll)
         app.router.add_post("/end", self._end)
         app.router.add_post("/sessions/{id}/archive", self._archive)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT,
+            logger=_RequestLog(),
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, ADMIN_HOST, self.config.port, reuse_address=True)
@@ -288,38 +300,49 @@ class AdminServer:
                 "--admin-token-file)",
                 {"WWW-Authenticate": 'Bearer realm="tickertape"'},
             )
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            log.warning("admin API: refused a change asked by %s: wrong token", request.remote)
-            raise ApiError(
-                401,
-                "wrong admin token: use the one the server was started with "
-                "(--admin-token or --admin-token-file)",
-                {"WWW-Authenticate": 'Bearer realm="tickertape", error="invalid_token"'},
-            )
+        source = request.remote or "?"
+        async with self._checking_from(source):
+            # The header's bytes as they came (aiohttp decodes them as UTF-8, keeping
+            # any other byte as a surrogate): a token in any encoding is just wrong.
+            if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
+                self.server.login_throttle.succeeded(source)
+                return
+            await self._refuse_slowly(source, ": wrong token")
+        raise ApiError(
+            401,
+            "wrong admin token: use the one the server was started with "
+            "(--admin-token or --admin-token-file)",
+            {"WWW-Authenticate": 'Bearer realm="tickertape", error="invalid_token"'},
+        )
 
     async def _authorize_user(self, request: web.Request, given: str) -> None:
         """``Authorization: Basic``: a user of the users file with the admin role. The
         password is checked on a thread; failures are slowed down as logins are."""
+        source = request.remote or "?"
         try:
             username, _, password = base64.b64decode(given, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            # ValueError: a byte outside ASCII in the header.
+            log.warning(
+                "admin API: refused a change asked by %s: the Basic credentials are not "
+                "base64 of NAME:PASSWORD in UTF-8",
+                source,
+            )
             raise ApiError(400, "the Basic credentials are not base64 of NAME:PASSWORD") from None
         loop = asyncio.get_running_loop()
-        principal = await loop.run_in_executor(
-            None, self.server.access.authenticate, username, password
-        )
-        source = request.remote or "?"
-        if principal is not None and principal.is_admin:
-            log.info("admin API: %s authorized as %r", source, principal.name)
-            return
-        delay = self.server.login_throttle.failed(source, loop.time())
-        log.warning(
-            "admin API: refused a change asked by %s as %r: %s",
-            source,
-            username,
-            "not an admin" if principal is not None else "bad username or password",
-        )
-        await asyncio.sleep(delay)
+        async with self._checking_from(source):
+            principal = await loop.run_in_executor(
+                None, self.server.access.authenticate, username, password
+            )
+            if principal is not None and principal.is_admin:
+                self.server.login_throttle.succeeded(source)
+                log.info("admin API: %s authorized as %r", source, principal.name)
+                return
+            await self._refuse_slowly(
+                source,
+                f" as {username!r}: "
+                + ("not an admin" if principal is not None else "bad username or password"),
+            )
         raise ApiError(
             401 if principal is None else 403,
             "bad username or password"
@@ -328,14 +351,60 @@ class AdminServer:
             {"WWW-Authenticate": 'Basic realm="tickertape"'},
         )
 
+    async def _refuse_slowly(self, source: str, why: str) -> None:
+        """A failed check from ``source``: counted with the failed SoupBinTCP logins of
+        that address, logged, and answered only after their delay."""
+        loop = asyncio.get_running_loop()
+        throttle = self.server.login_throttle
+        delay = throttle.failed(source, loop.time())
+        log.warning(
+            "admin API: refused a change asked by %s%s (failure %d from this address; "
+            "answered in %.2f s)",
+            source,
+            why,
+            throttle.failures(source, loop.time()),
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _checking_from(self, source: str) -> AsyncIterator[None]:
+        """Held while a change asked from ``source`` is checked (a failure's delay
+        included): guessing in parallel is no faster than in turn."""
+        lock, users = self._checking.get(source) or (asyncio.Lock(), 0)
+        self._checking[source] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._checking[source]
+            if users > 1:
+                self._checking[source] = (lock, users - 1)
+            else:
+                del self._checking[source]
+
     # ------------------------------------------------------------------ errors
 
     @web.middleware
     async def _answer_errors(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         # A page elsewhere could point a browser at this port through a host name that
         # resolves to 127.0.0.1 (DNS rebinding): answer only requests addressed here.
-        host = request.url.host
+        try:
+            host = request.url.host
+        except ValueError:  # a byte no host name has (UnicodeError is a ValueError)
+            log.warning(
+                "admin API: answered 400 to a malformed request from %s: its Host header "
+                "is not a host name",
+                request.remote,
+            )
+            return _error(400, "the Host header is not a host name: send Host: 127.0.0.1")
         if host not in _ALLOWED_HOSTS:
+            log.warning(
+                "admin API: answered 403 to a request from %s addressed to %s, not to %s",
+                request.remote,
+                host,
+                ADMIN_HOST,
+            )
             return _error(
                 403, f"the admin API answers requests addressed to {ADMIN_HOST} only, not {host}"
             )
@@ -362,6 +431,37 @@ class AdminServer:
         except Exception as exc:
             log.exception("admin API: %s %s failed", request.method, request.path)
             return _error(500, f"internal error ({exc}); the server's log has the details")
+
+
+class _RequestLog:
+    """Stands for aiohttp's server logger. A request aiohttp cannot parse (garbage, TLS
+    on this plain port, a bad header) is answered 4xx by aiohttp and logged here as one
+    WARNING line, not as an ERROR with a traceback; anything else goes to aiohttp's
+    logger as it would have."""
+
+    def debug(self, msg: str, *args: object, **kwargs: Any) -> None:
+        if not self._malformed(args, kwargs):
+            server_logger.debug(msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: object, **kwargs: Any) -> None:
+        if not self._malformed(args, kwargs):
+            server_logger.exception(msg, *args, **kwargs)
+
+    @staticmethod
+    def _malformed(args: tuple[object, ...], kwargs: dict[str, Any]) -> bool:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            return False
+        # aiohttp's message: what is wrong, then the bytes, then a line of ^ under them.
+        lines = [line.strip() for line in (error.message or "").splitlines()]
+        reason = " ".join(line for line in lines if line.strip("^")) or type(error).__name__
+        log.warning(
+            "admin API: answered %d to a malformed request from %s: %s",
+            error.code,
+            args[0] if args else "?",
+            reason[:200],
+        )
+        return True
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
