@@ -131,6 +131,10 @@ class ServerProcess:
         with self._seen:
             return any(text in line for line in self.lines)
 
+    def running(self) -> bool:
+        """Whether the server process has not exited."""
+        return self._process is not None and self._process.poll() is None
+
     def rss(self) -> int:
         """The server's resident memory, bytes."""
         return int(psutil.Process(self.pid).memory_info().rss)

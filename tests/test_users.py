@@ -468,3 +468,29 @@ def test_save_then_load_any_valid_users(users: list[User]) -> None:
         loaded = Users.load(path)
     assert loaded == Users(users)
     assert list(loaded) == sorted(users, key=lambda user: user.name)
+
+
+def test_a_users_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text("[users.ann]\nroles = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        Users.load(path)
+
+
+def test_a_server_refuses_a_users_file_with_no_users(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text("# nobody\n")
+    assert len(Users.load(path)) == 0  # `tickertape users add` starts from such a file
+    with pytest.raises(ConfigError, match="has no users: every login would be refused"):
+        Users.load_to_serve(path)
+
+
+def test_changes_between_two_sets_of_users_are_said_in_a_few_words() -> None:
+    ann = User.create("ann", "annpass", ["subscriber"])
+    bob = User.create("bob", "bobpass", ["subscriber"])
+    old = Users([ann, bob])
+    new = Users([User(ann.name, ann.password_hash, frozenset({Role.ADMIN}))])
+    new.add("cy", "cypass", ["publisher"])
+    assert new.changes_from(old) == "added cy; removed bob; changed ann (roles)"
+    assert new.admins() == ["ann"]
+    assert old.changes_from(old) == "no change"

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -33,6 +33,7 @@ from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
+from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
@@ -790,7 +791,7 @@ def _positive_int(text: str) -> int:
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     """The SoupBinTCP endpoint's configuration from ``serve``'s options."""
-    users = Users.load(args.users) if args.users is not None else None
+    users = Users.load_to_serve(args.users) if args.users is not None else None
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -806,30 +807,65 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _reload_users_on_sighup(args: argparse.Namespace, server: SoupBinTCPServer) -> None:
-    """``kill -HUP``: read the users file again; if it is broken, keep the users as they
-    were and say why."""
-    if args.users is None:
-        return
-    loop = asyncio.get_running_loop()
+class _Hangup:
+    """``kill -HUP``, from the moment ``serve`` starts: it never stops the server. With
+    ``--users`` the users file is read again (a file that does not load leaves the users
+    as they were); either way one line says what was reloaded, or why nothing was."""
 
-    async def reload() -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._users_file: Path | None = args.users
+        self.server: SoupBinTCPServer | None = None
+        """Set once the SoupBinTCP server runs: until then there is nothing to reload."""
+        self.admin: str | None = None
+        """How the admin API takes changes besides admin users: None (no admin API, or
+        one that never takes changes), "token" or "read-only"."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGHUP, self._soon)
+
+    def _soon(self) -> None:
+        task = self._loop.create_task(self._reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        server, path = self.server, self._users_file
+        if server is None:
+            log.info("SIGHUP: nothing reloaded: the server is still starting")
+            return
+        if path is None:
+            log.info("SIGHUP: nothing to reload (no --users file); serving on")
+            return
         try:
-            users = await loop.run_in_executor(None, Users.load, args.users)
-        except (OSError, ConfigError) as exc:
+            users = await self._loop.run_in_executor(None, Users.load_to_serve, path)
+        except ConfigError as exc:
             log.error("SIGHUP: the users file was not reloaded, the old users stay: %s", exc)
-        else:
-            server.reload_users(users)
+            return
+        except Exception as exc:  # whatever it is, it must not stop the server
+            log.error(
+                "SIGHUP: the users file %s was not reloaded, the old users stay: %s: %s",
+                path,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        old = server.access.users or Users()
+        server.reload_users(users)
+        said = f"SIGHUP: users file {path} reloaded: {_count(len(users), 'user')}; "
+        said += users.changes_from(old)
+        before, after = old.admins(), users.admins()
+        if self.admin is not None and before != after:
+            if after:
+                said += f"; the admin API now accepts changes from {', '.join(after)}"
+            elif self.admin == "token":
+                said += "; no user has the admin role: the admin API takes the token only"
+            else:
+                said += "; no user has the admin role: the admin API is read-only"
+        log.info("%s", said)
 
-    def reload_soon() -> None:
-        task = loop.create_task(reload())
-        _reloads.add(task)
-        task.add_done_callback(_reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, reload_soon)
-
-
-_reloads: set[asyncio.Task[None]] = set()
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _raise_file_limit(config: ServerConfig) -> None:
@@ -869,6 +905,7 @@ def _check_follow(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 async def _serve_follow(args: argparse.Namespace) -> int:
     """``serve --follow DIR``: the sessions another process writes, read-only."""
+    hangup = _Hangup(args)
     config = _server_config(args)
     _raise_file_limit(config)
     follower = Follower(args.follow)
@@ -884,7 +921,7 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    _reload_users_on_sighup(args, server)
+    hangup.server = server
     try:
         await stop.wait()
         log.info("shutting down")
@@ -927,6 +964,7 @@ class _Inputs:
 async def _serve(args: argparse.Namespace) -> int:
     if args.follow is not None:
         return await _serve_follow(args)
+    hangup = _Hangup(args)
     if args.source_rate is not None and args.source is None:
         raise ConfigError("--source-rate needs --source")
     source = load_source(args.source, args.source_rate) if args.source else None
@@ -1006,7 +1044,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    _reload_users_on_sighup(args, server)
+    hangup.server = server
+    hangup.admin = None if admin is None else "token" if token else "read-only"
     inputs = _Inputs(stop)
     if args.demo:
 
@@ -1406,8 +1445,8 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "publish",
         help="publish the lines of a file or of stdin",
         description="Log in to a tickertape server as a publisher and publish each line of "
-        "FILE (or stdin) as one message of the active session, in order. Exits non-zero if "
-        "any message was not acknowledged as durable.",
+        "FILE (or stdin) as one message of the active session, in order: the bytes between "
+        "two \\n, as they are. Exits non-zero if any message was not acknowledged as durable.",
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="(stdin)")
     publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
@@ -1417,12 +1456,22 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     publish.add_argument(
         "--binary",
         action="store_true",
-        help="records are a 2-byte big-endian length, then that many bytes (not lines)",
+        help="records are a 2-byte big-endian length, then that many bytes, published as "
+        "they are (without it: each line, without its \\n, byte for byte; a \\r before it "
+        "is kept and said)",
     )
     publish.add_argument(
         "--end-session",
         action="store_true",
         help="end the session once every message is published",
+    )
+    publish.add_argument(
+        "--marker-ends-session",
+        action="store_true",
+        help="a line (or --binary record) that is exactly ESC 'END OF SESSION', the "
+        "publishing convention's marker, ends the session there, and what follows goes "
+        "into the next session (default: such a line is refused, with its number, and "
+        "nothing from it on is published)",
     )
     publish.add_argument(
         "--timeout",
@@ -1453,27 +1502,68 @@ class _Rate:
         sys.stderr.flush()
 
 
-def _records(stream: BinaryIO, binary: bool, batch: int = 2000) -> Iterator[list[bytes]]:
-    """The file's messages, in lists of up to ``batch``."""
-    if binary:
+class _MarkerRefused(Exception):
+    """The input holds the END OF SESSION marker as a record, and the user did not ask
+    for it to end the session."""
+
+    def __init__(self, what: str, number: int) -> None:
+        super().__init__(what, number)
+        self.what = what
+        self.number = number
+
+
+class _Records:
+    """The input's messages, in lists of up to ``batch``: each line without its
+    ``\n``, byte for byte (a ``\r`` before it is kept, and counted in
+    :attr:`carriage_returns`), or with ``binary`` each 2-byte-length-prefixed record.
+    A record that is the END OF SESSION marker is passed on if ``marker_ends`` is
+    set; else what comes before it is, then :class:`_MarkerRefused`."""
+
+    def __init__(self, stream: BinaryIO, binary: bool, marker_ends: bool) -> None:
+        self._stream = stream
+        self._binary = binary
+        self._marker_ends = marker_ends
+        self.read = 0
+        """Records (lines) read so far."""
+        self.carriage_returns = 0
+        self._refused: _MarkerRefused | None = None
+
+    def next_batch(self, batch: int = 2000) -> list[bytes] | None:
+        """The next records, or None at the end of the input."""
+        if self._refused is not None:
+            raise self._refused
+        records = self._read_binary(batch) if self._binary else self._read_lines(batch)
+        if not records:
+            return None
+        if not self._marker_ends and END_OF_SESSION_MARKER in records:
+            index = records.index(END_OF_SESSION_MARKER)
+            number = self.read - len(records) + index + 1
+            self._refused = _MarkerRefused("record" if self._binary else "line", number)
+            if index == 0:
+                raise self._refused
+            return records[:index]
+        return records
+
+    def _read_lines(self, batch: int) -> list[bytes]:
+        lines = self._stream.readlines(batch * 64)
+        records = [line[:-1] if line.endswith(b"\n") else line for line in lines]
+        self.read += len(records)
+        self.carriage_returns += sum(record.endswith(b"\r") for record in records)
+        return records
+
+    def _read_binary(self, batch: int) -> list[bytes]:
         header = struct.Struct(">H")
         records: list[bytes] = []
-        while head := stream.read(2):
+        while len(records) < batch and (head := self._stream.read(2)):
             if len(head) < 2:
                 raise ConfigError("the input ends inside a record's length (--binary)")
             (size,) = header.unpack(head)
-            record = stream.read(size)
+            record = self._stream.read(size)
             if len(record) < size:
                 raise ConfigError(f"the input ends inside a record of {size} bytes (--binary)")
             records.append(record)
-            if len(records) == batch:
-                yield records
-                records = []
-        if records:
-            yield records
-        return
-    while lines := stream.readlines(batch * 64):
-        yield [line.rstrip(b"\r\n") for line in lines]
+        self.read += len(records)
+        return records
 
 
 def _open_input(name: str) -> BinaryIO:
@@ -1502,17 +1592,26 @@ async def _publish(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot reach {args.host}:{args.port}: {exc}") from None
+    refused: _MarkerRefused | None = None
+    reader = _Records(stream, args.binary, args.marker_ends_session)
     try:
-        batches = _records(stream, args.binary)
         # Reading runs on a thread: a slow pipe must not stop heartbeats and acknowledgements.
-        while (records := await loop.run_in_executor(None, next, batches, None)) is not None:
+        while True:
+            try:
+                records = await loop.run_in_executor(None, reader.next_batch)
+            except _MarkerRefused as exc:
+                refused = exc
+                break
+            if records is None:
+                break
             await publisher.send_many(records)
             if progress is not None:
                 progress.show(publisher.sent, publisher.acked)
         try:
             async with asyncio.timeout(args.timeout):
                 last = await publisher.flush()
-                ended = await publisher.end_session() if args.end_session else None
+                if args.end_session and refused is None:
+                    await publisher.end_session()
         except TimeoutError:
             raise ConfigError(
                 f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
@@ -1532,10 +1631,25 @@ async def _publish(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     elapsed = time.monotonic() - started
     where = f" into session {last.session}, the last as {last.seq}" if last else ""
+    ended_sessions = [*publisher.ended]
     print(
         f"published {publisher.acked} messages{where} in {elapsed:.2f} s "
         f"({publisher.acked / elapsed if elapsed else 0:,.0f} a second)"
-        + (f"; session {ended} ended" if ended else ""),
+        + "".join(f"; session {session} ended" for session in ended_sessions),
         file=sys.stderr,
     )
+    returns = reader.carriage_returns
+    if returns:
+        print(
+            f"note: {_count(returns, 'line')} end{'s' if returns == 1 else ''} with a carriage "
+            "return (\\r), kept in the message: only \\n ends a line (--binary publishes "
+            "records of any bytes)",
+            file=sys.stderr,
+        )
+    if refused is not None:
+        raise ConfigError(
+            f"{refused.what} {refused.number} is the END OF SESSION marker (ESC 'END OF "
+            f"SESSION'), which would end the session: it and every {refused.what} after it "
+            f"were not published (give --marker-ends-session to let it end the session)"
+        )
     return 0

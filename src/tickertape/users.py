@@ -475,6 +475,10 @@ class Users:
             raise ConfigError(f"users file {path}: not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"users file {path}: not valid TOML: not UTF-8") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise ConfigError(
+                f"users file {path}: not valid TOML: arrays or tables nested too deeply"
+            ) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning(
                 "users file %s may be read by others (mode %o): it holds password hashes; "
@@ -483,6 +487,48 @@ class Users:
                 stat.S_IMODE(mode),
             )
         return cls._from_document(document, path)
+
+    @classmethod
+    def load_to_serve(cls, path: str | os.PathLike[str]) -> Users:
+        """Read a users file for a server: as :meth:`load`, and a :class:`ConfigError` if
+        it has no users (every login would be refused)."""
+        users = cls.load(path)
+        if not users:
+            raise ConfigError(
+                f"users file {path} has no users: every login would be refused (add one with "
+                f"tickertape users add NAME --role ROLE --file {path})"
+            )
+        return users
+
+    def admins(self) -> list[str]:
+        """The names of the users with the admin role, sorted."""
+        return [user.name for user in self if user.is_admin]
+
+    def changes_from(self, old: Users) -> str:
+        """What changed from ``old`` to these users, in a few words: who was added,
+        removed, or given other roles, sessions or password."""
+        added = sorted(set(self._users) - set(old._users))
+        removed = sorted(set(old._users) - set(self._users))
+        changed = []
+        for name in sorted(set(self._users) & set(old._users)):
+            before, after = old._users[name], self._users[name]
+            what = [
+                label
+                for label, differs in (
+                    ("roles", before.roles != after.roles),
+                    ("sessions", before.sessions != after.sessions),
+                    ("password", before.password_hash != after.password_hash),
+                )
+                if differs
+            ]
+            if what:
+                changed.append(f"{name} ({', '.join(what)})")
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (("added", added), ("removed", removed), ("changed", changed))
+            if names
+        ]
+        return "; ".join(parts) or "no change"
 
     @classmethod
     def _from_document(cls, document: dict[str, Any], path: Path) -> Users:

@@ -236,7 +236,7 @@ def test_the_users_file_is_read_again_on_sighup(tmp_path: Path) -> None:
             [User.create("bob", "bobpass", ["subscriber"])]  # ann removed, bob added
         ).save(users_file)
         os.kill(server.pid, signal.SIGHUP)
-        server.wait_for_log("users reloaded: 1 users")
+        server.wait_for_log("reloaded: 1 user;")
         assert isinstance(asyncio.run(login("bob", "bobpass")), LoginAccepted)
         assert asyncio.run(login("ann", "annpass")) == LoginRejected("A")
 

@@ -48,7 +48,11 @@ class Publisher:
         self._writer = writer
         self._connection = connection
         self.sent = 0
-        """Messages sent so far."""
+        """Messages sent so far (not counting END OF SESSION markers)."""
+        self.ends_sent = 0
+        """END OF SESSION markers sent so far."""
+        self.ended: list[str] = []
+        """The sessions this publisher's markers ended, as the server confirmed them."""
         self.last_ack: Ack | None = None
         self.session = ""
         self._acked = asyncio.Event()
@@ -106,16 +110,19 @@ class Publisher:
         return self.last_ack.count if self.last_ack else 0
 
     async def send_many(self, payloads: Sequence[bytes]) -> None:
-        """Send messages; waits while the server is not reading (back-pressure)."""
+        """Send messages; waits while the server is not reading (back-pressure). A
+        payload that is exactly :data:`END_OF_SESSION_MARKER` ends the session there."""
         self._check()
         self._writer.write(encode_unsequenced_many(payloads))
-        self.sent += len(payloads)
+        ends = payloads.count(END_OF_SESSION_MARKER)
+        self.sent += len(payloads) - ends
+        self.ends_sent += ends
         await self._writer.drain()
 
     async def flush(self) -> Ack | None:
-        """Wait until every message sent is acknowledged; the last acknowledgement.
-        (Bound the wait with ``asyncio.timeout``.)"""
-        while self.acked < self.sent:
+        """Wait until every message sent is acknowledged, and every session end
+        confirmed; the last acknowledgement. (Bound the wait with ``asyncio.timeout``.)"""
+        while self.acked < self.sent or len(self.ended) < self.ends_sent:
             self._check()
             await self._acked.wait()
             self._acked.clear()
@@ -127,6 +134,7 @@ class Publisher:
         self._check()
         self._ended = asyncio.get_running_loop().create_future()
         self._writer.write(encode_unsequenced_many([END_OF_SESSION_MARKER]))
+        self.ends_sent += 1
         return await self._ended
 
     def _check(self) -> None:
@@ -174,6 +182,7 @@ class Publisher:
                 log.warning("unexpected message from the server: %s", exc)
                 return
             if ack.seq == 0:
+                self.ended.append(ack.session)
                 if self._ended is not None and not self._ended.done():
                     self._ended.set_result(ack.session)
                 return

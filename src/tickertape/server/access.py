@@ -122,6 +122,12 @@ class Access:
         return self._users is not None
 
     @property
+    def users(self) -> Users | None:
+        """The users file's users, as last loaded (None: there is no users file)."""
+        with self._lock:
+            return self._users
+
+    @property
     def anonymous(self) -> frozenset[Role] | None:
         return self._anonymous
 

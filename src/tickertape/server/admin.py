@@ -128,12 +128,22 @@ class AdminServer:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
-        log.info(
-            "admin API listening on %s:%d%s",
-            ADMIN_HOST,
-            self._port,
-            "" if self.config.token else " (read-only: start with --admin-token to allow changes)",
-        )
+        log.info("admin API listening on %s:%d%s", ADMIN_HOST, self._port, self._who_may_change())
+
+    def _who_may_change(self) -> str:
+        """For the log: who may change things through this admin API."""
+        users = self.server.access.users
+        admins = users.admins() if users is not None else []
+        if self.config.token:
+            return f" (changes: with the token, or as {', '.join(admins)})" if admins else ""
+        if admins:
+            return f" (changes: as a user with the admin role: {', '.join(admins)})"
+        if users is not None:
+            return (
+                " (read-only: no user has the admin role; give one the admin role in the "
+                "users file and send SIGHUP, or start with --admin-token, to allow changes)"
+            )
+        return " (read-only: start with --admin-token to allow changes)"
 
     @property
     def port(self) -> int:

@@ -219,9 +219,9 @@ class SoupBinTCPServer:
         self._release(ended, ended_log, 0)
 
     def reload_users(self, users: Users) -> None:
-        """Use a users file read again (on SIGHUP): for logins from now on."""
+        """Use a users file read again (on SIGHUP): for logins from now on. (The caller
+        says what changed.)"""
         self.access.replace_users(users)
-        log.info("users reloaded: %d users", len(users))
 
     @property
     def login_throttle(self) -> LoginThrottle:
