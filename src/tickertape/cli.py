@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from tickertape import __version__
 from tickertape import sessions as offline
@@ -69,6 +69,9 @@ from tickertape.tls import client_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
+
+if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only then
+    from tickertape.server.admin import AdminServer
 
 log = logging.getLogger("tickertape")
 
@@ -386,8 +389,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead of --data: serve, read-only, the data directory DIR that another "
         "tickertape server on this host is writing, its new messages, new sessions and "
-        "ended sessions as they come; nothing in DIR is changed (takes only --host, "
-        "--port, --user and --verbose)",
+        "ended sessions as they come; nothing in DIR is changed (takes --host, --port, "
+        "the options for who may connect, TLS, --admin-port (read-only) and --verbose; "
+        "the others are for the server writing DIR)",
     )
     serve.add_argument(
         "--upstream",
@@ -704,6 +708,7 @@ _FOLLOW_TAKES: Final = frozenset(
         "login_timeout",
         "idle_timeout",
         "max_write_buffer",
+        "admin_port",
     }
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
@@ -917,6 +922,17 @@ async def _serve_follow(args: argparse.Namespace) -> int:
         await follower.close()
         print(f"tickertape: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    admin = None
+    if args.admin_port:
+        from tickertape.server.admin import AdminConfig, AdminServer  # noqa: PLC0415
+
+        admin = AdminServer(follower, server, AdminConfig(port=args.admin_port))
+        try:
+            await _start_admin(admin, args.admin_port)
+        except OSError:
+            await server.close()
+            await follower.close()
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -926,6 +942,8 @@ async def _serve_follow(args: argparse.Namespace) -> int:
         await stop.wait()
         log.info("shutting down")
     finally:
+        if admin is not None:
+            await admin.close()
         await server.close()
         await follower.close()
     return 0
@@ -1021,15 +1039,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
         admin = AdminServer(engine, server, AdminConfig(port=args.admin_port, token=token))
         try:
-            await admin.start()
-        except OSError as exc:
+            await _start_admin(admin, args.admin_port)
+        except OSError:
             await server.close()
             await engine.close()
-            print(
-                f"tickertape: cannot listen for the admin API on {ADMIN_HOST}:{args.admin_port}: "
-                f"{exc}",
-                file=sys.stderr,
-            )
             return 1
     try:
         mold = await _start_mold(args, engine)
@@ -1073,6 +1086,18 @@ async def _serve(args: argparse.Namespace) -> int:
         await engine.close()
         await mold.close()  # after: the last batches go out too
     return 1 if inputs.failed else 0
+
+
+async def _start_admin(admin: AdminServer, port: int) -> None:
+    """Start the admin API; OSError (said on stderr) if it cannot listen."""
+    try:
+        await admin.start()
+    except OSError as exc:
+        print(
+            f"tickertape: cannot listen for the admin API on {ADMIN_HOST}:{port}: {exc}",
+            file=sys.stderr,
+        )
+        raise
 
 
 class _Mold:

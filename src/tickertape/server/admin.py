@@ -12,6 +12,9 @@
     POST /end                      the same: End of Session to every subscriber
     POST /sessions/{id}/archive    archive an ended session; 409 for the active one
 
+A server that follows another's data directory (``serve --follow``) serves the reading
+endpoints only: every change is refused (403), pointing at the server writing it.
+
 Reading needs nothing. Changing needs ``Authorization: Bearer TOKEN`` with the token the
 server was started with, or ``Authorization: Basic`` with the username and password of a
 user with the ``admin`` role in the server's users file; a server with neither refuses
@@ -45,6 +48,7 @@ from aiohttp.log import server_logger
 
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
+from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
 from tickertape.sessions import (
     STATE_ARCHIVED,
@@ -94,7 +98,10 @@ class AdminServer:
     ``await close()`` before the server and engine are closed."""
 
     def __init__(
-        self, engine: Engine, server: SoupBinTCPServer, config: AdminConfig | None = None
+        self,
+        engine: Engine | Follower,
+        server: SoupBinTCPServer,
+        config: AdminConfig | None = None,
     ) -> None:
         self.engine = engine
         self.server = server
@@ -132,6 +139,8 @@ class AdminServer:
 
     def _who_may_change(self) -> str:
         """For the log: who may change things through this admin API."""
+        if isinstance(self.engine, Follower):
+            return f" (read-only: this server follows {self.engine.root})"
         users = self.server.access.users
         admins = users.admins() if users is not None else []
         if self.config.token:
@@ -175,7 +184,7 @@ class AdminServer:
                 "next_seq": engine.next_seq,
                 "messages": engine.next_seq - 1,
                 # Why publishing is paused (a write to the log failed), or null.
-                "publishing_error": engine.publishing_error,
+                "publishing_error": getattr(engine, "publishing_error", None),
                 "subscribers": [asdict(info) for info in self.server.subscribers()],
             }
         )
@@ -229,11 +238,23 @@ class AdminServer:
 
     # ------------------------------------------------------------------ changing
 
+    def _writable(self) -> Engine:
+        """The engine, if this server writes its sessions; else 403: a follower's admin
+        API only reads."""
+        engine = self.engine
+        if isinstance(engine, Follower):
+            raise ApiError(
+                403,
+                f"this server follows {engine.root}, which another process writes: it changes "
+                "nothing there; ask the admin API of the server writing it",
+            )
+        return engine
+
     async def _roll(self, request: web.Request) -> web.Response:
-        return await self._rolled(request, "roll", self.engine.roll)
+        return await self._rolled(request, "roll", self._writable().roll)
 
     async def _end(self, request: web.Request) -> web.Response:
-        return await self._rolled(request, "end", self.engine.end_session)
+        return await self._rolled(request, "end", self._writable().end_session)
 
     async def _rolled(
         self, request: web.Request, verb: str, act: Callable[[], Awaitable[str]]
@@ -251,6 +272,7 @@ class AdminServer:
         return _json({"ended": ended, "session": following})
 
     async def _archive(self, request: web.Request) -> web.Response:
+        self._writable()
         await self._authorize(request)
         session_id = request.match_info["id"]
         if session_id == self.engine.session_id:
