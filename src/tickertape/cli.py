@@ -1571,9 +1571,14 @@ class _Records:
 
     def _read_lines(self, batch: int) -> list[bytes]:
         lines = self._stream.readlines(batch * 64)
-        records = [line[:-1] if line.endswith(b"\n") else line for line in lines]
+        if not lines:
+            return []
+        records = [line.rstrip(b"\r\n") for line in lines]  # fast, and right without \r
+        newlines = len(lines) - (not lines[-1].endswith(b"\n"))
+        if sum(map(len, lines)) - sum(map(len, records)) != newlines:  # a \r was stripped
+            records = [line[:-1] if line.endswith(b"\n") else line for line in lines]
+            self.carriage_returns += sum(record.endswith(b"\r") for record in records)
         self.read += len(records)
-        self.carriage_returns += sum(record.endswith(b"\r") for record in records)
         return records
 
     def _read_binary(self, batch: int) -> list[bytes]:
