@@ -9,6 +9,7 @@ import asyncio
 import base64
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,9 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import trustme
 
+from tickertape.tls import client_context
 from tickertape.users import User, Users
-from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected
+from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, LoginRequest
 
 from support import ServerProcess, SoupClient, free_port
 
@@ -166,4 +169,51 @@ def test_a_users_file_that_does_not_load_on_sighup_keeps_the_old_users(
         assert isinstance(login(server.port, "ann", "annpass"), LoginAccepted)
         assert len(sighup_lines(server)) == 1
         assert not server.logged("Traceback")
+        assert server.stop() == 0
+
+
+def tls_login(port: int, ca: trustme.CA, directory: Path) -> object:
+    """Log in over TLS trusting only ``ca``: the server's first answer."""
+    ca_file = directory / "trusted-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def attempt() -> object:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(ca_file), server_hostname="127.0.0.1"
+        )
+        try:
+            client = SoupClient(reader, writer)
+            writer.write(LoginRequest("", "", "", 1).encode())
+            return await asyncio.wait_for(client.packet(), TIMEOUT)
+        finally:
+            writer.close()
+
+    return asyncio.run(attempt())
+
+
+def test_sighup_reloads_the_tls_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+
+    def issue(ca: trustme.CA) -> None:
+        issued = ca.issue_cert("127.0.0.1")
+        issued.private_key_pem.write_to_path(str(key))
+        cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+
+    first, renewed = trustme.CA(), trustme.CA()
+    issue(first)
+    with ServerProcess(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        assert isinstance(tls_login(server.port, first, tmp_path), LoginAccepted)
+        issue(renewed)
+        line = hangup(server)
+        assert f"TLS certificate {cert} reloaded" in line, line
+        assert isinstance(tls_login(server.port, renewed, tmp_path), LoginAccepted)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_login(server.port, first, tmp_path)
+
+        # A key that is not the certificate's: the certificate in use stays.
+        trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+        line = hangup(server)
+        assert "the TLS certificate was not reloaded" in line, line
+        assert "does not belong" in line and str(key) in line, line
+        assert isinstance(tls_login(server.port, renewed, tmp_path), LoginAccepted)
         assert server.stop() == 0

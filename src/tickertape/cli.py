@@ -65,7 +65,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
-from tickertape.tls import client_context, server_context
+from tickertape.tls import client_context, reload_server_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
@@ -540,7 +540,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="serve SoupBinTCP over TLS (1.2 or later) with this certificate chain (PEM); "
-        "needs --tls-key",
+        "needs --tls-key; both are read again on SIGHUP (for new connections)",
     )
     serve.add_argument(
         "--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)"
@@ -815,10 +815,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
 class _Hangup:
     """``kill -HUP``, from the moment ``serve`` starts: it never stops the server. With
     ``--users`` the users file is read again (a file that does not load leaves the users
-    as they were); either way one line says what was reloaded, or why nothing was."""
+    as they were), with ``--tls-cert`` the certificate and key (likewise); either way one
+    line says what was reloaded, or why nothing was."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._users_file: Path | None = args.users
+        self._tls: tuple[Path, Path, ssl.SSLContext] | None = (
+            None if args.tls_context is None else (args.tls_cert, args.tls_key, args.tls_context)
+        )
         self.server: SoupBinTCPServer | None = None
         """Set once the SoupBinTCP server runs: until then there is nothing to reload."""
         self.admin: str | None = None
@@ -834,29 +838,37 @@ class _Hangup:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload(self) -> None:
-        server, path = self.server, self._users_file
-        if server is None:
+        if self.server is None:
             log.info("SIGHUP: nothing reloaded: the server is still starting")
             return
-        if path is None:
-            log.info("SIGHUP: nothing to reload (no --users file); serving on")
-            return
-        try:
-            users = await self._loop.run_in_executor(None, Users.load_to_serve, path)
-        except ConfigError as exc:
-            log.error("SIGHUP: the users file was not reloaded, the old users stay: %s", exc)
-            return
-        except Exception as exc:  # whatever it is, it must not stop the server
-            log.error(
-                "SIGHUP: the users file %s was not reloaded, the old users stay: %s: %s",
-                path,
-                type(exc).__name__,
-                exc,
-            )
-            return
+        said: list[str] = []
+        failed = False
+        if self._users_file is not None:
+            try:
+                said.append(await self._reload_users(self.server, self._users_file))
+            except Exception as exc:  # whatever it is, it must not stop the server
+                why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                said.append(f"the users file was not reloaded, the old users stay: {why}")
+                failed = True
+        if self._tls is not None:
+            cert, key, context = self._tls
+            try:
+                await self._loop.run_in_executor(None, reload_server_context, context, cert, key)
+                said.append(f"TLS certificate {cert} reloaded, for new connections")
+            except Exception as exc:
+                why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                said.append(f"the TLS certificate was not reloaded, the old one stays: {why}")
+                failed = True
+        if not said:
+            said.append("nothing to reload (no --users file, no --tls-cert); serving on")
+        log.log(logging.ERROR if failed else logging.INFO, "SIGHUP: %s", "; ".join(said))
+
+    async def _reload_users(self, server: SoupBinTCPServer, path: Path) -> str:
+        """Read the users file again and use it; what changed, in a few words."""
+        users = await self._loop.run_in_executor(None, Users.load_to_serve, path)
         old = server.access.users or Users()
         server.reload_users(users)
-        said = f"SIGHUP: users file {path} reloaded: {_count(len(users), 'user')}; "
+        said = f"users file {path} reloaded: {_count(len(users), 'user')}; "
         said += users.changes_from(old)
         before, after = old.admins(), users.admins()
         if self.admin is not None and before != after:
@@ -866,7 +878,7 @@ class _Hangup:
                 said += "; no user has the admin role: the admin API takes the token only"
             else:
                 said += "; no user has the admin role: the admin API is read-only"
-        log.info("%s", said)
+        return said
 
 
 def _count(number: int, noun: str) -> str:

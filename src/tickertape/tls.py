@@ -11,12 +11,14 @@ process), so a subscriber catching up is fed the log read in large ranges instea
 
 from __future__ import annotations
 
+import os
 import ssl
+import tempfile
 from pathlib import Path
 
 from tickertape.errors import ConfigError
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["client_context", "reload_server_context", "server_context"]
 
 
 def _readable(path: Path, what: str) -> None:
@@ -50,6 +52,31 @@ def server_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
     except OSError as exc:
         raise ConfigError(f"cannot load the TLS certificate {cert}: {exc}") from None
     return context
+
+
+def reload_server_context(context: ssl.SSLContext, cert: Path | str, key: Path | str) -> None:
+    """Load the certificate chain ``cert`` and key ``key`` again into the live server
+    ``context`` (``kill -HUP`` after a renewal): new handshakes use them, connections
+    made keep theirs. Both files are read once into a private copy, checked there, then
+    loaded from it, so a pair that does not load (:class:`ConfigError`, one line) or a
+    file replaced meanwhile leaves ``context`` as it was."""
+    cert, key = Path(cert), Path(key)
+    try:
+        cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="tickertape-tls-") as directory:  # mode 0700
+        copies = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+        for copy, pem in zip(copies, (cert_pem, key_pem), strict=True):
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(pem)
+        try:
+            server_context(*copies)
+        except ConfigError as exc:
+            said = str(exc).replace(str(copies[0]), str(cert)).replace(str(copies[1]), str(key))
+            raise ConfigError(said) from None
+        context.load_cert_chain(*copies)
 
 
 def client_context(ca: Path | str | None = None) -> ssl.SSLContext:
