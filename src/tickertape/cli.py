@@ -1550,7 +1550,7 @@ class _MarkerRefused(Exception):
 
 
 class _Records:
-    """The input's messages, in lists of up to ``batch``: each line without its
+    r"""The input's messages, in lists of up to ``batch``: each line without its
     ``\n``, byte for byte (a ``\r`` before it is kept, and counted in
     :attr:`carriage_returns`), or with ``binary`` each 2-byte-length-prefixed record.
     A record that is the END OF SESSION marker is passed on if ``marker_ends`` is
@@ -1673,11 +1673,10 @@ async def _publish(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     elapsed = time.monotonic() - started
     where = f" into session {last.session}, the last as {last.seq}" if last else ""
-    ended_sessions = [*publisher.ended]
     print(
         f"published {publisher.acked} messages{where} in {elapsed:.2f} s "
         f"({publisher.acked / elapsed if elapsed else 0:,.0f} a second)"
-        + "".join(f"; session {session} ended" for session in ended_sessions),
+        + "".join(f"; session {session} ended" for session in publisher.ended),
         file=sys.stderr,
     )
     returns = reader.carriage_returns
