@@ -119,7 +119,8 @@ def test_login_rejected() -> None:
     connection = ClientConnection(REQUEST, 0.0)
     connection.data_to_send()
     connection.receive_data(Debug(b"no").encode() + b"\x00\x02JA", 0.1)
-    assert split(connection.events_received()) == [DebugReceived("no"), Rejected("A")]
+    # The Debug packet before it is taken as the reason (J has only a code).
+    assert split(connection.events_received()) == [DebugReceived("no"), Rejected("A", "no")]
     assert state(connection) is State.CLOSED
     assert connection.next_deadline() == math.inf
     connection.tick(100.0)

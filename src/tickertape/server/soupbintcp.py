@@ -12,8 +12,9 @@ which returns events and bytes to send. A login is classified here:
 
 Who may log in and do what is decided by :class:`~tickertape.server.access.Access`: wrong
 credentials get Login Rejected ``A`` after a delay that grows with each failure from the
-same address; a session the user may not read gets ``S``; publishing without the
-``publisher`` role closes the connection with a Debug packet saying why. The limits of
+same address; a session the user may not read gets ``S``. Every Login Rejected follows a
+Debug packet saying why (``J`` has only a code). Publishing without the ``publisher``
+role closes the connection with a Debug packet saying why. The limits of
 :class:`ServerConfig` (connections in all and per address, packet sizes, the login
 timeout, the write buffer) close a connection that passes them the same way: a Debug
 packet, then the close.
@@ -45,6 +46,7 @@ from tickertape.protocol.server import (
     State,
 )
 from tickertape.server.access import (
+    ANONYMOUS,
     DEFAULT_LOGIN_DELAY,
     DEFAULT_MAX_LOGIN_DELAY,
     Access,
@@ -52,6 +54,7 @@ from tickertape.server.access import (
     LoginThrottle,
     Principal,
     is_loopback,
+    may_not_read,
 )
 from tickertape.server.engine import PublishFailed
 from tickertape.server.session_source import SessionSource
@@ -521,7 +524,7 @@ class _Connection(asyncio.Protocol):
                 )
             if principal is None:
                 await asyncio.sleep(self._failed())
-                self._reject(REJECT_NOT_AUTHORIZED)
+                self._reject(REJECT_NOT_AUTHORIZED, self._bad_credentials())
                 return
         self._authorize(request, principal)
         self._handle_events()
@@ -548,7 +551,9 @@ class _Connection(asyncio.Protocol):
         if principal is None:
             assert self._transport is not None
             self._transport.pause_reading()  # nothing more is read before the answer
-            self._loop.call_later(self._failed(), self._reject, REJECT_NOT_AUTHORIZED)
+            self._loop.call_later(
+                self._failed(), self._reject, REJECT_NOT_AUTHORIZED, self._bad_credentials()
+            )
             return
         self._server._throttle.succeeded(self._source)
         self._principal = principal
@@ -558,7 +563,7 @@ class _Connection(asyncio.Protocol):
         if publishing and not principal.may_publish():
             self._refuse_login(_may_not_publish(principal))
         elif not publishing and not principal.may_read(wanted):
-            self._refuse_login(f"user {principal.name!r} may not read session {wanted}")
+            self._refuse_login(may_not_read(principal, wanted))
         elif wanted == engine.session_id:
             self._accept(wanted, request.sequence, engine.session_log, engine)
         else:
@@ -570,15 +575,26 @@ class _Connection(asyncio.Protocol):
 
     def _refuse_login(self, reason: str) -> None:
         log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
-        session = self._session
-        assert session is not None
-        session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+        self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, reason)
 
-    def _reject(self, reason: str) -> None:
-        """Answer a failed login, once its delay is over."""
+    def _send_rejected(self, code: str, why: str) -> None:
+        """Debug with ``why``, then Login Rejected ``code``: ``J`` has no room for a reason."""
         session = self._session
         assert session is not None
-        session.reject(reason, self._loop.time())
+        if session.state is State.AWAITING_LOGIN:
+            session.send_debug(why, self._loop.time())
+        session.reject(code, self._loop.time())
+
+    def _bad_credentials(self) -> str:
+        session = self._session
+        request = session.request if session is not None else None
+        if request is None or not request.username:
+            return "this server needs a username and password: anonymous logins are refused"
+        return f"wrong username or password for user {request.username!r}"
+
+    def _reject(self, reason: str, why: str) -> None:
+        """Answer a failed login, once its delay is over."""
+        self._send_rejected(reason, why)
         self._handle_events()
 
     async def _login_closed(self, wanted: str, sequence: int) -> None:
@@ -588,7 +604,7 @@ class _Connection(asyncio.Protocol):
             session_log = await self._server.closed_session(wanted)
         except StoreError as exc:
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
-            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+            self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, str(exc))
         except Exception as exc:
             log.error(
                 "login of %r from %s rejected: session %s cannot be opened: %s",
@@ -597,7 +613,9 @@ class _Connection(asyncio.Protocol):
                 wanted,
                 exc,
             )
-            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+            self._send_rejected(
+                REJECT_SESSION_NOT_AVAILABLE, f"session {wanted} cannot be opened (see the log)"
+            )
         else:
             self._accept(wanted, sequence, session_log, None)
         self._handle_events()
@@ -862,4 +880,6 @@ class _Connection(asyncio.Protocol):
 
 
 def _may_not_publish(principal: Principal) -> str:
+    if principal.name == ANONYMOUS:
+        return f"anonymous logins may not publish: log in as a user with the {Role.PUBLISHER} role"
     return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
