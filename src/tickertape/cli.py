@@ -31,7 +31,7 @@ from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
+from tickertape.client.soupbintcp import Subscription, TLSRefused, describe_error, subscribe
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError, TickertapeError
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -1170,10 +1170,11 @@ async def _tail(args: argparse.Namespace) -> int:
     except TLSRefused:
         raise
     except ConnectionError as exc:
-        never = isinstance(source, Subscription) and source.logins == 0
-        if never and not args.wait and "TLS" not in str(exc):  # waiting would not mend TLS
-            raise ConfigError(f"{exc} (tail --wait keeps trying)") from None
-        raise
+        if not (isinstance(source, Subscription) and source.logins == 0):
+            raise
+        if args.wait or "TLS" in str(exc):  # waiting would not mend TLS
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{exc} (tail --wait keeps trying)") from None
     return 0
 
 
@@ -1537,7 +1538,9 @@ async def _publish(args: argparse.Namespace) -> int:
     except TLSRefused as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
-        raise ConfigError(f"cannot reach {args.host}:{args.port}: {exc}") from None
+        raise ConfigError(
+            f"cannot log in to {args.host}:{args.port}: {describe_error(exc)}"
+        ) from None
     try:
         batches = _records(stream, args.binary)
         # Reading runs on a thread: a slow pipe must not stop heartbeats and acknowledgements.

@@ -40,8 +40,10 @@ class Publisher:
         writer: asyncio.StreamWriter,
         connection: ClientConnection,
         where: str = "the server",
+        tls: bool = False,
     ) -> None:
         self._where = where
+        self._tls = tls
         self._reader = reader
         self._writer = writer
         self._connection = connection
@@ -81,7 +83,7 @@ class Publisher:
             LoginRequest(username, password, "", NO_STREAM), loop.time(), server_timeout=timeout
         )
         writer.write(connection.data_to_send())
-        publisher = cls(reader, writer, connection, f"{host}:{port}")
+        publisher = cls(reader, writer, connection, f"{host}:{port}", ssl is not None)
         try:
             await asyncio.wait_for(publisher._logged_in(), timeout)
         except BaseException:
@@ -144,7 +146,7 @@ class Publisher:
                     data = None
                 now = loop.time()
                 if data == b"":
-                    raise ConnectionError(closed_by_server(connection))
+                    raise ConnectionError(closed_by_server(connection, self._tls))
                 if data:
                     connection.receive_data(data, now)
                 connection.tick(now)

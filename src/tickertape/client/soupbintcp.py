@@ -43,6 +43,7 @@ __all__ = [
     "TLSRefused",
     "active_session",
     "closed_by_server",
+    "describe_error",
     "open_stream",
     "rejection",
     "subscribe",
@@ -126,14 +127,22 @@ def rejection(event: protocol.Rejected, where: str, not_available: str) -> Login
     return LoginRejected(event.reason, f"login to {where} rejected: {why}")
 
 
-def closed_by_server(connection: ClientConnection) -> str:
+def closed_by_server(connection: ClientConnection, tls: bool) -> str:
     """Why a connection ended that the server closed: with the text of its last Debug
-    packet, if it sent one."""
+    packet, if it sent one; if it sent nothing at all to a plain-text client, it may
+    expect TLS."""
     said = connection.last_debug
-    return "the server closed the connection" + (f" (it said: {said})" if said else "")
+    if said:
+        return f"the server closed the connection (it said: {said})"
+    if not connection.heard_anything and not tls:
+        return (
+            "the server closed the connection without a word (if it is a TLS port, "
+            "connect with TLS: --tls)"
+        )
+    return "the server closed the connection"
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """An error met while connecting, in words."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (nothing listens there: is the server running?)"
@@ -177,7 +186,7 @@ async def open_stream(
         # something that is no TLS record.
         raise ConnectionError(
             f"the TLS handshake with {host}:{port} failed "
-            f"({getattr(exc, 'reason', None) or exc or 'the server closed the connection'}): "
+            f"({getattr(exc, 'reason', None) or str(exc) or 'the server closed the connection'}): "
             "if the server does not speak TLS there, connect without TLS (no --tls)"
         ) from None
 
@@ -282,18 +291,18 @@ class Subscription:
                 never = self.logins == 0
                 if never and not (self._wait and self._reconnect):
                     raise ConnectionError(
-                        f"cannot log in to {self.host}:{self.port}: {_describe(exc)}"
+                        f"cannot log in to {self.host}:{self.port}: {describe_error(exc)}"
                     ) from None
                 if not self._reconnect:
                     raise ConnectionError(
-                        f"connection to {self.host}:{self.port} lost: {_describe(exc)}"
+                        f"connection to {self.host}:{self.port} lost: {describe_error(exc)}"
                     ) from exc
                 log.warning(
                     "%s %s:%d (%s); logging in again at %d in %.2f s",
                     "cannot log in to" if never else "connection lost to",
                     self.host,
                     self.port,
-                    _describe(exc),
+                    describe_error(exc),
                     self.next_seq,
                     delay,
                 )
@@ -331,7 +340,7 @@ class Subscription:
                 self._reading = False
                 now = loop.time()
                 if not data:
-                    raise _Dropped(closed_by_server(connection))
+                    raise _Dropped(closed_by_server(connection, self._ssl is not None))
                 connection.receive_data(data, now)
                 batches: list[Batch] = []
                 for event in connection.events_received():
@@ -446,7 +455,8 @@ async def active_session(
                 data = await reader.read(_READ_SIZE)
                 if not data:
                     raise ConnectionError(
-                        f"{host}:{port} did not answer the login: {closed_by_server(connection)}"
+                        f"{host}:{port} did not answer the login: "
+                        + closed_by_server(connection, ssl is not None)
                     )
                 connection.receive_data(data, loop.time())
                 for event in connection.events_received():

@@ -179,6 +179,11 @@ class ClientConnection:
     def state(self) -> State:
         return self._state
 
+    @property
+    def heard_anything(self) -> bool:
+        """Whether the server has sent a single byte."""
+        return self._heard_anything
+
     # ------------------------------------------------------------------ input
 
     def receive_data(self, data: bytes, now: float) -> None:

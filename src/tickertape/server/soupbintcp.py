@@ -29,7 +29,7 @@ import math
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
@@ -60,6 +60,7 @@ from tickertape.server.engine import PublishFailed
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.tls import TLSGate, is_client_hello
 from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
@@ -201,6 +202,7 @@ class SoupBinTCPServer:
         self.access = self.config.access()
         self._throttle = LoginThrottle(self.config.login_delay, self.config.max_login_delay)
         self._server: asyncio.Server | None = None
+        self._gate: TLSGate | None = None
         self._connections: set[_Connection] = set()
         self._per_source: dict[str, int] = {}
         self._refused = 0
@@ -304,14 +306,20 @@ class SoupBinTCPServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         tls = self.config.ssl
+
+        def connection() -> asyncio.Protocol:
+            return _Connection(self)
+
+        factory: Callable[[], asyncio.Protocol] = connection
+        if tls is not None:
+            # A client that never finishes the handshake is dropped as one that never logs
+            # in; one that speaks plain text is told, in a Debug packet, to use TLS.
+            self._gate = TLSGate(
+                factory, tls, self.config.timers.login_timeout, _PLAIN_ON_TLS_PORT, log
+            )
+            factory = self._gate.factory
         self._server = await loop.create_server(
-            lambda: _Connection(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            ssl=tls,
-            # A client that never finishes the handshake is dropped as one that never logs in.
-            ssl_handshake_timeout=self.config.timers.login_timeout if tls is not None else None,
+            factory, self.config.host, self.config.port, reuse_address=True
         )
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
@@ -341,6 +349,8 @@ class SoupBinTCPServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._gate is not None:
+            self._gate.close()
         for connection in list(self._connections):
             connection.close("the server is shutting down")
         if self._server is not None:
@@ -392,6 +402,7 @@ class _Connection(asyncio.Protocol):
         self._peer = "?"
         self._source = "?"
         self._admitted = False
+        self._heard = False  # anything from the client yet
         self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (next_seq, since)
         self._loop = asyncio.get_running_loop()
 
@@ -432,6 +443,16 @@ class _Connection(asyncio.Protocol):
         session = self._session
         if session is None:
             return  # refused: closing
+        if not self._heard:
+            self._heard = True
+            if self._server.config.ssl is None and is_client_hello(data):
+                log.warning(
+                    "%s began a TLS handshake on this plain-text port: closed (it must "
+                    "connect without TLS, or the server be started with --tls-cert)",
+                    self._peer,
+                )
+                self._close_transport()
+                return
         session.receive_data(data, self._loop.time())
         self._handle_events()
 
@@ -877,6 +898,11 @@ class _Connection(asyncio.Protocol):
             session.send_debug(reason, self._loop.time())
             self._flush()
         self._close_transport()
+
+
+_PLAIN_ON_TLS_PORT = Debug(
+    b"this port speaks TLS: connect with TLS (tickertape tail/publish --tls)"
+).encode()
 
 
 def _may_not_publish(principal: Principal) -> str:
