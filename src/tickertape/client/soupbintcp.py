@@ -298,13 +298,13 @@ class Subscription:
                         f"connection to {self.host}:{self.port} lost: {describe_error(exc)}"
                     ) from exc
                 log.warning(
-                    "%s %s:%d (%s); logging in again at %d in %.2f s",
-                    "cannot log in to" if never else "connection lost to",
+                    "cannot log in to %s:%d (%s); trying again in %.2f s"
+                    if never
+                    else "connection to %s:%d lost (%s); logging in again at %d in %.2f s",
                     self.host,
                     self.port,
                     describe_error(exc),
-                    self.next_seq,
-                    delay,
+                    *((delay,) if never else (self.next_seq, delay)),
                 )
                 self._retrying = True
                 await asyncio.sleep(delay)

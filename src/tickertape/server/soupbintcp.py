@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
-from tickertape.errors import ConfigError, StoreError
+from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
     ConnectionLost,
@@ -625,7 +625,15 @@ class _Connection(asyncio.Protocol):
             session_log = await self._server.closed_session(wanted)
         except StoreError as exc:
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
-            self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, str(exc))
+            self._send_rejected(
+                REJECT_SESSION_NOT_AVAILABLE,
+                f"session {wanted} is not available: "
+                + (
+                    "this server has no such session"
+                    if isinstance(exc, SessionNotFound)
+                    else "it cannot be opened (the server's log says why)"
+                ),
+            )
         except Exception as exc:
             log.error(
                 "login of %r from %s rejected: session %s cannot be opened: %s",
@@ -635,7 +643,9 @@ class _Connection(asyncio.Protocol):
                 exc,
             )
             self._send_rejected(
-                REJECT_SESSION_NOT_AVAILABLE, f"session {wanted} cannot be opened (see the log)"
+                REJECT_SESSION_NOT_AVAILABLE,
+                f"session {wanted} is not available: it cannot be opened (the server's log "
+                "says why)",
             )
         else:
             self._accept(wanted, sequence, session_log, None)
