@@ -675,6 +675,8 @@ def garbage() -> list[Hostile]:
             words = ("packet length 0",)
         else:
             continue  # a plausible length: see the typed cases
+        if blob.startswith(b"\x16\x03"):  # recognised as TLS, and said so
+            words = ("not TLS", "connect without TLS")
         hostiles.append(Hostile(what, blob, words))
     hostiles.append(
         Hostile(

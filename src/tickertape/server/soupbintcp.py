@@ -451,7 +451,7 @@ class _Connection(asyncio.Protocol):
                     "connect without TLS, or the server be started with --tls-cert)",
                     self._peer,
                 )
-                self._close_transport()
+                self.close("this port speaks plain SoupBinTCP, not TLS: connect without TLS")
                 return
         session.receive_data(data, self._loop.time())
         self._handle_events()
