@@ -31,8 +31,8 @@ from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
-from tickertape.errors import ConfigError, ProtocolError, TickertapeError
+from tickertape.client.soupbintcp import Subscription, TLSRefused, describe_error, subscribe
+from tickertape.errors import ConfigError, LoginRejected, ProtocolError, TickertapeError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -68,7 +68,7 @@ from tickertape.store.schedule import RollSchedule
 from tickertape.tls import client_context, reload_server_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
-from tickertape.wire.soupbintcp import MAX_PAYLOAD
+from tickertape.wire.soupbintcp import MAX_PAYLOAD, REJECT_NOT_AUTHORIZED
 
 if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only then
     from tickertape.server.admin import AdminServer
@@ -555,7 +555,10 @@ def _parser() -> argparse.ArgumentParser:
         "tail",
         help="print the messages of a session",
         description="Log in to a SoupBinTCP server and print one message a line: SEQ PAYLOAD. "
-        "Reconnects by itself, with no gap and no duplicate; stops at End of Session.",
+        "Once logged in, reconnects by itself when the connection drops, with no gap and no "
+        "duplicate, and says when it is back; stops at End of Session. A first login that "
+        "cannot be made (nothing listens, a TLS port without --tls) is an error (exit 1), "
+        "unless --wait; a rejected login is an error with the server's reason.",
     )
     tail.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
     tail.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
@@ -577,6 +580,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
     tail.add_argument("--password", default="", help="password")
+    tail.add_argument(
+        "--wait",
+        action="store_true",
+        help="if the server cannot be reached, keep trying (with a warning each time) until "
+        "it can, instead of exiting with an error",
+    )
     _add_tls_client_options(tail)
     mold = tail.add_argument_group(
         "MoldUDP64",
@@ -1205,8 +1214,6 @@ def _check_tail(args: argparse.Namespace) -> None:
 
 
 async def _tail(args: argparse.Namespace) -> int:
-    out = sys.stdout.buffer
-    shown = 0
     if args.count is not None and args.count <= 0:
         return 0
     source: Subscription | MoldSubscription
@@ -1230,7 +1237,29 @@ async def _tail(args: argparse.Namespace) -> int:
             username=args.user,
             password=args.password,
             ssl=args.tls_context,
+            wait=args.wait,
         )
+    try:
+        await _print_messages(args, source)
+    except LoginRejected as exc:
+        raise _rejected(exc, args) from None
+    except TLSRefused:
+        raise
+    except ConnectionError as exc:
+        if not (isinstance(source, Subscription) and source.logins == 0):
+            raise
+        if args.wait or "TLS" in str(exc):  # waiting would not mend TLS
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{exc} (tail --wait keeps trying)") from None
+    return 0
+
+
+async def _print_messages(
+    args: argparse.Namespace, source: Subscription | MoldSubscription
+) -> None:
+    """Print what ``source`` yields as ``--format`` says, up to ``--count``."""
+    out = sys.stdout.buffer
+    shown = 0
     async with source as messages:
         async for message in messages:
             if args.format == "text":
@@ -1245,7 +1274,13 @@ async def _tail(args: argparse.Namespace) -> int:
             if shown % 256 == 0:
                 out.flush()
     out.flush()
-    return 0
+
+
+def _rejected(exc: LoginRejected, args: argparse.Namespace) -> TickertapeError:
+    """A rejected login, with a hint if no --user was given and the server wants one."""
+    if exc.reason == REJECT_NOT_AUTHORIZED and not args.user:
+        return ConfigError(f"{exc} (give --user NAME and --password SECRET)")
+    return exc
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -1630,10 +1665,14 @@ async def _publish(args: argparse.Namespace) -> int:
             password=args.password,
             ssl=args.tls_context,
         )
+    except LoginRejected as exc:
+        raise _rejected(exc, args) from None
     except TLSRefused as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
-        raise ConfigError(f"cannot reach {args.host}:{args.port}: {exc}") from None
+        raise ConfigError(
+            f"cannot log in to {args.host}:{args.port}: {describe_error(exc)}"
+        ) from None
     refused: _MarkerRefused | None = None
     reader = _Records(stream, args.binary, args.marker_ends_session)
     try:

@@ -15,7 +15,7 @@ from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import CuttingProxy, JumpingLoop, running_server
+from support import CuttingProxy, JumpingLoop, free_port, running_server
 
 TIMEOUT = 20.0
 
@@ -83,7 +83,8 @@ def test_a_rejected_login_raises_and_is_not_retried(tmp_path: Path) -> None:
                 async for _message in sub:
                     pytest.fail("a rejected login yields nothing")
 
-    with pytest.raises(LoginRejected, match="not authorized") as caught:
+    # The reason is the server's, sent in a Debug packet before Login Rejected.
+    with pytest.raises(LoginRejected, match="wrong username or password for user 'bob'") as caught:
         asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
     assert caught.value.reason == "A"
 
@@ -115,3 +116,41 @@ def test_a_busy_consumer_is_not_mistaken_for_a_silent_server(tmp_path: Path) -> 
 
     with asyncio.Runner(loop_factory=JumpingLoop) as runner:
         assert runner.run(asyncio.wait_for(scenario(), TIMEOUT + 60)) == [1, 2, 3, 4, 5]
+
+
+def test_a_first_login_that_cannot_be_made_raises_at_once() -> None:
+    """Nothing listens: no retry loop (the subscription was never connected), one error
+    saying why; with wait=True it keeps trying instead."""
+    port = free_port()
+
+    async def first(wait: bool) -> None:
+        async with subscribe("127.0.0.1", port, wait=wait, reconnect_delay=0.01) as messages:
+            async for _ in messages:
+                pytest.fail("nothing listens there")
+
+    with pytest.raises(ConnectionError, match=f"cannot log in to 127.0.0.1:{port}: connection"):
+        asyncio.run(asyncio.wait_for(first(wait=False), TIMEOUT))
+    with pytest.raises(TimeoutError):  # still trying when it is given up on
+        asyncio.run(asyncio.wait_for(first(wait=True), 0.5))
+
+
+def test_a_server_that_closes_without_a_word_may_want_tls() -> None:
+    """A server that closes the connection at once, having sent nothing (as a TLS port
+    does to a plain-text Login Request): the error suggests TLS."""
+
+    async def scenario() -> None:
+        async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(47)
+            writer.close()
+
+        server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with subscribe("127.0.0.1", port) as messages:
+                async for _ in messages:
+                    pytest.fail("no login")
+        finally:
+            server.close()
+
+    with pytest.raises(ConnectionError, match=r"without a word .*connect with TLS: --tls"):
+        asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))

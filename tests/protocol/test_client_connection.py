@@ -119,7 +119,8 @@ def test_login_rejected() -> None:
     connection = ClientConnection(REQUEST, 0.0)
     connection.data_to_send()
     connection.receive_data(Debug(b"no").encode() + b"\x00\x02JA", 0.1)
-    assert split(connection.events_received()) == [DebugReceived("no"), Rejected("A")]
+    # The Debug packet before it is taken as the reason (J has only a code).
+    assert split(connection.events_received()) == [DebugReceived("no"), Rejected("A", "no")]
     assert state(connection) is State.CLOSED
     assert connection.next_deadline() == math.inf
     connection.tick(100.0)
@@ -510,3 +511,23 @@ def test_sequenced_data_arriving_together_is_one_event() -> None:
     connection.receive_data(encode_sequenced_many([b"a", b"b", b"c"]) + HEARTBEAT, 1.0)
     assert connection.events_received() == [Messages(7, [b"a", b"b", b"c"])]
     assert Messages(7, [b"a", b"b", b"c"]).next_sequence == 10
+
+
+def test_a_server_answering_in_tls_is_recognised() -> None:
+    """A TLS port answers a plain-text Login Request with a TLS record (an alert: 0x15,
+    version 3.x), which would otherwise read as a 5,379-byte packet never completed."""
+    connection = ClientConnection(REQUEST, 0.0)
+    connection.data_to_send()
+    connection.receive_data(b"\x15\x03\x01\x00\x02\x02\x46", 0.1)
+    [event] = connection.events_received()
+    assert isinstance(event, ConnectionLost)
+    assert "answered in TLS" in event.reason and "--tls" in event.reason
+    assert state(connection) is State.CLOSED
+
+
+def test_the_last_debug_text_is_kept() -> None:
+    connection = ClientConnection(REQUEST, 0.0)
+    assert connection.last_debug == "" and not connection.heard_anything
+    connection.receive_data(Debug(b"  too many connections ").encode(), 0.1)
+    assert connection.last_debug == "too many connections"
+    assert connection.heard_anything

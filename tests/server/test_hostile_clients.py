@@ -675,6 +675,8 @@ def garbage() -> list[Hostile]:
             words = ("packet length 0",)
         else:
             continue  # a plausible length: see the typed cases
+        if blob.startswith(b"\x16\x03"):  # recognised as TLS, and said so
+            words = ("not TLS", "connect without TLS")
         hostiles.append(Hostile(what, blob, words))
     hostiles.append(
         Hostile(
@@ -1205,6 +1207,7 @@ def test_pipelining_after_a_login_request(tmp_path: Path) -> None:
     read; accepted, what it sent is read in order (heartbeats: fine; Unsequenced Data
     from a subscriber: a Debug and the close)."""
     findings: list[str] = []
+    wrong_password = Debug(b"wrong username or password for user 'sub'")
     debug = Debug(b"d" * 997).encode()
     filler = debug * (PIPELINE_OFFER // len(debug))
 
@@ -1213,7 +1216,7 @@ def test_pipelining_after_a_login_request(tmp_path: Path) -> None:
         # A failed login first: the next one from this address is answered after 0.5 s.
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(LoginRequest(SUBSCRIBER, "wrong", "", 1).encode())
-            assert read_to_close(sock) == Answer([LoginRejected("A")], "EOF")
+            assert read_to_close(sock) == Answer([wrong_password, LoginRejected("A")], "EOF")
 
         # Rejected: megabytes pipelined after a wrong password.
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -1231,7 +1234,7 @@ def test_pipelining_after_a_login_request(tmp_path: Path) -> None:
             sock.setblocking(True)
             answer = read_to_close(sock)
             # The unread bytes make the close a reset, after Login Rejected.
-            assert answer.packets == [LoginRejected("A")], answer
+            assert answer.packets == [wrong_password, LoginRejected("A")], answer
             findings.append(
                 f"rejected: {pushed / MiB:.1f} MiB sent after the login before the client's "
                 f"sends blocked ({client_tx / MiB:.1f} MiB still in the client's kernel, "

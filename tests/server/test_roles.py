@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,8 @@ from tickertape.wire.soupbintcp import (
 from support import JumpingLoop, ServerProcess, SoupClient, running_server
 
 TIMEOUT = 10.0
+WRONG_SUB = Debug(b"wrong username or password for user 'sub'").encode()
+"""What a refused login of ``sub`` gets before Login Rejected."""
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +79,19 @@ def test_each_role_over_real_logins(tmp_path: Path, users: Users) -> None:
             await engine.publish_many([b"one", b"two"])
             port = server.port
 
-            # A wrong password, an unknown user, a blank one: Login Rejected "A".
-            for user, password in (("sub", "wrong"), ("nobody", "subpass"), ("", "")):
+            # A wrong password, an unknown user, a blank one: Login Rejected "A", after a
+            # Debug packet saying why.
+            for user, password, why in (
+                ("sub", "wrong", b"wrong username or password for user 'sub'"),
+                ("nobody", "subpass", b"wrong username or password for user 'nobody'"),
+                (
+                    "",
+                    "",
+                    b"this server needs a username and password: anonymous logins are refused",
+                ),
+            ):
                 client = await SoupClient.login(port, user=user, password=password)
-                assert await rest(client) == [LoginRejected("A")], (user, password)
+                assert await rest(client) == [Debug(why), LoginRejected("A")], (user, password)
 
             # Passwords and usernames are case-insensitive, as the spec says.
             client = await SoupClient.login(port, user="SUB", password="SubPass")
@@ -94,7 +107,10 @@ def test_each_role_over_real_logins(tmp_path: Path, users: Users) -> None:
 
             # ...nor log in to publish.
             client = await SoupClient.login(port, user="sub", password="subpass", seq=NO_STREAM)
-            assert await rest(client) == [LoginRejected("S")]
+            assert await rest(client) == [
+                Debug(b"user 'sub' may not publish (the publisher role is needed)"),
+                LoginRejected("S"),
+            ]
 
             # A publisher publishes, and is acknowledged; it cannot read the stream.
             publisher = await Publisher.connect(
@@ -106,7 +122,10 @@ def test_each_role_over_real_logins(tmp_path: Path, users: Users) -> None:
             await publisher.close()
             assert engine.next_seq == 4
             client = await SoupClient.login(port, user="pub", password="pubpass")
-            assert await rest(client) == [LoginRejected("S")]
+            assert await rest(client) == [
+                Debug(b"user 'pub' may not read sessions (the subscriber role is needed)"),
+                LoginRejected("S"),
+            ]
 
             # Both roles: reads and publishes on one connection.
             client = await SoupClient.login(port, user="both", password="bothpass", seq=4)
@@ -137,9 +156,10 @@ def test_a_user_restricted_to_some_sessions_cannot_pull_others(
             port = server.port
 
             client = await SoupClient.login(port, first, user="old", password="oldpass")
-            assert await rest(client) == [LoginRejected("S")]
+            why = b"user 'old' may not read session %s (only the sessions matching 20261129[02]2)"
+            assert await rest(client) == [Debug(why % first.encode()), LoginRejected("S")]
             client = await SoupClient.login(port, user="old", password="oldpass")  # active
-            assert await rest(client) == [LoginRejected("S")]
+            assert await rest(client) == [Debug(why % b"2026112903"), LoginRejected("S")]
             client = await SoupClient.login(port, "2026112902", user="old", password="oldpass")
             accepted, messages = await client.session()
             assert accepted == LoginAccepted("2026112902", 1)
@@ -172,7 +192,7 @@ def test_failed_logins_from_one_address_are_answered_ever_later(
                 assert not done, delay
                 # ...and answered once it is over.
                 loop.advance(5)
-                assert await read == LoginRejected("A").encode()
+                assert await read == WRONG_SUB + LoginRejected("A").encode()
                 client.close()
             good = await SoupClient.login(server.port, user="sub", password="subpass")
             assert isinstance(await good.packet(), LoginAccepted)
@@ -181,7 +201,7 @@ def test_failed_logins_from_one_address_are_answered_ever_later(
             read = asyncio.ensure_future(client.reader.read(65536))
             await asyncio.sleep(0.3)  # the password is checked
             loop.advance(100.0)  # back to the first delay
-            assert await read == LoginRejected("A").encode()
+            assert await read == WRONG_SUB + LoginRejected("A").encode()
             client.close()
 
     try:
@@ -209,7 +229,7 @@ def test_the_event_loop_keeps_serving_while_passwords_are_checked(
             for i in range(100):
                 assert await reader.packet() == SequencedData(b"x%d" % i)
             answers = [await client.packet() for client in clients]
-            assert answers.count(LoginRejected("A")) == 10
+            assert answers.count(Debug(b"wrong username or password for user 'sub'")) == 10
             assert sum(isinstance(a, LoginAccepted) for a in answers) == 10
             for client in (reader, *clients):
                 client.close()
@@ -225,7 +245,8 @@ def test_the_users_file_is_read_again_on_sighup(tmp_path: Path) -> None:
         async def login(user: str, password: str) -> object:
             client = await SoupClient.login(server.port, user=user, password=password)
             try:
-                return await client.packet()
+                packet = await client.packet()
+                return await client.packet() if isinstance(packet, Debug) else packet
             finally:
                 client.close()
 
@@ -282,7 +303,7 @@ def test_a_rejected_publisher_client_raises(tmp_path: Path, users: Users) -> Non
         async with running_server(tmp_path, answered_at_once(users)) as (_, server):
             with pytest.raises(LoginRejectedError):
                 await Publisher.connect("127.0.0.1", server.port, username="pub", password="x")
-            assert await _publish_refused(server.port) == [LoginRejected("S")]
+            assert (await _publish_refused(server.port))[-1] == LoginRejected("S")
             assert EndOfSession() not in await _publish_refused(server.port)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
@@ -317,7 +338,7 @@ def test_logins_from_one_address_are_checked_one_after_the_other(
             assert await answered() == 2
             loop.advance(400)
             assert await answered() == 3
-            assert [await read for read in reads] == [LoginRejected("A").encode()] * 3
+            assert [await read for read in reads] == [WRONG_SUB + LoginRejected("A").encode()] * 3
             for client in clients:
                 client.close()
 
@@ -325,3 +346,48 @@ def test_logins_from_one_address_are_checked_one_after_the_other(
         loop.run_until_complete(scenario())  # bounded by pytest-timeout: the clock jumps
     finally:
         loop.close()
+
+
+def _raw_login(port: int, username: str, password: str) -> list[tuple[bytes, bytes]]:
+    """A Login Request built from the spec (4.1, 2.3.1) on a plain socket: every packet
+    the server sends until it closes, as (type, body)."""
+    request = struct.pack(
+        ">H1s6s10s10s20s",
+        47,
+        b"L",
+        username.encode().ljust(6),
+        password.encode().ljust(10),
+        b" " * 10,  # the active session
+        b"1".rjust(20),
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    packets = []
+    while received:
+        (length,) = struct.unpack_from(">H", received)
+        packets.append((received[2:3], received[3 : 2 + length]))
+        received = received[2 + length :]
+    return packets
+
+
+def test_a_refused_login_gets_a_debug_packet_saying_why_then_login_rejected(
+    tmp_path: Path, users: Users
+) -> None:
+    """Spec 4.1, 2.2.2: Login Rejected is "the only non-debug packet" sent; J has only a
+    code, so the reason comes first in a Debug packet ("+")."""
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, answered_at_once(users)) as (_, server):
+            loop = asyncio.get_running_loop()
+            wrong = await loop.run_in_executor(None, _raw_login, server.port, "sub", "wrong")
+            assert wrong == [(b"+", b"wrong username or password for user 'sub'"), (b"J", b"A")]
+            reading = await loop.run_in_executor(None, _raw_login, server.port, "pub", "pubpass")
+            assert reading == [
+                (b"+", b"user 'pub' may not read sessions (the subscriber role is needed)"),
+                (b"J", b"S"),
+            ]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -11,6 +11,7 @@ import pytest
 from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import (
+    Debug,
     EndOfSession,
     Framer,
     LoginAccepted,
@@ -125,6 +126,8 @@ def test_unknown_session_is_rejected_with_s(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_server(tmp_path) as (_, server):
             client = await RawClient.login(server.port, LoginRequest("", "", "1999010101", 1))
+            why = await client.packet()  # the reason, which Login Rejected has no room for
+            assert isinstance(why, Debug) and b"1999010101" in why.text, why
             assert await client.packet() == LoginRejected("S")
             assert await client.packet() is None
 
@@ -137,6 +140,7 @@ def test_wrong_password_is_rejected_with_a(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_server(tmp_path, config) as (engine, server):
             bad = await RawClient.login(server.port, LoginRequest("alice", "wrong", "", 1))
+            assert await bad.packet() == Debug(b"wrong username or password for user 'alice'")
             assert await bad.packet() == LoginRejected("A")
             assert await bad.packet() is None
             # username and password compare case-insensitively (DESIGN, protocol choices)
@@ -257,6 +261,8 @@ def test_a_session_that_cannot_be_opened_is_rejected_at_once(tmp_path: Path) -> 
         async with running_server(tmp_path) as (_, server):
             for _ in range(2):  # the failure is not remembered: each login asks the disk
                 client = await RawClient.login(server.port, LoginRequest("", "", yesterday, 1))
+                why = await client.packet()
+                assert isinstance(why, Debug) and yesterday.encode() in why.text, why
                 assert await client.packet() == LoginRejected("S")
                 assert await client.packet() is None
 

@@ -21,6 +21,7 @@ from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import LOG_FILE
 from tickertape.tls import client_context, server_context
 from tickertape.wire.soupbintcp import (
+    Debug,
     Framer,
     LoginAccepted,
     LoginRequest,
@@ -233,7 +234,12 @@ def test_a_plain_client_on_the_tls_port_fails_and_the_server_keeps_serving(
                 await read_to_the_end(Subscription("127.0.0.1", server.port, reconnect=False))
 
     answer = asyncio.run(plain_login())
-    assert not answer.startswith(LoginAccepted("", 1).encode()[:3])  # no Login Accepted
+    # No Login Accepted: a Debug packet saying to use TLS, in plain text, then the close.
+    assert (
+        answer
+        == Debug(b"this port speaks TLS: connect with TLS (tickertape tail/publish --tls)").encode()
+    )
+    server.wait_for_log("speaks plain text on this TLS port")
     asyncio.run(plain_subscription())
     # The server still serves TLS clients.
     asyncio.run(publish(server.port, client_context(pki.ca), [b"still here"]))
@@ -265,9 +271,33 @@ def test_a_client_with_the_wrong_ca_is_refused(server: ServerProcess, pki: Pki) 
     done = tickertape("publish", "--port", str(server.port), "--tls", "--ca", str(pki.other_ca))
     assert done.returncode == 1
     assert "not trusted" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    # And the server goes on.
+    # The server says so too, and goes on.
+    assert "certificate" in server.wait_for_log("TLS handshake with 127.0.0.1:"), server.lines
     _, last = asyncio.run(publish(server.port, client_context(pki.ca), [b"x"]))
     assert last == 1
+
+
+def test_plain_tail_on_the_tls_port_is_told_to_use_tls(server: ServerProcess) -> None:
+    """Not a retry loop: one line saying to add --tls, exit 1; the server logs it."""
+    for verb in ("tail", "publish"):
+        done = tickertape(verb, "--port", str(server.port), stdin="x\n")
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert "connect with TLS" in lines[0] and "--tls" in lines[0], lines
+    assert server.wait_for_log("speaks plain text on this TLS port")
+
+
+def test_tail_with_tls_on_a_plain_port_is_told_to_drop_it(tmp_path: Path, pki: Pki) -> None:
+    with ServerProcess(tmp_path / "plain") as plain:
+        for verb in ("tail", "publish"):
+            done = tickertape(verb, "--port", str(plain.port), "--tls", "--ca", str(pki.ca))
+            assert done.returncode == 1, done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1, done.stderr
+            assert "TLS handshake" in lines[0] and "no --tls" in lines[0], lines
+        line = plain.wait_for_log("began a TLS handshake on this plain-text port")
+        assert "127.0.0.1:" in line, line
 
 
 def test_the_server_log_says_tls(server: ServerProcess) -> None:

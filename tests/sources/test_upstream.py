@@ -32,7 +32,7 @@ from nasdaq_protocols import common as nasdaq_common
 from nasdaq_protocols import soup
 
 from tickertape.client.soupbintcp import Message, Subscription, active_session, subscribe
-from tickertape.errors import ConfigError
+from tickertape.errors import ConfigError, LoginRejected
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.sources.upstream import Upstream, first_session, run_upstream
@@ -585,3 +585,28 @@ def test_serve_names_an_upstream_it_cannot_reach(tmp_path: Path) -> None:
 def test_credentials_in_the_url_authority_are_refused_not_ignored() -> None:
     with pytest.raises(ConfigError, match=r"as \?user=NAME&password=SECRET"):
         Upstream.parse("soupbintcp://bob:secret@127.0.0.1:7300")
+
+
+def test_a_relay_refused_by_its_upstream_logs_the_upstreams_reason(tmp_path: Path) -> None:
+    """A wrong password in ``--upstream``: the relay says what the upstream said (in a
+    Debug packet before Login Rejected), at start and when resuming from its own log."""
+    with ServerProcess(tmp_path / "a", "--user", "relay:secret") as upstream:
+        wrong = url(upstream.port) + "?user=relay&password=wrong"
+        done = _serve(tmp_path / "fresh", wrong)
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert "the upstream refused the relay" in last, done.stderr
+        assert "wrong username or password for user 'relay'" in last, done.stderr
+
+        async def resumed() -> None:
+            engine = Engine(Catalogue(tmp_path / "resumed", Durability.NONE))
+            await engine.start(roll_on_schedule=False, session="2026112901")
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    await run_upstream(engine, Upstream.parse(wrong))
+            finally:
+                await engine.close()
+
+        with pytest.raises(LoginRejected) as refused:
+            asyncio.run(resumed())
+        assert "wrong username or password for user 'relay'" in str(refused.value)

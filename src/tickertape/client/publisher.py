@@ -20,17 +20,13 @@ import ssl as _ssl
 from collections.abc import Sequence
 from types import TracebackType
 
-from tickertape.client.soupbintcp import open_stream
+from tickertape.client.soupbintcp import closed_by_server, open_stream, rejection
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import State
-from tickertape.wire.soupbintcp import (
-    REJECT_NOT_AUTHORIZED,
-    LoginRequest,
-    encode_unsequenced_many,
-)
+from tickertape.wire.soupbintcp import LoginRequest, encode_unsequenced_many
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +39,11 @@ class Publisher:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         connection: ClientConnection,
+        where: str = "the server",
+        tls: bool = False,
     ) -> None:
+        self._where = where
+        self._tls = tls
         self._reader = reader
         self._writer = writer
         self._connection = connection
@@ -87,7 +87,7 @@ class Publisher:
             LoginRequest(username, password, "", NO_STREAM), loop.time(), server_timeout=timeout
         )
         writer.write(connection.data_to_send())
-        publisher = cls(reader, writer, connection)
+        publisher = cls(reader, writer, connection, f"{host}:{port}", ssl is not None)
         try:
             await asyncio.wait_for(publisher._logged_in(), timeout)
         except BaseException:
@@ -154,7 +154,7 @@ class Publisher:
                     data = None
                 now = loop.time()
                 if data == b"":
-                    raise ConnectionError("the server closed the connection")
+                    raise ConnectionError(closed_by_server(connection, self._tls))
                 if data:
                     connection.receive_data(data, now)
                 connection.tick(now)
@@ -190,15 +190,13 @@ class Publisher:
         elif isinstance(event, protocol.Accepted):
             self.session = event.session
         elif isinstance(event, protocol.Rejected):
-            why = (
-                "not authorized: wrong username or password"
-                if event.reason == REJECT_NOT_AUTHORIZED
-                else "no session is open for publishing"
-            )
-            raise LoginRejected(event.reason, f"login rejected: {why}")
+            raise rejection(event, self._where, "no session is open for publishing")
         elif isinstance(event, protocol.ConnectionLost):
             raise ConnectionError(event.reason)
-        elif isinstance(event, protocol.DebugReceived):
+        elif (
+            isinstance(event, protocol.DebugReceived)
+            and self._connection.state is State.LOGGED_IN  # else it goes with the answer
+        ):
             log.info("server says: %s", event.text)
 
     async def close(self) -> None:

@@ -11,7 +11,11 @@ instead of the system's).
 
 Each :class:`Message` carries its session and sequence number. When the connection drops,
 the subscriber logs in again to the same session with the next sequence number it needs,
-so its consumer sees no gap and no duplicate. Iteration ends at End of Session.
+so its consumer sees no gap and no duplicate, and logs when it is back. Iteration ends at
+End of Session. A first login that cannot be made (nothing listens there, the server
+closes the connection before answering, or answers in TLS) raises ``ConnectionError``
+saying why, unless ``wait=True`` asks to keep trying; a rejected login raises
+:class:`~tickertape.errors.LoginRejected` with the server's reason.
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
 from tickertape.protocol.server import State
 from tickertape.wire.soupbintcp import REJECT_NOT_AUTHORIZED, LoginRequest
+
+__all__ = [
+    "Batch",
+    "Message",
+    "Subscription",
+    "TLSRefused",
+    "active_session",
+    "closed_by_server",
+    "describe_error",
+    "open_stream",
+    "rejection",
+    "subscribe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +114,47 @@ class TLSRefused(ConnectionError):
     """The server's TLS certificate failed verification: a wrong CA, or a wrong name."""
 
 
+def rejection(event: protocol.Rejected, where: str, not_available: str) -> LoginRejected:
+    """The error for a Login Rejected from ``where`` (``HOST:PORT``): the reason the server
+    gave in a Debug packet before it, else what its code means (``not_available`` for
+    ``S``)."""
+    if event.text:
+        why = event.text
+    elif event.reason == REJECT_NOT_AUTHORIZED:
+        why = "not authorized: wrong username or password"
+    else:
+        why = not_available
+    return LoginRejected(event.reason, f"login to {where} rejected: {why}")
+
+
+def closed_by_server(connection: ClientConnection, tls: bool) -> str:
+    """Why a connection ended that the server closed: with the text of its last Debug
+    packet, if it sent one; if it sent nothing at all to a plain-text client, it may
+    expect TLS."""
+    said = connection.last_debug
+    if said:
+        return f"the server closed the connection (it said: {said})"
+    if not connection.heard_anything and not tls:
+        return (
+            "the server closed the connection without a word (if it is a TLS port, "
+            "connect with TLS: --tls)"
+        )
+    return "the server closed the connection"
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error met while connecting, in words."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there: is the server running?)"
+    if isinstance(exc, TimeoutError):
+        return "no answer (a firewall, or a wrong address?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 async def open_stream(
     host: str,
     port: int,
@@ -121,6 +179,16 @@ async def open_stream(
         raise TLSRefused(
             f"TLS: the certificate of {host}:{port} is not trusted: {exc.verify_message}"
         ) from None
+    except (_ssl.SSLError, ConnectionResetError, asyncio.IncompleteReadError) as exc:
+        if tls is None:
+            raise
+        # A plain-text server closes the connection at the Client Hello, or answers with
+        # something that is no TLS record.
+        raise ConnectionError(
+            f"the TLS handshake with {host}:{port} failed "
+            f"({getattr(exc, 'reason', None) or str(exc) or 'the server closed the connection'}): "
+            "if the server does not speak TLS there, connect without TLS (no --tls)"
+        ) from None
 
 
 class Subscription:
@@ -142,6 +210,7 @@ class Subscription:
         max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        wait: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -158,6 +227,8 @@ class Subscription:
         self._max_reconnect_delay = max_reconnect_delay
         self._ssl = ssl
         self._server_hostname = server_hostname
+        self._wait = wait
+        self._retrying = False
         self._writer: asyncio.StreamWriter | None = None
         self._reading = False
         self._iterator: AsyncIterator[Message] | None = None
@@ -217,18 +288,25 @@ class Subscription:
             except TLSRefused:
                 raise  # the same certificate would be refused again
             except (OSError, _Dropped, asyncio.IncompleteReadError) as exc:
+                never = self.logins == 0
+                if never and not (self._wait and self._reconnect):
+                    raise ConnectionError(
+                        f"cannot log in to {self.host}:{self.port}: {describe_error(exc)}"
+                    ) from None
                 if not self._reconnect:
                     raise ConnectionError(
-                        f"connection to {self.host}:{self.port} lost: {exc}"
+                        f"connection to {self.host}:{self.port} lost: {describe_error(exc)}"
                     ) from exc
                 log.warning(
-                    "connection to %s:%d lost (%s); logging in again at %d in %.2f s",
+                    "cannot log in to %s:%d (%s); trying again in %.2f s"
+                    if never
+                    else "connection to %s:%d lost (%s); logging in again at %d in %.2f s",
                     self.host,
                     self.port,
-                    exc,
-                    self.next_seq,
-                    delay,
+                    describe_error(exc),
+                    *((delay,) if never else (self.next_seq, delay)),
                 )
+                self._retrying = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_reconnect_delay)
             finally:
@@ -262,7 +340,7 @@ class Subscription:
                 self._reading = False
                 now = loop.time()
                 if not data:
-                    raise _Dropped("the server closed the connection")
+                    raise _Dropped(closed_by_server(connection, self._ssl is not None))
                 connection.receive_data(data, now)
                 batches: list[Batch] = []
                 for event in connection.events_received():
@@ -278,6 +356,16 @@ class Subscription:
                     elif isinstance(event, protocol.Accepted):
                         self.logins += 1
                         self.session = event.session
+                        if self._retrying:
+                            self._retrying = False
+                            log.info(
+                                "logged in to %s:%d%s: session %s from %d",
+                                self.host,
+                                self.port,
+                                " again" if self.logins > 1 else "",
+                                event.session,
+                                max(self.next_seq, event.sequence),
+                            )
                         if event.sequence > self.next_seq and self.next_seq != 0:
                             log.warning(
                                 "server starts at %d, not %d as asked",
@@ -287,12 +375,11 @@ class Subscription:
                         if event.sequence > self.next_seq or self.next_seq == 0:
                             self.next_seq = event.sequence
                     elif isinstance(event, protocol.Rejected):
-                        why = (
-                            "not authorized: wrong username or password"
-                            if event.reason == REJECT_NOT_AUTHORIZED
-                            else f"session {self.session or '(active)'!r} is not available"
+                        raise rejection(
+                            event,
+                            f"{self.host}:{self.port}",
+                            f"session {self.session or '(active)'!r} is not available",
                         )
-                        raise LoginRejected(event.reason, f"login rejected: {why}")
                     elif isinstance(event, protocol.SessionEnded):
                         for batch in batches:
                             yield batch
@@ -304,7 +391,11 @@ class Subscription:
                         for batch in batches:
                             yield batch  # counted in next_seq already: hand them over
                         raise _Dropped(event.reason)
-                    elif isinstance(event, protocol.DebugReceived):
+                    elif (
+                        isinstance(event, protocol.DebugReceived)
+                        # Before the login is answered, what it says goes with the answer.
+                        and connection.state is State.LOGGED_IN
+                    ):
                         log.info("server says: %s", event.text)
                 outgoing = connection.data_to_send()
                 if outgoing:
@@ -363,7 +454,10 @@ async def active_session(
             while True:
                 data = await reader.read(_READ_SIZE)
                 if not data:
-                    raise ConnectionError(f"{host}:{port} closed the connection at login")
+                    raise ConnectionError(
+                        f"{host}:{port} did not answer the login: "
+                        + closed_by_server(connection, ssl is not None)
+                    )
                 connection.receive_data(data, loop.time())
                 for event in connection.events_received():
                     if isinstance(event, protocol.Accepted):
@@ -371,7 +465,7 @@ async def active_session(
                         writer.write(connection.data_to_send())
                         return event.session
                     if isinstance(event, protocol.Rejected):
-                        raise LoginRejected(event.reason, f"login to {host}:{port} rejected")
+                        raise rejection(event, f"{host}:{port}", "the server has no active session")
                     if isinstance(event, protocol.ConnectionLost):
                         raise ConnectionError(event.reason)
     finally:

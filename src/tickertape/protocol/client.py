@@ -57,6 +57,8 @@ DEFAULT_SERVER_TIMEOUT: Final = 15.0
 _SEQUENCED: Final = 0x53  # "S"
 _CLIENT_HEARTBEAT: Final = ClientHeartbeat().encode()
 _LOGOUT_REQUEST: Final = LogoutRequest().encode()
+_TLS_RECORDS: Final = frozenset({0x15, 0x16})
+"""The first byte of a TLS alert or handshake record; the second is 3 (the version)."""
 
 
 # ---------------------------------------------------------------------------- events
@@ -72,9 +74,12 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """Login Rejected: ``reason`` is ``"A"`` (not authorized) or ``"S"`` (no such session)."""
+    """Login Rejected: ``reason`` is ``"A"`` (not authorized) or ``"S"`` (no such session);
+    ``text``, what the last Debug packet before it said (a tickertape server sends the
+    reason that way, as the packet has only a code), blank if none came."""
 
     reason: str
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,17 +128,21 @@ class ClientConnection:
 
     ``session`` is the session named by Login Accepted (blank before it), and
     ``next_sequence`` the number the next Sequenced Data packet will carry (0 before it).
+    A server that answers the Login Request with TLS (a TLS port) is recognised: the
+    connection is lost, saying so.
     """
 
     __slots__ = (
         "_events",
         "_framer",
+        "_heard_anything",
         "_heartbeat_interval",
         "_last_heard",
         "_last_sent",
         "_outgoing",
         "_server_timeout",
         "_state",
+        "last_debug",
         "next_sequence",
         "session",
     )
@@ -161,10 +170,19 @@ class ClientConnection:
         self._outgoing: list[bytes] = [request.encode()]
         self.session = ""
         self.next_sequence = 0
+        self.last_debug = ""
+        """The text of the last Debug packet received (blank if none): the server's last
+        word, worth showing when it closes the connection."""
+        self._heard_anything = False
 
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def heard_anything(self) -> bool:
+        """Whether the server has sent a single byte."""
+        return self._heard_anything
 
     # ------------------------------------------------------------------ input
 
@@ -173,6 +191,11 @@ class ClientConnection:
         state = self._state  # a local: self._state changes under _handle()
         if state is State.CLOSED:
             return
+        if not self._heard_anything and data:
+            self._heard_anything = True
+            if data[0] in _TLS_RECORDS and data[1:2] == b"\x03":
+                self._fail("the server answered in TLS: connect with TLS (--tls)", now)
+                return
         framer = self._framer
         framer.feed(data)
         pending = framer.buffered
@@ -218,7 +241,8 @@ class ClientConnection:
             case ServerHeartbeat():
                 pass
             case Debug(text=text):
-                self._events.append(DebugReceived(text.decode("ascii", "backslashreplace")))
+                self.last_debug = text.decode("ascii", "backslashreplace").strip()
+                self._events.append(DebugReceived(self.last_debug))
             case UnsequencedData(payload=payload) if logged_in:
                 self._events.append(Unsequenced(payload))
             case EndOfSession() if logged_in:
@@ -231,7 +255,7 @@ class ClientConnection:
                 self._events.append(Accepted(session, sequence))
             case LoginRejected(reason=reason) if not logged_in:
                 self._state = State.CLOSED
-                self._events.append(Rejected(reason))
+                self._events.append(Rejected(reason, self.last_debug))
             case LoginAccepted() | LoginRejected():
                 raise RemoteProtocolError(f"{_NAMES[type(packet)]} on a logged-in connection")
             case SequencedData() | UnsequencedData() | EndOfSession():

@@ -28,6 +28,7 @@ __all__ = [
     "LoginThrottle",
     "Principal",
     "is_loopback",
+    "may_not_read",
 ]
 
 
@@ -54,6 +55,12 @@ class Principal(Protocol):
     @property
     def is_admin(self) -> bool: ...
 
+    @property
+    def roles(self) -> frozenset[Role]: ...
+
+    @property
+    def sessions(self) -> tuple[str, ...] | None: ...
+
     def may_publish(self) -> bool: ...
 
     def may_read(self, session_id: str) -> bool: ...
@@ -71,6 +78,15 @@ class Grant(Permissions):
 ANONYMOUS: Final = "(anonymous)"
 
 _EVERYTHING: Final = frozenset(Role)
+
+
+def may_not_read(principal: Principal, session_id: str) -> str:
+    """Why ``principal`` may not read session ``session_id``, in words, for the client."""
+    who = "anonymous logins" if principal.name == ANONYMOUS else f"user {principal.name!r}"
+    if Role.SUBSCRIBER not in principal.roles:
+        return f"{who} may not read sessions (the {Role.SUBSCRIBER} role is needed)"
+    patterns = ", ".join(principal.sessions or ())
+    return f"{who} may not read session {session_id} (only the sessions matching {patterns})"
 
 
 def is_loopback(host: str) -> bool:

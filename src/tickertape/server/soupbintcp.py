@@ -12,8 +12,9 @@ which returns events and bytes to send. A login is classified here:
 
 Who may log in and do what is decided by :class:`~tickertape.server.access.Access`: wrong
 credentials get Login Rejected ``A`` after a delay that grows with each failure from the
-same address; a session the user may not read gets ``S``; publishing without the
-``publisher`` role closes the connection with a Debug packet saying why. The limits of
+same address; a session the user may not read gets ``S``. Every Login Rejected follows a
+Debug packet saying why (``J`` has only a code). Publishing without the ``publisher``
+role closes the connection with a Debug packet saying why. The limits of
 :class:`ServerConfig` (connections in all and per address, packet sizes, the login
 timeout, the write buffer) close a connection that passes them the same way: a Debug
 packet, then the close.
@@ -28,12 +29,12 @@ import math
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
-from tickertape.errors import ConfigError, StoreError
+from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
     ConnectionLost,
@@ -45,6 +46,7 @@ from tickertape.protocol.server import (
     State,
 )
 from tickertape.server.access import (
+    ANONYMOUS,
     DEFAULT_LOGIN_DELAY,
     DEFAULT_MAX_LOGIN_DELAY,
     Access,
@@ -52,11 +54,13 @@ from tickertape.server.access import (
     LoginThrottle,
     Principal,
     is_loopback,
+    may_not_read,
 )
 from tickertape.server.engine import PublishFailed
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.tls import TLSGate, is_client_hello
 from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
@@ -198,6 +202,7 @@ class SoupBinTCPServer:
         self.access = self.config.access()
         self._throttle = LoginThrottle(self.config.login_delay, self.config.max_login_delay)
         self._server: asyncio.Server | None = None
+        self._gate: TLSGate | None = None
         self._connections: set[_Connection] = set()
         self._per_source: dict[str, int] = {}
         self._refused = 0
@@ -301,14 +306,20 @@ class SoupBinTCPServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         tls = self.config.ssl
+
+        def connection() -> asyncio.Protocol:
+            return _Connection(self)
+
+        factory: Callable[[], asyncio.Protocol] = connection
+        if tls is not None:
+            # A client that never finishes the handshake is dropped as one that never logs
+            # in; one that speaks plain text is told, in a Debug packet, to use TLS.
+            self._gate = TLSGate(
+                factory, tls, self.config.timers.login_timeout, _PLAIN_ON_TLS_PORT, log
+            )
+            factory = self._gate.factory
         self._server = await loop.create_server(
-            lambda: _Connection(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            ssl=tls,
-            # A client that never finishes the handshake is dropped as one that never logs in.
-            ssl_handshake_timeout=self.config.timers.login_timeout if tls is not None else None,
+            factory, self.config.host, self.config.port, reuse_address=True
         )
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
@@ -338,6 +349,8 @@ class SoupBinTCPServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._gate is not None:
+            self._gate.close()
         for connection in list(self._connections):
             connection.close("the server is shutting down")
         if self._server is not None:
@@ -389,6 +402,7 @@ class _Connection(asyncio.Protocol):
         self._peer = "?"
         self._source = "?"
         self._admitted = False
+        self._heard = False  # anything from the client yet
         self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (next_seq, since)
         self._loop = asyncio.get_running_loop()
 
@@ -429,6 +443,16 @@ class _Connection(asyncio.Protocol):
         session = self._session
         if session is None:
             return  # refused: closing
+        if not self._heard:
+            self._heard = True
+            if self._server.config.ssl is None and is_client_hello(data):
+                log.warning(
+                    "%s began a TLS handshake on this plain-text port: closed (it must "
+                    "connect without TLS, or the server be started with --tls-cert)",
+                    self._peer,
+                )
+                self.close("this port speaks plain SoupBinTCP, not TLS: connect without TLS")
+                return
         session.receive_data(data, self._loop.time())
         self._handle_events()
 
@@ -521,7 +545,7 @@ class _Connection(asyncio.Protocol):
                 )
             if principal is None:
                 await asyncio.sleep(self._failed())
-                self._reject(REJECT_NOT_AUTHORIZED)
+                self._reject(REJECT_NOT_AUTHORIZED, self._bad_credentials())
                 return
         self._authorize(request, principal)
         self._handle_events()
@@ -548,7 +572,9 @@ class _Connection(asyncio.Protocol):
         if principal is None:
             assert self._transport is not None
             self._transport.pause_reading()  # nothing more is read before the answer
-            self._loop.call_later(self._failed(), self._reject, REJECT_NOT_AUTHORIZED)
+            self._loop.call_later(
+                self._failed(), self._reject, REJECT_NOT_AUTHORIZED, self._bad_credentials()
+            )
             return
         self._server._throttle.succeeded(self._source)
         self._principal = principal
@@ -558,7 +584,7 @@ class _Connection(asyncio.Protocol):
         if publishing and not principal.may_publish():
             self._refuse_login(_may_not_publish(principal))
         elif not publishing and not principal.may_read(wanted):
-            self._refuse_login(f"user {principal.name!r} may not read session {wanted}")
+            self._refuse_login(may_not_read(principal, wanted))
         elif wanted == engine.session_id:
             self._accept(wanted, request.sequence, engine.session_log, engine)
         else:
@@ -570,15 +596,26 @@ class _Connection(asyncio.Protocol):
 
     def _refuse_login(self, reason: str) -> None:
         log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
-        session = self._session
-        assert session is not None
-        session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+        self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, reason)
 
-    def _reject(self, reason: str) -> None:
-        """Answer a failed login, once its delay is over."""
+    def _send_rejected(self, code: str, why: str) -> None:
+        """Debug with ``why``, then Login Rejected ``code``: ``J`` has no room for a reason."""
         session = self._session
         assert session is not None
-        session.reject(reason, self._loop.time())
+        if session.state is State.AWAITING_LOGIN:
+            session.send_debug(why, self._loop.time())
+        session.reject(code, self._loop.time())
+
+    def _bad_credentials(self) -> str:
+        session = self._session
+        request = session.request if session is not None else None
+        if request is None or not request.username:
+            return "this server needs a username and password: anonymous logins are refused"
+        return f"wrong username or password for user {request.username!r}"
+
+    def _reject(self, reason: str, why: str) -> None:
+        """Answer a failed login, once its delay is over."""
+        self._send_rejected(reason, why)
         self._handle_events()
 
     async def _login_closed(self, wanted: str, sequence: int) -> None:
@@ -588,7 +625,15 @@ class _Connection(asyncio.Protocol):
             session_log = await self._server.closed_session(wanted)
         except StoreError as exc:
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
-            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+            self._send_rejected(
+                REJECT_SESSION_NOT_AVAILABLE,
+                f"session {wanted} is not available: "
+                + (
+                    "this server has no such session"
+                    if isinstance(exc, SessionNotFound)
+                    else "it cannot be opened (the server's log says why)"
+                ),
+            )
         except Exception as exc:
             log.error(
                 "login of %r from %s rejected: session %s cannot be opened: %s",
@@ -597,7 +642,11 @@ class _Connection(asyncio.Protocol):
                 wanted,
                 exc,
             )
-            session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
+            self._send_rejected(
+                REJECT_SESSION_NOT_AVAILABLE,
+                f"session {wanted} is not available: it cannot be opened (the server's log "
+                "says why)",
+            )
         else:
             self._accept(wanted, sequence, session_log, None)
         self._handle_events()
@@ -861,5 +910,12 @@ class _Connection(asyncio.Protocol):
         self._close_transport()
 
 
+_PLAIN_ON_TLS_PORT = Debug(
+    b"this port speaks TLS: connect with TLS (tickertape tail/publish --tls)"
+).encode()
+
+
 def _may_not_publish(principal: Principal) -> str:
+    if principal.name == ANONYMOUS:
+        return f"anonymous logins may not publish: log in as a user with the {Role.PUBLISHER} role"
     return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"

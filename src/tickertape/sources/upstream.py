@@ -78,9 +78,14 @@ class Upstream:
 
 async def first_session(upstream: Upstream) -> str:
     """The session the feed starts with: the one named, or the upstream's active one."""
-    return upstream.session or await active_session(
-        upstream.host, upstream.port, username=upstream.username, password=upstream.password
-    )
+    if upstream.session:
+        return upstream.session
+    try:
+        return await active_session(
+            upstream.host, upstream.port, username=upstream.username, password=upstream.password
+        )
+    except LoginRejected as exc:
+        raise LoginRejected(exc.reason, f"the upstream refused the relay: {exc}") from None
 
 
 async def run_upstream(engine: Engine, upstream: Upstream) -> None:
@@ -96,6 +101,7 @@ async def run_upstream(engine: Engine, upstream: Upstream) -> None:
             engine.next_assigned,
             username=upstream.username,
             password=upstream.password,
+            wait=True,  # a relay waits for its upstream to come back
         )
         log.info(
             "upstream %s:%d: session %s from sequence %d",
@@ -126,8 +132,8 @@ async def run_upstream(engine: Engine, upstream: Upstream) -> None:
                     )
         except LoginRejected as exc:
             if exc.reason != REJECT_SESSION_NOT_AVAILABLE:
-                raise
-            log.info("upstream does not have session %s", session)
+                raise LoginRejected(exc.reason, f"the upstream refused the relay: {exc}") from None
+            log.info("upstream does not serve session %s: %s", session, exc)
         # End of Session (or a session the upstream does not have): follow the upstream
         # to its active session.
         following = await _next_session(upstream, after=session)
