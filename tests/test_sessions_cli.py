@@ -172,8 +172,8 @@ def test_show_an_unknown_session_says_what_there_is(tmp_path: Path) -> None:
         f"tickertape: no session 2000010109 in {tmp_path} (sessions there: 2000010101)\n"
     )
     done = tickertape("sessions", "show", "yesterday", "--data", str(tmp_path))
-    assert done.returncode == 1
-    assert "is not a session id: ids are YYYYMMDDNN" in done.stderr
+    assert done.returncode == 2  # refused when parsing, like every malformed value
+    assert "argument ID: 'yesterday' is not a session id: ids are YYYYMMDDNN" in done.stderr
 
 
 def test_verify_a_clean_session(tmp_path: Path) -> None:
@@ -298,8 +298,9 @@ def test_export_past_the_end_and_backwards_ranges_are_refused(tmp_path: Path) ->
         1,
         "tickertape: --from 31: session 2000010101 holds messages 1..30\n",
     )
-    done = tickertape(*common, "--from", "5", "--to", "4")
-    assert (done.returncode, done.stderr) == (1, "tickertape: --to 4 is before --from 5\n")
+    done = tickertape(*common, "--from", "5", "--to", "4")  # refused before reading
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: --to 4 is before --from 5\n")
     done = tickertape(*common, "--from", "0")
     assert done.returncode == 2
     assert "sequence numbers start at 1" in done.stderr

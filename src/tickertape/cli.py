@@ -9,7 +9,6 @@ import base64
 import contextlib
 import getpass
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from tickertape import __version__
+from tickertape import __version__, argtypes
 from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
@@ -44,7 +43,6 @@ from tickertape.server.moldudp64 import (
     MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
-    parse_group,
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
@@ -53,7 +51,6 @@ from tickertape.server.soupbintcp import (
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_PORT,
     DEFAULT_WRITE_BUFFER_HIGH,
-    Credentials,
     ServerConfig,
     SoupBinTCPServer,
 )
@@ -78,107 +75,6 @@ load the HTTP server into every command)."""
 DEFAULT_ADMIN_TIMEOUT: Final = 120.0
 """Seconds to wait for the admin API: a roll drains the publishing queue, an archive
 compresses a whole session."""
-
-
-def _credentials(text: str) -> Credentials:
-    username, sep, password = text.partition(":")
-    if not sep or not username:
-        raise argparse.ArgumentTypeError("expected NAME:PASSWORD")
-    if len(username) > 6 or len(password) > 10:
-        raise argparse.ArgumentTypeError(
-            "SoupBinTCP allows usernames of at most 6 characters and passwords of at most 10"
-        )
-    return Credentials(username, password)
-
-
-def _payload_size(text: str) -> int:
-    value = int(text)
-    if not 0 < value <= MAX_PAYLOAD:
-        raise argparse.ArgumentTypeError(
-            f"{text}: a SoupBinTCP message holds 1 to {MAX_PAYLOAD} bytes"
-        )
-    return value
-
-
-def _days(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: a number of days, 0 or more")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port number (0 to 65535)")
-    return value
-
-
-def _server_port(text: str) -> int:
-    value = _port(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("give the port the server's admin API listens on")
-    return value
-
-
-def _mold_group(text: str) -> tuple[str, int]:
-    try:
-        return parse_group(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ipv4(text: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, such as 10.0.0.1:30002")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{port_text!r} is not a port number") from None
-    if not 0 < port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port}: a port is 1 to 65535")
-    return host, port
-
-
-def _request_address(text: str) -> tuple[str, int]:
-    host, port = _address(text)
-    return _ipv4(host), port
-
-
-def _tcp_address(text: str) -> tuple[str, int]:
-    host, port = _address(text)
-    if any(c.isspace() for c in host):
-        raise argparse.ArgumentTypeError(f"{host!r} is not a host name or address")
-    return host, port
-
-
-def _ttl(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"{text}: a TTL is 0 to 255")
-    return value
-
-
-def _sequence(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: sequence numbers start at 1")
-    return value
 
 
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
@@ -244,7 +140,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
         )
         where.add_argument(
             "--admin-port",
-            type=_server_port,
+            type=argtypes.remote_port,
             metavar="PORT",
             help=f"ask the server whose admin API listens on {ADMIN_HOST}:PORT instead",
         )
@@ -261,7 +157,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
     def server_only(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--admin-port",
-            type=_server_port,
+            type=argtypes.remote_port,
             required=True,
             metavar="PORT",
             help=f"the server's admin API port (on {ADMIN_HOST})",
@@ -286,7 +182,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "Show one session: state, messages, bytes on disk and in its log, where it is, when "
         "it was last written to (the log file's modification time) and when it ended.",
     )
-    show.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    show.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_or_server(show)
     show.add_argument("--json", action="store_true", help="print JSON")
     verbose(show)
@@ -318,7 +216,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "log.zst, still served by pull. Offline with --data (refused while a server uses "
         "the directory: then use --admin-port), or by the running server with --admin-port.",
     )
-    archive.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    archive.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_or_server(archive)
     _add_token_options(archive, "the token the server was started with (with --admin-port)")
     verbose(archive)
@@ -330,7 +230,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "record, changing nothing. Prints each problem with its offset and sequence numbers; "
         "exits 1 if the session is damaged, 0 if it is clean.",
     )
-    verify.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    verify.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_only(verify)
     verbose(verify)
 
@@ -340,13 +242,19 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "Write the messages of a session (archived or not) to stdout, read from the data "
         "directory. A progress bar goes to stderr when it is a terminal.",
     )
-    export.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    export.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_only(export)
     export.add_argument(
-        "--from", dest="seq_from", type=_sequence, metavar="N", help="first message (1)"
+        "--from", dest="seq_from", type=argtypes.sequence, metavar="N", help="first message (1)"
     )
     export.add_argument(
-        "--to", dest="seq_to", type=_sequence, metavar="N", help="last message (the last one)"
+        "--to",
+        dest="seq_to",
+        type=argtypes.sequence,
+        metavar="N",
+        help="last message (the last one)",
     )
     export.add_argument(
         "--format",
@@ -357,6 +265,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "exactly as in the log (%(default)s)",
     )
     verbose(export)
+    export.set_defaults(subparser=export)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -375,7 +284,12 @@ def _parser() -> argparse.ArgumentParser:
         "is continued if it was not ended, else the next session of the day is opened.",
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (%(default)s)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    serve.add_argument(
+        "--port",
+        type=argtypes.port,
+        default=DEFAULT_PORT,
+        help="port (%(default)s; 0: any free port)",
+    )
     serve.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="data directory (%(default)s)"
     )
@@ -405,20 +319,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--demo",
-        type=_positive,
+        type=argtypes.positive,
         metavar="RATE",
         help="publish RATE demo messages a second into the active session",
     )
     serve.add_argument(
         "--demo-size",
-        type=_payload_size,
+        type=argtypes.payload_size,
         default=DEFAULT_DEMO_SIZE,
         metavar="N",
         help="bytes per demo message (%(default)s)",
     )
     serve.add_argument(
         "--demo-count",
-        type=int,
+        type=argtypes.count,
         metavar="N",
         help="stop the demo source after N messages (default: run forever)",
     )
@@ -437,27 +351,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--source-rate",
-        type=_positive,
+        type=argtypes.positive,
         metavar="N",
         help="call the --source function N times a second (a plain or async function, not "
         "an async generator)",
     )
     serve.add_argument(
         "--archive-after",
-        type=_days,
+        type=argtypes.days,
         metavar="DAYS",
         help="archive (compress) ended sessions older than DAYS days (default: never)",
     )
     serve.add_argument(
         "--delete-after",
-        type=_days,
+        type=argtypes.days,
         metavar="DAYS",
         help="delete ended sessions older than DAYS days (default: never; nothing is "
         "deleted unless this is given)",
     )
     serve.add_argument(
         "--user",
-        type=_credentials,
+        type=argtypes.credentials,
         metavar="NAME:PASSWORD",
         help="accept only this one account, with every role (the password shows in the "
         "process list: prefer --users). Without --user or --users, a server on a loopback "
@@ -478,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--admin-port",
-        type=_port,
+        type=argtypes.port,
         default=0,
         metavar="PORT",
         help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT (default 0: no admin API)",
@@ -492,41 +406,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--mold",
-        type=_mold_group,
+        type=argtypes.mold_group,
         metavar="GROUP:PORT",
         help="also multicast the active session as MoldUDP64 to GROUP:PORT (from the "
         "moment the server starts; earlier messages by re-request)",
     )
     serve.add_argument(
         "--mold-iface",
-        type=_ipv4,
+        type=argtypes.ipv4,
         metavar="ADDR",
         help="send MoldUDP64 from the interface with this local IPv4 address "
         "(default: the route to the group decides)",
     )
     serve.add_argument(
         "--mold-ttl",
-        type=_ttl,
+        type=argtypes.ttl,
         metavar="N",
         help=f"multicast TTL, how many routers the packets may cross ({DEFAULT_TTL})",
     )
     serve.add_argument(
         "--mold-eos-seconds",
-        type=float,
+        type=argtypes.not_negative,
         metavar="S",
         help="after a session ends, repeat its MoldUDP64 End of Session once a second "
         f"for S seconds ({DEFAULT_EOS_SECONDS:g})",
     )
     serve.add_argument(
         "--mold-request",
-        type=_port,
+        type=argtypes.port,
         metavar="PORT",
         help="answer MoldUDP64 re-requests on UDP --host:PORT, for the active session and "
         "every closed one on disk",
     )
     serve.add_argument(
         "--mold-request-rate",
-        type=_positive,
+        type=argtypes.positive,
         metavar="N",
         help=f"messages a second each re-requester may be sent ({DEFAULT_REQUEST_RATE:g})",
     )
@@ -553,17 +467,24 @@ def _parser() -> argparse.ArgumentParser:
         "Reconnects by itself, with no gap and no duplicate; stops at End of Session.",
     )
     tail.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    tail.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
-    tail.add_argument("--session", default="", help="session id (default: the active session)")
+    tail.add_argument(
+        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    )
+    tail.add_argument(
+        "--session",
+        type=argtypes.session_id,
+        metavar="ID",
+        help="session id, YYYYMMDDNN (default: the active session)",
+    )
     tail.add_argument(
         "--from",
         dest="seq",
-        type=int,
+        type=argtypes.start_sequence,
         default=1,
         metavar="N",
         help="first sequence number; 0 means from the next message published (%(default)s)",
     )
-    tail.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    tail.add_argument("--count", type=argtypes.count, metavar="N", help="stop after N messages")
     tail.add_argument(
         "--format",
         choices=["text", "hex", "raw"],
@@ -580,27 +501,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     mold.add_argument(
         "--mold",
-        type=_mold_group,
+        type=argtypes.mold_group,
         metavar="GROUP:PORT",
         help="join this MoldUDP64 group (as given to serve --mold)",
     )
     mold.add_argument(
         "--request",
-        type=_request_address,
+        type=argtypes.request_address,
         metavar="HOST:PORT",
         help="the server's MoldUDP64 re-request address (serve --mold-request), for gaps "
         "and late joins; needed with --mold",
     )
     mold.add_argument(
         "--iface",
-        type=_ipv4,
+        type=argtypes.ipv4,
         metavar="ADDR",
         help="join the group on the interface with this local IPv4 address "
         "(default: the route to the group decides)",
     )
     mold.add_argument(
         "--tcp",
-        type=_tcp_address,
+        type=argtypes.tcp_address,
         metavar="HOST:PORT",
         help="catch up a gap of more than "
         f"{DEFAULT_TCP_THRESHOLD:,} messages from this SoupBinTCP server, then follow the group",
@@ -631,12 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             value is None for value in (args.mold_iface, args.mold_ttl, args.mold_eos_seconds)
         ):
             args.subparser.error("--mold-iface, --mold-ttl and --mold-eos-seconds need --mold")
-        if args.mold_eos_seconds is not None and args.mold_eos_seconds < 0:
-            args.subparser.error("--mold-eos-seconds cannot be negative")
         if args.mold_request is None and args.mold_request_rate is not None:
             args.subparser.error("--mold-request-rate needs --mold-request")
     if args.verb == "tail":
+        args.session = args.session or ""  # blank: the active session
         _check_tail(args)
+    if args.verb == "sessions" and args.action == "export":
+        _check_export(args)
     try:
         _check_tls(args)
     except ConfigError as exc:
@@ -732,21 +654,21 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="connections open at once (%(default)s)",
     )
     group.add_argument(
         "--max-connections-per-source",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
         metavar="N",
         help="connections open at once from one IP address (%(default)s)",
     )
     group.add_argument(
         "--max-client-packet",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CLIENT_PACKET,
         metavar="BYTES",
         help="the longest packet a logged-in client that may not publish can send; before "
@@ -755,7 +677,7 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-write-buffer",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_WRITE_BUFFER_HIGH,
         metavar="BYTES",
         help="a subscriber's unsent bytes past which it leaves the live stream and reads "
@@ -763,7 +685,7 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--idle-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help="drop a logged-in client silent this long, unless its SoupBinTCP 4.10 login "
@@ -771,21 +693,11 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--login-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULT_LOGIN_TIMEOUT,
         metavar="SECONDS",
         help="close a connection whose login is not done this long after it opened (%(default)g)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
@@ -1111,6 +1023,12 @@ def _check_tls(args: argparse.Namespace) -> None:
         args.tls_context = _tls_client(args)
 
 
+def _check_export(args: argparse.Namespace) -> None:
+    """Refuse a range that ends before it starts, before the session is read."""
+    if args.seq_from is not None and args.seq_to is not None and args.seq_to < args.seq_from:
+        args.subparser.error(f"--to {args.seq_to} is before --from {args.seq_from}")
+
+
 def _check_tail(args: argparse.Namespace) -> None:
     """Refuse MoldUDP64 options that do not go together."""
     if args.mold is None:
@@ -1131,8 +1049,6 @@ def _check_tail(args: argparse.Namespace) -> None:
 async def _tail(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     shown = 0
-    if args.count is not None and args.count <= 0:
-        return 0
     source: Subscription | MoldSubscription
     if args.mold is not None:
         group, port = args.mold
@@ -1411,7 +1327,9 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="(stdin)")
     publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    publish.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    publish.add_argument(
+        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    )
     publish.add_argument("--user", default="", metavar="NAME", help="username")
     publish.add_argument("--password", default="", help="password")
     publish.add_argument(
@@ -1426,7 +1344,7 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     )
     publish.add_argument(
         "--timeout",
-        type=float,
+        type=argtypes.positive,
         default=60.0,
         metavar="S",
         help="seconds to wait for the last acknowledgement (%(default)s)",
