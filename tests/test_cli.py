@@ -58,6 +58,19 @@ def test_tail_of_an_unknown_session_says_so(tmp_path: Path) -> None:
     assert "not available" in done.stderr
 
 
+def test_tail_says_where_the_session_ended(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, "--demo", "2000", "--demo-count", "30", "--demo-end") as server:
+        first = server.wait_for_log(" open at ").split("session ")[1].split()[0]
+        server.wait_for_log("ended after 30 messages")
+        done = tickertape("tail", "--port", str(server.port), "--session", first)
+        stopped = tickertape("tail", "--port", str(server.port), "--session", first, "--count", "3")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 30
+    assert done.stderr.splitlines()[-1] == f"session {first} ended at sequence 30"
+    # stopped by --count, not by End of Session: nothing to say
+    assert (stopped.returncode, stopped.stderr) == (0, "")
+
+
 @pytest.mark.parametrize("verb", ["serve", "tail"])
 def test_every_verb_has_help(verb: str) -> None:
     done = tickertape(verb, "--help")

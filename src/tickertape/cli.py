@@ -30,7 +30,7 @@ from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
+from tickertape.client.soupbintcp import Message, Subscription, TLSRefused, subscribe
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -464,7 +464,8 @@ def _parser() -> argparse.ArgumentParser:
         "tail",
         help="print the messages of a session",
         description="Log in to a SoupBinTCP server and print one message a line: SEQ PAYLOAD. "
-        "Reconnects by itself, with no gap and no duplicate; stops at End of Session.",
+        "Reconnects by itself, with no gap and no duplicate; stops at End of Session, "
+        "saying on stderr where the session ended (exit status 0).",
     )
     tail.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
     tail.add_argument(
@@ -1071,8 +1072,10 @@ async def _tail(args: argparse.Namespace) -> int:
             password=args.password,
             ssl=args.tls_context,
         )
+    last: Message | None = None
     async with source as messages:
         async for message in messages:
+            last = message
             if args.format == "text":
                 out.write(b"%d %s\n" % (message.seq, message.payload.rstrip(b" ")))
             elif args.format == "hex":
@@ -1084,8 +1087,23 @@ async def _tail(args: argparse.Namespace) -> int:
                 break
             if shown % 256 == 0:
                 out.flush()
+        else:
+            out.flush()
+            print(_ended(source, last), file=sys.stderr)
     out.flush()
     return 0
+
+
+def _ended(source: Subscription | MoldSubscription, last: Message | None) -> str:
+    """What ``tail`` says when the server ends the session it follows."""
+    if isinstance(source, Subscription):
+        session, seq = source.session, source.next_seq - 1
+    else:
+        session, seq = (last.session, last.seq) if last is not None else ("", 0)
+    session = session or "(active)"
+    if seq < 1:
+        return f"session {session} ended with no messages"
+    return f"session {session} ended at sequence {seq}"
 
 
 # ---------------------------------------------------------------------------- sessions
