@@ -3,7 +3,7 @@
 Each workload is measured twice, the same way: once through tickertape, once through the
 simplest raw loop that moves the same bytes (``sendfile`` of the same log, ``sendall`` of
 the same pre-encoded batches, ``write`` + ``fdatasync`` of the same batches). The table
-gives both and their ratio, next to the target from ``DESIGN.md``::
+gives both and their ratio, next to the target (``docs/design.md``, "Targets")::
 
     .venv/bin/python bench/bench.py            # everything, full size (a few minutes)
     .venv/bin/python bench/bench.py --quick    # small counts: a smoke run in seconds
