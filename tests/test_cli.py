@@ -58,6 +58,20 @@ def test_tail_of_an_unknown_session_says_so(tmp_path: Path) -> None:
     assert "not available" in done.stderr
 
 
+def test_publish_of_one_line_says_one_message(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "tickertape", "publish", "--port", str(server.port)],
+            input="hello\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("published 1 message into session "), done.stderr
+
+
 def test_tail_says_where_the_session_ended(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, "--demo", "2000", "--demo-count", "30", "--demo-end") as server:
         first = server.wait_for_log(" open at ").split("session ")[1].split()[0]

@@ -125,6 +125,22 @@ def test_list_points_at_a_damaged_session(tmp_path: Path) -> None:
     )
 
 
+def test_one_of_a_thing_is_not_plural(tmp_path: Path) -> None:
+    make_session(tmp_path, "2000010101", batches=1, per_batch=1)
+    done = tickertape("sessions", "verify", "2000010101", "--data", str(tmp_path))
+    assert done.stdout == "session 2000010101: clean: 1 message (log and index checked)\n"
+    directory = make_session(tmp_path, "2000010201", batches=1, per_batch=1)
+    index = bytearray((directory / "index").read_bytes())
+    index[0] ^= 0x01  # one flipped bit in the one index record: one problem
+    (directory / "index").write_bytes(bytes(index))
+    done = tickertape("sessions", "list", "--data", str(tmp_path))
+    assert "(1 problem);" in done.stderr
+    done = tickertape("sessions", "export", "2000010201", "--data", str(tmp_path))
+    assert "(1 problem): exporting the 1 intact message only;" in done.stderr
+    done = tickertape("sessions", "verify", "2000010201", "--data", str(tmp_path))
+    assert done.stdout.startswith("session 2000010201: DAMAGED: 1 problem (")
+
+
 def test_list_as_json(tmp_path: Path) -> None:
     make_session(tmp_path, "2000010101", batches=1)
     done = tickertape("sessions", "list", "--data", str(tmp_path), "--json")

@@ -61,6 +61,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
+from tickertape.text import plural
 from tickertape.tls import client_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
@@ -1157,8 +1158,9 @@ def _sessions_list(args: argparse.Namespace) -> int:
         print(f"{row['id']:<12}{row['state']:<10}{row['messages']:>12}{row['bytes']:>16}")
     for row in rows_to_check:
         if row.get("problems"):
+            problems = plural(row["problems"], "problem")
             print(
-                f"tickertape: session {row['id']} fails its checks ({row['problems']} problems); "
+                f"tickertape: session {row['id']} fails its checks ({problems}); "
                 f"tickertape sessions verify {row['id']} says where",
                 file=sys.stderr,
             )
@@ -1214,7 +1216,8 @@ def _sessions_archive(args: argparse.Namespace) -> int:
         result = offline.archive_offline(args.data or DEFAULT_DATA, args.session)
         messages, original, archived = result.messages, result.original_bytes, result.archived_bytes
     ratio = f" ({100 * archived / original:.0f}%)" if original else ""
-    print(f"session {args.session} archived: {messages} messages, {original} bytes", end="")
+    what = f"{plural(messages, 'message')}, {original} bytes"
+    print(f"session {args.session} archived: {what}", end="")
     print(f" into {archived}{ratio}")
     return 0
 
@@ -1224,11 +1227,11 @@ def _sessions_verify(args: argparse.Namespace) -> int:
     _warn_if_written(args.data, args.session)
     checked = " and ".join(report.checked)
     if report.clean:
-        print(f"session {report.session}: clean: {report.messages} messages ({checked} checked)")
+        held = plural(report.messages, "message")
+        print(f"session {report.session}: clean: {held} ({checked} checked)")
         return 0
-    count = len(report.problems)
-    plural = "s" if count > 1 else ""
-    print(f"session {report.session}: DAMAGED: {count} problem{plural} ({checked} checked)")
+    damage = plural(len(report.problems), "problem")
+    print(f"session {report.session}: DAMAGED: {damage} ({checked} checked)")
     for problem in report.problems:
         print(f"  {problem}")
     intact = f"messages 1..{report.messages}" if report.messages else "no message"
@@ -1243,8 +1246,9 @@ def _sessions_export(args: argparse.Namespace) -> int:
         problems = session_log.recovery.problems
         if problems:
             print(
-                f"tickertape: session {args.session} fails its checks ({len(problems)} problems): "
-                f"exporting the {session_log.recovery.messages} intact messages only; "
+                f"tickertape: session {args.session} fails its checks "
+                f"({plural(len(problems), 'problem')}): "
+                f"exporting the {plural(session_log.recovery.messages, 'intact message')} only; "
                 f"tickertape sessions verify {args.session} says where",
                 file=sys.stderr,
             )
@@ -1469,7 +1473,7 @@ async def _publish(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     where = f" into session {last.session}, the last as {last.seq}" if last else ""
     print(
-        f"published {publisher.acked} messages{where} in {elapsed:.2f} s "
+        f"published {plural(publisher.acked, 'message')}{where} in {elapsed:.2f} s "
         f"({publisher.acked / elapsed if elapsed else 0:,.0f} a second)"
         + (f"; session {ended} ended" if ended else ""),
         file=sys.stderr,
