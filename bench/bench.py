@@ -3,7 +3,7 @@
 Each workload is measured twice, the same way: once through tickertape, once through the
 simplest raw loop that moves the same bytes (``sendfile`` of the same log, ``sendall`` of
 the same pre-encoded batches, ``write`` + ``fdatasync`` of the same batches). The table
-gives both and their ratio, next to the target from ``DESIGN.md``::
+gives both and their ratio, next to the target (``docs/design.md``, "Targets")::
 
     .venv/bin/python bench/bench.py            # everything, full size (a few minutes)
     .venv/bin/python bench/bench.py --quick    # small counts: a smoke run in seconds
@@ -121,6 +121,11 @@ def say(message: str) -> None:
 
 class BenchError(Exception):
     """A measurement could not be made."""
+
+
+class BenchSkipped(BenchError):
+    """A workload this machine or environment cannot run: its row says so, and the run
+    does not fail for it."""
 
 
 # ---------------------------------------------------------------------------- settings
@@ -743,7 +748,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     try:
         import trustme  # noqa: PLC0415 - only this workload needs it
     except ImportError:
-        raise BenchError("replay-tls needs trustme: pip install -e '.[test]'") from None
+        raise BenchSkipped("needs trustme, a test extra: pip install -e '.[test]'") from None
     ca = trustme.CA()
     issued = ca.issue_cert(HOST)
     cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
@@ -798,18 +803,19 @@ def bench_replay(settings: Settings, report: Report, *, tls: bool = False) -> No
     (``os.sendfile``; over TLS, a plain TLS ``sendall`` loop), alternately."""
     name = "replay-tls" if tls else "replay"
     messages = settings.replay_messages
-    data, log_path, session = replay_session(settings, messages)
-    log_size = log_path.stat().st_size
-    expected = log_size + LOGIN_ACCEPTED_SIZE
-    server_args = ["--data", str(data), "--durability", "none"]
+    tls_args: list[str] = []
     raw_args: tuple[str, ...] = ()
     context: ssl.SSLContext | None = None
-    if tls:
+    if tls:  # first: without trustme, skipped before the session is built
         cert, key, ca = make_certificate(settings.run_dir)
         context = ssl.create_default_context(cafile=str(ca))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        server_args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        tls_args = ["--tls-cert", str(cert), "--tls-key", str(key)]
         raw_args = (str(cert), str(key))
+    data, log_path, session = replay_session(settings, messages)
+    log_size = log_path.stat().st_size
+    expected = log_size + LOGIN_ACCEPTED_SIZE
+    server_args = ["--data", str(data), "--durability", "none", *tls_args]
 
     def read(port: int) -> tuple[float, str]:
         """(seconds, the cipher over TLS)"""
@@ -1788,6 +1794,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser = argparse.ArgumentParser(
         description="Measure tickertape against raw ceilings measured the same way, on this "
         "machine, and print a table (stdout); progress goes to stderr.",
+        epilog="What it needs: tickertape installed in the Python that runs it (pip install "
+        "-e .), Linux, and disk under --work-dir (about 1 GB for the full run's replay session, "
+        "kept for the next run; 20 MB with --quick). replay-tls also needs trustme, "
+        "a test extra (pip install -e '.[test]'); without it that row says 'skipped'. mold "
+        "needs root and iproute2 (it makes a network namespace); without them it is skipped. "
+        "Every other workload needs nothing more. Targets: docs/design.md, 'Targets'.",
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument(
@@ -1978,6 +1990,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh_dir(settings.run_dir)
         try:
             RUNNERS[name](settings, report)
+        except BenchSkipped as exc:
+            say(f"{name}: skipped: {exc}")
+            report.rows.append(Row(name, "skipped", "-", "-", str(exc)[:60]))
+            report.notes.append(f"{name} was skipped: it {exc}")
         except (BenchError, OSError) as exc:
             say(f"{name} FAILED: {exc}")
             failed.append(name)

@@ -125,6 +125,22 @@ def test_list_points_at_a_damaged_session(tmp_path: Path) -> None:
     )
 
 
+def test_one_of_a_thing_is_not_plural(tmp_path: Path) -> None:
+    make_session(tmp_path, "2000010101", batches=1, per_batch=1)
+    done = tickertape("sessions", "verify", "2000010101", "--data", str(tmp_path))
+    assert done.stdout == "session 2000010101: clean: 1 message (log and index checked)\n"
+    directory = make_session(tmp_path, "2000010201", batches=1, per_batch=1)
+    index = bytearray((directory / "index").read_bytes())
+    index[0] ^= 0x01  # one flipped bit in the one index record: one problem
+    (directory / "index").write_bytes(bytes(index))
+    done = tickertape("sessions", "list", "--data", str(tmp_path))
+    assert "(1 problem);" in done.stderr
+    done = tickertape("sessions", "export", "2000010201", "--data", str(tmp_path))
+    assert "(1 problem): exporting the 1 intact message only;" in done.stderr
+    done = tickertape("sessions", "verify", "2000010201", "--data", str(tmp_path))
+    assert done.stdout.startswith("session 2000010201: DAMAGED: 1 problem (")
+
+
 def test_list_as_json(tmp_path: Path) -> None:
     make_session(tmp_path, "2000010101", batches=1)
     done = tickertape("sessions", "list", "--data", str(tmp_path), "--json")
@@ -172,8 +188,8 @@ def test_show_an_unknown_session_says_what_there_is(tmp_path: Path) -> None:
         f"tickertape: no session 2000010109 in {tmp_path} (sessions there: 2000010101)\n"
     )
     done = tickertape("sessions", "show", "yesterday", "--data", str(tmp_path))
-    assert done.returncode == 1
-    assert "is not a session id: ids are YYYYMMDDNN" in done.stderr
+    assert done.returncode == 2  # refused when parsing, like every malformed value
+    assert "argument ID: 'yesterday' is not a session id: ids are YYYYMMDDNN" in done.stderr
 
 
 def test_verify_a_clean_session(tmp_path: Path) -> None:
@@ -298,8 +314,9 @@ def test_export_past_the_end_and_backwards_ranges_are_refused(tmp_path: Path) ->
         1,
         "tickertape: --from 31: session 2000010101 holds messages 1..30\n",
     )
-    done = tickertape(*common, "--from", "5", "--to", "4")
-    assert (done.returncode, done.stderr) == (1, "tickertape: --to 4 is before --from 5\n")
+    done = tickertape(*common, "--from", "5", "--to", "4")  # refused before reading
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: --to 4 is before --from 5\n")
     done = tickertape(*common, "--from", "0")
     assert done.returncode == 2
     assert "sequence numbers start at 1" in done.stderr

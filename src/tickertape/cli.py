@@ -9,7 +9,6 @@ import base64
 import contextlib
 import getpass
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -26,12 +25,18 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from tickertape import __version__
+from tickertape import __version__, argtypes
 from tickertape import sessions as offline
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription, TLSRefused, describe_error, subscribe
+from tickertape.client.soupbintcp import (
+    Message,
+    Subscription,
+    TLSRefused,
+    describe_error,
+    subscribe,
+)
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError, TickertapeError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
@@ -45,7 +50,6 @@ from tickertape.server.moldudp64 import (
     MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
-    parse_group,
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
@@ -54,7 +58,6 @@ from tickertape.server.soupbintcp import (
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_PORT,
     DEFAULT_WRITE_BUFFER_HIGH,
-    Credentials,
     ServerConfig,
     SoupBinTCPServer,
 )
@@ -65,6 +68,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
+from tickertape.text import plural
 from tickertape.tls import client_context, reload_server_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
@@ -82,107 +86,6 @@ load the HTTP server into every command)."""
 DEFAULT_ADMIN_TIMEOUT: Final = 120.0
 """Seconds to wait for the admin API: a roll drains the publishing queue, an archive
 compresses a whole session."""
-
-
-def _credentials(text: str) -> Credentials:
-    username, sep, password = text.partition(":")
-    if not sep or not username:
-        raise argparse.ArgumentTypeError("expected NAME:PASSWORD")
-    if len(username) > 6 or len(password) > 10:
-        raise argparse.ArgumentTypeError(
-            "SoupBinTCP allows usernames of at most 6 characters and passwords of at most 10"
-        )
-    return Credentials(username, password)
-
-
-def _payload_size(text: str) -> int:
-    value = int(text)
-    if not 0 < value <= MAX_PAYLOAD:
-        raise argparse.ArgumentTypeError(
-            f"{text}: a SoupBinTCP message holds 1 to {MAX_PAYLOAD} bytes"
-        )
-    return value
-
-
-def _days(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: a number of days, 0 or more")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port number (0 to 65535)")
-    return value
-
-
-def _server_port(text: str) -> int:
-    value = _port(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("give the port the server's admin API listens on")
-    return value
-
-
-def _mold_group(text: str) -> tuple[str, int]:
-    try:
-        return parse_group(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ipv4(text: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, such as 10.0.0.1:30002")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{port_text!r} is not a port number") from None
-    if not 0 < port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port}: a port is 1 to 65535")
-    return host, port
-
-
-def _request_address(text: str) -> tuple[str, int]:
-    host, port = _address(text)
-    return _ipv4(host), port
-
-
-def _tcp_address(text: str) -> tuple[str, int]:
-    host, port = _address(text)
-    if any(c.isspace() for c in host):
-        raise argparse.ArgumentTypeError(f"{host!r} is not a host name or address")
-    return host, port
-
-
-def _ttl(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"{text}: a TTL is 0 to 255")
-    return value
-
-
-def _sequence(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: sequence numbers start at 1")
-    return value
 
 
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
@@ -248,7 +151,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
         )
         where.add_argument(
             "--admin-port",
-            type=_server_port,
+            type=argtypes.remote_port,
             metavar="PORT",
             help=f"ask the server whose admin API listens on {ADMIN_HOST}:PORT instead",
         )
@@ -265,7 +168,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
     def server_only(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--admin-port",
-            type=_server_port,
+            type=argtypes.remote_port,
             required=True,
             metavar="PORT",
             help=f"the server's admin API port (on {ADMIN_HOST})",
@@ -290,7 +193,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "Show one session: state, messages, bytes on disk and in its log, where it is, when "
         "it was last written to (the log file's modification time) and when it ended.",
     )
-    show.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    show.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_or_server(show)
     show.add_argument("--json", action="store_true", help="print JSON")
     verbose(show)
@@ -322,7 +227,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "log.zst, still served by pull. Offline with --data (refused while a server uses "
         "the directory: then use --admin-port), or by the running server with --admin-port.",
     )
-    archive.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    archive.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_or_server(archive)
     _add_token_options(archive, "the token the server was started with (with --admin-port)")
     verbose(archive)
@@ -334,7 +241,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "record, changing nothing. Prints each problem with its offset and sequence numbers; "
         "exits 1 if the session is damaged, 0 if it is clean.",
     )
-    verify.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    verify.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_only(verify)
     verbose(verify)
 
@@ -344,13 +253,19 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "Write the messages of a session (archived or not) to stdout, read from the data "
         "directory. A progress bar goes to stderr when it is a terminal.",
     )
-    export.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
+    export.add_argument(
+        "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
+    )
     data_only(export)
     export.add_argument(
-        "--from", dest="seq_from", type=_sequence, metavar="N", help="first message (1)"
+        "--from", dest="seq_from", type=argtypes.sequence, metavar="N", help="first message (1)"
     )
     export.add_argument(
-        "--to", dest="seq_to", type=_sequence, metavar="N", help="last message (the last one)"
+        "--to",
+        dest="seq_to",
+        type=argtypes.sequence,
+        metavar="N",
+        help="last message (the last one)",
     )
     export.add_argument(
         "--format",
@@ -361,6 +276,7 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "exactly as in the log (%(default)s)",
     )
     verbose(export)
+    export.set_defaults(subparser=export)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -379,7 +295,12 @@ def _parser() -> argparse.ArgumentParser:
         "is continued if it was not ended, else the next session of the day is opened.",
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (%(default)s)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    serve.add_argument(
+        "--port",
+        type=argtypes.port,
+        default=DEFAULT_PORT,
+        help="port (%(default)s; 0: any free port)",
+    )
     serve.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="data directory (%(default)s)"
     )
@@ -410,20 +331,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--demo",
-        type=_positive,
+        type=argtypes.positive,
         metavar="RATE",
         help="publish RATE demo messages a second into the active session",
     )
     serve.add_argument(
         "--demo-size",
-        type=_payload_size,
+        type=argtypes.payload_size,
         default=DEFAULT_DEMO_SIZE,
         metavar="N",
         help="bytes per demo message (%(default)s)",
     )
     serve.add_argument(
         "--demo-count",
-        type=int,
+        type=argtypes.count,
         metavar="N",
         help="stop the demo source after N messages (default: run forever)",
     )
@@ -442,27 +363,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--source-rate",
-        type=_positive,
+        type=argtypes.positive,
         metavar="N",
         help="call the --source function N times a second (a plain or async function, not "
         "an async generator)",
     )
     serve.add_argument(
         "--archive-after",
-        type=_days,
+        type=argtypes.days,
         metavar="DAYS",
         help="archive (compress) ended sessions older than DAYS days (default: never)",
     )
     serve.add_argument(
         "--delete-after",
-        type=_days,
+        type=argtypes.days,
         metavar="DAYS",
         help="delete ended sessions older than DAYS days (default: never; nothing is "
         "deleted unless this is given)",
     )
     serve.add_argument(
         "--user",
-        type=_credentials,
+        type=argtypes.credentials,
         metavar="NAME:PASSWORD",
         help="accept only this one account, with every role (the password shows in the "
         "process list: prefer --users). Without --user or --users, a server on a loopback "
@@ -483,7 +404,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--admin-port",
-        type=_port,
+        type=argtypes.port,
         default=0,
         metavar="PORT",
         help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT (default 0: no admin API)",
@@ -497,41 +418,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--mold",
-        type=_mold_group,
+        type=argtypes.mold_group,
         metavar="GROUP:PORT",
         help="also multicast the active session as MoldUDP64 to GROUP:PORT (from the "
         "moment the server starts; earlier messages by re-request)",
     )
     serve.add_argument(
         "--mold-iface",
-        type=_ipv4,
+        type=argtypes.ipv4,
         metavar="ADDR",
         help="send MoldUDP64 from the interface with this local IPv4 address "
         "(default: the route to the group decides)",
     )
     serve.add_argument(
         "--mold-ttl",
-        type=_ttl,
+        type=argtypes.ttl,
         metavar="N",
         help=f"multicast TTL, how many routers the packets may cross ({DEFAULT_TTL})",
     )
     serve.add_argument(
         "--mold-eos-seconds",
-        type=float,
+        type=argtypes.not_negative,
         metavar="S",
         help="after a session ends, repeat its MoldUDP64 End of Session once a second "
         f"for S seconds ({DEFAULT_EOS_SECONDS:g})",
     )
     serve.add_argument(
         "--mold-request",
-        type=_port,
+        type=argtypes.port,
         metavar="PORT",
         help="answer MoldUDP64 re-requests on UDP --host:PORT, for the active session and "
         "every closed one on disk",
     )
     serve.add_argument(
         "--mold-request-rate",
-        type=_positive,
+        type=argtypes.positive,
         metavar="N",
         help=f"messages a second each re-requester may be sent ({DEFAULT_REQUEST_RATE:g})",
     )
@@ -556,22 +477,30 @@ def _parser() -> argparse.ArgumentParser:
         help="print the messages of a session",
         description="Log in to a SoupBinTCP server and print one message a line: SEQ PAYLOAD. "
         "Once logged in, reconnects by itself when the connection drops, with no gap and no "
-        "duplicate, and says when it is back; stops at End of Session. A first login that "
-        "cannot be made (nothing listens, a TLS port without --tls) is an error (exit 1), "
-        "unless --wait; a rejected login is an error with the server's reason.",
+        "duplicate, and says when it is back; stops at End of Session, saying on stderr "
+        "where the session ended (exit status 0). A first login that cannot be made "
+        "(nothing listens, a TLS port without --tls) is an error (exit 1), unless --wait; "
+        "a rejected login is an error with the server's reason.",
     )
     tail.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    tail.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
-    tail.add_argument("--session", default="", help="session id (default: the active session)")
+    tail.add_argument(
+        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    )
+    tail.add_argument(
+        "--session",
+        type=argtypes.session_id,
+        metavar="ID",
+        help="session id, YYYYMMDDNN (default: the active session)",
+    )
     tail.add_argument(
         "--from",
         dest="seq",
-        type=int,
+        type=argtypes.start_sequence,
         default=1,
         metavar="N",
         help="first sequence number; 0 means from the next message published (%(default)s)",
     )
-    tail.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    tail.add_argument("--count", type=argtypes.count, metavar="N", help="stop after N messages")
     tail.add_argument(
         "--format",
         choices=["text", "hex", "raw"],
@@ -594,27 +523,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     mold.add_argument(
         "--mold",
-        type=_mold_group,
+        type=argtypes.mold_group,
         metavar="GROUP:PORT",
         help="join this MoldUDP64 group (as given to serve --mold)",
     )
     mold.add_argument(
         "--request",
-        type=_request_address,
+        type=argtypes.request_address,
         metavar="HOST:PORT",
         help="the server's MoldUDP64 re-request address (serve --mold-request), for gaps "
         "and late joins; needed with --mold",
     )
     mold.add_argument(
         "--iface",
-        type=_ipv4,
+        type=argtypes.ipv4,
         metavar="ADDR",
         help="join the group on the interface with this local IPv4 address "
         "(default: the route to the group decides)",
     )
     mold.add_argument(
         "--tcp",
-        type=_tcp_address,
+        type=argtypes.tcp_address,
         metavar="HOST:PORT",
         help="catch up a gap of more than "
         f"{DEFAULT_TCP_THRESHOLD:,} messages from this SoupBinTCP server, then follow the group",
@@ -645,12 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             value is None for value in (args.mold_iface, args.mold_ttl, args.mold_eos_seconds)
         ):
             args.subparser.error("--mold-iface, --mold-ttl and --mold-eos-seconds need --mold")
-        if args.mold_eos_seconds is not None and args.mold_eos_seconds < 0:
-            args.subparser.error("--mold-eos-seconds cannot be negative")
         if args.mold_request is None and args.mold_request_rate is not None:
             args.subparser.error("--mold-request-rate needs --mold-request")
     if args.verb == "tail":
+        args.session = args.session or ""  # blank: the active session
         _check_tail(args)
+    if args.verb == "sessions" and args.action == "export":
+        _check_export(args)
     try:
         _check_tls(args)
     except ConfigError as exc:
@@ -747,21 +677,21 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="connections open at once (%(default)s)",
     )
     group.add_argument(
         "--max-connections-per-source",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
         metavar="N",
         help="connections open at once from one IP address (%(default)s)",
     )
     group.add_argument(
         "--max-client-packet",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_MAX_CLIENT_PACKET,
         metavar="BYTES",
         help="the longest packet a logged-in client that may not publish can send; before "
@@ -770,7 +700,7 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-write-buffer",
-        type=_positive_int,
+        type=argtypes.count,
         default=DEFAULT_WRITE_BUFFER_HIGH,
         metavar="BYTES",
         help="a subscriber's unsent bytes past which it leaves the live stream and reads "
@@ -778,7 +708,7 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--idle-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help="drop a logged-in client silent this long, unless its SoupBinTCP 4.10 login "
@@ -786,21 +716,11 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--login-timeout",
-        type=_positive,
+        type=argtypes.positive,
         default=DEFAULT_LOGIN_TIMEOUT,
         metavar="SECONDS",
         help="close a connection whose login is not done this long after it opened (%(default)g)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
@@ -877,7 +797,7 @@ class _Hangup:
         users = await self._loop.run_in_executor(None, Users.load_to_serve, path)
         old = server.access.users or Users()
         server.reload_users(users)
-        said = f"users file {path} reloaded: {_count(len(users), 'user')}; "
+        said = f"users file {path} reloaded: {plural(len(users), 'user')}; "
         said += users.changes_from(old)
         before, after = old.admins(), users.admins()
         if self.admin is not None and before != after:
@@ -888,10 +808,6 @@ class _Hangup:
             else:
                 said += "; no user has the admin role: the admin API is read-only"
         return said
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _raise_file_limit(config: ServerConfig) -> None:
@@ -1196,6 +1112,12 @@ def _check_tls(args: argparse.Namespace) -> None:
         args.tls_context = _tls_client(args)
 
 
+def _check_export(args: argparse.Namespace) -> None:
+    """Refuse a range that ends before it starts, before the session is read."""
+    if args.seq_from is not None and args.seq_to is not None and args.seq_to < args.seq_from:
+        args.subparser.error(f"--to {args.seq_to} is before --from {args.seq_from}")
+
+
 def _check_tail(args: argparse.Namespace) -> None:
     """Refuse MoldUDP64 options that do not go together."""
     if args.mold is None:
@@ -1214,8 +1136,6 @@ def _check_tail(args: argparse.Namespace) -> None:
 
 
 async def _tail(args: argparse.Namespace) -> int:
-    if args.count is not None and args.count <= 0:
-        return 0
     source: Subscription | MoldSubscription
     if args.mold is not None:
         group, port = args.mold
@@ -1260,8 +1180,10 @@ async def _print_messages(
     """Print what ``source`` yields as ``--format`` says, up to ``--count``."""
     out = sys.stdout.buffer
     shown = 0
+    last: Message | None = None
     async with source as messages:
         async for message in messages:
+            last = message
             if args.format == "text":
                 out.write(b"%d %s\n" % (message.seq, message.payload.rstrip(b" ")))
             elif args.format == "hex":
@@ -1273,6 +1195,9 @@ async def _print_messages(
                 break
             if shown % 256 == 0:
                 out.flush()
+        else:
+            out.flush()
+            print(_ended(source, last), file=sys.stderr)
     out.flush()
 
 
@@ -1281,6 +1206,18 @@ def _rejected(exc: LoginRejected, args: argparse.Namespace) -> TickertapeError:
     if exc.reason == REJECT_NOT_AUTHORIZED and not args.user:
         return ConfigError(f"{exc} (give --user NAME and --password SECRET)")
     return exc
+
+
+def _ended(source: Subscription | MoldSubscription, last: Message | None) -> str:
+    """What ``tail`` says when the server ends the session it follows."""
+    if isinstance(source, Subscription):
+        session, seq = source.session, source.next_seq - 1
+    else:
+        session, seq = (last.session, last.seq) if last is not None else ("", 0)
+    session = session or "(active)"
+    if seq < 1:
+        return f"session {session} ended with no messages"
+    return f"session {session} ended at sequence {seq}"
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -1334,8 +1271,9 @@ def _sessions_list(args: argparse.Namespace) -> int:
         print(f"{row['id']:<12}{row['state']:<10}{row['messages']:>12}{row['bytes']:>16}")
     for row in rows_to_check:
         if row.get("problems"):
+            problems = plural(row["problems"], "problem")
             print(
-                f"tickertape: session {row['id']} fails its checks ({row['problems']} problems); "
+                f"tickertape: session {row['id']} fails its checks ({problems}); "
                 f"tickertape sessions verify {row['id']} says where",
                 file=sys.stderr,
             )
@@ -1391,7 +1329,8 @@ def _sessions_archive(args: argparse.Namespace) -> int:
         result = offline.archive_offline(args.data or DEFAULT_DATA, args.session)
         messages, original, archived = result.messages, result.original_bytes, result.archived_bytes
     ratio = f" ({100 * archived / original:.0f}%)" if original else ""
-    print(f"session {args.session} archived: {messages} messages, {original} bytes", end="")
+    what = f"{plural(messages, 'message')}, {original} bytes"
+    print(f"session {args.session} archived: {what}", end="")
     print(f" into {archived}{ratio}")
     return 0
 
@@ -1401,11 +1340,11 @@ def _sessions_verify(args: argparse.Namespace) -> int:
     _warn_if_written(args.data, args.session)
     checked = " and ".join(report.checked)
     if report.clean:
-        print(f"session {report.session}: clean: {report.messages} messages ({checked} checked)")
+        held = plural(report.messages, "message")
+        print(f"session {report.session}: clean: {held} ({checked} checked)")
         return 0
-    count = len(report.problems)
-    plural = "s" if count > 1 else ""
-    print(f"session {report.session}: DAMAGED: {count} problem{plural} ({checked} checked)")
+    damage = plural(len(report.problems), "problem")
+    print(f"session {report.session}: DAMAGED: {damage} ({checked} checked)")
     for problem in report.problems:
         print(f"  {problem}")
     intact = f"messages 1..{report.messages}" if report.messages else "no message"
@@ -1420,8 +1359,9 @@ def _sessions_export(args: argparse.Namespace) -> int:
         problems = session_log.recovery.problems
         if problems:
             print(
-                f"tickertape: session {args.session} fails its checks ({len(problems)} problems): "
-                f"exporting the {session_log.recovery.messages} intact messages only; "
+                f"tickertape: session {args.session} fails its checks "
+                f"({plural(len(problems), 'problem')}): "
+                f"exporting the {plural(session_log.recovery.messages, 'intact message')} only; "
                 f"tickertape sessions verify {args.session} says where",
                 file=sys.stderr,
             )
@@ -1522,7 +1462,9 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="(stdin)")
     publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    publish.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    publish.add_argument(
+        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    )
     publish.add_argument("--user", default="", metavar="NAME", help="username")
     publish.add_argument("--password", default="", help="password")
     publish.add_argument(
@@ -1547,7 +1489,7 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     )
     publish.add_argument(
         "--timeout",
-        type=float,
+        type=argtypes.positive,
         default=60.0,
         metavar="S",
         help="seconds to wait for the last acknowledgement (%(default)s)",
@@ -1713,7 +1655,7 @@ async def _publish(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     where = f" into session {last.session}, the last as {last.seq}" if last else ""
     print(
-        f"published {publisher.acked} messages{where} in {elapsed:.2f} s "
+        f"published {plural(publisher.acked, 'message')}{where} in {elapsed:.2f} s "
         f"({publisher.acked / elapsed if elapsed else 0:,.0f} a second)"
         + "".join(f"; session {session} ended" for session in publisher.ended),
         file=sys.stderr,
@@ -1721,7 +1663,7 @@ async def _publish(args: argparse.Namespace) -> int:
     returns = reader.carriage_returns
     if returns:
         print(
-            f"note: {_count(returns, 'line')} end{'s' if returns == 1 else ''} with a carriage "
+            f"note: {plural(returns, 'line')} end{'s' if returns == 1 else ''} with a carriage "
             "return (\\r), kept in the message: only \\n ends a line (--binary publishes "
             "records of any bytes)",
             file=sys.stderr,

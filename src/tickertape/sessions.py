@@ -40,7 +40,7 @@ from tickertape.store.archive import (
 )
 from tickertape.store.catalogue import ENDED_MARKER, LOCK_FILE, Catalogue
 from tickertape.store.log import INDEX_FILE, LOG_FILE, SessionLog, packet_offsets
-from tickertape.store.sessionid import SessionId
+from tickertape.store.sessionid import SESSION_ID_FORM, SessionId
 
 STATE_ACTIVE: Final = "active"
 STATE_ENDED: Final = "ended"
@@ -242,10 +242,7 @@ def find_session(root: Path, session_id: str) -> Path:
     :class:`SessionNotFound` saying what there is instead."""
     _check_root(root)
     if not SessionId.is_valid(session_id):
-        raise SessionNotFound(
-            f"{session_id!r} is not a session id: ids are YYYYMMDDNN, the date and a "
-            "two-digit counter, such as 2026112901"
-        )
+        raise SessionNotFound(f"{session_id!r} is not a session id: {SESSION_ID_FORM}")
     try:
         return Catalogue(root).find(session_id).path
     except SessionNotFound:

@@ -27,6 +27,7 @@ from tickertape.sources.plugin import (
     load_source,
     run_source,
 )
+from tickertape.text import plural
 
 from support import ServerProcess, running_server
 
@@ -361,7 +362,9 @@ def test_a_source_that_fails_is_logged_and_stopped_and_the_server_keeps_serving(
         run(tmp_path, scenario)
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failures) == 1
-    assert f"failed after {published} messages, and is stopped" in failures[0].getMessage()
+    assert (
+        f"failed after {plural(published, 'message')}, and is stopped" in failures[0].getMessage()
+    )
     assert error in failures[0].getMessage()
     assert failures[0].exc_info is not None  # with its traceback
 

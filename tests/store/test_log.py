@@ -30,6 +30,7 @@ from tickertape.store.log import (
     packet_offsets,
     verify,
 )
+from tickertape.text import plural
 from tickertape.wire.soupbintcp import (
     Framer,
     SequencedData,
@@ -53,6 +54,11 @@ ALL: list[bytes] = [p for batch in BATCHES for p in batch]
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def missing(count: int) -> str:
+    """How recovery words ``count`` messages the index lists but the log lacks."""
+    return f"{plural(count, 'message')} {'is' if count == 1 else 'are'} missing"
 
 
 def size(payload: bytes) -> int:
@@ -567,7 +573,9 @@ def test_recover_torn_unindexed_packet(tmp_path: Path, kept_bytes: int) -> None:
         assert recovery.cut_to == tmp_path / f"log.cut-{end}"
         assert recovery.cut_to.read_bytes() == raw[whole : whole + kept_bytes]
         assert any("re-indexed 2 messages" in p for p in recovery.problems)
-        assert any(f"cut {kept_bytes} bytes after offset {end}" in p for p in recovery.problems)
+        assert any(
+            f"cut {plural(kept_bytes, 'byte')} after offset {end}" in p for p in recovery.problems
+        )
         check_serves(session_log, [*ALL, *extra[:2]])
     assert logged(tmp_path) == [*ALL, *extra[:2]]
 
@@ -602,12 +610,13 @@ def test_recover_torn_packet_in_the_last_indexed_batch(
             f"log is shorter ({log_size} bytes) than the index says "
             f"({last.offset + last.length}); the batch from sequence {last.first_seq} "
             "is incomplete",
-            *([f"re-indexed {kept} messages that had no index record"] if kept else []),
+            *([f"re-indexed {plural(kept, 'message')} that had no index record"] if kept else []),
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(survivors)}: {len(LAST) - kept} messages are missing",
+            f"{len(survivors)}: {missing(len(LAST) - kept)}",
             *(
                 [
-                    f"cut {cut} bytes after offset {cut_at} (sequence {len(survivors) + 1} on):"
+                    f"cut {plural(cut, 'byte')} after offset {cut_at} "
+                    f"(sequence {len(survivors) + 1} on):"
                     " a torn or damaged tail"
                 ]
                 if cut
@@ -644,7 +653,7 @@ def test_recover_log_truncated_on_a_batch_boundary(tmp_path: Path, batch: int) -
         recovery = session_log.recovery
         assert recovery.problems == (
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(survivors)}: {len(ALL) - len(survivors)} messages are missing",
+            f"{len(survivors)}: {missing(len(ALL) - len(survivors))}",
         )
         assert recovery == Recovery(
             messages=len(survivors), batches=batch, problems=recovery.problems, vouched=len(ALL)
@@ -667,7 +676,9 @@ def test_recover_unindexed_whole_packets(tmp_path: Path) -> None:
     flat = [p for b in extra for p in b]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems == (f"re-indexed {len(flat)} messages that had no index record",)
+        assert recovery.problems == (
+            f"re-indexed {plural(len(flat), 'message')} that had no index record",
+        )
         assert recovery.reindexed_messages == len(flat)
         assert recovery.messages == len(ALL) + len(flat)
         assert recovery.batches == len(BATCHES) + 1
@@ -781,7 +792,7 @@ def test_recover_index_record_with_more_than_one_flipped_bit(
         recovery = session_log.recovery
         assert recovery.problems == (
             f"index record {record} fails its checksum",
-            f"re-indexed {len(BATCHES[record])} messages that had no index record",
+            f"re-indexed {plural(len(BATCHES[record]), 'message')} that had no index record",
         )
         assert recovery == Recovery(
             messages=len(ALL),
@@ -820,8 +831,9 @@ def test_recover_flipped_bit_in_an_index_record_and_a_later_batch(
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}.."
             f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
-            f"cut {cut} bytes after offset {damaged.offset} (sequence {damaged.first_seq} on):"
+            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
+            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
+            f"(sequence {damaged.first_seq} on):"
             " a torn or damaged tail",
         )
         assert recovery == Recovery(
@@ -862,10 +874,11 @@ def test_recover_index_record_past_putting_right_and_a_flipped_bit_in_a_later_ba
             f"index record {record} fails its checksum",
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}.."
             f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
-            f"re-indexed {len(BATCHES[record])} messages that had no index record",
+            f"re-indexed {plural(len(BATCHES[record]), 'message')} that had no index record",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
-            f"cut {cut} bytes after offset {damaged.offset} (sequence {damaged.first_seq} on):"
+            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
+            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
+            f"(sequence {damaged.first_seq} on):"
             " a torn or damaged tail",
         )
         assert recovery == Recovery(
@@ -909,8 +922,9 @@ def test_recover_flipped_bit_in_an_index_record_and_in_its_own_batch(
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}.."
             f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
-            f"cut {cut} bytes after offset {damaged.offset} (sequence {damaged.first_seq} on):"
+            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
+            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
+            f"(sequence {damaged.first_seq} on):"
             " a torn or damaged tail",
         )
         assert recovery.reindexed_messages == 0
@@ -948,11 +962,11 @@ def test_recover_index_record_that_does_not_follow_on(
         assert recovery.problems == (
             f"index record for offset {wrong.offset} (sequence {first_seq}) does not follow on"
             f" (expected sequence {wrong.first_seq})",
-            f"re-indexed {wrong.count} messages that had no index record",
+            f"re-indexed {plural(wrong.count, 'message')} that had no index record",
             *(
                 [
                     f"the index lists messages up to sequence {promised} but the log holds "
-                    f"only up to {len(ALL)}: {promised - len(ALL)} messages are missing"
+                    f"only up to {len(ALL)}: {missing(promised - len(ALL))}"
                 ]
                 if promised > len(ALL)
                 else []
@@ -984,7 +998,7 @@ def test_recover_index_record_repeated_in_place_of_the_next(tmp_path: Path) -> N
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
         assert recovery.problems == (
-            f"re-indexed {len(BATCHES[3])} messages that had no index record",
+            f"re-indexed {plural(len(BATCHES[3]), 'message')} that had no index record",
             "dropped 1 index records that match no batch of the log (duplicated or out of place)",
         )
         assert recovery.reindexed_messages == len(BATCHES[3])
@@ -1023,8 +1037,8 @@ def test_recover_flipped_bit_inside_a_middle_batch(tmp_path: Path, where: str, b
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}..{last_seq})"
             " fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(kept)}: {len(ALL) - len(kept)} messages are missing",
-            f"cut {len(on_disk) - damaged.offset} bytes after offset {damaged.offset} "
+            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
+            f"cut {plural(len(on_disk) - damaged.offset, 'byte')} after offset {damaged.offset} "
             f"(sequence {damaged.first_seq} on): a torn or damaged tail",
         )
         assert recovery.messages == len(kept)

@@ -28,6 +28,7 @@ from typing import Final
 
 from tickertape.client.soupbintcp import Message, Subscription
 from tickertape.protocol.moldudp64 import Receiver
+from tickertape.text import plural
 from tickertape.wire.moldudp64 import MAX_MESSAGES, Downstream
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,8 @@ class MoldSubscription:
         loop = asyncio.get_running_loop()
         host, port = self.tcp
         log.info(
-            "gap of %d messages: catching up session %s from %d over SoupBinTCP %s:%d",
-            receiver.gap,
+            "gap of %s: catching up session %s from %d over SoupBinTCP %s:%d",
+            plural(receiver.gap, "message"),
             receiver.session,
             receiver.next_seq,
             host,

@@ -46,6 +46,7 @@ from tickertape.store.log import Appended, Durability, SessionLog
 from tickertape.store.retention import Retention, apply_retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
+from tickertape.text import plural
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,10 @@ class Engine(Tail):
         self._published_next = self._assigned_next = session_log.next_seq
         self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
         log.info(
-            "session %s open at %s: %d messages, next is %d",
+            "session %s open at %s: %s, next is %d",
             session_id,
             session_log.directory,
-            session_log.next_seq - 1,
+            plural(session_log.next_seq - 1, "message"),
             session_log.next_seq,
         )
 

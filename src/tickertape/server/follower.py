@@ -58,6 +58,7 @@ from tickertape.store.log import (
     SessionLog,
 )
 from tickertape.store.sessionid import SessionId
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,10 @@ class Follower(Tail):
         if self._watch is not None:
             self._watch.watch(session_log.directory)
         log.info(
-            "following session %s at %s: %d messages, next is %d%s",
+            "following session %s at %s: %s, next is %d%s",
             session_id,
             session_log.directory,
-            session_log.next_seq - 1,
+            plural(session_log.next_seq - 1, "message"),
             session_log.next_seq,
             "" if self._watch is not None else f" (polling every {self.config.poll_interval} s)",
         )

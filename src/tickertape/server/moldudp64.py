@@ -102,6 +102,10 @@ _WARN_EVERY: Final = 10.0
 _READS_PER_WAKEUP: Final = 256
 
 
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
 class _Throttled:
     """A warning logged at most once every ``_WARN_EVERY`` seconds, with how many times
     it happened meanwhile."""
@@ -118,7 +122,7 @@ class _Throttled:
             if now - self._last < _WARN_EVERY:
                 return
             times, self._unsaid, self._last = self._unsaid, 0, now
-        log.warning(self._text + " (%d times since the last such warning)", *args, times)
+        log.warning(self._text + " (%s since the last such warning)", *args, _times(times))
 
 
 def parse_group(text: str) -> tuple[str, int]:
@@ -397,7 +401,7 @@ class MoldPublisher:
             self._heartbeat.cancel()  # the next session's first heartbeat restarts it
             self._heartbeat = None
         repeats = max(1, math.ceil(self.config.eos_seconds / self.config.heartbeat_interval))
-        log.info("MoldUDP64: End of Session %s at %d, %d times", ended, next_seq, repeats)
+        log.info("MoldUDP64: End of Session %s at %d, %s", ended, next_seq, _times(repeats))
         self._send_end(ended, next_seq, repeats)
         self._loop.call_soon(self._join)
 

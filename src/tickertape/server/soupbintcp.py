@@ -60,6 +60,7 @@ from tickertape.server.engine import PublishFailed
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.text import plural
 from tickertape.tls import TLSGate, is_client_hello
 from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
@@ -811,9 +812,9 @@ class _Connection(asyncio.Protocol):
     def _caught_up(self, subscriber: Subscriber, replayed: int) -> None:
         if replayed:
             log.info(
-                "%s caught up: replayed %d messages, live from %d",
+                "%s caught up: replayed %s, live from %d",
                 self._peer,
-                replayed,
+                plural(replayed, "message"),
                 subscriber.next_seq,
             )
 

@@ -17,6 +17,7 @@ from tickertape.clock import Clock
 from tickertape.errors import StoreError
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.store.sessionid import SessionId
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Tail:
         for cursor in tuple(self._live):
             cursor.session_ended()
         self._live.clear()
-        log.info("session %s ended after %d messages", ended_id, self._published_next - 1)
+        log.info("session %s ended after %s", ended_id, plural(self._published_next - 1, "message"))
         self._session_id, self._log = session_id, session_log
         self._published_next = session_log.next_seq
 

@@ -18,6 +18,7 @@ from typing import Final
 
 from tickertape.server.engine import Engine
 from tickertape.sources.persist import publish_until_persisted
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -59,4 +60,4 @@ async def run_demo(
         payloads = [demo_payload(seq, stamp, size) for seq in range(first, first + due)]
         made += due
         await publish_until_persisted(engine, payloads, "demo source")
-    log.info("demo source: published %d messages, stopping", made)
+    log.info("demo source: published %s, stopping", plural(made, "message"))

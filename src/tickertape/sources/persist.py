@@ -31,8 +31,11 @@ async def publish_until_persisted(engine: Engine, payloads: Sequence[bytes], sou
             if exc.published:
                 first = first or exc.first_seq
                 done += exc.published
+            waiting = len(payloads) - done
             log.warning(
-                "%s: %d messages wait for publishing to resume", source, len(payloads) - done
+                "%s: %s for publishing to resume",
+                source,
+                "1 message waits" if waiting == 1 else f"{waiting} messages wait",
             )
             continue
         return first or seq

@@ -53,6 +53,7 @@ from typing import Any, Final, Literal, cast
 from tickertape.errors import ConfigError
 from tickertape.server.engine import Engine
 from tickertape.sources.persist import publish_until_persisted
+from tickertape.text import plural
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
@@ -464,23 +465,22 @@ class _Runner:
                 await producer
         if self.failure is not None:
             log.error(
-                "source %s failed after %d messages, and is stopped (the server keeps "
-                "serving): %s: %s",
+                "source %s failed after %s, and is stopped (the server keeps serving): %s: %s",
                 source.name,
-                self.published,
+                plural(self.published, "message"),
                 type(self.failure).__name__,
                 self.failure,
                 exc_info=self.failure,
             )
             return
         if ended_last:
-            log.info("source %s finished after %d messages", source.name, self.published)
+            log.info("source %s finished after %s", source.name, plural(self.published, "message"))
             return
         ending = self.engine.session_id
         log.info(
-            "source %s finished after %d messages: its input is over, ending session %s",
+            "source %s finished after %s: its input is over, ending session %s",
             source.name,
-            self.published,
+            plural(self.published, "message"),
             ending,
         )
         await self.engine.end_session()

@@ -60,6 +60,7 @@ from tickertape.store.log import (
     _unused_path,
     packet_offsets,
 )
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,12 @@ def archive_session(
     archived_bytes = archive_path.stat().st_size
     _remove_originals(directory)
     log.info(
-        "session %s archived: %d messages, %d bytes into %d bytes (%d chunks)",
+        "session %s archived: %s, %d bytes into %d bytes (%s)",
         name,
-        messages,
+        plural(messages, "message"),
         original_bytes,
         archived_bytes,
-        len(chunks),
+        plural(len(chunks), "chunk"),
     )
     return ArchiveResult(directory, messages, len(chunks), original_bytes, archived_bytes)
 
@@ -234,8 +235,8 @@ def _write_archive(fd: int, session_log: SessionLog, chunk_bytes: int, level: in
         seq += cut
     if seq != session_log.next_seq:
         raise CorruptLogError(
-            f"session {session_log.directory.name}: the log holds {seq - 1} messages but its "
-            f"index says {session_log.next_seq - 1}"
+            f"session {session_log.directory.name}: the log holds "
+            f"{plural(seq - 1, 'message')} but its index says {session_log.next_seq - 1}"
         )
     index = b"".join(
         _CHUNK.pack(c.first_seq, c.count, c.offset, c.length, c.at, c.size, c.crc, c.compressed_crc)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from tickertape.errors import StoreError
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ class SessionLog:
             if position < limit or limit == log_size:
                 break
         if reindexed:
-            problems.append(f"re-indexed {reindexed} messages that had no index record")
+            problems.append(f"re-indexed {plural(reindexed, 'message')} that had no index record")
         # Good records the walk did not use, for messages it kept: duplicated or out of
         # place. (Unused records past the kept messages are reported as missing below.)
         unused = Counter(records)
@@ -409,7 +410,9 @@ class SessionLog:
         if promised >= next_seq:
             problems.append(
                 f"the index lists messages up to sequence {promised} but the log holds only "
-                f"up to {next_seq - 1}: {promised - next_seq + 1} messages are missing"
+                f"up to {next_seq - 1}: {plural(promised - next_seq + 1, 'message')} "
+                + ("is" if promised == next_seq else "are")
+                + " missing"
             )
 
         end = position
@@ -417,7 +420,7 @@ class SessionLog:
         cut_bytes = 0 if appending else actual_size - end
         if cut_bytes:
             problems.append(
-                f"cut {cut_bytes} bytes after offset {end} (sequence {next_seq} on): "
+                f"cut {plural(cut_bytes, 'byte')} after offset {end} (sequence {next_seq} on): "
                 "a torn or damaged tail"
             )
         recovery = Recovery(

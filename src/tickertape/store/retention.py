@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tickertape.errors import ConfigError, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, archive_session
 from tickertape.store.catalogue import Catalogue
+from tickertape.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def apply_retention(
             doomed = info.path.with_name(f".deleting-{info.id}")
             info.path.rename(doomed)
             shutil.rmtree(doomed)
-            done.append(f"deleted session {info.id} ({age} days old)")
+            done.append(f"deleted session {info.id} ({plural(age, 'day')} old)")
         elif (
             retention.archive_after_days is not None
             and age > retention.archive_after_days
@@ -66,7 +67,8 @@ def apply_retention(
                 log.error("session %s is due for archiving but cannot be: %s", info.id, exc)
                 continue
             done.append(
-                f"archived session {info.id} ({age} days old): {result.original_bytes} bytes "
+                f"archived session {info.id} ({plural(age, 'day')} old): "
+                f"{result.original_bytes} bytes "
                 f"to {result.archived_bytes}"
             )
     for leftover in catalogue.root.glob(".deleting-*"):

@@ -14,6 +14,8 @@ from typing import Final
 from tickertape.errors import ConfigError
 
 MAX_ROLLS_PER_DAY: Final = 99
+SESSION_ID_FORM: Final = "ids are YYYYMMDDNN, the date and a two-digit counter, such as 2026112901"
+"""What a session id looks like, for messages refusing one."""
 _PATTERN: Final = re.compile(r"[0-9]{10}")  # ASCII only: \d matches any Unicode digit
 
 
