@@ -324,7 +324,7 @@ class _Subscriber:
                     + (
                         f"where {want + 1} was due: {number - want:,} missing"
                         if number > want
-                        else f"again or out of order (after {want})"
+                        else f"again or out of order (after its message {want})"
                     )
                 )
             expected[publisher] = number + 1
