@@ -460,6 +460,7 @@ async def _work(control: _Control, job: _Job) -> None:
     def failed(kind: str, index: int, exc: BaseException) -> None:
         control.send("failed", kind, index, _reason(exc, plan.target))
 
+    running: list[asyncio.Task[Any]] = []
     try:
         for publisher in publishers:
             try:
@@ -480,6 +481,7 @@ async def _work(control: _Control, job: _Job) -> None:
         for subscriber in subscribers:
             tasks[asyncio.create_task(subscriber.run())] = ("subscriber", subscriber.index)
         stop = asyncio.create_task(control.receive())
+        running += [*tasks, stop]
         pending: set[asyncio.Task[Any]] = {*tasks, stop}
         while tasks.keys() & pending:
             done, pending = await asyncio.wait(
@@ -499,8 +501,10 @@ async def _work(control: _Control, job: _Job) -> None:
                     control.send("done", kind, index, task.result())
                 else:
                     failed(kind, index, error)
-        stop.cancel()
     finally:
+        for task in running:  # told to stop: what is left ends here, quietly
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         clients: list[_Publisher | _Subscriber] = [*publishers, *subscribers]
         for client in clients:
             with contextlib.suppress(Exception):
@@ -793,6 +797,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print("tickertape bench: interrupted", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: still clean up
         _stop_workers(workers)
     report = _report(plan, session, run)
     if args.json:
