@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 from tickertape.bench import HEADER, LAST, Plan, Target, _Subscriber
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData
 
@@ -181,6 +183,25 @@ def test_a_refused_login_is_one_clear_error(tmp_path: Path) -> None:
     assert "rejected the login (an anonymous login)" in anonymous.stderr
     assert right.returncode == 0, right.stderr
     assert "ok: each subscriber received all 10 messages" in right.stdout
+
+
+def test_over_tls_with_the_servers_ca_and_a_plain_client_is_told(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    key, cert, ca_file = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    with ServerProcess(tmp_path / "data", *tls) as server:
+        report = bench_json(server.port, "--tls", "--ca", str(ca_file), "--count", "500")
+        plain = bench(server.port, "--count", "10")
+    assert report["ok"] is True and report["delivered"]["messages"] == 500
+    assert plain.returncode == 1
+    assert plain.stderr.strip() == (
+        f"tickertape bench: 127.0.0.1:{server.port}: the server closed the connection "
+        "(if it serves TLS, give --tls)"
+    )
 
 
 def test_options_that_cannot_work_are_refused_and_help_has_an_example() -> None:

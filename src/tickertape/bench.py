@@ -576,7 +576,10 @@ async def _probe(plan: Plan, within: float) -> str:
                     server_timeout=within,
                 )
     except (OSError, TimeoutError, LoginRejected, ProtocolError) as exc:
-        raise BenchError(_reason(exc, target)) from None
+        reason = _reason(exc, target)
+        if type(exc) is ConnectionError and not target.tls:  # closed at the login
+            reason += " (if it serves TLS, give --tls)"
+        raise BenchError(reason) from None
     return session
 
 
