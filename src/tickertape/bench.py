@@ -188,9 +188,7 @@ class _Publisher:
             final = number + size >= share if share is not None else time.monotonic() >= deadline
             end = number + size
             sent_ns = time.monotonic_ns()
-            payloads = [
-                pack(tag, index, 0, n, sent_ns) + filler for n in range(number, number + size)
-            ]
+            payloads = [pack(tag, index, 0, n, sent_ns) + filler for n in range(number, end)]
             if final:
                 payloads[-1] = pack(tag, index, LAST, end - 1, sent_ns) + filler
             await client.send_many(payloads)
@@ -946,9 +944,9 @@ def _report(plan: Plan, session: str, run: _Run) -> dict[str, Any]:
 
 def _table(report: dict[str, Any]) -> str:
     how = (
-        f"{report['count']:,} messages"
+        f"{report['count']:,} messages of {report['size']} bytes"
         if report["count"] is not None
-        else f"{report['duration']:g} s of messages"
+        else f"messages of {report['size']} bytes for {report['duration']:g} s"
     )
     if report["rate"]:
         how += f" at {report['rate']:,.0f} a second"
@@ -957,7 +955,7 @@ def _table(report: dict[str, Any]) -> str:
         f"tickertape bench: {report['server']}, session {report['session']}",
         f"{_count(report['publishers'], 'publisher')}, "
         f"{_count(report['subscribers'], 'subscriber')} ({start}), "
-        f"{how} of {report['size']} bytes, in batches of {report['batch']:,}",
+        f"{how}, in batches of up to {report['batch']:,}",
         "",
         f"{'':16}{'messages':>12}{'seconds':>10}{'messages/s':>13}{'MB/s':>9}",
     ]
