@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from tickertape import __version__, argtypes
 from tickertape import sessions as offline
+from tickertape.bench import add_bench_command, run_bench
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
@@ -552,6 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.set_defaults(subparser=tail)
     _add_sessions_parsers(verbs)
     add_users_command(verbs)
+    add_bench_command(verbs)
     return parser
 
 
@@ -559,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.verb == "users":  # its own errors and exit statuses; no logging
         return run_users(args)
+    if args.verb == "bench":  # its own errors, progress and exit statuses
+        return run_bench(args)
     if args.verb == "serve":
         if args.follow is not None:
             _check_follow(args, sys.argv[1:] if argv is None else argv)
