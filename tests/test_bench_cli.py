@@ -177,7 +177,7 @@ def test_a_refused_login_is_one_clear_error(tmp_path: Path) -> None:
     assert wrong.returncode == 1
     assert wrong.stderr.strip() == (
         f"tickertape bench: 127.0.0.1:{server.port} rejected the login (user 'alice'): "
-        "not authorized: wrong username or password"
+        "wrong username or password for user 'alice'"
     )
     assert anonymous.returncode == 1
     assert "rejected the login (an anonymous login)" in anonymous.stderr
@@ -200,7 +200,7 @@ def test_over_tls_with_the_servers_ca_and_a_plain_client_is_told(tmp_path: Path)
     assert plain.returncode == 1
     assert plain.stderr.strip() == (
         f"tickertape bench: 127.0.0.1:{server.port}: the server closed the connection "
-        "(if it serves TLS, give --tls)"
+        "(it said: this port speaks TLS: connect with TLS (tickertape tail/publish --tls))"
     )
 
 

@@ -529,7 +529,7 @@ def _reason(exc: BaseException, target: Target) -> str:
     if isinstance(exc, BenchError | TLSRefused):
         return str(exc)
     if isinstance(exc, LoginRejected):
-        text = str(exc).removeprefix("login rejected: ")
+        text = str(exc).split(" rejected: ", 1)[-1]  # the server's reason
         who = f"user {target.user!r}" if target.user else "an anonymous login"
         return f"{target.where} rejected the login ({who}): {text}"
     if isinstance(exc, TimeoutError):
@@ -575,7 +575,7 @@ async def _probe(plan: Plan, within: float) -> str:
                 )
     except (OSError, TimeoutError, LoginRejected, ProtocolError) as exc:
         reason = _reason(exc, target)
-        if type(exc) is ConnectionError and not target.tls:  # closed at the login
+        if type(exc) is ConnectionError and not target.tls and "TLS" not in reason:
             reason += " (if it serves TLS, give --tls)"
         raise BenchError(reason) from None
     return session
