@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import getpass
 import http.client
 import ipaddress
@@ -32,7 +33,17 @@ from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
+from tickertape.config import (
+    MASK,
+    add_config_options,
+    add_password_file_option,
+    apply_config,
+    client_password,
+    read_secret_file,
+    render_config,
+)
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
+from tickertape.logs import add_log_options, reopen_log_files, setup_logging
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -76,6 +87,7 @@ if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only th
 log = logging.getLogger("tickertape")
 
 DEFAULT_DATA = Path("data")
+UPSTREAM_PASSWORD_VARIABLE: Final = "TICKERTAPE_UPSTREAM_PASSWORD"
 ADMIN_HOST: Final = "127.0.0.1"
 """Where the admin API listens (``server.admin.ADMIN_HOST``, not imported: it would
 load the HTTP server into every command)."""
@@ -401,6 +413,13 @@ def _parser() -> argparse.ArgumentParser:
         "[?user=NAME&password=SECRET&session=ID]; sessions then roll with the upstream's",
     )
     serve.add_argument(
+        "--upstream-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the --upstream password, from FILE's first line instead of the URL (default: "
+        f"${UPSTREAM_PASSWORD_VARIABLE} if set)",
+    )
+    serve.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
         default=Durability.BATCH.value,
@@ -547,6 +566,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_access_options(serve)
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    add_log_options(serve)
+    add_config_options(serve)
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
     _add_publish_parser(verbs)
@@ -577,6 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
     tail.add_argument("--password", default="", help="password")
+    add_password_file_option(tail)
     _add_tls_client_options(tail)
     mold = tail.add_argument_group(
         "MoldUDP64",
@@ -618,12 +640,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.verb == "users":  # its own errors and exit statuses; no logging
         return run_users(args)
     if args.verb == "serve":
+        words = list(sys.argv[1:] if argv is None else argv)
+        if args.config is not None:
+            try:
+                in_file = apply_config(
+                    args.subparser, args.config, words[words.index("serve") + 1 :]
+                )
+            except ConfigError as exc:
+                print(f"tickertape serve: {exc}", file=sys.stderr)
+                return 2
+            args = parser.parse_args(argv)  # the file's values as defaults: words win
+            if args.follow is not None and set(in_file) - _FOLLOW_TAKES:
+                named = ", ".join(sorted(set(in_file) - _FOLLOW_TAKES))
+                args.subparser.error(f"--follow takes none of {named} (in {args.config})")
         if args.follow is not None:
-            _check_follow(args, sys.argv[1:] if argv is None else argv)
+            _check_follow(args, words)
         try:
             args.schedule = RollSchedule.parse(args.roll_at, args.timezone)
         except ConfigError as exc:
@@ -644,15 +680,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_tail(args)
     try:
         _check_tls(args)
+        if args.verb in ("tail", "publish") and getattr(args, "mold", None) is None:
+            if args.password and args.password_file is not None:
+                args.subparser.error("give --password or --password-file, not both")
+            args.password = client_password(args.user, args.password, args.password_file)
+        if args.verb == "serve" and args.check_config:
+            return _check_config(args)
     except ConfigError as exc:
         print(f"tickertape: {exc}", file=sys.stderr)
         return 2
     quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        setup_logging(
+            getattr(args, "log_level", None),
+            getattr(args, "log_format", "text"),
+            getattr(args, "log_file", None),
+            verbose=args.verbose,
+            quiet=quiet,
+        )
+    except OSError as exc:
+        print(f"tickertape: cannot open the log file: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.verb == "serve":
             return asyncio.run(_serve(args))
@@ -669,6 +717,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TickertapeError as exc:
         print(f"tickertape: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """``serve --check-config``: check what can be checked without serving (files that
+    are read, options that go together), print the effective options, secrets masked."""
+    _read_token(args)
+    if args.users is not None:
+        Users.load_to_serve(args.users)
+    if args.source_rate is not None and args.source is None:
+        raise ConfigError("--source-rate needs --source")
+    if args.upstream:
+        _upstream(args)
+        if args.demo or args.source:
+            raise ConfigError(
+                "--upstream fills the sessions: it cannot be combined with --demo or --source"
+            )
+    masks = {
+        "admin_token": lambda _: MASK,
+        "user": lambda credentials: f"{credentials.username}:{MASK}",
+        "upstream": _mask_url,
+    }
+    sys.stdout.write(render_config(args.subparser, args, masks))
+    return 0
+
+
+def _mask_url(url: str) -> str:
+    """An ``--upstream`` URL with its password masked."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    masked = [(k, MASK if k == "password" else v) for k, v in query]
+    return parts._replace(query=urllib.parse.urlencode(masked, safe="*")).geturl()
+
+
+def _upstream(args: argparse.Namespace) -> Upstream:
+    """``--upstream``, its password from ``--upstream-password-file`` or
+    ``$TICKERTAPE_UPSTREAM_PASSWORD`` when the URL has none."""
+    upstream = Upstream.parse(args.upstream)
+    if args.upstream_password_file is not None:
+        password = read_secret_file(args.upstream_password_file, "upstream password")
+    else:
+        password = upstream.password or os.environ.get(UPSTREAM_PASSWORD_VARIABLE, "")
+    return dataclasses.replace(upstream, password=password)
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
@@ -709,6 +799,11 @@ _FOLLOW_TAKES: Final = frozenset(
         "idle_timeout",
         "max_write_buffer",
         "admin_port",
+        "log_level",
+        "log_format",
+        "log_file",
+        "config",
+        "check_config",
     }
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
@@ -833,15 +928,16 @@ class _Hangup:
         self._loop.add_signal_handler(signal.SIGHUP, self._soon)
 
     def _soon(self) -> None:
-        task = self._loop.create_task(self._reload())
+        reopened = reopen_log_files()  # first: the SIGHUP line goes into the new file
+        task = self._loop.create_task(self._reload(reopened))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reload(self) -> None:
+    async def _reload(self, reopened: list[str]) -> None:
         if self.server is None:
             log.info("SIGHUP: nothing reloaded: the server is still starting")
             return
-        said: list[str] = []
+        said = [f"log file {name} reopened" for name in reopened]
         failed = False
         if self._users_file is not None:
             try:
@@ -1013,7 +1109,7 @@ async def _serve(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
     )
-    upstream = Upstream.parse(args.upstream) if args.upstream else None
+    upstream = _upstream(args) if args.upstream else None
     if upstream is not None and (args.demo or args.source):
         raise ConfigError(
             "--upstream fills the sessions: it cannot be combined with --demo or --source"
@@ -1490,6 +1586,7 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     publish.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
     publish.add_argument("--user", default="", metavar="NAME", help="username")
     publish.add_argument("--password", default="", help="password")
+    add_password_file_option(publish)
     publish.add_argument(
         "--binary",
         action="store_true",

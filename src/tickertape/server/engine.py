@@ -206,6 +206,7 @@ class Engine(Tail):
             session_log.directory,
             session_log.next_seq - 1,
             session_log.next_seq,
+            extra={"session": str(session_id), "sequence": session_log.next_seq},
         )
 
     async def close(self) -> None:

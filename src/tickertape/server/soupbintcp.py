@@ -449,11 +449,15 @@ class _Connection(asyncio.Protocol):
             self._publisher.cancel()  # what it handed the engine is published anyway
         if self._subscriber is not None:
             self._subscriber.stop()
-            log.info(
+            # A client closing its socket (a ``tail --count`` done) is routine: DEBUG.
+            routine = exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError)
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
                 "%s disconnected at sequence %d%s",
                 self._peer,
                 self._subscriber.next_seq,
                 f": {exc}" if exc else "",
+                extra={"client": self._peer, "sequence": self._subscriber.next_seq},
             )
 
     def pause_writing(self) -> None:
@@ -538,6 +542,7 @@ class _Connection(asyncio.Protocol):
             self._peer,
             throttle.failures(self._source, now),
             delay,
+            extra={"client": self._peer, "user": self._who},
         )
         return delay
 
@@ -569,7 +574,13 @@ class _Connection(asyncio.Protocol):
             self._pull = self._loop.create_task(self._login_closed(wanted, request.sequence))
 
     def _refuse_login(self, reason: str) -> None:
-        log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
+        log.warning(
+            "login of %r from %s rejected: %s",
+            self._who,
+            self._peer,
+            reason,
+            extra={"client": self._peer, "user": self._who},
+        )
         session = self._session
         assert session is not None
         session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
@@ -625,7 +636,12 @@ class _Connection(asyncio.Protocol):
         if engine is not None and sequence == NO_STREAM:
             # A publisher that does not want the stream: no subscription, so it is not
             # ended with the session either; it publishes into whichever is active.
-            log.info("%s logged in as %r to publish", self._peer, self._who)
+            log.info(
+                "%s logged in as %r to publish",
+                self._peer,
+                self._who,
+                extra={"client": self._peer, "user": self._who},
+            )
             self._flush()
             return
         log.info(
@@ -635,6 +651,7 @@ class _Connection(asyncio.Protocol):
             wanted,
             first,
             "" if engine is not None else " (closed session: replay, then end)",
+            extra={"client": self._peer, "user": self._who, "session": wanted, "sequence": first},
         )
         self._flush()
         self._server._acquire(session_log)
@@ -692,7 +709,7 @@ class _Connection(asyncio.Protocol):
                     "publishing goes into the active session; this connection is logged in "
                     f"to {self._session_name or 'no session'}"
                 )
-            log.warning("closing %s: %s", self._peer, reason)
+            log.warning("closing %s: %s", self._peer, reason, extra={"client": self._peer})
             self.close(reason)
             return False
         relay = getattr(self._engine, "relay_from", None)
@@ -747,7 +764,13 @@ class _Connection(asyncio.Protocol):
                     self._ack(engine.session_id, exc.first_seq + exc.published - 1)
                 # A failed write is logged once, by the engine: here, whom it cost.
                 level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
-                log.log(level, "publishing from %s failed: %s", self._peer, exc)
+                log.log(
+                    level,
+                    "publishing from %s failed: %s",
+                    self._peer,
+                    exc,
+                    extra={"client": self._peer},
+                )
                 self.close(f"not published: {exc}")
                 return
 
