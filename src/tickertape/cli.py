@@ -44,6 +44,7 @@ from tickertape.config import (
 )
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.logs import add_log_options, reopen_log_files, setup_logging
+from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -1046,14 +1047,18 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     hangup.server = server
+    notifier = Notifier()
+    notifier.ready(Rate(lambda: follower.session_id, lambda: follower.next_seq))
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await notifier.stopping()
         if admin is not None:
             await admin.close()
         await server.close()
         await follower.close()
+        notifier.close()
     return 0
 
 
@@ -1182,10 +1187,13 @@ async def _serve(args: argparse.Namespace) -> int:
         # A source that fails is logged and stopped by run_source: what stops the server
         # here is the engine failing under it.
         inputs.start(f"source {args.source}", run_source(engine, source))
+    notifier = Notifier()
+    notifier.ready(Rate(lambda: engine.session_id, lambda: engine.next_seq))
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await notifier.stopping()
         await inputs.stop()
         if admin is not None:
             await admin.close()
@@ -1193,6 +1201,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await mold.close_requests()  # before the engine closes the log it reads
         await engine.close()
         await mold.close()  # after: the last batches go out too
+        notifier.close()
     return 1 if inputs.failed else 0
 
 

@@ -20,7 +20,8 @@ from typing import Final
 LEVELS: Final = ("debug", "info", "warning", "error")
 FORMATS: Final = ("text", "json")
 FIELDS: Final = ("session", "sequence", "client", "user")
-"""The structured fields a log call may pass with ``extra=``: both formats show them."""
+"""The structured fields a log call may pass with ``extra=``: the JSON format has them
+as fields (the text format has them in its message already)."""
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -73,25 +74,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class TextFormatter(logging.Formatter):
-    """The classic line, with the structured fields a call passed at its end."""
-
-    def __init__(self) -> None:
-        super().__init__(TEXT_FORMAT)
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = [
-            f"{field}={record.__dict__[field]}"
-            for field in FIELDS
-            if record.__dict__.get(field) is not None
-        ]
-        if not fields:
-            return line
-        first, newline, rest = line.partition("\n")  # a traceback stays below
-        return f"{first} [{' '.join(fields)}]{newline}{rest}"
-
-
 class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
     """A log file that :meth:`reopen` opens again by its name (after ``mv``, the new
     file), besides noticing by itself when it was moved or deleted."""
@@ -127,7 +109,9 @@ def setup_logging(
         handler = ReopeningFileHandler(log_file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
