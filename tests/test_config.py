@@ -104,7 +104,8 @@ def test_serve_takes_every_option_type_from_the_file_and_the_command_line_wins(
         assert isinstance(refused, LoginRejected)
         assert roll(admin_port, "wrong") in (401, 403)
         assert roll(admin_port, TOKEN) == 200
-        server.wait_for_log("rolled")
+        server.wait_for_log("ended after")
+        assert "T23:59:00" in server.wait_for_log("next roll at")  # roll-at = "23:59"
     entries = [json.loads(line) for line in server.lines]  # log_format = "json"
     assert any(e["level"] == "debug" for e in entries)  # verbose = true
     assert (tmp_path / "data").is_dir() and not (tmp_path / "not-this").exists()
