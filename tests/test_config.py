@@ -8,8 +8,11 @@ import argparse
 import asyncio
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -259,3 +262,42 @@ def test_tail_and_publish_take_the_password_from_a_file_or_the_environment(
         done = tickertape(*tail, "--password-file", str(tmp_path / "nothing"))
         assert done.returncode == 2
         assert "cannot read the password file" in done.stderr.decode()
+
+
+def test_tail_asks_for_the_password_on_a_terminal(tmp_path: Path) -> None:
+    """``--user`` without a password, stdin a terminal (a pty the child controls): the
+    password is asked for, not echoed, and used."""
+    with ServerProcess(tmp_path / "data", "--user", f"ann:{SECRET}", "--demo", "100") as server:
+        command = [
+            sys.executable, "-m", "tickertape", "tail", "--port", str(server.port),
+            "--user", "ann", "--count", "2",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "TICKERTAPE_PASSWORD"}
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: the pty is its controlling terminal
+            os.execve(sys.executable, command, env)
+        seen = b""
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while b"password for ann: " not in seen:
+                assert time.monotonic() < deadline, seen
+                if select.select([fd], [], [], 0.2)[0]:
+                    seen += os.read(fd, 1024)
+            os.write(fd, SECRET.encode() + b"\n")
+            while True:
+                assert time.monotonic() < deadline, seen
+                if select.select([fd], [], [], 0.2)[0]:
+                    try:
+                        chunk = os.read(fd, 1024)
+                    except OSError:  # EIO: the child is gone
+                        break
+                    if not chunk:
+                        break
+                    seen += chunk
+        finally:
+            _, status = os.waitpid(pid, 0)
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert SECRET.encode() not in seen  # not echoed
+    lines = seen.split(b"password for ann: ", 1)[1].split(b"\r\n")
+    assert [line.split(b" ")[0] for line in lines if line.strip()][:2] == [b"1", b"2"], seen

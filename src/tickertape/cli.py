@@ -935,10 +935,12 @@ class _Hangup:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload(self, reopened: list[str]) -> None:
-        if self.server is None:
-            log.info("SIGHUP: nothing reloaded: the server is still starting")
-            return
         said = [f"log file {name} reopened" for name in reopened]
+        if self.server is None:
+            nothing = "nothing else" if said else "nothing"
+            said.append(f"{nothing} reloaded: the server is still starting")
+            log.info("SIGHUP: %s", "; ".join(said))
+            return
         failed = False
         if self._users_file is not None:
             try:
