@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -190,3 +191,34 @@ def test_reopen_opens_the_file_again_by_its_name(tmp_path: Path) -> None:
     assert one["level"] == "warning" and one["logger"] == "tickertape.test.reopen"
     (two,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert two["message"] == "two" and "client" not in two
+
+
+def test_a_publisher_sending_a_message_too_long_is_a_warning_not_an_error(
+    tmp_path: Path,
+) -> None:
+    """A client's mistake (a message longer than --mold lets the server publish) is
+    logged as a WARNING; the publisher is told why and closed."""
+    server = ServerProcess(
+        tmp_path / "data", "--log-format", "json", "--mold", f"127.0.0.1:{free_port()}"
+    )
+
+    async def publish_too_long(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Login Request (spec 2.2.3): user, password, session, sequence "99...9": publish.
+        login = b"L" + b"ann".ljust(6) + b"".ljust(10) + b"".rjust(10) + b"9" * 20
+        writer.write(struct.pack(">H", len(login)) + login)
+        payload = b"x" * 2000
+        writer.write(struct.pack(">H", len(payload) + 1) + b"U" + payload)
+        try:
+            return await asyncio.wait_for(reader.read(), TIMEOUT)  # up to the close
+        finally:
+            writer.close()
+
+    with server:
+        said = asyncio.run(publish_too_long(server.port))
+        assert b"packet length 2001: this endpoint accepts at most" in said  # a Debug packet
+        server.wait_for_log("packet length 2001")
+    entry = next(json.loads(line) for line in server.lines if "packet length 2001" in line)
+    assert entry["level"] == "warning", entry
+    assert entry["client"].startswith("127.0.0.1:"), entry
+    assert not [line for line in server.lines if json.loads(line)["level"] == "error"]

@@ -487,8 +487,11 @@ class _Connection(asyncio.Protocol):
                     self._flush()
                     self._close_transport()
                     return
-                elif isinstance(event, ConnectionLost):
-                    log.info("dropping %s: %s", self._peer, event.reason)
+                elif isinstance(event, ConnectionLost):  # the client's doing: a bad
+                    # packet, no login in time, silence past the idle timeout
+                    log.warning(
+                        "dropping %s: %s", self._peer, event.reason, extra={"client": self._peer}
+                    )
                     self._flush()
                     self._close_transport()
                     return
@@ -864,12 +867,14 @@ class _Connection(asyncio.Protocol):
     def _abort_if_open(self) -> None:
         transport = self._transport
         if transport is not None and self._admitted and self in self._server._connections:
-            log.info("%s read nothing more: connection cut", self._peer)
+            log.warning(
+                "%s read nothing more: connection cut", self._peer, extra={"client": self._peer}
+            )
             transport.abort()
 
     def _drop(self, reason: str) -> None:
         """Cut off a client that stopped reading: nothing more can reach it."""
-        log.info("dropping %s: %s", self._peer, reason)
+        log.warning("dropping %s: %s", self._peer, reason, extra={"client": self._peer})
         if self._subscriber is not None:
             self._subscriber.stop()
         if self._transport is not None:
