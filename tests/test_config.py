@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.config import read_config
+from tickertape.config import apply_config, read_config
 from tickertape.errors import ConfigError
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
 
@@ -301,3 +301,14 @@ def test_tail_asks_for_the_password_on_a_terminal(tmp_path: Path) -> None:
     assert SECRET.encode() not in seen  # not echoed
     lines = seen.split(b"password for ann: ", 1)[1].split(b"\r\n")
     assert [line.split(b" ")[0] for line in lines if line.strip()][:2] == [b"1", b"2"], seen
+
+
+def test_a_repeated_option_on_the_command_line_replaces_the_files_list(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tag", action="append", type=int)
+    path = tmp_path / "c.toml"
+    path.write_text("tag = [1, 2]\n")
+    apply_config(parser, path, ["--tag", "3"])
+    assert parser.parse_args(["--tag", "3"]).tag == [3]
+    apply_config(parser, path, [])
+    assert parser.parse_args([]).tag == [1, 2]

@@ -36,7 +36,7 @@ def add_config_options(serve: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         metavar="FILE.toml",
-        help="read serve's options from this TOML file, one key a option without its "
+        help="read serve's options from this TOML file, one key an option without its "
         "'--' (port = 9000, demo = 10.5, allow-anonymous = true, durability = \"always\"); "
         "options on the command line win over the file",
     )
@@ -162,12 +162,20 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict[str, object
 
 def given_on_command_line(parser: argparse.ArgumentParser, words: Sequence[str]) -> set[str]:
     """The ``dest`` of every option of ``parser`` that ``words`` give."""
-    unset = object()
     actions = [a for a in parser._actions if a.option_strings]
-    given = argparse.Namespace(**{action.dest: unset for action in actions})
-    # Defaults are not applied over attributes the namespace already has.
+    # Defaults are not applied over attributes the namespace already has: whatever is
+    # no longer an empty _Unset was given (an appending option copies it, then appends).
+    given = argparse.Namespace(**{action.dest: _Unset() for action in actions})
     parser.parse_known_args(list(words), namespace=given)
-    return {a.dest for a in actions if getattr(given, a.dest) is not unset}
+    return {
+        a.dest
+        for a in actions
+        if not (isinstance(value := getattr(given, a.dest), _Unset) and not value)
+    }
+
+
+class _Unset(list[object]):
+    """Stands for an option not given, in :func:`given_on_command_line`."""
 
 
 def apply_config(
@@ -177,6 +185,8 @@ def apply_config(
     ``words`` win when parsed again); what it set, by ``dest``."""
     values = read_config(parser, path)
     given = given_on_command_line(parser, words)
+    for dest in given:  # the command line's win (a repeated option is not added to)
+        values.pop(dest, None)
     for group in parser._mutually_exclusive_groups:
         members = [a.dest for a in group._group_actions]
         if any(dest in given for dest in members):  # the command line chose
