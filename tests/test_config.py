@@ -111,6 +111,8 @@ def test_serve_takes_every_option_type_from_the_file_and_the_command_line_wins(
         assert "T23:59:00" in server.wait_for_log("next roll at")  # roll-at = "23:59"
     entries = [json.loads(line) for line in server.lines]  # log_format = "json"
     assert any(e["level"] == "debug" for e in entries)  # verbose = true
+    ended = next(e for e in entries if "ended after" in e["message"])
+    assert len(ended["session"]) == 10 and ended["sequence"] > 0, ended
     assert (tmp_path / "data").is_dir() and not (tmp_path / "not-this").exists()
 
 
