@@ -331,3 +331,29 @@ def test_the_deploy_files_name_only_options_that_exist() -> None:
     args = cli._parser().parse_args(words)
     assert args.config == Path("/etc/tickertape/tickertape.toml")
     assert "Type=notify" in unit and "WatchdogSec=" in unit
+
+
+@pytest.mark.parametrize("how", ["file", "environment"])
+def test_a_relay_takes_its_upstream_password_from_a_file_or_the_environment(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "upstream-password"
+    secret.write_text(SECRET + "\n")
+    upstream = ServerProcess(
+        tmp_path / "up", "--user", f"ann:{SECRET}", "--demo", "100", "--demo-count", "5"
+    )
+    with upstream:
+        url = f"soupbintcp://127.0.0.1:{upstream.port}?user=ann"
+        extra = ("--upstream-password-file", str(secret)) if how == "file" else ()
+        if how == "environment":
+            monkeypatch.setenv("TICKERTAPE_UPSTREAM_PASSWORD", SECRET)
+        relay = ServerProcess(tmp_path / "down", "--upstream", url, *extra).start()
+        try:
+            done = tickertape("tail", "--port", str(relay.port), "--count", "5")
+            assert done.returncode == 0, done.stderr
+            assert [line.split()[0] for line in done.stdout.decode().splitlines()] == [
+                "1", "2", "3", "4", "5",
+            ]  # fmt: skip
+            assert SECRET not in " ".join(relay.lines)
+        finally:
+            relay.stop()

@@ -89,6 +89,7 @@ log = logging.getLogger("tickertape")
 
 DEFAULT_DATA = Path("data")
 UPSTREAM_PASSWORD_VARIABLE: Final = "TICKERTAPE_UPSTREAM_PASSWORD"
+PASSWORD_HELP: Final = "password (shows in the process list: prefer --password-file)"
 ADMIN_HOST: Final = "127.0.0.1"
 """Where the admin API listens (``server.admin.ADMIN_HOST``, not imported: it would
 load the HTTP server into every command)."""
@@ -598,7 +599,7 @@ def _parser() -> argparse.ArgumentParser:
         help="text: payload as text; hex: payload in hex; raw: payloads only, length-prefixed",
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
-    tail.add_argument("--password", default="", help="password")
+    tail.add_argument("--password", default="", help=PASSWORD_HELP)
     add_password_file_option(tail)
     _add_tls_client_options(tail)
     mold = tail.add_argument_group(
@@ -677,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.subparser.error("--mold-eos-seconds cannot be negative")
         if args.mold_request is None and args.mold_request_rate is not None:
             args.subparser.error("--mold-request-rate needs --mold-request")
+        if args.upstream_password_file is not None and not args.upstream:
+            args.subparser.error("--upstream-password-file needs --upstream")
     if args.verb == "tail":
         _check_tail(args)
     try:
@@ -1596,7 +1599,7 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
     publish.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
     publish.add_argument("--user", default="", metavar="NAME", help="username")
-    publish.add_argument("--password", default="", help="password")
+    publish.add_argument("--password", default="", help=PASSWORD_HELP)
     add_password_file_option(publish)
     publish.add_argument(
         "--binary",
