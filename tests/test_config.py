@@ -357,3 +357,11 @@ def test_a_relay_takes_its_upstream_password_from_a_file_or_the_environment(
             assert SECRET not in " ".join(relay.lines)
         finally:
             relay.stop()
+
+
+def test_follow_refuses_what_the_file_sets_for_a_writing_server(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("demo-size = 50\nlog-level = 'debug'\n")
+    done = tickertape("serve", "--follow", str(tmp_path), "--config", str(path), "--check-config")
+    assert done.returncode == 2
+    assert f"--follow takes none of demo-size (in {path})" in done.stderr.decode()

@@ -658,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             args = parser.parse_args(argv)  # the file's values as defaults: words win
             if args.follow is not None and set(in_file) - _FOLLOW_TAKES:
-                named = ", ".join(sorted(set(in_file) - _FOLLOW_TAKES))
+                named = ", ".join(sorted(d.replace("_", "-") for d in set(in_file) - _FOLLOW_TAKES))
                 args.subparser.error(f"--follow takes none of {named} (in {args.config})")
         if args.follow is not None:
             _check_follow(args, words)
