@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import getpass
 import http.client
 import ipaddress
@@ -35,12 +34,14 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
 from tickertape.config import (
     MASK,
+    UPSTREAM_PASSWORD_VARIABLE,
     add_config_options,
     add_password_file_option,
     apply_config,
     client_password,
-    read_secret_file,
+    mask_url,
     render_config,
+    upstream_from,
 )
 from tickertape.errors import ConfigError, ProtocolError, TickertapeError
 from tickertape.logs import add_log_options, reopen_log_files, setup_logging
@@ -72,7 +73,7 @@ from tickertape.server.soupbintcp import (
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.sources.plugin import load_source, run_source
-from tickertape.sources.upstream import Upstream, first_session, run_upstream
+from tickertape.sources.upstream import first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
@@ -88,7 +89,6 @@ if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only th
 log = logging.getLogger("tickertape")
 
 DEFAULT_DATA = Path("data")
-UPSTREAM_PASSWORD_VARIABLE: Final = "TICKERTAPE_UPSTREAM_PASSWORD"
 PASSWORD_HELP: Final = "password (shows in the process list: prefer --password-file)"
 ADMIN_HOST: Final = "127.0.0.1"
 """Where the admin API listens (``server.admin.ADMIN_HOST``, not imported: it would
@@ -732,7 +732,7 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.source_rate is not None and args.source is None:
         raise ConfigError("--source-rate needs --source")
     if args.upstream:
-        _upstream(args)
+        upstream_from(args.upstream, args.upstream_password_file)
         if args.demo or args.source:
             raise ConfigError(
                 "--upstream fills the sessions: it cannot be combined with --demo or --source"
@@ -740,29 +740,10 @@ def _check_config(args: argparse.Namespace) -> int:
     masks = {
         "admin_token": lambda _: MASK,
         "user": lambda credentials: f"{credentials.username}:{MASK}",
-        "upstream": _mask_url,
+        "upstream": mask_url,
     }
     sys.stdout.write(render_config(args.subparser, args, masks))
     return 0
-
-
-def _mask_url(url: str) -> str:
-    """An ``--upstream`` URL with its password masked."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    masked = [(k, MASK if k == "password" else v) for k, v in query]
-    return parts._replace(query=urllib.parse.urlencode(masked, safe="*")).geturl()
-
-
-def _upstream(args: argparse.Namespace) -> Upstream:
-    """``--upstream``, its password from ``--upstream-password-file`` or
-    ``$TICKERTAPE_UPSTREAM_PASSWORD`` when the URL has none."""
-    upstream = Upstream.parse(args.upstream)
-    if args.upstream_password_file is not None:
-        password = read_secret_file(args.upstream_password_file, "upstream password")
-    else:
-        password = upstream.password or os.environ.get(UPSTREAM_PASSWORD_VARIABLE, "")
-    return dataclasses.replace(upstream, password=password)
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
@@ -1119,7 +1100,7 @@ async def _serve(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
     )
-    upstream = _upstream(args) if args.upstream else None
+    upstream = upstream_from(args.upstream, args.upstream_password_file) if args.upstream else None
     if upstream is not None and (args.demo or args.source):
         raise ConfigError(
             "--upstream fills the sessions: it cannot be combined with --demo or --source"

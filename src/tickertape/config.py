@@ -11,21 +11,25 @@ wrong type, is an error naming the key and the file."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
 import sys
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from tickertape.errors import ConfigError
+from tickertape.sources.upstream import Upstream
 
 NOT_IN_A_FILE: Final = frozenset({"help", "config", "check_config"})
 """Options a configuration file cannot hold."""
 PASSWORD_VARIABLE: Final = "TICKERTAPE_PASSWORD"
+UPSTREAM_PASSWORD_VARIABLE: Final = "TICKERTAPE_UPSTREAM_PASSWORD"
 MASK: Final = "********"
 
 
@@ -265,3 +269,24 @@ def client_password(
     if user and sys.stdin.isatty():
         return getpass.getpass(f"password for {user}: ")
     return ""
+
+
+def mask_url(url: str) -> str:
+    """An ``--upstream`` URL with its password masked."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    masked = [(k, MASK if k == "password" else v) for k, v in query]
+    return parts._replace(query=urllib.parse.urlencode(masked, safe="*")).geturl()
+
+
+def upstream_from(
+    url: str, password_file: Path | None, environ: Mapping[str, str] = os.environ
+) -> Upstream:
+    """``--upstream``, its password from ``--upstream-password-file`` or, when the URL
+    has none, ``$TICKERTAPE_UPSTREAM_PASSWORD``."""
+    upstream = Upstream.parse(url)
+    if password_file is not None:
+        password = read_secret_file(password_file, "upstream password")
+    else:
+        password = upstream.password or environ.get(UPSTREAM_PASSWORD_VARIABLE, "")
+    return dataclasses.replace(upstream, password=password)
