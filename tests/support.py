@@ -27,6 +27,7 @@ from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.wire.soupbintcp import (
+    Debug,
     EndOfSession,
     Framer,
     LoginAccepted,
@@ -314,6 +315,18 @@ class SoupClient:
             if not data:
                 return None
             self.framer.feed(data)
+
+    async def answer(self) -> ServerPacket | None:
+        """The answer to the login: Login Accepted, or Login Rejected (the Debug packet
+        that says why comes first: its text is kept in ``reason``)."""
+        packet = await self.packet()
+        if isinstance(packet, Debug):
+            self.reason = packet.text.decode()
+            packet = await self.packet()
+        return packet
+
+    reason = ""
+    """The text of the Debug packet that came before a Login Rejected."""
 
     async def until_end(self) -> list[bytes]:
         """Every message up to End of Session, which must come, then the close."""

@@ -22,7 +22,7 @@ import trustme
 
 from tickertape.tls import client_context
 from tickertape.users import User, Users
-from tickertape.wire.soupbintcp import Debug, LoginAccepted, LoginRejected, LoginRequest
+from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, LoginRequest
 
 from support import ServerProcess, SoupClient, free_port
 
@@ -34,10 +34,7 @@ def login(port: int, user: str = "", password: str = "") -> object:
     async def attempt() -> object:
         client = await SoupClient.login(port, user=user, password=password)
         try:
-            packet = await asyncio.wait_for(client.packet(), TIMEOUT)
-            if isinstance(packet, Debug):  # a refusal's reason comes before its J
-                packet = await asyncio.wait_for(client.packet(), TIMEOUT)
-            return packet
+            return await asyncio.wait_for(client.answer(), TIMEOUT)
         finally:
             client.close()
 
@@ -187,10 +184,7 @@ def tls_login(port: int, ca: trustme.CA, directory: Path) -> object:
         try:
             client = SoupClient(reader, writer)
             writer.write(LoginRequest("", "", "", 1).encode())
-            packet = await asyncio.wait_for(client.packet(), TIMEOUT)
-            if isinstance(packet, Debug):  # a refusal's reason comes before its J
-                packet = await asyncio.wait_for(client.packet(), TIMEOUT)
-            return packet
+            return await asyncio.wait_for(client.answer(), TIMEOUT)
         finally:
             writer.close()
 

@@ -38,7 +38,20 @@ from tickertape.client.soupbintcp import (
     describe_error,
     subscribe,
 )
+from tickertape.config import (
+    MASK,
+    UPSTREAM_PASSWORD_VARIABLE,
+    add_config_options,
+    add_password_file_option,
+    apply_config,
+    client_password,
+    mask_url,
+    render_config,
+    upstream_from,
+)
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError, TickertapeError
+from tickertape.logs import add_log_options, reopen_log_files, setup_logging
+from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
@@ -64,7 +77,7 @@ from tickertape.server.soupbintcp import (
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.sources.plugin import load_source, run_source
-from tickertape.sources.upstream import Upstream, first_session, run_upstream
+from tickertape.sources.upstream import first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
@@ -81,6 +94,7 @@ if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only th
 log = logging.getLogger("tickertape")
 
 DEFAULT_DATA = Path("data")
+PASSWORD_HELP: Final = "password (shows in the process list: prefer --password-file)"
 ADMIN_HOST: Final = "127.0.0.1"
 """Where the admin API listens (``server.admin.ADMIN_HOST``, not imported: it would
 load the HTTP server into every command)."""
@@ -323,6 +337,13 @@ def _parser() -> argparse.ArgumentParser:
         "[?user=NAME&password=SECRET&session=ID]; sessions then roll with the upstream's",
     )
     serve.add_argument(
+        "--upstream-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the --upstream password, from FILE's first line instead of the URL (default: "
+        f"${UPSTREAM_PASSWORD_VARIABLE} if set)",
+    )
+    serve.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
         default=Durability.BATCH.value,
@@ -469,6 +490,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_access_options(serve)
     serve.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    add_log_options(serve)
+    add_config_options(serve)
     serve.set_defaults(subparser=serve)  # to report errors found after parsing
 
     _add_publish_parser(verbs)
@@ -509,7 +532,8 @@ def _parser() -> argparse.ArgumentParser:
         help="text: payload as text; hex: payload in hex; raw: payloads only, length-prefixed",
     )
     tail.add_argument("--user", default="", metavar="NAME", help="username")
-    tail.add_argument("--password", default="", help="password")
+    tail.add_argument("--password", default="", help=PASSWORD_HELP)
+    add_password_file_option(tail)
     tail.add_argument(
         "--wait",
         action="store_true",
@@ -558,14 +582,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.verb == "users":  # its own errors and exit statuses; no logging
         return run_users(args)
     if args.verb == "bench":  # its own errors, progress and exit statuses
         return run_bench(args)
     if args.verb == "serve":
+        words = list(sys.argv[1:] if argv is None else argv)
+        if args.config is not None:
+            try:
+                in_file = apply_config(
+                    args.subparser, args.config, words[words.index("serve") + 1 :]
+                )
+            except ConfigError as exc:
+                print(f"tickertape serve: {exc}", file=sys.stderr)
+                return 2
+            args = parser.parse_args(argv)  # the file's values as defaults: words win
+            if args.follow is not None and set(in_file) - _FOLLOW_TAKES:
+                named = ", ".join(sorted(d.replace("_", "-") for d in set(in_file) - _FOLLOW_TAKES))
+                args.subparser.error(f"--follow takes none of {named} (in {args.config})")
         if args.follow is not None:
-            _check_follow(args, sys.argv[1:] if argv is None else argv)
+            _check_follow(args, words)
         try:
             args.schedule = RollSchedule.parse(args.roll_at, args.timezone)
         except ConfigError as exc:
@@ -580,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.subparser.error("--mold-iface, --mold-ttl and --mold-eos-seconds need --mold")
         if args.mold_request is None and args.mold_request_rate is not None:
             args.subparser.error("--mold-request-rate needs --mold-request")
+        if args.upstream_password_file is not None and not args.upstream:
+            args.subparser.error("--upstream-password-file needs --upstream")
     if args.verb == "tail":
         args.session = args.session or ""  # blank: the active session
         _check_tail(args)
@@ -587,15 +627,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_export(args)
     try:
         _check_tls(args)
+        if args.verb in ("tail", "publish") and getattr(args, "mold", None) is None:
+            if args.password and args.password_file is not None:
+                args.subparser.error("give --password or --password-file, not both")
+            args.password = client_password(args.user, args.password, args.password_file)
+        if args.verb == "serve" and args.check_config:
+            return _check_config(args)
     except ConfigError as exc:
         print(f"tickertape: {exc}", file=sys.stderr)
         return 2
     quiet = args.verb == "sessions"  # the store's warnings repeat what the command says
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.ERROR if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        setup_logging(
+            getattr(args, "log_level", None),
+            getattr(args, "log_format", "text"),
+            getattr(args, "log_file", None),
+            verbose=args.verbose,
+            quiet=quiet,
+        )
+    except OSError as exc:
+        print(f"tickertape: cannot open the log file: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.verb == "serve":
             return asyncio.run(_serve(args))
@@ -612,6 +664,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TickertapeError as exc:
         print(f"tickertape: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """``serve --check-config``: check what can be checked without serving (files that
+    are read, options that go together), print the effective options, secrets masked."""
+    _read_token(args)
+    if args.users is not None:
+        Users.load_to_serve(args.users)
+    if args.source_rate is not None and args.source is None:
+        raise ConfigError("--source-rate needs --source")
+    if args.upstream:
+        upstream_from(args.upstream, args.upstream_password_file)
+        if args.demo or args.source:
+            raise ConfigError(
+                "--upstream fills the sessions: it cannot be combined with --demo or --source"
+            )
+    masks = {
+        "admin_token": lambda _: MASK,
+        "user": lambda credentials: f"{credentials.username}:{MASK}",
+        "upstream": mask_url,
+    }
+    sys.stdout.write(render_config(args.subparser, args, masks))
+    return 0
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
@@ -652,6 +727,11 @@ _FOLLOW_TAKES: Final = frozenset(
         "idle_timeout",
         "max_write_buffer",
         "admin_port",
+        "log_level",
+        "log_format",
+        "log_file",
+        "config",
+        "check_config",
     }
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
@@ -766,15 +846,18 @@ class _Hangup:
         self._loop.add_signal_handler(signal.SIGHUP, self._soon)
 
     def _soon(self) -> None:
-        task = self._loop.create_task(self._reload())
+        reopened = reopen_log_files()  # first: the SIGHUP line goes into the new file
+        task = self._loop.create_task(self._reload(reopened))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reload(self) -> None:
+    async def _reload(self, reopened: list[str]) -> None:
+        said = [f"log file {name} reopened" for name in reopened]
         if self.server is None:
-            log.info("SIGHUP: nothing reloaded: the server is still starting")
+            nothing = "nothing else" if said else "nothing"
+            said.append(f"{nothing} reloaded: the server is still starting")
+            log.info("SIGHUP: %s", "; ".join(said))
             return
-        said: list[str] = []
         failed = False
         if self._users_file is not None:
             try:
@@ -879,14 +962,18 @@ async def _serve_follow(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     hangup.server = server
+    notifier = Notifier()
+    notifier.ready(Rate(lambda: follower.session_id, lambda: follower.next_seq))
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await notifier.stopping()
         if admin is not None:
             await admin.close()
         await server.close()
         await follower.close()
+        notifier.close()
     return 0
 
 
@@ -942,7 +1029,7 @@ async def _serve(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
     )
-    upstream = Upstream.parse(args.upstream) if args.upstream else None
+    upstream = upstream_from(args.upstream, args.upstream_password_file) if args.upstream else None
     if upstream is not None and (args.demo or args.source):
         raise ConfigError(
             "--upstream fills the sessions: it cannot be combined with --demo or --source"
@@ -1015,10 +1102,13 @@ async def _serve(args: argparse.Namespace) -> int:
         # A source that fails is logged and stopped by run_source: what stops the server
         # here is the engine failing under it.
         inputs.start(f"source {args.source}", run_source(engine, source))
+    notifier = Notifier()
+    notifier.ready(Rate(lambda: engine.session_id, lambda: engine.next_seq))
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await notifier.stopping()
         await inputs.stop()
         if admin is not None:
             await admin.close()
@@ -1026,6 +1116,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await mold.close_requests()  # before the engine closes the log it reads
         await engine.close()
         await mold.close()  # after: the last batches go out too
+        notifier.close()
     return 1 if inputs.failed else 0
 
 
@@ -1470,7 +1561,8 @@ def _add_publish_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
     )
     publish.add_argument("--user", default="", metavar="NAME", help="username")
-    publish.add_argument("--password", default="", help="password")
+    publish.add_argument("--password", default="", help=PASSWORD_HELP)
+    add_password_file_option(publish)
     publish.add_argument(
         "--binary",
         action="store_true",

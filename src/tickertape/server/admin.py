@@ -368,7 +368,12 @@ class AdminServer:
             )
             if principal is not None and principal.is_admin:
                 self.server.login_throttle.succeeded(source)
-                log.info("admin API: %s authorized as %r", source, principal.name)
+                log.info(
+                    "admin API: %s authorized as %r",
+                    source,
+                    principal.name,
+                    extra={"client": source, "user": principal.name},
+                )
                 return
             await self._refuse_slowly(
                 source,

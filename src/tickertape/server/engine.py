@@ -207,6 +207,7 @@ class Engine(Tail):
             session_log.directory,
             plural(session_log.next_seq - 1, "message"),
             session_log.next_seq,
+            extra={"session": str(session_id), "sequence": session_log.next_seq},
         )
 
     async def close(self) -> None:

@@ -474,11 +474,15 @@ class _Connection(asyncio.Protocol):
             self._publisher.cancel()  # what it handed the engine is published anyway
         if self._subscriber is not None:
             self._subscriber.stop()
-            log.info(
+            # A client closing its socket (a ``tail --count`` done) is routine: DEBUG.
+            routine = exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError)
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
                 "%s disconnected at sequence %d%s",
                 self._peer,
                 self._subscriber.next_seq,
                 f": {exc}" if exc else "",
+                extra={"client": self._peer, "sequence": self._subscriber.next_seq},
             )
 
     def pause_writing(self) -> None:
@@ -508,8 +512,11 @@ class _Connection(asyncio.Protocol):
                     self._flush()
                     self._close_transport()
                     return
-                elif isinstance(event, ConnectionLost):
-                    log.info("dropping %s: %s", self._peer, event.reason)
+                elif isinstance(event, ConnectionLost):  # the client's doing: a bad
+                    # packet, no login in time, silence past the idle timeout
+                    log.warning(
+                        "dropping %s: %s", self._peer, event.reason, extra={"client": self._peer}
+                    )
                     self._flush()
                     self._close_transport()
                     return
@@ -563,6 +570,7 @@ class _Connection(asyncio.Protocol):
             self._peer,
             throttle.failures(self._source, now),
             delay,
+            extra={"client": self._peer, "user": self._who},
         )
         return delay
 
@@ -596,7 +604,13 @@ class _Connection(asyncio.Protocol):
             self._pull = self._loop.create_task(self._login_closed(wanted, request.sequence))
 
     def _refuse_login(self, reason: str) -> None:
-        log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
+        log.warning(
+            "login of %r from %s rejected: %s",
+            self._who,
+            self._peer,
+            reason,
+            extra={"client": self._peer, "user": self._who},
+        )
         self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, reason)
 
     def _send_rejected(self, code: str, why: str) -> None:
@@ -675,7 +689,12 @@ class _Connection(asyncio.Protocol):
         if engine is not None and sequence == NO_STREAM:
             # A publisher that does not want the stream: no subscription, so it is not
             # ended with the session either; it publishes into whichever is active.
-            log.info("%s logged in as %r to publish", self._peer, self._who)
+            log.info(
+                "%s logged in as %r to publish",
+                self._peer,
+                self._who,
+                extra={"client": self._peer, "user": self._who},
+            )
             self._flush()
             return
         log.info(
@@ -685,6 +704,7 @@ class _Connection(asyncio.Protocol):
             wanted,
             first,
             "" if engine is not None else " (closed session: replay, then end)",
+            extra={"client": self._peer, "user": self._who, "session": wanted, "sequence": first},
         )
         self._flush()
         self._server._acquire(session_log)
@@ -742,7 +762,7 @@ class _Connection(asyncio.Protocol):
                     "publishing goes into the active session; this connection is logged in "
                     f"to {self._session_name or 'no session'}"
                 )
-            log.warning("closing %s: %s", self._peer, reason)
+            log.warning("closing %s: %s", self._peer, reason, extra={"client": self._peer})
             self.close(reason)
             return False
         relay = getattr(self._engine, "relay_from", None)
@@ -797,7 +817,13 @@ class _Connection(asyncio.Protocol):
                     self._ack(engine.session_id, exc.first_seq + exc.published - 1)
                 # A failed write is logged once, by the engine: here, whom it cost.
                 level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
-                log.log(level, "publishing from %s failed: %s", self._peer, exc)
+                log.log(
+                    level,
+                    "publishing from %s failed: %s",
+                    self._peer,
+                    exc,
+                    extra={"client": self._peer},
+                )
                 self.close(f"not published: {exc}")
                 return
 
@@ -891,12 +917,14 @@ class _Connection(asyncio.Protocol):
     def _abort_if_open(self) -> None:
         transport = self._transport
         if transport is not None and self._admitted and self in self._server._connections:
-            log.info("%s read nothing more: connection cut", self._peer)
+            log.warning(
+                "%s read nothing more: connection cut", self._peer, extra={"client": self._peer}
+            )
             transport.abort()
 
     def _drop(self, reason: str) -> None:
         """Cut off a client that stopped reading: nothing more can reach it."""
-        log.info("dropping %s: %s", self._peer, reason)
+        log.warning("dropping %s: %s", self._peer, reason, extra={"client": self._peer})
         if self._subscriber is not None:
             self._subscriber.stop()
         if self._transport is not None:

@@ -126,7 +126,12 @@ class Tail:
         for cursor in tuple(self._live):
             cursor.session_ended()
         self._live.clear()
-        log.info("session %s ended after %s", ended_id, plural(self._published_next - 1, "message"))
+        log.info(
+            "session %s ended after %s",
+            ended_id,
+            plural(self._published_next - 1, "message"),
+            extra={"session": str(ended_id), "sequence": self._published_next - 1},
+        )
         self._session_id, self._log = session_id, session_log
         self._published_next = session_log.next_seq
 
