@@ -327,8 +327,12 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "verify",
         "check a session's log and index (or archive) against their checksums",
         "Read a session's log and index, or its archive, and check every checksum and "
-        "record, changing nothing. Prints each problem with its offset and sequence numbers; "
-        "exits 1 if the session is damaged, 0 if it is clean.",
+        "record, changing nothing. Prints each problem with its offset and sequence numbers. "
+        "Bytes past the last index record are not damage: a batch being written, or one never "
+        "acknowledged if the writer stopped (a server sets them aside when it next starts); "
+        "they are named, not served. Exit status: 0 clean (a tail included); 1 damaged (a "
+        "checksum fails, indexed data is missing, ...) or not read (no such session: the "
+        "message says); 2 bad usage.",
     )
     verify.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
     data_only(verify)
@@ -1205,7 +1209,8 @@ def _sessions_list(args: argparse.Namespace) -> int:
         rows_to_check = rows
     else:
         root = args.data or DEFAULT_DATA
-        rows = [summary.brief() for summary in offline.list_sessions(root)]
+        summaries = offline.list_sessions(root)
+        rows = [summary.brief() for summary in summaries]
         where = str(root)
         rows_to_check = rows
         if offline.data_directory_in_use(root) is not None:
@@ -1228,6 +1233,10 @@ def _sessions_list(args: argparse.Namespace) -> int:
                 f"tickertape sessions verify {row['id']} says where",
                 file=sys.stderr,
             )
+    if args.admin_port is None:
+        for summary in summaries:
+            if summary.tail:
+                print(f"tickertape: session {summary.id}: {summary.tail}", file=sys.stderr)
     return 0
 
 
@@ -1256,6 +1265,8 @@ def _sessions_show(args: argparse.Namespace) -> int:
     print(f"{'problems:':<16}{len(problems) or 'none'}")
     for problem in problems:
         print(f"  {problem}")
+    if detail.get("tail"):
+        print(f"{'tail:':<16}{detail['tail']}")
     return 0
 
 
@@ -1291,6 +1302,8 @@ def _sessions_verify(args: argparse.Namespace) -> int:
     checked = " and ".join(report.checked)
     if report.clean:
         print(f"session {report.session}: clean: {report.messages} messages ({checked} checked)")
+        if report.tail:
+            print(f"  {report.tail}")
         return 0
     count = len(report.problems)
     plural = "s" if count > 1 else ""
@@ -1307,6 +1320,9 @@ def _sessions_export(args: argparse.Namespace) -> int:
     _warn_if_written(args.data, args.session)
     with offline.open_read_only(directory) as session_log:
         problems = session_log.recovery.problems
+        tail = session_log.recovery.tail_note()
+        if tail:
+            print(f"tickertape: session {args.session}: {tail}", file=sys.stderr)
         if problems:
             print(
                 f"tickertape: session {args.session} fails its checks ({len(problems)} problems): "

@@ -253,7 +253,8 @@ def test_open_active_continues_a_session_whose_unindexed_tail_was_cut_or_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, tail: bytes, whole: int
 ) -> None:
     """A crash between the log write and the index write leaves a tail that was never
-    published: its whole packets are kept, a torn one is cut, and the session goes on."""
+    published: no checksum vouches for it, so it is set aside (whole packets or not),
+    it is not damage, and the session goes on."""
     caplog.set_level(logging.INFO, logger="tickertape.store.catalogue")
     path = make_two_batches(tmp_path)
     with open(path / LOG_FILE, "ab") as f:
@@ -262,9 +263,12 @@ def test_open_active_continues_a_session_whose_unindexed_tail_was_cut_or_kept(
     session, session_log = catalogue.open_active(TODAY)
     with session_log:
         assert str(session) == "2026112901"
-        assert not session_log.recovery.clean
+        assert session_log.recovery.clean
+        assert session_log.recovery.tail_messages == whole
         assert not session_log.recovery.lost_vouched
-        assert session_log.next_seq == len(FIRST) + len(SECOND) + whole + 1
+        assert session_log.next_seq == len(FIRST) + len(SECOND) + 1
+        assert session_log.recovery.cut_to is not None
+        assert session_log.recovery.cut_to.read_bytes() == tail
     assert error_records(caplog) == []
     assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [("2026112901", False)]
 
@@ -409,7 +413,7 @@ def test_open_closed_does_not_repair(tmp_path: Path) -> None:
     size = os.path.getsize(path / LOG_FILE)
     with Catalogue(tmp_path).open_closed("2026112801") as closed:
         assert closed.next_seq == 3
-        assert closed.recovery.cut_bytes == 7
+        assert closed.recovery.tail_bytes == 7
         assert closed.recovery.cut_to is None
     assert os.path.getsize(path / LOG_FILE) == size
     assert sorted(p.name for p in path.iterdir()) == [ENDED_MARKER, INDEX_FILE, LOG_FILE]
