@@ -1217,6 +1217,10 @@ def _sessions_list(args: argparse.Namespace) -> int:
             # A batch being appended as the log was read need not be damage: the
             # server checked its active session when it opened it, and logged it.
             rows_to_check = [row for row in rows if row["state"] != offline.STATE_ACTIVE]
+    if args.admin_port is None:
+        for summary in summaries:
+            if summary.tail:
+                print(f"tickertape: session {summary.id}: {summary.tail}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -1233,10 +1237,6 @@ def _sessions_list(args: argparse.Namespace) -> int:
                 f"tickertape sessions verify {row['id']} says where",
                 file=sys.stderr,
             )
-    if args.admin_port is None:
-        for summary in summaries:
-            if summary.tail:
-                print(f"tickertape: session {summary.id}: {summary.tail}", file=sys.stderr)
     return 0
 
 
@@ -1344,7 +1344,7 @@ def _warn_if_written(root: Path, session: str) -> None:
     if holder is not None and offline.state_of(root / session) == offline.STATE_ACTIVE:
         print(
             f"tickertape: session {session} is being written by tickertape process {holder}: "
-            "what was read is a snapshot, and a batch being appended may show as incomplete",
+            "what was read is a snapshot",
             file=sys.stderr,
         )
 
