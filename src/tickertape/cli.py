@@ -274,7 +274,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "list",
         "list every session: id, state, messages, bytes on disk",
         "List every session: its id, state (active, ended or archived), number of messages "
-        "and bytes on disk.",
+        "and bytes on disk. A damaged session is pointed out on stderr; messages past a "
+        "session's last index record (being written, or never acknowledged) are named there "
+        "too, and are not damage. Exit status: 0 listed; 1 an error.",
     )
     data_or_server(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -284,7 +286,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "show",
         "show one session in detail",
         "Show one session: state, messages, bytes on disk and in its log, where it is, when "
-        "it was last written to (the log file's modification time) and when it ended.",
+        "it was last written to (the log file's modification time), when it ended, its "
+        "problems (damage) and its tail (messages past the last index record: not damage). "
+        "Exit status: 0 shown; 1 an error (no such session: the message names those there).",
     )
     show.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
     data_or_server(show)
@@ -342,7 +346,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "export",
         "write a session's messages to stdout",
         "Write the messages of a session (archived or not) to stdout, read from the data "
-        "directory. A progress bar goes to stderr when it is a terminal.",
+        "directory. A progress bar goes to stderr when it is a terminal. Only messages an "
+        "index checksum vouches for are exported; stderr says so if there is damage, and names "
+        "a tail past the last index record (not damage). Exit status: 0 exported; 1 an error.",
     )
     export.add_argument("session", metavar="ID", help="session id (YYYYMMDDNN)")
     data_only(export)

@@ -531,10 +531,10 @@ class SessionLog:
         :class:`StoreError` saying so, its cause the ``OSError``. The log and the index
         are then cut back to where they were, so they never hold a partial batch, and
         nothing here moves: the batch was not appended. Should cutting back fail too,
-        the first bytes of the failed batch are overwritten (so that recovery cuts them
-        rather than re-index them), every later append first tries the cut again and is
-        refused until it works, and what this log serves is still only what was
-        appended before."""
+        the first bytes of the failed batch are overwritten (recovery sets them aside in
+        any case: no record vouches for them), every later append first tries the cut
+        again and is refused until it works, and what this log serves is still only what
+        was appended before."""
         if self._index_fd is None:
             raise StoreError(f"session log {self.directory} is open read-only")
         if count <= 0:
@@ -993,8 +993,8 @@ def _reason(exc: OSError) -> str:
 
 def _spoil_packet(log_path: Path, offset: int) -> bool:
     """Zero the length of the packet at ``offset`` of a log that could not be cut back
-    there after a failed append: recovery then cuts everything from there on, rather
-    than re-index whole packets of a batch its publishers were told was not appended.
+    there after a failed append: recovery then finds no whole packet there (it sets
+    the bytes aside in any case, since no index record vouches for them).
     Best effort (an overwrite needs no new space on most file systems): whether the log
     now ends at ``offset`` as recovery sees it."""
     try:
