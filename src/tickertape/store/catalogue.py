@@ -146,9 +146,9 @@ class Catalogue:
         earlier version did not sync the index (see :func:`set_tail_aside`). The bytes
         go to ``log.cut-OFFSET``; a damaged log is left as it is, for ``verify`` to show."""
         for info in ended:
-            if (info.path / ARCHIVE_FILE).exists() or not has_tail(info.path):
-                continue
             try:
+                if (info.path / ARCHIVE_FILE).exists() or not has_tail(info.path):
+                    continue
                 found = set_tail_aside(info.path)
             except (StoreError, OSError) as exc:
                 log.warning("session %s: could not check its log's tail: %s", info.id, exc)
