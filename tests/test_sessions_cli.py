@@ -118,7 +118,7 @@ def test_list_points_at_a_damaged_session(tmp_path: Path) -> None:
     os.truncate(directory / "log", 15 * PACKET_SIZE)
     done = tickertape("sessions", "list", "--data", str(tmp_path))
     assert done.returncode == 0
-    assert done.stdout.splitlines()[1].split()[:3] == ["2000010101", "ended", "15"]
+    assert done.stdout.splitlines()[1].split()[:3] == ["2000010101", "ended", "10"]
     assert done.stderr == (
         "tickertape: session 2000010101 fails its checks (3 problems); "
         "tickertape sessions verify 2000010101 says where\n"
@@ -181,11 +181,16 @@ def test_show_one_session(tmp_path: Path) -> None:
 
 
 def test_show_an_unknown_session_says_what_there_is(tmp_path: Path) -> None:
-    make_session(tmp_path, "2000010101")
+    """Every session there is named, archived ones too (they used to be left out)."""
+    for number in range(1, 8):
+        make_session(tmp_path, f"200001010{number}")
+    for number in (1, 2):
+        archive_session(tmp_path / f"200001010{number}")
     done = tickertape("sessions", "show", "2000010109", "--data", str(tmp_path))
     assert done.returncode == 1
+    listed = ", ".join(f"200001010{n} ({'archived' if n <= 2 else 'ended'})" for n in range(1, 8))
     assert done.stderr == (
-        f"tickertape: no session 2000010109 in {tmp_path} (sessions there: 2000010101)\n"
+        f"tickertape: no session 2000010109 in {tmp_path} (sessions there: {listed})\n"
     )
     done = tickertape("sessions", "show", "yesterday", "--data", str(tmp_path))
     assert done.returncode == 2  # refused when parsing, like every malformed value
@@ -212,15 +217,14 @@ def test_verify_finds_a_log_truncated_by_hand_and_says_where(tmp_path: Path) -> 
 
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        "session 2000010101: DAMAGED: 4 problems (log and index checked)",
+        "session 2000010101: DAMAGED: 3 problems (log and index checked)",
         f"  log is shorter ({batch + 5 * PACKET_SIZE + 5} bytes) than the index says "
         f"({2 * batch}); the batch from sequence 11 is incomplete",
-        "  re-indexed 5 messages that had no index record",
-        "  the index lists messages up to sequence 30 but the log holds only up to 15: "
-        "15 messages are missing",
-        f"  cut 5 bytes after offset {batch + 5 * PACKET_SIZE} (sequence 16 on): "
-        "a torn or damaged tail",
-        "messages 1..15 intact; nothing was changed (verify only reads)",
+        "  the index lists messages up to sequence 30 but the log holds only up to 10: "
+        "20 messages are missing",
+        f"  {5 * PACKET_SIZE + 5} bytes from offset {batch} (sequence 11 on) not served: "
+        "damaged, or following damage",
+        "messages 1..10 intact; nothing was changed (verify only reads)",
     ]
     assert (directory / "log").stat().st_size == batch + 5 * PACKET_SIZE + 5
     assert (directory / "index").read_bytes() == index_before
@@ -329,8 +333,8 @@ def test_export_of_a_damaged_log_gives_the_intact_part_and_says_so(tmp_path: Pat
     os.truncate(directory / "log", 25 * PACKET_SIZE + 1)
     done = tickertape("sessions", "export", "2000010101", "--data", str(tmp_path))
     assert done.returncode == 0
-    assert done.stdout.encode() == expected_export("text", 1, 25)
-    assert "exporting the 25 intact messages only" in done.stderr
+    assert done.stdout.encode() == expected_export("text", 1, 20)
+    assert "exporting the 20 intact messages only" in done.stderr
 
 
 def test_export_draws_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:

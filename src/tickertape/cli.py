@@ -196,7 +196,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "list",
         "list every session: id, state, messages, bytes on disk",
         "List every session: its id, state (active, ended or archived), number of messages "
-        "and bytes on disk.",
+        "and bytes on disk. A damaged session is pointed out on stderr; messages past a "
+        "session's last index record (being written, or never acknowledged) are named there "
+        "too, and are not damage. Exit status: 0 listed; 1 an error.",
     )
     data_or_server(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -206,7 +208,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "show",
         "show one session in detail",
         "Show one session: state, messages, bytes on disk and in its log, where it is, when "
-        "it was last written to (the log file's modification time) and when it ended.",
+        "it was last written to (the log file's modification time), when it ended, its "
+        "problems (damage) and its tail (messages past the last index record: not damage). "
+        "Exit status: 0 shown; 1 an error (no such session: the message names those there).",
     )
     show.add_argument(
         "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
@@ -253,8 +257,12 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "verify",
         "check a session's log and index (or archive) against their checksums",
         "Read a session's log and index, or its archive, and check every checksum and "
-        "record, changing nothing. Prints each problem with its offset and sequence numbers; "
-        "exits 1 if the session is damaged, 0 if it is clean.",
+        "record, changing nothing. Prints each problem with its offset and sequence numbers. "
+        "Bytes past the last index record are not damage: a batch being written, or one never "
+        "acknowledged if the writer stopped (a server sets them aside when it next starts); "
+        "they are named, not served. Exit status: 0 clean (a tail included); 1 damaged (a "
+        "checksum fails, indexed data is missing, ...) or not read (no such session: the "
+        "message says); 2 bad usage.",
     )
     verify.add_argument(
         "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
@@ -266,7 +274,9 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "export",
         "write a session's messages to stdout",
         "Write the messages of a session (archived or not) to stdout, read from the data "
-        "directory. A progress bar goes to stderr when it is a terminal.",
+        "directory. A progress bar goes to stderr when it is a terminal. Only messages an "
+        "index checksum vouches for are exported; stderr says so if there is damage, and names "
+        "a tail past the last index record (not damage). Exit status: 0 exported; 1 an error.",
     )
     export.add_argument(
         "session", metavar="ID", type=argtypes.session_id, help="session id (YYYYMMDDNN)"
@@ -1348,13 +1358,18 @@ def _sessions_list(args: argparse.Namespace) -> int:
         rows_to_check = rows
     else:
         root = args.data or DEFAULT_DATA
-        rows = [summary.brief() for summary in offline.list_sessions(root)]
+        summaries = offline.list_sessions(root)
+        rows = [summary.brief() for summary in summaries]
         where = str(root)
         rows_to_check = rows
         if offline.data_directory_in_use(root) is not None:
             # A batch being appended as the log was read need not be damage: the
             # server checked its active session when it opened it, and logged it.
             rows_to_check = [row for row in rows if row["state"] != offline.STATE_ACTIVE]
+    if args.admin_port is None:
+        for summary in summaries:
+            if summary.tail:
+                print(f"tickertape: session {summary.id}: {summary.tail}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -1400,6 +1415,8 @@ def _sessions_show(args: argparse.Namespace) -> int:
     print(f"{'problems:':<16}{len(problems) or 'none'}")
     for problem in problems:
         print(f"  {problem}")
+    if detail.get("tail"):
+        print(f"{'tail:':<16}{detail['tail']}")
     return 0
 
 
@@ -1437,6 +1454,8 @@ def _sessions_verify(args: argparse.Namespace) -> int:
     if report.clean:
         held = plural(report.messages, "message")
         print(f"session {report.session}: clean: {held} ({checked} checked)")
+        if report.tail:
+            print(f"  {report.tail}")
         return 0
     damage = plural(len(report.problems), "problem")
     print(f"session {report.session}: DAMAGED: {damage} ({checked} checked)")
@@ -1452,6 +1471,9 @@ def _sessions_export(args: argparse.Namespace) -> int:
     _warn_if_written(args.data, args.session)
     with offline.open_read_only(directory) as session_log:
         problems = session_log.recovery.problems
+        tail = session_log.recovery.tail_note()
+        if tail:
+            print(f"tickertape: session {args.session}: {tail}", file=sys.stderr)
         if problems:
             print(
                 f"tickertape: session {args.session} fails its checks "
@@ -1474,7 +1496,7 @@ def _warn_if_written(root: Path, session: str) -> None:
     if holder is not None and offline.state_of(root / session) == offline.STATE_ACTIVE:
         print(
             f"tickertape: session {session} is being written by tickertape process {holder}: "
-            "what was read is a snapshot, and a batch being appended may show as incomplete",
+            "what was read is a snapshot",
             file=sys.stderr,
         )
 

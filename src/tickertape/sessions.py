@@ -73,6 +73,9 @@ class SessionSummary:
     """The ``ended`` marker's modification time: when the session ended."""
     problems: tuple[str, ...] = ()
     """What opening the log found (a full check of an archive is ``verify``'s job)."""
+    tail: str | None = None
+    """Bytes past the last index record, in words (not damage: a batch being written,
+    or one never acknowledged); None if there are none."""
 
     def brief(self) -> dict[str, object]:
         """The fields every listing shows, JSON-ready (``problems``: how many)."""
@@ -93,6 +96,7 @@ class SessionSummary:
             "last_published": _iso(self.last_published),
             "ended_at": _iso(self.ended_at),
             "problems": list(self.problems),
+            "tail": self.tail,
         }
 
 
@@ -103,6 +107,8 @@ class LogFacts:
     messages: int
     log_bytes: int
     problems: tuple[str, ...]
+    tail: str | None = None
+    """The log's tail past its last index record, in words (see :class:`SessionSummary`)."""
 
 
 def _iso(when: dt.datetime | None) -> str | None:
@@ -170,6 +176,7 @@ def log_facts(directory: Path) -> LogFacts:
             session_log.recovery.messages,
             session_log.end_offset,
             session_log.recovery.problems,
+            session_log.recovery.tail_note(),
         )
 
 
@@ -229,6 +236,7 @@ def describe(
         last_published=None if state == STATE_ARCHIVED else _mtime(directory / LOG_FILE),
         ended_at=_mtime(directory / ENDED_MARKER),
         problems=facts.problems,
+        tail=facts.tail,
     )
 
 
@@ -246,8 +254,8 @@ def find_session(root: Path, session_id: str) -> Path:
     try:
         return Catalogue(root).find(session_id).path
     except SessionNotFound:
-        known = [str(info.id) for info in Catalogue(root).sessions()]
-        hint = f"sessions there: {', '.join(known[-5:])}" if known else "it holds no sessions"
+        known = [f"{info.id} ({state_of(info.path)})" for info in Catalogue(root).sessions()]
+        hint = f"sessions there: {', '.join(known)}" if known else "it holds no sessions"
         raise SessionNotFound(f"no session {session_id} in {root} ({hint})") from None
 
 
@@ -276,9 +284,13 @@ class VerifyReport:
     """Messages before the first damage (all of them when clean)."""
     batches: int
     problems: tuple[str, ...] = field(default=())
+    tail: str | None = None
+    """Bytes past the log's last index record, in words: not damage (a batch being
+    written, or one never acknowledged); None if there are none."""
 
     @property
     def clean(self) -> bool:
+        """Whether nothing is damaged (a tail is not damage)."""
         return not self.problems
 
 
@@ -291,6 +303,7 @@ def verify_session(root: Path, session_id: str) -> VerifyReport:
     problems: list[str] = []
     messages: int | None = None
     batches = 0
+    tail: str | None = None
     if (directory / ARCHIVE_FILE).exists():
         checked.append(f"archive {ARCHIVE_FILE}")
         try:
@@ -307,9 +320,10 @@ def verify_session(root: Path, session_id: str) -> VerifyReport:
         with SessionLog.open(directory, writable=False) as session_log:
             found = session_log.recovery
         problems += found.problems
+        tail = found.tail_note()
         if messages is None or found.messages > messages:
             messages, batches = found.messages, found.batches
-    return VerifyReport(session_id, tuple(checked), messages or 0, batches, tuple(problems))
+    return VerifyReport(session_id, tuple(checked), messages or 0, batches, tuple(problems), tail)
 
 
 # ---------------------------------------------------------------------------- exporting

@@ -142,7 +142,7 @@ def _recovery_kinds(server: ServerProcess, tally: Tally) -> None:
     for line in server.lines:
         if " WARNING " not in line:
             continue
-        for kind in ("re-indexed", "cut", "partial record", "fails its checksum", "missing"):
+        for kind in ("past the last index record", "cut", "fails its checksum", "missing"):
             if kind in line:
                 tally.recoveries[kind] = tally.recoveries.get(kind, 0) + 1
 

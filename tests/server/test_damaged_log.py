@@ -177,6 +177,10 @@ class Damage:
     ends_session: bool = False
     """Whether messages an index record vouched for are lost: then an active session is
     ended, and the next one opened."""
+    tail: bool = False
+    """Whether it is no damage at all, only bytes past the last index record (never
+    acknowledged): ``verify`` names them and exits 0; a server sets them aside at start,
+    in an ended session too."""
 
     def __str__(self) -> str:
         return self.name
@@ -204,15 +208,15 @@ DAMAGES = [
     Damage(
         "log-cut-mid-packet",  # into the third packet of the last batch
         lambda d, p: os.truncate(d / "log", p.packet(LAST, 2) + 5),
-        lambda p: p.first(LAST) + 1,
-        lambda p: p.packet(LAST, 2),
+        lambda p: p.first(LAST) - 1,  # its record no longer vouches for what is left
+        lambda p: p.batches[LAST].offset,
         ends_session=True,
     ),
     Damage(
         "log-cut-mid-batch",  # after the third packet of the middle batch
         lambda d, p: os.truncate(d / "log", p.packet(MIDDLE, 3)),
-        lambda p: p.first(MIDDLE) + 2,
-        _nothing,
+        lambda p: p.first(MIDDLE) - 1,
+        lambda p: p.batches[MIDDLE].offset,
         ends_session=True,
     ),
     Damage(
@@ -253,8 +257,9 @@ DAMAGES = [
     Damage(
         "index-cut-mid-record",  # the middle batch's record torn, the last one's gone
         lambda d, p: os.truncate(d / "index", RECORD.size * MIDDLE + 10),
-        _all,
-        _nothing,
+        lambda p: p.first(MIDDLE) - 1,  # past that, a tail: records never written
+        lambda p: p.batches[MIDDLE].offset,
+        tail=True,
     ),
     Damage(
         "index-record-flipped",  # a bit of the middle batch's record (its offset): put right
@@ -263,22 +268,25 @@ DAMAGES = [
         _nothing,
     ),
     Damage(
-        "index-record-two-bits-flipped",  # past putting right: its batch is re-indexed
+        "index-record-two-bits-flipped",  # past putting right: nothing vouches for it
         lambda d, p: flip(d / "index", RECORD.size * MIDDLE + 9, 0x21),
-        _all,
-        _nothing,
+        lambda p: p.first(MIDDLE) - 1,
+        lambda p: p.batches[MIDDLE].offset,
+        ends_session=True,
     ),
     Damage(
         "index-missing",
         lambda d, p: (d / "index").unlink(),
-        _all,
-        _nothing,
+        lambda p: 0,
+        lambda p: 0,
+        ends_session=True,
     ),
     Damage(
-        "garbage-appended",
+        "garbage-appended",  # past the last record: a tail
         lambda d, p: append(d / "log", b"\xde\xad\xbe\xef" * 16),
         _all,
         lambda p: len(p.log),
+        tail=True,
     ),
     Damage(
         "index-record-and-its-batch-flipped",  # one bit each: the record, its batch
@@ -294,11 +302,19 @@ def files(directory: Path) -> dict[str, bytes]:
     return {entry.name: entry.read_bytes() for entry in sorted(directory.iterdir())}
 
 
-def verified(data: Path, session: str, intact: int) -> list[str]:
+def verified(data: Path, session: str, intact: int, tail: bool = False) -> list[str]:
     """Run ``tickertape sessions verify``: it must call the session damaged, say how much
-    of it is intact, and change nothing. Returns the problems it printed."""
+    of it is intact, and change nothing. Returns the problems it printed. For a ``tail``
+    (no damage), it must exit 0 and name the bytes past the last index record."""
     before = files(data / session)
     done = tickertape("sessions", "verify", session, "--data", str(data))
+    if tail:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[0].startswith(f"session {session}: clean: {intact} ")
+        assert f"past the last index record, from sequence {intact + 1}: " in done.stdout
+        assert "DAMAGED" not in done.stdout
+        assert files(data / session) == before
+        return []
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"session {session}: DAMAGED: "), done.stdout
@@ -349,7 +365,7 @@ def test_the_active_session_is_served_up_to_the_damage_and_goes_on_from_there(
     session, intact, cut_at = pristine.session, damage.intact(pristine), damage.cut_at(pristine)
     directory = damaged_active(tmp_path, pristine, damage)
     damaged_log = (directory / "log").read_bytes()
-    problems = verified(tmp_path, session, intact)
+    problems = verified(tmp_path, session, intact, damage.tail)
 
     with ServerProcess(tmp_path) as server:
         # It starts, continues the session from the damage, and says what it found.
@@ -400,7 +416,7 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
     following = str(SessionId.parse(session).next_roll())
     directory = damaged_active(tmp_path, pristine, damage)
     damaged_log = (directory / "log").read_bytes()
-    problems = verified(tmp_path, session, intact)
+    problems = verified(tmp_path, session, intact, damage.tail)
     more = [payload_after(s) for s in range(1, MORE + 1)]
 
     with ServerProcess(tmp_path) as server:
@@ -497,7 +513,23 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
     closed: ClosedSessions, pristine: Pristine, damage: Damage
 ) -> None:
     session, intact = closed_id(DAMAGES.index(damage)), damage.intact(pristine)
-    problems = verified(closed.data, session, intact)
+    if damage.tail:
+        # Not damage: the server set the tail aside when it started (an ended session
+        # must be archivable), and the session is clean from then on.
+        cut_at = damage.cut_at(pristine)
+        assert cut_at is not None
+        closed.server.wait_for_log(f"ended session {session}: {intact} messages served; ", 5)
+        damaged_log = closed.files[session]["log"]
+        assert (closed.data / session / "log").read_bytes() == damaged_log[:cut_at]
+        moved_aside(closed.data / session, damaged_log, cut_at)
+        done = tickertape("sessions", "verify", session, "--data", str(closed.data))
+        assert (done.returncode, done.stdout) == (
+            0,
+            f"session {session}: clean: {intact} messages (log and index checked)\n",
+        )
+        problems: list[str] = []
+    else:
+        problems = verified(closed.data, session, intact)
 
     async def pull() -> tuple[LoginAccepted, list[bytes]]:
         client = await SoupClient.login(closed.server.port, session, 1)
@@ -510,6 +542,8 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
         closed.server.wait_for_log(f"session {session}: {problem}", 5)
     # What it leaves out is not served; it was not cut, and is kept nowhere else.
     cut_at = damage.cut_at(pristine)
+    if damage.tail:
+        return  # checked above
     if cut_at is not None:
         cut = len(closed.files[session]["log"]) - cut_at
         closed.server.wait_for_log(

@@ -207,8 +207,9 @@ def test_a_restart_after_damage_that_cut_published_messages_opens_the_next_sessi
 
 
 def test_a_restart_after_a_torn_unindexed_tail_continues_the_session(tmp_path: Path) -> None:
-    """A crash between the log write and the index write: the batch was never published,
-    so the session goes on, numbering from what the log kept."""
+    """A crash between the log write and the index write: the batch was never published
+    (nor acknowledged), so it is set aside, and the session goes on from the last
+    batch an index record vouches for."""
     ids: list[str] = []
 
     async def first(engine: Engine) -> None:
@@ -217,8 +218,8 @@ def test_a_restart_after_a_torn_unindexed_tail_continues_the_session(tmp_path: P
 
     async def second(engine: Engine) -> None:
         ids.append(engine.session_id)
-        assert engine.next_seq == 4  # "c" was whole, and is kept
-        assert await engine.publish(b"e") == 4
+        assert engine.next_seq == 3  # "c" was whole, but nothing vouches for it
+        assert await engine.publish(b"e") == 3
 
     run(Durability.BATCH, first, tmp_path)
     with open(tmp_path / ids[0] / "log", "ab") as f:
@@ -226,6 +227,37 @@ def test_a_restart_after_a_torn_unindexed_tail_continues_the_session(tmp_path: P
     run(Durability.BATCH, second, tmp_path)
     assert ids[0] == ids[1]
     assert not (tmp_path / ids[0] / "ended").exists()
+    assert (tmp_path / ids[0] / "log.cut-8").read_bytes() == b"\x00\x02Sc\x00\x02S"
+
+
+@pytest.mark.parametrize("durability", list(Durability), ids=lambda d: d.value)
+def test_an_end_syncs_the_log_and_index_before_its_ended_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: Durability
+) -> None:
+    """What an end promises (the session's messages, and the checksums that vouch for
+    them) is on stable storage before the end is: whatever the durability policy."""
+    synced: list[str] = []
+
+    def spy(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            real(fd)
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+        return sync
+
+    async def scenario(engine: Engine) -> None:
+        ended = engine.session_id
+        await engine.publish_many([b"a", b"b"])
+        monkeypatch.setattr(os, "fdatasync", spy(os.fdatasync))
+        monkeypatch.setattr(os, "fsync", spy(os.fsync))
+        await engine.end_session()
+        monkeypatch.undo()
+        directory = tmp_path / ended
+        marker = synced.index(str(directory / "ended"))
+        assert str(directory / "log") in synced[:marker]
+        assert str(directory / INDEX_FILE) in synced[:marker]
+
+    run(durability, scenario, tmp_path)
 
 
 def test_a_call_larger_than_a_batch_is_split_and_resolves_once_all_is_durable(

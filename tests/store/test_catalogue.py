@@ -12,6 +12,7 @@ import pytest
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store import log as log_module
+from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
 from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
 from tickertape.store.sessionid import SessionId
@@ -253,7 +254,8 @@ def test_open_active_continues_a_session_whose_unindexed_tail_was_cut_or_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, tail: bytes, whole: int
 ) -> None:
     """A crash between the log write and the index write leaves a tail that was never
-    published: its whole packets are kept, a torn one is cut, and the session goes on."""
+    published: no checksum vouches for it, so it is set aside (whole packets or not),
+    it is not damage, and the session goes on."""
     caplog.set_level(logging.INFO, logger="tickertape.store.catalogue")
     path = make_two_batches(tmp_path)
     with open(path / LOG_FILE, "ab") as f:
@@ -262,9 +264,12 @@ def test_open_active_continues_a_session_whose_unindexed_tail_was_cut_or_kept(
     session, session_log = catalogue.open_active(TODAY)
     with session_log:
         assert str(session) == "2026112901"
-        assert not session_log.recovery.clean
+        assert session_log.recovery.clean
+        assert session_log.recovery.tail_messages == whole
         assert not session_log.recovery.lost_vouched
-        assert session_log.next_seq == len(FIRST) + len(SECOND) + whole + 1
+        assert session_log.next_seq == len(FIRST) + len(SECOND) + 1
+        assert session_log.recovery.cut_to is not None
+        assert session_log.recovery.cut_to.read_bytes() == tail
     assert error_records(caplog) == []
     assert [(str(i.id), i.ended) for i in catalogue.sessions()] == [("2026112901", False)]
 
@@ -409,7 +414,7 @@ def test_open_closed_does_not_repair(tmp_path: Path) -> None:
     size = os.path.getsize(path / LOG_FILE)
     with Catalogue(tmp_path).open_closed("2026112801") as closed:
         assert closed.next_seq == 3
-        assert closed.recovery.cut_bytes == 7
+        assert closed.recovery.tail_bytes == 7
         assert closed.recovery.cut_to is None
     assert os.path.getsize(path / LOG_FILE) == size
     assert sorted(p.name for p in path.iterdir()) == [ENDED_MARKER, INDEX_FILE, LOG_FILE]
@@ -418,3 +423,57 @@ def test_open_closed_does_not_repair(tmp_path: Path) -> None:
 def test_open_closed_of_unknown_raises(tmp_path: Path) -> None:
     with pytest.raises(SessionNotFound):
         Catalogue(tmp_path).open_closed("2026112901")
+
+
+@pytest.mark.parametrize("lost", [1, 2, 3], ids=lambda n: f"{n}-records-lost")
+@pytest.mark.parametrize("today", [False, True], ids=["earlier-day", "same-day"])
+def test_an_ended_session_whose_last_index_records_are_lost_is_archivable_after_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: int, today: bool
+) -> None:
+    """A power loss soon after a roll, with an index that was not synced (as before the
+    end synced it), leaves an ended session whose last records are gone while its log is
+    whole. Nothing vouches for those bytes (a page of zeros looks the same), so they are
+    not served; start-up sets them aside (log.cut-OFFSET, logged), and the session is
+    clean and archivable instead of refused on every retention pass."""
+    caplog.set_level(logging.WARNING)
+    day = TODAY if today else TODAY - dt.timedelta(days=1)
+    batches = [[b"m%d-%d" % (b, n) for n in range(b + 1)] for b in range(5)]
+    path = tmp_path / f"{day:%Y%m%d}01"
+    with SessionLog.open(path, create=True) as session_log:
+        for batch in batches:
+            session_log.append(encode_sequenced_many(batch), len(batch))
+    (path / ENDED_MARKER).touch()
+    log_before = (path / LOG_FILE).read_bytes()
+    index = (path / INDEX_FILE).read_bytes()
+    kept = len(batches) - lost
+    os.truncate(path / INDEX_FILE, len(index) - lost * 32)
+    vouched = sum(len(b) for b in batches[:kept])
+    cut_at = len(encode_sequenced_many([p for b in batches[:kept] for p in b]))
+
+    session, active = Catalogue(tmp_path).open_active(TODAY)  # start-up
+    active.close()
+    assert str(session) == f"{TODAY:%Y%m%d}0{2 if today else 1}"
+    assert (path / LOG_FILE).read_bytes() == log_before[:cut_at]
+    assert (path / f"log.cut-{cut_at}").read_bytes() == log_before[cut_at:]
+    assert any(
+        f"ended session {path.name}: {vouched} messages served; " in r.getMessage()
+        and f"log.cut-{cut_at}" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    assert log_module.verify(path).clean
+
+    result = archive_session(path)
+    assert result.messages == vouched
+    assert (path / f"log.cut-{cut_at}").exists()  # kept: the archive does not remove it
+
+
+def test_start_up_leaves_a_damaged_ended_session_as_it_is(tmp_path: Path) -> None:
+    """Setting a tail aside never touches a session with real damage: verify shows it."""
+    path = make_two_batches(tmp_path, "2026112801")
+    (path / ENDED_MARKER).touch()
+    with open(path / LOG_FILE, "ab") as f:
+        f.write(encode_sequenced_many([b"tail"]))
+    flip_in_second_batch(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    Catalogue(tmp_path).open_active(TODAY)[1].close()
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before

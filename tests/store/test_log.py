@@ -153,6 +153,14 @@ def check_serves(session_log: SessionLog, payloads: Sequence[bytes]) -> None:
     assert data == (session_log.directory / LOG_FILE).read_bytes()
 
 
+def batch_ends(batches: Sequence[Sequence[bytes]]) -> list[int]:
+    """Where each batch of a log made of ``batches`` ends."""
+    found: list[int] = []
+    for batch in batches:
+        found.append((found[-1] if found else 0) + sum(map(size, batch)))
+    return found
+
+
 def index_records(directory: Path) -> int:
     raw = (directory / INDEX_FILE).read_bytes()
     assert len(raw) % RECORD_SIZE == 0
@@ -436,7 +444,7 @@ def _spy_syncs(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[str]:
     ("durability", "per_batch"),
     [
         (Durability.NONE, []),
-        (Durability.BATCH, [LOG_FILE]),
+        (Durability.BATCH, [LOG_FILE, INDEX_FILE]),
         (Durability.ALWAYS, [LOG_FILE, INDEX_FILE]),
     ],
 )
@@ -557,7 +565,8 @@ BEFORE_LAST = ALL[: -len(LAST)]
 
 @pytest.mark.parametrize("kept_bytes", [1, 2, 3, 4, size(b"p333333") - 1])
 def test_recover_torn_unindexed_packet(tmp_path: Path, kept_bytes: int) -> None:
-    """(a) A batch written to the log, torn in its third packet, with no index record."""
+    """(a) A batch written to the log, torn in its third packet, with no index record:
+    the tail, never acknowledged. Not damage; not served; moved aside whole."""
     make_log(tmp_path)
     extra = [b"p1", b"p22", b"p333333"]
     whole = sum(map(size, extra[:2]))
@@ -565,19 +574,15 @@ def test_recover_torn_unindexed_packet(tmp_path: Path, kept_bytes: int) -> None:
     add_to_log(tmp_path, raw[: whole + kept_bytes])
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert not recovery.clean
-        assert recovery.messages == len(ALL) + 2
-        assert recovery.reindexed_messages == 2
-        assert recovery.cut_bytes == kept_bytes
-        end = ends(ALL)[-1] + whole
+        assert recovery.clean
+        assert recovery.messages == len(ALL)
+        assert (recovery.tail_bytes, recovery.tail_messages) == (whole + kept_bytes, 2)
+        assert recovery.cut_bytes == 0
+        end = ends(ALL)[-1]
         assert recovery.cut_to == tmp_path / f"log.cut-{end}"
-        assert recovery.cut_to.read_bytes() == raw[whole : whole + kept_bytes]
-        assert any("re-indexed 2 messages" in p for p in recovery.problems)
-        assert any(
-            f"cut {plural(kept_bytes, 'byte')} after offset {end}" in p for p in recovery.problems
-        )
-        check_serves(session_log, [*ALL, *extra[:2]])
-    assert logged(tmp_path) == [*ALL, *extra[:2]]
+        assert recovery.cut_to.read_bytes() == raw[: whole + kept_bytes]
+        check_serves(session_log, ALL)
+    assert logged(tmp_path) == ALL
 
 
 @pytest.mark.parametrize(
@@ -595,51 +600,37 @@ def test_recover_torn_packet_in_the_last_indexed_batch(
     tmp_path: Path, tear: int, kept: int
 ) -> None:
     """(a) The log is shorter than the index says: the last indexed batch is torn. Its
-    whole packets are re-indexed; the torn one is moved aside."""
+    record no longer vouches for what is left, so none of it is served (not even its
+    whole packets): all of it is moved aside."""
     appended = make_log(tmp_path)
     original = (tmp_path / LOG_FILE).read_bytes()
     last = appended[-1]
     log_size = last.offset + tear
     truncate(tmp_path / LOG_FILE, log_size)
-    cut_at = last.offset + sum(map(size, LAST[:kept]))
-    cut = log_size - cut_at
-    survivors = [*BEFORE_LAST, *LAST[:kept]]
+    cut = log_size - last.offset
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
         assert recovery.problems == (
             f"log is shorter ({log_size} bytes) than the index says "
             f"({last.offset + last.length}); the batch from sequence {last.first_seq} "
             "is incomplete",
-            *([f"re-indexed {plural(kept, 'message')} that had no index record"] if kept else []),
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(survivors)}: {missing(len(LAST) - kept)}",
-            *(
-                [
-                    f"cut {plural(cut, 'byte')} after offset {cut_at} "
-                    f"(sequence {len(survivors) + 1} on):"
-                    " a torn or damaged tail"
-                ]
-                if cut
-                else []
-            ),
+            f"{len(BEFORE_LAST)}: {missing(len(LAST))}",
+            f"{plural(cut, 'byte')} from offset {last.offset} (sequence {last.first_seq} on) not "
+            "served: damaged, or following damage",
         )
-        assert recovery.messages == len(survivors)
-        assert recovery.batches == len(BATCHES) - 1 + bool(kept)
-        assert recovery.reindexed_messages == kept
+        assert recovery.messages == len(BEFORE_LAST)
+        assert recovery.batches == len(BATCHES) - 1
         assert recovery.cut_bytes == cut
-        if cut:
-            assert recovery.cut_to == tmp_path / f"log.cut-{cut_at}"
-            assert recovery.cut_to.read_bytes() == original[cut_at:log_size]
-        else:
-            assert recovery.cut_to is None
-        check_serves(session_log, survivors)
-    assert logged(tmp_path) == survivors
-    assert index_entries(tmp_path) == batch_entries(appended[:-1]) + (
-        [(last.first_seq, last.offset, cut_at - last.offset, kept)] if kept else []
-    )
+        assert recovery.lost_vouched
+        assert recovery.cut_to == tmp_path / f"log.cut-{last.offset}"
+        assert recovery.cut_to.read_bytes() == original[last.offset : log_size]
+        check_serves(session_log, BEFORE_LAST)
+    assert logged(tmp_path) == BEFORE_LAST
+    assert index_entries(tmp_path) == batch_entries(appended[:-1])
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
-        check_serves(session_log, survivors)
+        check_serves(session_log, BEFORE_LAST)
 
 
 @pytest.mark.parametrize("batch", range(len(BATCHES)))
@@ -668,38 +659,51 @@ def test_recover_log_truncated_on_a_batch_boundary(tmp_path: Path, batch: int) -
 
 def test_recover_unindexed_whole_packets(tmp_path: Path) -> None:
     """(b) Whole batches in the log with no index record: a crash between the log write
-    and the index write. They are re-indexed (as one batch) and served."""
+    and the index write, so never acknowledged. No checksum vouches for them: they are
+    not served (whole-looking packets may hold zeros a power loss left), not called
+    damage, and moved aside whole."""
     appended = make_log(tmp_path)
     extra = [[b"e1", b"e22"], [b"e333"], [b"", b"e5" * 100]]
     for batch in extra:
         add_to_log(tmp_path, encode_sequenced_many(batch))
     flat = [p for b in extra for p in b]
+    tail = b"".join(encode_sequenced_many(b) for b in extra)
+    recovery = verify(tmp_path)
+    assert recovery.problems == ()
+    assert (recovery.tail_messages, recovery.tail_bytes) == (len(flat), len(tail))
+    assert recovery.tail_note() == (
+        f"{len(flat)} messages ({len(tail)} bytes) past the last index record, from sequence "
+        f"{len(ALL) + 1}: being written, or never acknowledged if the writer stopped (not "
+        "served; the next start of a server sets them aside)"
+    )
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems == (
-            f"re-indexed {plural(len(flat), 'message')} that had no index record",
-        )
-        assert recovery.reindexed_messages == len(flat)
-        assert recovery.messages == len(ALL) + len(flat)
-        assert recovery.batches == len(BATCHES) + 1
+        assert recovery.clean
+        assert recovery.messages == len(ALL)
+        assert recovery.batches == len(BATCHES)
         assert recovery.cut_bytes == 0
-        assert recovery.cut_to is None
-        check_serves(session_log, [*ALL, *flat])
-    assert index_entries(tmp_path) == [
-        *batch_entries(appended),
-        (len(ALL) + 1, ends(ALL)[-1], sum(map(size, flat)), len(flat)),
-    ]
+        assert recovery.cut_to == tmp_path / f"log.cut-{ends(ALL)[-1]}"
+        assert recovery.cut_to.read_bytes() == tail
+        check_serves(session_log, ALL)
+    assert index_entries(tmp_path) == batch_entries(appended)
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
-        check_serves(session_log, [*ALL, *flat])
+        assert session_log.recovery.tail_bytes == 0
+        check_serves(session_log, ALL)
 
 
 def test_recover_without_an_index(tmp_path: Path) -> None:
+    """An index is made with its log: a log without one has lost what vouched for it.
+    Nothing is served, and it counts as damage that lost published messages."""
     make_log(tmp_path)
     (tmp_path / INDEX_FILE).unlink()
     with reopen(tmp_path) as session_log:
-        assert session_log.recovery.reindexed_messages == len(ALL)
-        check_serves(session_log, ALL)
+        recovery = session_log.recovery
+        assert recovery.problems[0].startswith("the index is missing")
+        assert recovery.messages == 0
+        assert recovery.lost_vouched
+        assert recovery.cut_to == tmp_path / "log.cut-0"
+        check_serves(session_log, [])
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
 
@@ -708,33 +712,50 @@ def test_recover_without_an_index(tmp_path: Path) -> None:
     "index_size", [1, RECORD_SIZE - 1, 2 * RECORD_SIZE + 5, 5 * RECORD_SIZE - 1]
 )
 def test_recover_partial_index_record(tmp_path: Path, index_size: int) -> None:
-    """(c) The index ends in a partial record: a crash in the middle of an index write."""
+    """(c) The index ends in a partial record: a crash in the middle of an index write
+    (never synced, so never acknowledged). Not damage: the batches after the last whole
+    record are the tail."""
     make_log(tmp_path)
     truncate(tmp_path / INDEX_FILE, index_size)
     whole = index_size // RECORD_SIZE
+    indexed = [p for b in BATCHES[:whole] for p in b]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems[0] == (
-            f"index ends in a partial record ({index_size % RECORD_SIZE} bytes)"
-        )
-        unindexed = sum(map(len, BATCHES[whole:]))
-        assert recovery.reindexed_messages == unindexed
+        assert recovery.problems == ()
+        assert recovery.tail_messages == len(ALL) - len(indexed)
+        assert recovery.messages == len(indexed)
         assert recovery.cut_bytes == 0
-        check_serves(session_log, ALL)
-    assert (tmp_path / INDEX_FILE).stat().st_size % RECORD_SIZE == 0
+        check_serves(session_log, indexed)
+    assert (tmp_path / INDEX_FILE).stat().st_size == whole * RECORD_SIZE
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
-        check_serves(session_log, ALL)
+        check_serves(session_log, indexed)
 
 
 def test_recover_junk_after_the_last_index_record(tmp_path: Path) -> None:
+    """A partial record after the last one (a record being written) is not damage."""
     make_log(tmp_path)
     with open(tmp_path / INDEX_FILE, "ab") as f:
         f.write(b"\xff" * 7)
     with reopen(tmp_path) as session_log:
-        assert session_log.recovery.problems == ("index ends in a partial record (7 bytes)",)
+        assert session_log.recovery.problems == ()
         check_serves(session_log, ALL)
     assert index_records(tmp_path) == len(BATCHES)
+
+
+def test_recover_zeroed_records_after_the_last_index_record(tmp_path: Path) -> None:
+    """Whole records of zeros at the end of the index (appended, but their page never
+    reached the disk before a power loss): never synced, so never acknowledged. Their
+    batches are the tail, not damage."""
+    appended = make_log(tmp_path)
+    raw = (tmp_path / INDEX_FILE).read_bytes()
+    (tmp_path / INDEX_FILE).write_bytes(raw[: 3 * RECORD_SIZE] + bytes(2 * RECORD_SIZE))
+    recovery = verify(tmp_path)
+    assert recovery.problems == ()
+    assert recovery.tail_bytes == appended[-1].offset + appended[-1].length - appended[3].offset
+    with reopen(tmp_path) as session_log:
+        check_serves(session_log, [p for b in BATCHES[:3] for p in b])
+    assert (tmp_path / INDEX_FILE).read_bytes() == raw[: 3 * RECORD_SIZE]
 
 
 RECORD_BITS = [0, 8 * 3 + 1, 8 * 9, 8 * 17 + 4, 8 * 21, 8 * 25 + 7, 8 * 29 + 2]
@@ -782,31 +803,41 @@ def test_recover_index_record_with_more_than_one_flipped_bit(
     tmp_path: Path, record: int, bits: tuple[int, ...]
 ) -> None:
     """A record with two or more bits flipped cannot be put right (nor is it "put right"
-    wrongly): it is dropped, and costs only that batch's checksum. Its packets, and no
-    others, are re-indexed from the intact log, which gives back the very record that
-    was lost."""
-    make_log(tmp_path)
-    original_index = (tmp_path / INDEX_FILE).read_bytes()
+    wrongly): it is dropped, and its batch has no checksum to vouch for it. That batch
+    and everything after it are not served; they count as published (a record was
+    written for them), so the session cannot go on."""
+    appended = make_log(tmp_path)
     flip_record_bits(tmp_path, record, *bits)
+    at = appended[record]
+    kept = [p for b in BATCHES[:record] for p in b]
+    cut = ends(ALL)[-1] - at.offset
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
+        last = record == len(BATCHES) - 1
         assert recovery.problems == (
             f"index record {record} fails its checksum",
-            f"re-indexed {plural(len(BATCHES[record]), 'message')} that had no index record",
+            *(
+                []
+                if last
+                else [
+                    f"the log from offset {at.offset} (sequence {at.first_seq} on) has no "
+                    "index record, but later batches have: no checksum vouches for it",
+                    f"the index lists messages up to sequence {len(ALL)} but the log holds "
+                    f"only up to {len(kept)}: {missing(len(ALL) - len(kept))}",
+                ]
+            ),
+            f"{plural(cut, 'byte')} from offset {at.offset} (sequence {at.first_seq} on) not "
+            "served: damaged, or following damage",
         )
-        assert recovery == Recovery(
-            messages=len(ALL),
-            batches=len(BATCHES),
-            reindexed_messages=len(BATCHES[record]),
-            problems=recovery.problems,
-            vouched=len(ALL) - (len(LAST) if record == len(BATCHES) - 1 else 0),
-        )
-        assert not recovery.lost_vouched
-        check_serves(session_log, ALL)
-    assert (tmp_path / INDEX_FILE).read_bytes() == original_index
+        assert recovery.messages == len(kept)
+        assert recovery.batches == record
+        assert recovery.cut_bytes == cut
+        assert recovery.lost_vouched
+        check_serves(session_log, kept)
+    assert index_entries(tmp_path) == batch_entries(appended[:record])
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
-        check_serves(session_log, ALL)
+        check_serves(session_log, kept)
 
 
 @pytest.mark.parametrize(("record", "batch"), list(itertools.combinations(range(len(BATCHES)), 2)))
@@ -832,9 +863,8 @@ def test_recover_flipped_bit_in_an_index_record_and_a_later_batch(
             f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
             f"{len(kept)}: {missing(len(ALL) - len(kept))}",
-            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
-            f"(sequence {damaged.first_seq} on):"
-            " a torn or damaged tail",
+            f"{plural(cut, 'byte')} from offset {damaged.offset} (sequence {damaged.first_seq} on) "
+            "not served: damaged, or following damage",
         )
         assert recovery == Recovery(
             messages=len(kept),
@@ -858,41 +888,31 @@ def test_recover_flipped_bit_in_an_index_record_and_a_later_batch(
 def test_recover_index_record_past_putting_right_and_a_flipped_bit_in_a_later_batch(
     tmp_path: Path, record: int, batch: int
 ) -> None:
-    """A record that cannot be put right is dropped; the batches after it are still
-    verified against their own records."""
+    """A record that cannot be put right is dropped; nothing vouches for its batch, so
+    the walk stops there, before the later damaged batch: neither is served."""
     appended = make_log(tmp_path)
-    original_index = (tmp_path / INDEX_FILE).read_bytes()
-    damaged = appended[batch]
+    at = appended[record]
     flip_record_bits(tmp_path, record, 8 * 9 + 2, 8 * 20)  # its offset and its count
-    flip_bit(tmp_path / LOG_FILE, damaged.offset + damaged.length - 1, 4)
+    flip_bit(tmp_path / LOG_FILE, appended[batch].offset + appended[batch].length - 1, 4)
     on_disk = (tmp_path / LOG_FILE).read_bytes()
-    kept = [p for b in BATCHES[:batch] for p in b]
-    cut = len(on_disk) - damaged.offset
+    kept = [p for b in BATCHES[:record] for p in b]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
-        assert recovery.problems == (
-            f"index record {record} fails its checksum",
-            f"batch at offset {damaged.offset} (sequence {damaged.first_seq}.."
-            f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
-            f"re-indexed {plural(len(BATCHES[record]), 'message')} that had no index record",
-            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
-            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
-            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
-            f"(sequence {damaged.first_seq} on):"
-            " a torn or damaged tail",
+        assert recovery.problems[0] == f"index record {record} fails its checksum"
+        assert recovery.problems[1] == (
+            f"the log from offset {at.offset} (sequence {at.first_seq} on) has no index "
+            "record, but later batches have: no checksum vouches for it"
         )
         assert recovery == Recovery(
             messages=len(kept),
-            batches=batch,
-            reindexed_messages=len(BATCHES[record]),
-            cut_bytes=cut,
-            cut_to=tmp_path / f"log.cut-{damaged.offset}",
+            batches=record,
+            cut_bytes=len(on_disk) - at.offset,
+            cut_to=tmp_path / f"log.cut-{at.offset}",
             problems=recovery.problems,
             vouched=len(ALL),
         )
         check_serves(session_log, kept)
     assert logged(tmp_path) == kept
-    assert (tmp_path / INDEX_FILE).read_bytes() == original_index[: batch * RECORD_SIZE]
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
         check_serves(session_log, kept)
@@ -923,11 +943,9 @@ def test_recover_flipped_bit_in_an_index_record_and_in_its_own_batch(
             f"{damaged.first_seq + damaged.count - 1}) fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
             f"{len(kept)}: {missing(len(ALL) - len(kept))}",
-            f"cut {plural(cut, 'byte')} after offset {damaged.offset} "
-            f"(sequence {damaged.first_seq} on):"
-            " a torn or damaged tail",
+            f"{plural(cut, 'byte')} from offset {damaged.offset} (sequence {damaged.first_seq} on) "
+            "not served: damaged, or following damage",
         )
-        assert recovery.reindexed_messages == 0
         assert recovery.lost_vouched
         assert recovery.cut_to == tmp_path / f"log.cut-{damaged.offset}"
         assert recovery.cut_to.read_bytes() == on_disk[damaged.offset :]
@@ -943,7 +961,8 @@ def test_recover_index_record_that_does_not_follow_on(
     tmp_path: Path, record: int, shift: int
 ) -> None:
     """A well-formed record (its own checksum is right, and so is its batch's) whose
-    first sequence number is not the one that follows on: its batch is re-indexed."""
+    first sequence number is not the one that follows on: it does not vouch for its
+    batch, so the walk stops there."""
     appended = make_log(tmp_path)
     original_index = (tmp_path / INDEX_FILE).read_bytes()
     wrong = appended[record]
@@ -955,56 +974,51 @@ def test_recover_index_record_that_does_not_follow_on(
         + forged
         + original_index[(record + 1) * RECORD_SIZE :]
     )
-    # The forged record lists messages up to here: beyond the log's end, it is reported.
-    promised = first_seq + wrong.count - 1
+    kept = [p for b in BATCHES[:record] for p in b]
+    others = len(ALL) - (len(LAST) if record == len(BATCHES) - 1 else 0)
+    promised = max(first_seq + wrong.count - 1, others)
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
         assert recovery.problems == (
             f"index record for offset {wrong.offset} (sequence {first_seq}) does not follow on"
             f" (expected sequence {wrong.first_seq})",
-            f"re-indexed {plural(wrong.count, 'message')} that had no index record",
-            *(
-                [
-                    f"the index lists messages up to sequence {promised} but the log holds "
-                    f"only up to {len(ALL)}: {missing(promised - len(ALL))}"
-                ]
-                if promised > len(ALL)
-                else []
-            ),
+            f"the index lists messages up to sequence {promised} but the log holds "
+            f"only up to {len(kept)}: {missing(promised - len(kept))}",
+            f"{plural(ends(ALL)[-1] - wrong.offset, 'byte')} from offset {wrong.offset} (sequence "
+            f"{wrong.first_seq} on) not served: damaged, or following damage",
         )
-        assert recovery == Recovery(
-            messages=len(ALL),
-            batches=len(BATCHES),
-            reindexed_messages=wrong.count,
-            problems=recovery.problems,
-            # The others vouch up to the end of the log (or of the batch before the last).
-            vouched=max(promised, len(ALL) - (len(LAST) if record == len(BATCHES) - 1 else 0)),
-        )
-        check_serves(session_log, ALL)
-    assert (tmp_path / INDEX_FILE).read_bytes() == original_index
+        assert recovery.messages == len(kept)
+        assert recovery.lost_vouched
+        check_serves(session_log, kept)
+    assert (tmp_path / INDEX_FILE).read_bytes() == original_index[: record * RECORD_SIZE]
     with reopen(tmp_path) as session_log:
         assert session_log.recovery.clean
 
 
 def test_recover_index_record_repeated_in_place_of_the_next(tmp_path: Path) -> None:
-    """Record 2 repeated where record 3 should be: batch 3 has no record, so it (and only
-    it) is re-indexed, and the duplicate is dropped and reported."""
-    make_log(tmp_path)
+    """Record 2 repeated where record 3 should be: batch 3 has no record, so nothing
+    vouches for it; it and everything after it are not served."""
+    appended = make_log(tmp_path)
     raw = (tmp_path / INDEX_FILE).read_bytes()
     damaged = (
         raw[: 3 * RECORD_SIZE] + raw[2 * RECORD_SIZE : 3 * RECORD_SIZE] + raw[4 * RECORD_SIZE :]
     )
     (tmp_path / INDEX_FILE).write_bytes(damaged)
+    kept = [p for b in BATCHES[:3] for p in b]
+    at = appended[3]
     with reopen(tmp_path) as session_log:
         recovery = session_log.recovery
         assert recovery.problems == (
-            f"re-indexed {plural(len(BATCHES[3]), 'message')} that had no index record",
+            f"the log from offset {at.offset} (sequence {at.first_seq} on) has no index "
+            "record, but later batches have: no checksum vouches for it",
             "dropped 1 index records that match no batch of the log (duplicated or out of place)",
+            f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
+            f"{len(kept)}: {missing(len(ALL) - len(kept))}",
+            f"{plural(ends(ALL)[-1] - at.offset, 'byte')} from offset {at.offset} (sequence "
+            f"{at.first_seq} on) not served: damaged, or following damage",
         )
-        assert recovery.reindexed_messages == len(BATCHES[3])
-        assert recovery.cut_bytes == 0
-        check_serves(session_log, ALL)
-    assert (tmp_path / INDEX_FILE).read_bytes() == raw
+        check_serves(session_log, kept)
+    assert (tmp_path / INDEX_FILE).read_bytes() == raw[: 3 * RECORD_SIZE]
 
 
 @pytest.mark.parametrize(
@@ -1038,12 +1052,11 @@ def test_recover_flipped_bit_inside_a_middle_batch(tmp_path: Path, where: str, b
             " fails its checksum",
             f"the index lists messages up to sequence {len(ALL)} but the log holds only up to "
             f"{len(kept)}: {missing(len(ALL) - len(kept))}",
-            f"cut {plural(len(on_disk) - damaged.offset, 'byte')} after offset {damaged.offset} "
-            f"(sequence {damaged.first_seq} on): a torn or damaged tail",
+            f"{plural(len(on_disk) - damaged.offset, 'byte')} from offset {damaged.offset} "
+            f"(sequence {damaged.first_seq} on) not served: damaged, or following damage",
         )
         assert recovery.messages == len(kept)
         assert recovery.batches == 2
-        assert recovery.reindexed_messages == 0
         assert recovery.cut_bytes == len(on_disk) - damaged.offset
         assert recovery.cut_to == tmp_path / f"log.cut-{damaged.offset}"
         assert recovery.cut_to.read_bytes() == on_disk[damaged.offset :]
@@ -1099,22 +1112,22 @@ def _clean(directory: Path, appended: list[Appended]) -> list[bytes]:
 
 def _torn_unindexed(directory: Path, appended: list[Appended]) -> list[bytes]:
     add_to_log(directory, encode_sequenced_many([b"t1", b"t2"])[:7])
-    return [*ALL, b"t1"]
+    return ALL
 
 
 def _torn_indexed(directory: Path, appended: list[Appended]) -> list[bytes]:
     truncate(directory / LOG_FILE, appended[-1].offset + size(LAST[0]) + 2)
-    return [*BEFORE_LAST, LAST[0]]
+    return BEFORE_LAST
 
 
 def _unindexed(directory: Path, appended: list[Appended]) -> list[bytes]:
     add_to_log(directory, encode_sequenced_many([b"u1", b"u2"]))
-    return [*ALL, b"u1", b"u2"]
+    return ALL
 
 
 def _partial_index(directory: Path, appended: list[Appended]) -> list[bytes]:
     truncate(directory / INDEX_FILE, 3 * RECORD_SIZE + 11)
-    return ALL
+    return [p for b in BATCHES[:3] for p in b]
 
 
 def _index_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
@@ -1124,7 +1137,7 @@ def _index_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
 
 def _index_bits(directory: Path, appended: list[Appended]) -> list[bytes]:
     flip_record_bits(directory, 2, 8 * 9 + 2, 8 * 17)  # past putting right
-    return ALL
+    return [p for b in BATCHES[:2] for p in b]
 
 
 def _batch_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
@@ -1134,7 +1147,7 @@ def _batch_bit(directory: Path, appended: list[Appended]) -> list[bytes]:
 
 def _no_index(directory: Path, appended: list[Appended]) -> list[bytes]:
     (directory / INDEX_FILE).unlink()
-    return ALL
+    return []
 
 
 def _batch_boundary(directory: Path, appended: list[Appended]) -> list[bytes]:
@@ -1160,7 +1173,7 @@ def _wrong_sequence(directory: Path, appended: list[Appended]) -> list[bytes]:
     batch_crc = int.from_bytes(raw[3 * RECORD_SIZE - 8 : 3 * RECORD_SIZE - 4], "little")
     forged = pack_record(wrong.first_seq + 1, wrong.offset, wrong.length, wrong.count, batch_crc)
     (directory / INDEX_FILE).write_bytes(raw[: 2 * RECORD_SIZE] + forged + raw[3 * RECORD_SIZE :])
-    return ALL
+    return [p for b in BATCHES[:2] for p in b]
 
 
 DAMAGES: dict[str, Damage] = {
@@ -1182,9 +1195,12 @@ DAMAGES: dict[str, Damage] = {
 EACH_DAMAGE = pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
 
 LOSES_VOUCHED = {"torn-indexed", "batch-bit", "batch-boundary", "index-and-batch-bit"}
-LOSES_VOUCHED |= {"index-and-own-batch-bit"}
+LOSES_VOUCHED |= {"index-and-own-batch-bit", "index-bits", "no-index", "wrong-sequence"}
 """The damages that cost messages an index record vouched for: they had been published.
 The others cost nothing, or only a torn or unindexed tail (never published)."""
+
+NOT_DAMAGE = {"clean", "torn-unindexed", "unindexed", "partial-index"}
+"""What a crash leaves without damage: a tail past the last index record."""
 
 OLD = 1_000_000_000 * 10**9  # 2001-09-09, in nanoseconds
 
@@ -1226,7 +1242,7 @@ def test_read_only_open_and_verify_change_nothing(tmp_path: Path, damage: str) -
 
     verified = verify(tmp_path)
     assert verified == seen
-    assert verified.clean == (damage == "clean")
+    assert verified.clean == (damage in NOT_DAMAGE)
     assert snapshot(tmp_path) == before
 
     # A writable open finds the same problems, and (unless clean) repairs.
@@ -1247,7 +1263,7 @@ def test_appending_after_recovery(tmp_path: Path, damage: str, durability: Durab
     appended = make_log(tmp_path, durability=durability)
     survivors = DAMAGES[damage](tmp_path, appended)
     with reopen(tmp_path, durability=durability) as session_log:
-        assert session_log.recovery.clean == (damage == "clean")
+        assert session_log.recovery.clean == (damage in NOT_DAMAGE)
         assert session_log.next_seq == len(survivors) + 1
         result = session_log.append(encode_sequenced_many([b"after", b"recovery"]), 2)
         assert result.first_seq == len(survivors) + 1
@@ -1277,7 +1293,8 @@ def test_recovery_says_whether_it_lost_messages_the_index_vouched_for(
         assert recovery.lost_vouched == (damage in LOSES_VOUCHED)
         # The last record left vouches for message 13, but for these: the index is gone,
         # or holds the first three records only.
-        assert recovery.vouched == {"no-index": 0, "partial-index": 6}.get(damage, len(ALL))
+        # The index is gone: each whole packet of the log counts as published.
+        assert recovery.vouched == {"partial-index": 6}.get(damage, len(ALL))
 
 
 def test_before_repair_is_told_what_was_found_before_anything_changes(tmp_path: Path) -> None:
@@ -1331,7 +1348,7 @@ def test_recovery_says_where_it_moved_the_bytes_it_cut(
 
     with reopen(tmp_path, writable=False):
         pass
-    said = [r.getMessage() for r in caplog.records if "not served" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "damaged bytes" in r.getMessage()]
     assert said == [
         f"session {tmp_path.name}: the {cut} damaged bytes after offset {at} (sequence "
         f"{first} on) are not served; nothing on disk is changed (opened read-only)"
@@ -1444,17 +1461,24 @@ def test_truncation_leaves_a_prefix(
     if index_cut is not None:
         truncate(directory / INDEX_FILE, index_cut)
 
-    whole = sum(1 for end in ends(payloads)[1:] if end <= cut)
+    # What a surviving record vouches for, batch by batch from the start.
+    records = len(batches) if index_cut is None else index_cut // RECORD_SIZE
+    vouched = 0
+    for number, batch in enumerate(batches[:records]):
+        if batch_ends(batches)[number] > cut:
+            break
+        vouched += len(batch)
+    whole = vouched
     with reopen(directory) as session_log:
         on_disk = logged(directory)  # parses strictly: no torn packet
         assert on_disk == payloads[: len(on_disk)]
         assert session_log.next_seq == len(on_disk) + 1
-        # Nothing whole was thrown away.
+        # Nothing vouched for was thrown away, and nothing else kept.
         assert len(on_disk) == whole
         check_serves(session_log, on_disk)
         recovery = session_log.recovery
         kept_bytes = ends(payloads)[whole]
-        assert recovery.cut_bytes == cut - kept_bytes
+        assert recovery.cut_bytes + recovery.tail_bytes == cut - kept_bytes
         if recovery.cut_to is not None:
             assert recovery.cut_to.read_bytes() == log_bytes[kept_bytes:cut]
         session_log.append(encode_sequenced_many([b"next"]), 1)
@@ -1511,22 +1535,22 @@ def test_more_than_one_flipped_bit_in_an_index_record_loses_nothing(
     tmp_path_factory: pytest.TempPathFactory, batches: list[list[bytes]], data: st.DataObject
 ) -> None:
     """Two or more bits flipped in one record: it cannot be put right, and is dropped;
-    its batch is re-indexed from the intact log."""
+    nothing vouches for its batch, so it and what follows are not served (and count as
+    published: the session cannot go on)."""
     directory = tmp_path_factory.mktemp("index-bits")
     make_log(directory, batches)
-    payloads = [p for b in batches for p in b]
     record = data.draw(st.integers(0, len(batches) - 1), label="record")
     bits = data.draw(
         st.lists(st.integers(0, RECORD_SIZE * 8 - 1), min_size=2, max_size=4, unique=True),
         label="bits",
     )
     flip_record_bits(directory, record, *bits)
+    kept = [p for b in batches[:record] for p in b]
     with reopen(directory) as session_log:
         recovery = session_log.recovery
         assert f"index record {record} fails its checksum" in recovery.problems
-        assert recovery.reindexed_messages == len(batches[record])
-        assert not recovery.lost_vouched
-        check_serves(session_log, payloads)
+        assert recovery.lost_vouched
+        check_serves(session_log, kept)
     with reopen(directory) as session_log:
         assert session_log.recovery.clean
 
@@ -1558,7 +1582,6 @@ def test_a_flipped_bit_in_the_index_does_not_hide_one_in_its_own_or_a_later_batc
             f"batch at offset {damaged.offset} (sequence {damaged.first_seq}..{last_seq}) "
             "fails its checksum" in recovery.problems
         )
-        assert recovery.reindexed_messages == 0
         assert recovery.cut_bytes == size_ - damaged.offset
         assert recovery.lost_vouched
         check_serves(session_log, kept)

@@ -246,11 +246,10 @@ def test_when_the_log_cannot_be_cut_back_a_restart_cuts_the_failed_batch(
 
     recovery = verify(tmp_path)  # read-only: says what a restart will do
     assert recovery.messages == next_seq - 1
-    assert recovery.cut_bytes == len(log_now) - len(log_before)
+    assert recovery.tail_bytes == len(log_now) - len(log_before)
     with SessionLog.open(tmp_path, durability=Durability.BATCH) as reopened:
         assert reopened.recovery.messages == next_seq - 1
-        assert reopened.recovery.reindexed_messages == 0
-        assert reopened.recovery.cut_bytes == len(log_now) - len(log_before)
+        assert reopened.recovery.tail_bytes == len(log_now) - len(log_before)
         assert reopened.recovery.cut_to is not None
         assert files(tmp_path) == (log_before, index_before)
         assert payloads_served(reopened) == [p for b in BEFORE for p in b]

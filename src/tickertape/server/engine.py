@@ -281,6 +281,8 @@ class Engine(Tail):
                     next_id, next_log = await loop.run_in_executor(
                         self._executor, self.catalogue.open_next, ended_id, day
                     )
+                # What an end promises is durable before the end is: the log and index.
+                await loop.run_in_executor(self._executor, ended_log.sync)
                 await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
                 # From here to the switch nothing awaits: a subscriber that logged in to
                 # the ended session meanwhile is live in it, and is told with the rest.

@@ -58,7 +58,9 @@ from tickertape.store.log import (
     SessionLog,
     _fsync_directory,
     _unused_path,
+    has_tail,
     packet_offsets,
+    set_tail_aside,
 )
 from tickertape.text import plural
 
@@ -147,6 +149,10 @@ def archive_session(
             "only a closed session can be archived; end it first"
         )
 
+    if has_tail(directory):
+        # Bytes past the last index record (never acknowledged) would be left out of
+        # the archive and lost with the log: set them aside first, as a start does.
+        set_tail_aside(directory)
     tmp_path = directory / ARCHIVE_TMP_FILE
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:

@@ -15,13 +15,21 @@ import datetime as dt
 import fcntl
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
-from tickertape.store.log import LOG_FILE, Durability, Recovery, SessionLog
+from tickertape.store.log import (
+    LOG_FILE,
+    Durability,
+    Recovery,
+    SessionLog,
+    has_tail,
+    set_tail_aside,
+)
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
@@ -123,6 +131,7 @@ class Catalogue:
                 # Its day is over, or a later session of the same day replaced it.
                 log.info("session %s was never ended: ending it", info.id)
                 self.mark_ended(info.id)
+        self.set_tails_aside(info for info in sessions if info is not latest or info.ended)
         if latest is not None and not latest.ended:
             return self._continue(latest, today)
         session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
@@ -130,6 +139,35 @@ class Catalogue:
             self.root / str(session_id), durability=self.durability, create=True
         )
         return session_id, opened
+
+    def set_tails_aside(self, ended: Iterable[SessionInfo]) -> None:
+        """Make ended sessions whose logs end past their last index record archivable:
+        a crash left a batch whose record was never written (never acknowledged), or an
+        earlier version did not sync the index (see :func:`set_tail_aside`). The bytes
+        go to ``log.cut-OFFSET``; a damaged log is left as it is, for ``verify`` to show."""
+        for info in ended:
+            try:
+                if (info.path / ARCHIVE_FILE).exists() or not has_tail(info.path):
+                    continue
+                found = set_tail_aside(info.path)
+            except (StoreError, OSError) as exc:
+                log.warning("session %s: could not check its log's tail: %s", info.id, exc)
+                continue
+            if found is None:
+                log.warning(
+                    "session %s is damaged (tickertape sessions verify %s says where): left "
+                    "as it is",
+                    info.id,
+                    info.id,
+                )
+            elif found.cut_to is not None:
+                log.warning(
+                    "ended session %s: %d messages served; %s set aside in %s",
+                    info.id,
+                    found.messages,
+                    found.tail_summary(),
+                    found.cut_to,
+                )
 
     def _continue(self, latest: SessionInfo, today: dt.date) -> tuple[SessionId, SessionLog]:
         """Open ``latest`` to append to, unless its recovery cut messages its index
@@ -185,9 +223,11 @@ class Catalogue:
         info = next((i for i in self.sessions() if i.id == session_id), None)
         if info is not None and info.ended:
             raise StoreError(f"session {session_id} has ended; it cannot be appended to")
-        for other in self.sessions():
-            if other.id != session_id and not other.ended:
+        others = [other for other in self.sessions() if other.id != session_id]
+        for other in others:
+            if not other.ended:
                 self.mark_ended(other.id)
+        self.set_tails_aside(others)
         return SessionLog.open(
             self.root / str(session_id), durability=self.durability, create=info is None
         )

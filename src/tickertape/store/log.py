@@ -14,11 +14,13 @@ Two files live in a session's directory:
 Appends come in batches and are made durable by :class:`Durability`. Opening a log
 recovers it: an index record that fails its own check has a single flipped bit put right
 (CRC-32 tells every single-bit error in a record apart) and is otherwise dropped, as is
-one that does not follow on from the previous one; each batch's checksum is verified;
-packets in the log past the last good record are re-indexed if whole and well formed; a
-torn last packet (a crash in the middle of a write) is cut off. Bytes that cannot be
-trusted are never served: they are moved aside to ``log.cut-OFFSET`` and the log
-continues from the intact prefix.
+one that does not follow on from the previous one; each batch's checksum is verified.
+A message is served only if a checksum vouches for its bytes. Bytes in the log past the
+last record (the *tail*: a batch being appended, or one whose record a crash kept from
+being written) are not damage: the writer acknowledges a batch only once its record is
+written (and synced, unless the policy is ``none``), so they were never acknowledged.
+Bytes that cannot be trusted are never served; a writable open moves them, and the tail,
+aside to ``log.cut-OFFSET`` and the log continues from the vouched-for prefix.
 
 Only one thread appends (the session writer); any thread may read what was appended.
 
@@ -71,9 +73,10 @@ class Durability(enum.Enum):
         Never: the page cache decides. A process crash loses nothing that was
         appended; an operating-system crash or power loss can lose recent batches.
     ``batch``
-        One ``fdatasync`` of the log per batch (group commit: a batch holds everything
-        published while the previous one was being synced). The index is rebuilt from
-        the log if a crash leaves it behind.
+        Per batch, one ``fdatasync`` of the log, then one of the index, before the batch
+        is published (group commit: a batch holds everything published while the
+        previous one was being synced). Every acknowledged message has its bytes and the
+        checksum that vouches for them on stable storage.
     ``always``
         Every publish call is written and synced on its own, log and index both, before
         the next is written: no coalescing across calls.
@@ -90,18 +93,50 @@ class Recovery:
 
     messages: int
     batches: int
-    reindexed_messages: int = 0
     cut_bytes: int = 0
+    """Bytes not served because they are damaged or follow damage (a problem)."""
     cut_to: Path | None = None
+    """Where a writable open moved the bytes past the last good batch (damaged, or the
+    tail), ``log.cut-OFFSET``; None if it moved none."""
     problems: tuple[str, ...] = ()
     vouched: int = 0
     """The highest sequence number an index record (one that passes its own check, or
     was put right) vouches for; 0 if none does. The writer writes a batch's record only
     once the batch is in the log, and publishes the batch only after that."""
+    tail_bytes: int = 0
+    """Bytes past the last index record, with no damage before them: a batch being
+    appended, or, if the writer stopped, one whose record was never written. No checksum
+    vouches for them, so they are never served; the writer acknowledges a batch only
+    once its record is written (and synced, under ``batch`` and ``always``), so they were
+    never acknowledged. Not damage: a writable open moves them aside."""
+    tail_messages: int = 0
+    """Whole packets at the start of the tail (what its length prefixes say)."""
 
     @property
     def clean(self) -> bool:
+        """Whether nothing is damaged. A tail (:attr:`tail_bytes`) is not damage."""
         return not self.problems
+
+    def tail_summary(self) -> str:
+        """The tail in a few words: ``3 messages (1236 bytes) past the last index
+        record, from sequence 58``."""
+        bytes_ = f"{self.tail_bytes} byte{'s' if self.tail_bytes != 1 else ''}"
+        what = (
+            f"{self.tail_messages} message{'s' if self.tail_messages != 1 else ''} ({bytes_})"
+            if self.tail_messages
+            else bytes_
+        )
+        return f"{what} past the last index record, from sequence {self.messages + 1}"
+
+    def tail_note(self) -> str | None:
+        """What the tail is, for a person reading the log of a session that may still be
+        written; None if there is none."""
+        if not self.tail_bytes:
+            return None
+        return (
+            f"{self.tail_summary()}: being written, or never acknowledged if the writer "
+            "stopped (not served; the next start of a server sets them aside)"
+        )
 
     @property
     def lost_vouched(self) -> bool:
@@ -290,21 +325,27 @@ class SessionLog:
     ) -> SessionLog:
         index_path = directory / INDEX_FILE
         raw_index = index_path.read_bytes() if index_path.exists() else b""
+        # The log's size once, after the index was read: the writer appends a batch to
+        # the log before its record, so every record read has its batch within it, and
+        # bytes appended after this are simply not looked at.
         log_size = os.fstat(log_fd).st_size
         problems: list[str] = []
 
+        # The index's tail: a partial last record (one being written, or torn by a
+        # crash) and whole records of zeros at the end (appended, but their page never
+        # reached the disk) were never synced, so never acknowledged: not damage.
+        whole = len(raw_index) - len(raw_index) % _RECORD_SIZE
+        nonzero = len(raw_index[:whole].rstrip(b"\0"))
+        index_records = -(-nonzero // _RECORD_SIZE)
+
         # Every index record that passes its own check (or has its one flipped bit put
-        # right), by the offset of its batch. A record that cannot be put right costs
-        # the checksum of its own batch only: the walk below picks the next good record
-        # up again, so later batches are still verified.
+        # right), by the offset of its batch. A record that cannot be put right leaves
+        # its batch with no checksum to vouch for it: the walk below stops there.
         valid: list[bytes] = []
         reported: list[bytes] = []
         known: dict[int, bytes] = {}
-        if len(raw_index) % _RECORD_SIZE and not follow:  # following: a record being written
-            problems.append(
-                f"index ends in a partial record ({len(raw_index) % _RECORD_SIZE} bytes)"
-            )
-        for number in range(len(raw_index) // _RECORD_SIZE):
+        unreadable = 0
+        for number in range(index_records):
             record = raw_index[number * _RECORD_SIZE : (number + 1) * _RECORD_SIZE]
             if zlib.crc32(record[: _RECORD.size]) != int.from_bytes(
                 record[_RECORD.size :], "little"
@@ -312,6 +353,7 @@ class SessionLog:
                 corrected = _corrected(record)
                 if corrected is None:
                     problems.append(f"index record {number} fails its checksum")
+                    unreadable += 1
                     continue
                 problems.append(
                     f"index record {number} fails its checksum: one bit was flipped, and "
@@ -322,69 +364,56 @@ class SessionLog:
             known[_RECORD.unpack_from(record)[1]] = record
         starts = sorted(known)
 
+        # Walk the log batch by batch, each vouched for by its record's checksum. A
+        # message is served only if a checksum vouches for its bytes: the walk stops at
+        # the first byte none does. Past the last record that is the tail (a batch being
+        # appended, or one whose record was never written: never acknowledged, since the
+        # writer acknowledges a batch only once its record is written, and synced under
+        # ``batch`` and ``always``); anywhere else it is damage.
         records: list[bytes] = []
         first_seqs = array("Q")
         offsets = array("Q")
         next_seq = 1
         position = 0
-        reindexed = 0
-        appending = False  # following: the bytes past the last record are being appended
+        damaged = False
         while position < log_size:
             found_record = known.get(position)
-            if found_record is not None:
-                first_seq, _, length, count, crc = _RECORD.unpack_from(found_record)
-                if first_seq == next_seq and count and position + length <= log_size:
-                    if zlib.crc32(os.pread(log_fd, length, position)) != crc:
-                        problems.append(
-                            f"batch at offset {position} (sequence {first_seq}.."
-                            f"{first_seq + count - 1}) fails its checksum"
-                        )
-                        break  # never serve this batch or anything after it
-                    records.append(found_record)
-                    first_seqs.append(first_seq)
-                    offsets.append(position)
-                    next_seq += count
-                    position += length
-                    continue
-                reported.append(found_record)  # said here; not again as stray below
-                if first_seq == next_seq and position + length > log_size:
+            if found_record is None:
+                if bisect_right(starts, position) < len(starts):
+                    damaged = True
                     problems.append(
-                        f"log is shorter ({log_size} bytes) than the index says "
-                        f"({position + length}); the batch from sequence {first_seq} is incomplete"
+                        f"the log from offset {position} (sequence {next_seq} on) has no "
+                        "index record, but later batches have: no checksum vouches for it"
                     )
-                else:
+                break  # else the tail
+            first_seq, _, length, count, crc = _RECORD.unpack_from(found_record)
+            if first_seq == next_seq and count and position + length <= log_size:
+                if zlib.crc32(os.pread(log_fd, length, position)) != crc:
                     problems.append(
-                        f"index record for offset {position} (sequence {first_seq}) does not "
-                        f"follow on (expected sequence {next_seq})"
+                        f"batch at offset {position} (sequence {first_seq}.."
+                        f"{first_seq + count - 1}) fails its checksum"
                     )
-            # No usable record here: packets appended but not indexed before a crash, or
-            # whose record was damaged. Whole, well-formed packets up to the next record
-            # are kept (their checksum is computed now); a torn or foreign packet is cut.
-            after = bisect_right(starts, position)
-            if follow and after == len(starts):
-                appending = True  # no record yet: the writer has not finished this batch
-                break
-            limit = starts[after] if after < len(starts) else log_size
-            limit = min(limit, log_size)
-            while position < limit:
-                chunk = os.pread(log_fd, min(_VERIFY_CHUNK, limit - position), position)
-                found = packet_offsets(chunk, position)
-                count = len(found) - 1
-                if count == 0:
-                    break
-                length = found[-1] - position
-                records.append(
-                    _pack_record(next_seq, position, length, count, zlib.crc32(chunk[:length]))
-                )
-                first_seqs.append(next_seq)
+                    damaged = True
+                    break  # never serve this batch or anything after it
+                records.append(found_record)
+                first_seqs.append(first_seq)
                 offsets.append(position)
                 next_seq += count
-                reindexed += count
                 position += length
-            if position < limit or limit == log_size:
-                break
-        if reindexed:
-            problems.append(f"re-indexed {plural(reindexed, 'message')} that had no index record")
+                continue
+            reported.append(found_record)  # said here; not again as stray below
+            damaged = True
+            if first_seq == next_seq and position + length > log_size:
+                problems.append(
+                    f"log is shorter ({log_size} bytes) than the index says "
+                    f"({position + length}); the batch from sequence {first_seq} is incomplete"
+                )
+            else:
+                problems.append(
+                    f"index record for offset {position} (sequence {first_seq}) does not "
+                    f"follow on (expected sequence {next_seq})"
+                )
+            break
         # Good records the walk did not use, for messages it kept: duplicated or out of
         # place. (Unused records past the kept messages are reported as missing below.)
         unused = Counter(records)
@@ -408,6 +437,7 @@ class SessionLog:
             default=0,
         )
         if promised >= next_seq:
+            damaged = True
             problems.append(
                 f"the index lists messages up to sequence {promised} but the log holds only "
                 f"up to {next_seq - 1}: {plural(promised - next_seq + 1, 'message')} "
@@ -415,21 +445,37 @@ class SessionLog:
                 + " missing"
             )
 
+        if unreadable and not damaged and position < log_size:
+            # The bytes past the last good record may be the batch of a damaged record:
+            # written, synced and acknowledged. They are not served (nothing vouches
+            # for them), and they count as published, so that their numbers are never
+            # given to other messages.
+            damaged = True
+            promised = max(promised, _published_at_least(log_fd, position, log_size, next_seq))
+        if not index_path.exists() and log_size:
+            # An index is made with its log, before the first append: the log had one.
+            damaged = True
+            problems.append(
+                f"the index is missing: no checksum vouches for the log's {log_size} bytes"
+            )
+            promised = max(promised, _published_at_least(log_fd, 0, log_size, next_seq))
         end = position
-        actual_size = os.fstat(log_fd).st_size
-        cut_bytes = 0 if appending else actual_size - end
+        cut_bytes = log_size - end if damaged else 0
+        tail_bytes = 0 if damaged else log_size - end
+        tail_messages = _count_packets(log_fd, end, log_size) if tail_bytes else 0
         if cut_bytes:
             problems.append(
-                f"cut {plural(cut_bytes, 'byte')} after offset {end} (sequence {next_seq} on): "
-                "a torn or damaged tail"
+                f"{plural(cut_bytes, 'byte')} from offset {end} (sequence {next_seq} on) not "
+                "served: damaged, or following damage"
             )
         recovery = Recovery(
             messages=next_seq - 1,
             batches=len(first_seqs),
-            reindexed_messages=reindexed,
             cut_bytes=cut_bytes,
             problems=tuple(problems),
             vouched=promised,
+            tail_bytes=tail_bytes,
+            tail_messages=tail_messages,
         )
         for problem in problems:
             log.warning("session %s: %s", directory.name, problem)
@@ -437,18 +483,28 @@ class SessionLog:
         index_fd: int | None = None
         if writable:
             rewrite = good_index != raw_index or not index_path.exists()
-            if before_repair is not None and (cut_bytes or rewrite):
+            actual_size = os.fstat(log_fd).st_size
+            if before_repair is not None and (actual_size > end or rewrite):
                 before_repair(recovery)
-            if cut_bytes:
+            if actual_size > end:
                 cut_to = _move_aside(directory, log_fd, end, actual_size)
                 recovery = replace(recovery, cut_to=cut_to)
-                log.warning(
-                    "session %s: the %d bytes cut (sequence %d on) are kept in %s",
-                    directory.name,
-                    cut_bytes,
-                    next_seq,
-                    cut_to,
-                )
+                if tail_bytes:
+                    log.warning(
+                        "session %s: dropped %s: %s; the bytes are kept in %s",
+                        directory.name,
+                        recovery.tail_summary(),
+                        "no checksum vouches for them, and they were never acknowledged",
+                        cut_to,
+                    )
+                else:
+                    log.warning(
+                        "session %s: the %d bytes cut (sequence %d on) are kept in %s",
+                        directory.name,
+                        cut_bytes,
+                        next_seq,
+                        cut_to,
+                    )
             if rewrite:
                 _replace_file(index_path, good_index)
             index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND)
@@ -461,6 +517,8 @@ class SessionLog:
                 end,
                 next_seq,
             )
+        elif tail_bytes and not follow:
+            log.info("session %s: %s", directory.name, recovery.tail_note())
         return cls(
             directory, log_fd, index_fd, durability, first_seqs, offsets, end, next_seq, recovery
         )
@@ -476,10 +534,10 @@ class SessionLog:
         :class:`StoreError` saying so, its cause the ``OSError``. The log and the index
         are then cut back to where they were, so they never hold a partial batch, and
         nothing here moves: the batch was not appended. Should cutting back fail too,
-        the first bytes of the failed batch are overwritten (so that recovery cuts them
-        rather than re-index them), every later append first tries the cut again and is
-        refused until it works, and what this log serves is still only what was
-        appended before."""
+        the first bytes of the failed batch are overwritten (recovery sets them aside in
+        any case: no record vouches for them), every later append first tries the cut
+        again and is refused until it works, and what this log serves is still only what
+        was appended before."""
         if self._index_fd is None:
             raise StoreError(f"session log {self.directory} is open read-only")
         if count <= 0:
@@ -496,9 +554,12 @@ class SessionLog:
             if self.durability is not Durability.NONE:
                 doing = "syncing"
                 os.fdatasync(self._log_fd)
+            # The record after the batch is durable: a record on disk always vouches for
+            # bytes that are. Then the record is synced too, before the caller publishes
+            # and acknowledges the batch: recovery serves only what a record vouches for.
             doing, where = "writing", INDEX_FILE
             _write_all(self._index_fd, record)
-            if self.durability is Durability.ALWAYS:
+            if self.durability is not Durability.NONE:
                 doing = "syncing"
                 os.fdatasync(self._index_fd)
         except OSError as exc:
@@ -509,6 +570,20 @@ class SessionLog:
         self._offsets.append(offset)
         self._tail = (first_seq + count, offset + len(batch))
         return Appended(first_seq, count, offset, len(batch))
+
+    def sync(self) -> None:
+        """Force the log and the index to stable storage, whatever the durability
+        policy: what ending a session promises before its ``ended`` marker is written.
+        Raises :class:`StoreError` if a sync fails."""
+        if self._index_fd is None:
+            raise StoreError(f"session log {self.directory} is open read-only")
+        try:
+            os.fdatasync(self._log_fd)
+            os.fdatasync(self._index_fd)
+        except OSError as exc:
+            raise StoreError(
+                f"{_reason(exc)} syncing session {self.directory.name}'s log and index"
+            ) from exc
 
     def _append_failed(self, exc: OSError, doing: str) -> StoreError:
         """Cut the log and index back to before the failed batch; the error to raise."""
@@ -798,6 +873,70 @@ def verify(directory: Path) -> Recovery:
         return session_log.recovery
 
 
+class _Damaged(Exception):
+    """Raised to stop a repair that would change a damaged log."""
+
+
+def has_tail(directory: Path) -> bool:
+    """Whether the log in ``directory`` may hold bytes past its last index record (or
+    the index a partial record): a quick look at the last record and the sizes, not a
+    check of any checksum. False if there is no log."""
+    try:
+        log_size = (directory / LOG_FILE).stat().st_size
+        with open(directory / INDEX_FILE, "rb") as index:
+            size = os.fstat(index.fileno()).st_size
+            if size % _RECORD_SIZE:
+                return True
+            if size == 0:
+                return log_size > 0
+            record = os.pread(index.fileno(), _RECORD_SIZE, size - _RECORD_SIZE)
+    except FileNotFoundError:
+        return (directory / LOG_FILE).exists()
+    if zlib.crc32(record[: _RECORD.size]) != int.from_bytes(record[_RECORD.size :], "little"):
+        return True
+    _, offset, length, _, _ = _RECORD.unpack_from(record)
+    return bool(offset + length != log_size)
+
+
+def set_tail_aside(directory: Path) -> Recovery | None:
+    """Move the tail of a closed session's log (:attr:`Recovery.tail_bytes`: bytes past
+    its last index record, which no checksum vouches for) aside to ``log.cut-OFFSET``,
+    and drop a partial or zeroed last index record, so that the log passes every check
+    and can be archived. A log with a problem (damage) is left as it is. Returns what
+    the open found (``cut_to`` set if it moved bytes), or None if the log was damaged
+    and nothing was changed."""
+
+    def refuse_damage(found: Recovery) -> None:
+        if found.problems:
+            raise _Damaged
+
+    try:
+        with SessionLog.open(directory, before_repair=refuse_damage) as repaired:
+            return repaired.recovery
+    except _Damaged:
+        return None
+
+
+def _published_at_least(log_fd: int, start: int, stop: int, next_seq: int) -> int:
+    """The last sequence number that may have been published, for bytes from ``start``
+    whose record was lost to damage: one per whole packet there (at least one)."""
+    return next_seq - 1 + max(1, _count_packets(log_fd, start, stop))
+
+
+def _count_packets(log_fd: int, start: int, stop: int) -> int:
+    """How many whole packets the log's bytes ``start..stop`` begin with."""
+    count = 0
+    position = start
+    while position < stop:
+        chunk = os.pread(log_fd, min(_VERIFY_CHUNK, stop - position), position)
+        found = packet_offsets(chunk, position)
+        if len(found) == 1:
+            break
+        count += len(found) - 1
+        position = found[-1]
+    return count
+
+
 def _unused_path(path: Path) -> Path:
     """``path``, or ``path.N`` for the first N that does not exist: bytes moved aside by
     an earlier recovery cut at the same offset must not be overwritten."""
@@ -857,8 +996,8 @@ def _reason(exc: OSError) -> str:
 
 def _spoil_packet(log_path: Path, offset: int) -> bool:
     """Zero the length of the packet at ``offset`` of a log that could not be cut back
-    there after a failed append: recovery then cuts everything from there on, rather
-    than re-index whole packets of a batch its publishers were told was not appended.
+    there after a failed append: recovery then finds no whole packet there (it sets
+    the bytes aside in any case, since no index record vouches for them).
     Best effort (an overwrite needs no new space on most file systems): whether the log
     now ends at ``offset`` as recovery sees it."""
     try:
@@ -908,6 +1047,8 @@ __all__ = [
     "ReadableLog",
     "Recovery",
     "SessionLog",
+    "has_tail",
     "packet_offsets",
+    "set_tail_aside",
     "verify",
 ]
