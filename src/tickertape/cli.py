@@ -648,6 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if quiet and not args.verbose:
+        # What in the data directory is not a session, and so is skipped, is said.
+        logging.getLogger("tickertape.store.catalogue").setLevel(logging.WARNING)
     try:
         if args.verb == "serve":
             return asyncio.run(_serve(args))

@@ -288,6 +288,28 @@ def test_a_failed_roll_leaves_the_session_going(
     run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
 
 
+def test_a_roll_that_cannot_end_the_session_leaves_no_new_session_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        await engine.publish(b"before")
+        mark_ended = engine.catalogue.mark_ended
+
+        def no_room(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(engine.catalogue, "mark_ended", no_room)
+        with pytest.raises(StoreError, match=r"rolling session 2026112901 failed: .*No space"):
+            await engine.roll()
+        assert engine.session_id == "2026112901"
+        assert sorted(os.listdir(tmp_path)) == [".lock", "2026112901"]
+        assert await asyncio.wait_for(engine.publish(b"after"), REAL_TIMEOUT) == 2
+        monkeypatch.setattr(engine.catalogue, "mark_ended", mark_ended)
+        assert await engine.roll() == "2026112902"
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
+
+
 def test_a_roll_whose_caller_is_cancelled_still_completes(tmp_path: Path) -> None:
     async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
         published = asyncio.ensure_future(engine.publish_many([b"a"] * 1000))

@@ -279,7 +279,14 @@ class Engine(Tail):
                     next_id, next_log = await loop.run_in_executor(
                         self._executor, self.catalogue.open_next, ended_id, day
                     )
-                await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                try:
+                    await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                except BaseException:
+                    if to is None:  # it was just created, and is empty: no trace of it
+                        await loop.run_in_executor(
+                            self._executor, self.catalogue.discard, next_id, next_log
+                        )
+                    raise
                 # From here to the switch nothing awaits: a subscriber that logged in to
                 # the ended session meanwhile is live in it, and is told with the rest.
                 self._switch(next_id, next_log)

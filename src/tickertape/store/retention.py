@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tickertape.errors import ConfigError, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, archive_session
-from tickertape.store.catalogue import Catalogue
+from tickertape.store.catalogue import DELETING_PREFIX, Catalogue, _fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ def apply_retention(
         if retention.delete_after_days is not None and age > retention.delete_after_days:
             # Renamed first, so that a crash midway leaves no half-deleted session that
             # could be served: the name is no longer a session id.
-            doomed = info.path.with_name(f".deleting-{info.id}")
+            doomed = info.path.with_name(f"{DELETING_PREFIX}{info.id}")
             info.path.rename(doomed)
+            _fsync_directory(catalogue.root)
             shutil.rmtree(doomed)
+            _fsync_directory(catalogue.root)
             done.append(f"deleted session {info.id} ({age} days old)")
         elif (
             retention.archive_after_days is not None
@@ -69,8 +71,11 @@ def apply_retention(
                 f"archived session {info.id} ({age} days old): {result.original_bytes} bytes "
                 f"to {result.archived_bytes}"
             )
-    for leftover in catalogue.root.glob(".deleting-*"):
+    for leftover in catalogue.root.glob(f"{DELETING_PREFIX}*"):
+        if leftover.is_symlink() or not leftover.is_dir():
+            continue  # not what a deletion leaves: never followed
         shutil.rmtree(leftover)  # a deletion a crash interrupted
+        _fsync_directory(catalogue.root)
     for line in done:
         log.info("%s", line)
     return done
