@@ -32,7 +32,7 @@ from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused, subscribe
-from tickertape.errors import ConfigError, ProtocolError, TickertapeError
+from tickertape.errors import ConfigError, ProtocolError, StoreError, TickertapeError
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
@@ -291,25 +291,18 @@ def _add_sessions_parsers(verbs: Any) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     verbose(show)
 
-    for name, help_text, description in (
-        (
-            "roll",
-            "end the running server's active session and open the next",
-            "Roll the running server's session: every subscriber gets the last message, then "
-            "End of Session; the next session of the day opens. Needs the admin token.",
-        ),
-        (
-            "end",
-            "end the running server's active session (End of Session to all)",
-            "End the running server's active session: every subscriber gets the last "
-            "message, then End of Session; publishing continues in the next session. Needs "
-            "the admin token.",
-        ),
-    ):
-        rolling = action(name, help_text, description)
-        server_only(rolling)
-        _add_token_options(rolling, "the token the server was started with")
-        verbose(rolling)
+    rolling = action(
+        "roll",
+        "end the running server's active session and open the next",
+        "Roll the running server's session: every subscriber gets the last message, then "
+        "End of Session, then the connection closes; the next session of the day opens at "
+        "once, and publishing goes on in it. (There is no separate 'end': a server always "
+        "has a session open, and a session that ends is followed by the next.) Needs the "
+        "admin token.",
+    )
+    server_only(rolling)
+    _add_token_options(rolling, "the token the server was started with")
+    verbose(rolling)
 
     archive = action(
         "archive",
@@ -439,21 +432,24 @@ def _parser() -> argparse.ArgumentParser:
         "--source-rate",
         type=_positive,
         metavar="N",
-        help="call the --source function N times a second (a plain or async function, not "
-        "an async generator)",
+        help="call the --source function N times a second (a plain function, called on a "
+        "thread of its own so that one that blocks holds up only itself; or an async "
+        "function, on the event loop, which it must not block; not an async generator)",
     )
     serve.add_argument(
         "--archive-after",
         type=_days,
         metavar="DAYS",
-        help="archive (compress) ended sessions older than DAYS days (default: never)",
+        help="archive (compress) ended sessions DAYS days old or more, by the date in their "
+        "id (0: every ended session, today's too; default: never)",
     )
     serve.add_argument(
         "--delete-after",
         type=_days,
         metavar="DAYS",
-        help="delete ended sessions older than DAYS days (default: never; nothing is "
-        "deleted unless this is given)",
+        help="delete ended sessions DAYS days old or more, by the date in their id (0: "
+        "every ended session, today's too; default: never; nothing is deleted unless "
+        "this is given)",
     )
     serve.add_argument(
         "--user",
@@ -964,19 +960,11 @@ async def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"cannot reach the upstream {upstream.host}:{upstream.port}: {exc}"
             ) from None
-    try:
-        if first is None:
-            await engine.start()
-        else:
-            await engine.start(roll_on_schedule=False, session=first)
-    except OSError as exc:
-        print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
-        return 1
+    # Every port is bound before the session is opened: a taken one leaves nothing behind.
     server = SoupBinTCPServer(engine, config)
     try:
-        await server.start()
+        await server.start(serving=False)
     except OSError as exc:
-        await engine.close()
         print(f"tickertape: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     admin = None
@@ -986,16 +974,31 @@ async def _serve(args: argparse.Namespace) -> int:
 
         admin = AdminServer(engine, server, AdminConfig(port=args.admin_port, token=token))
         try:
-            await admin.start()
+            admin.bind()
         except OSError as exc:
             await server.close()
-            await engine.close()
             print(
                 f"tickertape: cannot listen for the admin API on {ADMIN_HOST}:{args.admin_port}: "
                 f"{exc}",
                 file=sys.stderr,
             )
             return 1
+    try:
+        if first is None:
+            await engine.start()
+        else:
+            await engine.start(roll_on_schedule=False, session=first)
+    except BaseException as exc:
+        if admin is not None:
+            await admin.close()
+        await server.close()
+        if not isinstance(exc, OSError):
+            raise
+        print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
+        return 1
+    await server.start_serving()
+    if admin is not None:
+        await admin.start()
     try:
         mold = await _start_mold(args, engine)
     except OSError as exc:
@@ -1016,7 +1019,8 @@ async def _serve(args: argparse.Namespace) -> int:
         async def demo_source() -> None:
             await run_demo(engine, args.demo, args.demo_size, args.demo_count)
             if args.demo_end:
-                await engine.end_session()
+                with contextlib.suppress(StoreError):  # the engine logged why; it goes on
+                    await engine.end_session()
 
         inputs.start("demo source", demo_source())
     if upstream is not None:
@@ -1184,7 +1188,6 @@ def _sessions(args: argparse.Namespace) -> int:
         "list": _sessions_list,
         "show": _sessions_show,
         "roll": _sessions_roll,
-        "end": _sessions_roll,
         "archive": _sessions_archive,
         "verify": _sessions_verify,
         "export": _sessions_export,
@@ -1263,7 +1266,7 @@ def _sessions_show(args: argparse.Namespace) -> int:
 
 
 def _sessions_roll(args: argparse.Namespace) -> int:
-    answer = _admin_call(args, "POST", f"/{args.action}")
+    answer = _admin_call(args, "POST", "/roll")
     print(f"session {answer['ended']} ended; session {answer['session']} is active")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -224,6 +225,31 @@ def test_retention_applies_at_start_and_after_each_roll(tmp_path: Path) -> None:
             await engine.close()
 
     asyncio.run(main())
+
+
+def test_with_zero_days_a_session_goes_as_soon_as_it_ends_and_the_policy_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        engine = Engine(
+            Catalogue(tmp_path, Durability.NONE),
+            clock=LoopClock(dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC)),
+            schedule=RollSchedule(zone=UTC),
+            retention=Retention(delete_after_days=0),
+        )
+        await engine.start(roll_on_schedule=False)
+        try:
+            await engine.publish(b"gone soon")
+            assert await engine.roll() == "2026112902"
+            assert engine.housekeeping is not None
+            assert await engine.housekeeping == ["deleted session 2026112901 (0 days old)"]
+        finally:
+            await engine.close()
+
+    with caplog.at_level(logging.INFO, logger="tickertape"):
+        asyncio.run(main())
+    assert "retention: ended sessions are deleted once ended (today's too: 0 days)" in (caplog.text)
+    assert sorted(os.listdir(tmp_path)) == [".lock", "2026112902"]
 
 
 def open_files() -> set[str]:

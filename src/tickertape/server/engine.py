@@ -192,6 +192,7 @@ class Engine(Tail):
             self.catalogue.unlock()
             raise
         self._open(session_id, session_log)
+        log.info("retention: %s", self.retention.describe())
         self._keep_house()
         if roll_on_schedule:
             self._roller = asyncio.create_task(self._roll_on_schedule(), name="session-roller")

@@ -298,7 +298,10 @@ class SoupBinTCPServer:
             del self._closed_logs[session]
         session_log.close()
 
-    async def start(self) -> None:
+    async def start(self, *, serving: bool = True) -> None:
+        """Bind the port (an ``OSError`` if it is taken) and, unless ``serving`` is
+        False, accept connections. With False, :meth:`start_serving` accepts them: a
+        server binds before it opens its session, so that a taken port changes nothing."""
         loop = asyncio.get_running_loop()
         tls = self.config.ssl
         self._server = await loop.create_server(
@@ -309,10 +312,23 @@ class SoupBinTCPServer:
             ssl=tls,
             # A client that never finishes the handshake is dropped as one that never logs in.
             ssl_handshake_timeout=self.config.timers.login_timeout if tls is not None else None,
+            start_serving=serving,
         )
+        if serving:
+            self._listening()
+
+    async def start_serving(self) -> None:
+        """Accept connections on the port :meth:`start` bound with ``serving=False``."""
+        assert self._server is not None, "start() binds the port first"
+        await self._server.start_serving()
+        self._listening()
+
+    def _listening(self) -> None:
+        assert self._server is not None
+        tls = " (TLS)" if self.config.ssl else ""
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
-            log.info("SoupBinTCP listening on %s:%d%s", host, port, " (TLS)" if tls else "")
+            log.info("SoupBinTCP listening on %s:%d%s", host, port, tls)
 
     @property
     def port(self) -> int:
