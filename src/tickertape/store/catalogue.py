@@ -298,6 +298,7 @@ class Catalogue:
             path.rename(doomed)
             _fsync_directory(self.root)
             shutil.rmtree(doomed)
+            _fsync_directory(self.root)
         except OSError as exc:
             log.error("session %s was created but cannot be removed: %s", session_id, exc)
 
