@@ -142,6 +142,86 @@ def test_a_server_starts_with_an_empty_session_directory_a_killed_roll_left(
     assert (data / expected / LOG_FILE).is_file()
 
 
+KILLER = """
+import os, signal
+_pattern = os.environ.get("TICKERTAPE_TEST_KILL_AT_OPEN")
+if _pattern:
+    _open = os.open
+
+    def _killing_open(path, flags, *args, **kwargs):
+        if _pattern in os.fspath(path) and flags & os.O_CREAT:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash, exactly here
+        return _open(path, flags, *args, **kwargs)
+
+    os.open = _killing_open
+"""
+
+
+@pytest.fixture
+def killer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started meanwhile are SIGKILLed as they create a file whose path holds
+    ``$TICKERTAPE_TEST_KILL_AT_OPEN`` (a ``sitecustomize`` that wraps ``os.open``)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILLER)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", f"{hooks}{os.pathsep}{path}" if path else str(hooks))
+
+
+@pytest.mark.usefixtures("killer")
+def test_a_server_killed_as_an_admin_roll_creates_the_next_session_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    day = today()
+    first, second = session_name(day, 1), session_name(day, 2)
+    admin_port = free_port()
+    server = ServerProcess(data, "--admin-port", str(admin_port), "--admin-token", TOKEN)
+    monkeypatch.setenv("TICKERTAPE_TEST_KILL_AT_OPEN", f"{second}/{LOG_FILE}")
+    with server:
+        server.wait_for_log("admin API listening")
+        with pytest.raises((ConnectionError, urllib.error.URLError)):
+            admin(admin_port, "POST", "/roll")  # the server dies making the next session
+        assert server.stop() == -9
+    monkeypatch.delenv("TICKERTAPE_TEST_KILL_AT_OPEN")
+    with server:
+        server.wait_for_log(f"session {first} open")  # continued: it never ended
+        server.wait_for_log("admin API listening")
+        status, answer = admin(admin_port, "POST", "/roll")
+        assert (status, answer["session"]) == (200, second)
+        assert server.stop() == 0
+    assert [(str(i.id), i.ended) for i in Catalogue(data).sessions()] == [
+        (first, True),
+        (second, False),
+    ]
+
+
+@pytest.mark.usefixtures("killer")
+def test_a_server_killed_as_it_opens_a_new_days_session_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    yesterday = session_name(today() - dt.timedelta(days=1), 1)
+    make_session(data, yesterday)  # never ended: its day is over
+    first = session_name(today(), 1)
+    monkeypatch.setenv("TICKERTAPE_TEST_KILL_AT_OPEN", f"{first}/{LOG_FILE}")
+    server = ServerProcess(data)
+    with pytest.raises(AssertionError, match=r"server exited \(-9\)"):
+        server.start()
+    server.stop()
+    assert not (data / yesterday / ENDED_MARKER).exists()  # not before it could go on
+    monkeypatch.delenv("TICKERTAPE_TEST_KILL_AT_OPEN")
+    with server:
+        server.wait_for_log(f"session {first} open")
+        assert active_session(server.port) == first
+        assert server.stop() == 0
+    assert [(str(i.id), i.ended) for i in Catalogue(data).sessions()] == [
+        (yesterday, True),
+        (first, False),
+    ]
+
+
 class InodeDisk:
     """A tmpfs with few inodes mounted on ``path``: :meth:`fill` leaves exactly one free
     (a roll can make its directory, not its log), :meth:`free` makes room again."""
