@@ -83,9 +83,7 @@ def admin_server(data: Path, *args: str) -> Iterator[tuple[ServerProcess, int]]:
 # ---------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize(
-    "action", ["", "list", "show", "roll", "end", "archive", "verify", "export"]
-)
+@pytest.mark.parametrize("action", ["", "list", "show", "roll", "archive", "verify", "export"])
 def test_every_sessions_action_has_help(action: str) -> None:
     done = tickertape("sessions", *([action] if action else []), "--help")
     assert done.returncode == 0
@@ -426,7 +424,7 @@ def test_roll_end_list_show_and_archive_through_the_admin_api(tmp_path: Path) ->
             0,
             f"session {first} ended; session {second} is active\n",
         )
-        done = tickertape("sessions", "end", *admin, "--admin-token-file", str(token_file))
+        done = tickertape("sessions", "roll", *admin, "--admin-token-file", str(token_file))
         assert (done.returncode, done.stdout) == (
             0,
             f"session {second} ended; session {third} is active\n",
@@ -481,9 +479,18 @@ def test_changes_without_the_token_are_refused(tmp_path: Path) -> None:
 def test_a_server_without_a_token_refuses_every_change(tmp_path: Path) -> None:
     with admin_server(tmp_path) as (server, port):
         assert server.logged("(read-only: start with --admin-token to allow changes)")
-        done = tickertape("sessions", "end", "--admin-port", str(port), "--admin-token", "x")
+        done = tickertape("sessions", "roll", "--admin-port", str(port), "--admin-token", "x")
         assert done.returncode == 1
         assert "start it with --admin-token TOKEN" in done.stderr
+
+
+def test_there_is_one_way_to_end_a_session_roll() -> None:
+    done = tickertape("sessions", "end", "--admin-port", "1")
+    assert done.returncode == 2
+    assert "invalid choice: 'end'" in done.stderr
+    done = tickertape("sessions", "roll", "--help")
+    assert "the next session of the day opens at once" in " ".join(done.stdout.split())
+    assert "There is no separate 'end'" in " ".join(done.stdout.split())
 
 
 def test_roll_says_when_no_server_answers(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from tickertape.config import (
     render_config,
     upstream_from,
 )
-from tickertape.errors import ConfigError, LoginRejected, ProtocolError, TickertapeError
+from tickertape.errors import ConfigError, LoginRejected, ProtocolError, StoreError, TickertapeError
 from tickertape.logs import add_log_options, reopen_log_files, setup_logging
 from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
@@ -219,25 +219,18 @@ def _add_sessions_parsers(verbs: Any) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     verbose(show)
 
-    for name, help_text, description in (
-        (
-            "roll",
-            "end the running server's active session and open the next",
-            "Roll the running server's session: every subscriber gets the last message, then "
-            "End of Session; the next session of the day opens. Needs the admin token.",
-        ),
-        (
-            "end",
-            "end the running server's active session (End of Session to all)",
-            "End the running server's active session: every subscriber gets the last "
-            "message, then End of Session; publishing continues in the next session. Needs "
-            "the admin token.",
-        ),
-    ):
-        rolling = action(name, help_text, description)
-        server_only(rolling)
-        _add_token_options(rolling, "the token the server was started with")
-        verbose(rolling)
+    rolling = action(
+        "roll",
+        "end the running server's active session and open the next",
+        "Roll the running server's session: every subscriber gets the last message, then "
+        "End of Session, then the connection closes; the next session of the day opens at "
+        "once, and publishing goes on in it. (There is no separate 'end': a server always "
+        "has a session open, and a session that ends is followed by the next.) Needs the "
+        "admin token.",
+    )
+    server_only(rolling)
+    _add_token_options(rolling, "the token the server was started with")
+    verbose(rolling)
 
     archive = action(
         "archive",
@@ -397,21 +390,24 @@ def _parser() -> argparse.ArgumentParser:
         "--source-rate",
         type=argtypes.positive,
         metavar="N",
-        help="call the --source function N times a second (a plain or async function, not "
-        "an async generator)",
+        help="call the --source function N times a second (a plain function, called on a "
+        "thread of its own so that one that blocks holds up only itself; or an async "
+        "function, on the event loop, which it must not block; not an async generator)",
     )
     serve.add_argument(
         "--archive-after",
         type=argtypes.days,
         metavar="DAYS",
-        help="archive (compress) ended sessions older than DAYS days (default: never)",
+        help="archive (compress) ended sessions DAYS days old or more, by the date in their "
+        "id (0: every ended session, today's too; default: never)",
     )
     serve.add_argument(
         "--delete-after",
         type=argtypes.days,
         metavar="DAYS",
-        help="delete ended sessions older than DAYS days (default: never; nothing is "
-        "deleted unless this is given)",
+        help="delete ended sessions DAYS days old or more, by the date in their id (0: "
+        "every ended session, today's too; default: never; nothing is deleted unless "
+        "this is given)",
     )
     serve.add_argument(
         "--user",
@@ -658,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"tickertape: cannot open the log file: {exc}", file=sys.stderr)
         return 2
+    if quiet and not args.verbose:
+        # What in the data directory is not a session, and so is skipped, is said.
+        logging.getLogger("tickertape.store.catalogue").setLevel(logging.WARNING)
     try:
         if args.verb == "serve":
             return asyncio.run(_serve(args))
@@ -962,11 +961,12 @@ async def _serve_follow(args: argparse.Namespace) -> int:
 
         admin = AdminServer(follower, server, AdminConfig(port=args.admin_port))
         try:
-            await _start_admin(admin, args.admin_port)
+            _bind_admin(admin, args.admin_port)
         except OSError:
             await server.close()
             await follower.close()
             return 1
+        await admin.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1055,19 +1055,11 @@ async def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"cannot reach the upstream {upstream.host}:{upstream.port}: {exc}"
             ) from None
-    try:
-        if first is None:
-            await engine.start()
-        else:
-            await engine.start(roll_on_schedule=False, session=first)
-    except OSError as exc:
-        print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
-        return 1
+    # Every port is bound before the session is opened: a taken one leaves nothing behind.
     server = SoupBinTCPServer(engine, config)
     try:
-        await server.start()
+        await server.start(serving=False)
     except OSError as exc:
-        await engine.close()
         print(f"tickertape: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     admin = None
@@ -1077,11 +1069,26 @@ async def _serve(args: argparse.Namespace) -> int:
 
         admin = AdminServer(engine, server, AdminConfig(port=args.admin_port, token=token))
         try:
-            await _start_admin(admin, args.admin_port)
+            _bind_admin(admin, args.admin_port)
         except OSError:
             await server.close()
-            await engine.close()
             return 1
+    try:
+        if first is None:
+            await engine.start()
+        else:
+            await engine.start(roll_on_schedule=False, session=first)
+    except BaseException as exc:
+        if admin is not None:
+            await admin.close()
+        await server.close()
+        if not isinstance(exc, OSError):
+            raise
+        print(f"tickertape: cannot use data directory {args.data}: {exc}", file=sys.stderr)
+        return 1
+    await server.start_serving()
+    if admin is not None:
+        await admin.start()
     try:
         mold = await _start_mold(args, engine)
     except OSError as exc:
@@ -1103,7 +1110,8 @@ async def _serve(args: argparse.Namespace) -> int:
         async def demo_source() -> None:
             await run_demo(engine, args.demo, args.demo_size, args.demo_count)
             if args.demo_end:
-                await engine.end_session()
+                with contextlib.suppress(StoreError):  # the engine logged why; it goes on
+                    await engine.end_session()
 
         inputs.start("demo source", demo_source())
     if upstream is not None:
@@ -1130,10 +1138,11 @@ async def _serve(args: argparse.Namespace) -> int:
     return 1 if inputs.failed else 0
 
 
-async def _start_admin(admin: AdminServer, port: int) -> None:
-    """Start the admin API; OSError (said on stderr) if it cannot listen."""
+def _bind_admin(admin: AdminServer, port: int) -> None:
+    """Bind the admin API's port (it serves once started); OSError (said on stderr) if it
+    cannot listen."""
     try:
-        await admin.start()
+        admin.bind()
     except OSError as exc:
         print(
             f"tickertape: cannot listen for the admin API on {ADMIN_HOST}:{port}: {exc}",
@@ -1334,7 +1343,6 @@ def _sessions(args: argparse.Namespace) -> int:
         "list": _sessions_list,
         "show": _sessions_show,
         "roll": _sessions_roll,
-        "end": _sessions_roll,
         "archive": _sessions_archive,
         "verify": _sessions_verify,
         "export": _sessions_export,
@@ -1421,7 +1429,7 @@ def _sessions_show(args: argparse.Namespace) -> int:
 
 
 def _sessions_roll(args: argparse.Namespace) -> int:
-    answer = _admin_call(args, "POST", f"/{args.action}")
+    answer = _admin_call(args, "POST", "/roll")
     print(f"session {answer['ended']} ended; session {answer['session']} is active")
     return 0
 

@@ -89,7 +89,7 @@ def files_size(directory: Path) -> int:
 # ---------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("path", ["/roll", "/end", "/sessions/2000010101/archive"])
+@pytest.mark.parametrize("path", ["/roll", "/sessions/2000010101/archive"])
 def test_without_a_configured_token_every_change_is_refused(tmp_path: Path, path: str) -> None:
     async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
         before = engine.session_id
@@ -103,7 +103,7 @@ def test_without_a_configured_token_every_change_is_refused(tmp_path: Path, path
     run(tmp_path, scenario, token=None)
 
 
-@pytest.mark.parametrize("path", ["/roll", "/end"])
+@pytest.mark.parametrize("path", ["/roll"])
 def test_a_change_without_the_right_token_is_refused(tmp_path: Path, path: str) -> None:
     async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
         before = engine.session_id
@@ -164,8 +164,8 @@ def test_it_listens_on_the_loopback_address_only(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- changes
 
 
-@pytest.mark.parametrize("verb", ["roll", "end"])
-def test_roll_and_end_end_the_session_for_its_subscribers(tmp_path: Path, verb: str) -> None:
+@pytest.mark.parametrize("verb", ["roll"])
+def test_roll_ends_the_session_for_its_subscribers(tmp_path: Path, verb: str) -> None:
     async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
         ended = engine.session_id
         await engine.publish_many(payloads("before", 3))
@@ -183,6 +183,20 @@ def test_roll_and_end_end_the_session_for_its_subscribers(tmp_path: Path, verb: 
         await engine.publish_many(payloads("after", 2))  # publishing goes on
         status, answer = await api.get("/status")
         assert (answer["session"], answer["next_seq"]) == (following, 3)
+
+    run(tmp_path, scenario)
+
+
+def test_there_is_one_way_to_end_a_session_roll(tmp_path: Path) -> None:
+    """POST /end did what POST /roll does, under another name: only /roll is kept."""
+
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        before = engine.session_id
+        status, answer = await api.post("/end")
+        assert status == 404
+        assert "no such endpoint: POST /end" in answer["error"]
+        assert "POST /roll" in answer["error"]
+        assert engine.session_id == before
 
     run(tmp_path, scenario)
 
@@ -220,7 +234,7 @@ def test_the_active_session_is_not_archived(tmp_path: Path) -> None:
         status, answer = await api.post(f"/sessions/{engine.session_id}/archive")
         assert status == 409
         assert "is the active session" in answer["error"]
-        assert "end it first" in answer["error"]
+        assert "roll it first (POST /roll" in answer["error"]
         assert (tmp_path / engine.session_id / "log").exists()
 
     run(tmp_path, scenario)

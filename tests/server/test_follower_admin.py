@@ -61,7 +61,7 @@ def test_a_follower_serves_the_admin_api_read_only(tmp_path: Path) -> None:
             status, detail = call(follower_port, "GET", f"/sessions/{ended['ended']}")
             assert status == 200 and detail["state"] == "ended", detail
 
-            for path in ("/roll", "/end", f"/sessions/{ended['ended']}/archive"):
+            for path in ("/roll", f"/sessions/{ended['ended']}/archive"):
                 status, answer = call(follower_port, "POST", path, TOKEN)
                 assert status == 403, (path, answer)
                 assert f"follows {data}" in answer["error"], answer

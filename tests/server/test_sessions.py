@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -226,6 +227,31 @@ def test_retention_applies_at_start_and_after_each_roll(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_with_zero_days_a_session_goes_as_soon_as_it_ends_and_the_policy_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        engine = Engine(
+            Catalogue(tmp_path, Durability.NONE),
+            clock=LoopClock(dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC)),
+            schedule=RollSchedule(zone=UTC),
+            retention=Retention(delete_after_days=0),
+        )
+        await engine.start(roll_on_schedule=False)
+        try:
+            await engine.publish(b"gone soon")
+            assert await engine.roll() == "2026112902"
+            assert engine.housekeeping is not None
+            assert await engine.housekeeping == ["deleted session 2026112901 (0 days old)"]
+        finally:
+            await engine.close()
+
+    with caplog.at_level(logging.INFO, logger="tickertape"):
+        asyncio.run(main())
+    assert "retention: ended sessions are deleted once ended (today's too: 0 days)" in (caplog.text)
+    assert sorted(os.listdir(tmp_path)) == [".lock", "2026112902"]
+
+
 def open_files() -> set[str]:
     """What this process has open."""
     found = set()
@@ -284,6 +310,28 @@ def test_a_failed_roll_leaves_the_session_going(
             await engine.roll()
         assert engine.session_id == "2026112901"
         assert await asyncio.wait_for(engine.publish(b"after"), REAL_TIMEOUT) == 2
+
+    run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
+
+
+def test_a_roll_that_cannot_end_the_session_leaves_no_new_session_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(loop: JumpingLoop, engine: Engine, port: int) -> None:
+        await engine.publish(b"before")
+        mark_ended = engine.catalogue.mark_ended
+
+        def no_room(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(engine.catalogue, "mark_ended", no_room)
+        with pytest.raises(StoreError, match=r"rolling session 2026112901 failed: .*No space"):
+            await engine.roll()
+        assert engine.session_id == "2026112901"
+        assert sorted(os.listdir(tmp_path)) == [".lock", "2026112901"]
+        assert await asyncio.wait_for(engine.publish(b"after"), REAL_TIMEOUT) == 2
+        monkeypatch.setattr(engine.catalogue, "mark_ended", mark_ended)
+        assert await engine.roll() == "2026112902"
 
     run(tmp_path, dt.datetime(2026, 11, 29, 9, 30, tzinfo=UTC), scenario)
 

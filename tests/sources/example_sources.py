@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+from tickertape.errors import StoreError
 from tickertape.sources.plugin import END_SESSION, EndSession, SourceContext
 
 COUNT = int(os.environ.get("EXAMPLE_COUNT", "5"))
@@ -107,3 +110,40 @@ async def no_argument() -> AsyncIterator[bytes]:
 
 
 NOT_CALLABLE = 42
+
+
+async def end_in_a_loop(ctx: SourceContext) -> AsyncIterator[bytes | EndSession]:
+    """A message and END_SESSION, again and again: past the day's last session (99)."""
+    while True:
+        yield f"{ctx.session_id} one".encode()
+        yield END_SESSION
+
+
+async def end_when_triggered(ctx: SourceContext) -> AsyncIterator[bytes | EndSession]:
+    """Ends the session each time the file EXAMPLE_TRIGGER appears (and removes it); a
+    roll that fails is caught, and said in a message in the session that goes on."""
+    trigger = os.environ["EXAMPLE_TRIGGER"]
+    while True:
+        while not os.path.exists(trigger):  # noqa: ASYNC240 (a test's trigger)
+            await asyncio.sleep(0.02)
+        os.unlink(trigger)
+        try:
+            yield END_SESSION
+        except StoreError as exc:
+            yield f"not ended: {exc}".encode()
+        else:
+            yield f"{ctx.session_id} opened".encode()
+
+
+def stuck_first_call(ctx: SourceContext) -> bytes:
+    """Called at a rate: the first call blocks (writes EXAMPLE_TRIGGER.blocked, then
+    waits until EXAMPLE_TRIGGER exists, at most 60 s); every call returns a message."""
+    global _calls
+    _calls += 1
+    if _calls == 1:
+        trigger = Path(os.environ["EXAMPLE_TRIGGER"])
+        trigger.with_suffix(".blocked").touch()
+        deadline = time.monotonic() + 60
+        while not trigger.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # a plain function that blocks, as some will
+    return b"call %d" % _calls

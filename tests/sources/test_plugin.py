@@ -9,13 +9,14 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from tickertape.client.soupbintcp import Message, subscribe
-from tickertape.errors import ConfigError
+from tickertape.errors import ConfigError, StoreError
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import SoupBinTCPServer
 from tickertape.sources.plugin import (
@@ -453,3 +454,87 @@ def test_serve_calls_a_function_at_its_rate(tmp_path: Path) -> None:
             [b"tick", b"3"],
         ]
         assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------------- failed ends
+
+
+def no_room(*args: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failed_end_is_told_to_the_source_and_the_session_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    told: list[str] = []
+
+    async def gen(ctx: SourceContext) -> AsyncIterator[bytes | EndSession]:
+        yield b"one"
+        try:
+            yield END_SESSION
+        except StoreError as exc:
+            told.append(str(exc))
+        yield b"two"
+        try:
+            await ctx.end_session()
+        except StoreError as exc:
+            told.append(str(exc))
+        yield b"three"
+        yield END_SESSION  # not caught: the source stops
+
+    async def scenario(engine: Engine, server: SoupBinTCPServer) -> None:
+        first = engine.session_id
+        monkeypatch.setattr(engine.catalogue, "open_next", no_room)
+        await run_source(engine, as_source(gen))  # returns: nothing raised here
+        assert engine.session_id == first
+        assert await first_messages(server.port, 3) == [b"one", b"two", b"three"]
+        assert await engine.publish(b"later") == 4  # the server serves on
+
+    with caplog.at_level(logging.INFO, logger="tickertape"):
+        run(tmp_path, scenario)
+    assert len(told) == 2
+    assert all("No space left on device" in reason for reason in told)
+    assert "ending session" in caplog.text and "failed, so it goes on" in caplog.text
+    assert "is stopped (the server keeps serving): StoreError: rolling session" in caplog.text
+
+
+def test_a_function_whose_end_fails_goes_on_being_called_in_the_same_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(engine: Engine, server: SoupBinTCPServer) -> None:
+        first = engine.session_id
+        monkeypatch.setattr(engine.catalogue, "open_next", no_room)
+        task = asyncio.create_task(run_source(engine, load_source(spec("ticker"), 200)))
+        await until(lambda: engine.next_seq > 12)  # calls 6 and 12 failed to end it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.session_id == first
+        got = await first_messages(server.port, 12)
+        assert got[:5] == [f"{first} tick {n}".encode() for n in range(1, 6)]
+        assert got[5:10] == [f"{first} tick {n}".encode() for n in range(7, 12)]
+
+    monkeypatch.setenv("EXAMPLE_COUNT", "5")
+    run(tmp_path, scenario)
+
+
+def test_a_plain_function_runs_off_the_event_loop_and_is_told_to_return_end_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    threads: list[str] = []
+
+    def make(ctx: SourceContext) -> bytes:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            ctx.end_session()  # refused: it runs on a thread
+        return b"made"
+
+    async def scenario(engine: Engine, server: SoupBinTCPServer) -> None:
+        await run_source(engine, as_source(make, 100))
+        assert engine.next_seq == 2  # the first call's message; the second raised
+
+    run(tmp_path, scenario)
+    assert threading.main_thread().name not in threads
+    assert "a plain function, which runs on a thread of its own, returns END_SESSION" in (
+        caplog.text
+    )

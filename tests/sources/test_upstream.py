@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socket
 import subprocess
@@ -39,7 +40,7 @@ from tickertape.sources.upstream import Upstream, first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
 
-from support import ServerProcess
+from support import ServerProcess, running_server
 
 TIMEOUT = 30.0
 """Seconds any one wait may take before the test fails."""
@@ -610,3 +611,48 @@ def test_a_relay_refused_by_its_upstream_logs_the_upstreams_reason(tmp_path: Pat
         with pytest.raises(LoginRejected) as refused:
             asyncio.run(resumed())
         assert "wrong username or password for user 'relay'" in str(refused.value)
+
+
+# ---------------------------------------------------------------------------- failed rolls
+
+
+def test_a_relay_that_cannot_roll_into_the_next_session_serves_on_and_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with running_server(tmp_path / "a") as (upstream, upstream_server):
+            first = upstream.session_id
+            relay = Engine(Catalogue(tmp_path / "b", Durability.NONE))
+            await relay.start(roll_on_schedule=False, session=first)
+            feed = asyncio.create_task(
+                run_upstream(relay, Upstream.parse(url(upstream_server.port)))
+            )
+            try:
+                await upstream.publish_many([b"one", b"two"])
+                await until(lambda: relay.next_seq == 3, "the relay to copy the session")
+                open_exact = relay.catalogue.open_exact
+
+                def no_room(*args: object) -> None:
+                    raise OSError(28, "No space left on device")
+
+                monkeypatch.setattr(relay.catalogue, "open_exact", no_room)
+                second = await upstream.roll()
+                await until(
+                    lambda: "cannot follow the upstream into session" in caplog.text,
+                    "the failed roll to be logged",
+                )
+                assert not feed.done()  # the feed, and the server, go on
+                assert relay.session_id == first
+                monkeypatch.setattr(relay.catalogue, "open_exact", open_exact)
+                await until(lambda: relay.session_id == second, "the roll to be tried again")
+                await upstream.publish(b"three")
+                await until(lambda: relay.next_seq == 2, "the next session to be copied")
+            finally:
+                feed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feed
+                await relay.close()
+
+    with caplog.at_level(logging.INFO, logger="tickertape"):
+        asyncio.run(asyncio.wait_for(main(), 60))
+    assert "No space left on device" in caplog.text

@@ -477,3 +477,80 @@ def test_start_up_leaves_a_damaged_ended_session_as_it_is(tmp_path: Path) -> Non
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     Catalogue(tmp_path).open_active(TODAY)[1].close()
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+# ---------------------------------------------------------------------------- creation, strays
+
+
+def test_a_creation_that_fails_leaves_nothing_and_ends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_session(tmp_path, "2026112801", [b"yesterday"])  # never ended
+    real_open = os.open
+
+    def no_room(path: object, flags: int, *args: int, **kwargs: object) -> int:
+        if str(path).endswith(f"/{LOG_FILE}") and ".creating-" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_room)
+    with pytest.raises(OSError, match="No space"):
+        Catalogue(tmp_path).open_active(TODAY)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026112801"]
+    assert not (tmp_path / "2026112801" / ENDED_MARKER).exists()  # it may still go on
+    session, session_log = Catalogue(tmp_path).open_active(TODAY)
+    session_log.close()
+    assert str(session) == "2026112901"
+    assert (tmp_path / "2026112801" / ENDED_MARKER).exists()
+
+
+def test_what_an_interrupted_creation_left_is_removed_by_the_writer(tmp_path: Path) -> None:
+    make_session(tmp_path, "2026112901", [b"one"])
+    (tmp_path / ".creating-2026112902" / LOG_FILE).parent.mkdir()
+    (tmp_path / ".creating-2026112902" / LOG_FILE).touch()
+    (tmp_path / "2026112903").mkdir()  # an older version's interrupted roll
+    catalogue = Catalogue(tmp_path)
+    assert ids(catalogue) == ["2026112901"]  # a reader skips both
+    session, session_log = catalogue.open_active(TODAY)
+    session_log.close()
+    assert str(session) == "2026112901"  # continued
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026112901"]
+    assert str(catalogue.open_next(session, TODAY)[0]) == "2026112902"
+
+
+def test_strays_and_symlinks_are_skipped_with_one_warning_and_never_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    make_session(root, "2026112901", [b"one"])
+    make_session(outside, "2026112701", [b"outside"])
+    (root / "2026112701").symlink_to(outside / "2026112701")
+    (root / "2026112702").mkdir()
+    (root / "2026112702" / INDEX_FILE).write_bytes(b"x" * 32)
+    (root / "2026112703" / LOG_FILE).mkdir(parents=True)
+    (root / "2026112704").mkdir()
+    (root / "2026112704" / LOG_FILE).symlink_to(outside / "2026112701" / LOG_FILE)
+    catalogue = Catalogue(root)
+    with caplog.at_level(logging.WARNING):
+        assert ids(catalogue) == ["2026112901"]
+        assert ids(catalogue) == ["2026112901"]
+    warned = sorted(r.getMessage() for r in caplog.records)
+    assert len(warned) == 4, warned  # one each, however often listed
+    assert "2026112701 (a symbolic link)" in warned[0]
+    assert "2026112702 (a directory with no log, only: index)" in warned[1]
+    assert "2026112703 (a directory whose log is not a file)" in warned[2]
+    assert "2026112704 (a directory whose log is a symbolic link)" in warned[3]
+    for name in ["2026112701", "2026112702", "2026112703", "2026112704"]:
+        with pytest.raises(SessionNotFound, match=name):
+            catalogue.find(name)
+    with pytest.raises(StoreError, match="a symbolic link"):
+        catalogue.mark_ended(SessionId.parse("2026112701"))
+    _, session_log = catalogue.open_active(TODAY)
+    session_log.close()
+    assert not (outside / "2026112701" / ENDED_MARKER).exists()
+    # A new session never takes a name something else holds.
+    following, following_log = catalogue.open_next(SessionId.parse("2026112701"), TODAY)
+    following_log.close()
+    assert str(following) == "2026112902"
+    assert catalogue._unused(SessionId.parse("2026112701")) == SessionId.parse("2026112705")

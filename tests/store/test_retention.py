@@ -80,3 +80,38 @@ def test_an_interrupted_deletion_is_finished_and_never_served(tmp_path: Path) ->
 def test_negative_days_are_refused() -> None:
     with pytest.raises(ConfigError, match="--delete-after -1: a number of days"):
         Retention(delete_after_days=-1)
+
+
+@pytest.mark.parametrize("option", ["archive", "delete"])
+def test_zero_days_takes_every_ended_session_todays_too(tmp_path: Path, option: str) -> None:
+    make(tmp_path, "2026112901")  # today's, ended
+    make(tmp_path, "2026112801")  # yesterday's
+    make(tmp_path, "2026112902", ended=False)  # today's, active
+    retention = (
+        Retention(archive_after_days=0) if option == "archive" else Retention(delete_after_days=0)
+    )
+    done = apply_retention(Catalogue(tmp_path), TODAY, retention)
+    verb = "archived" if option == "archive" else "deleted"
+    assert [line.split(":")[0] for line in done] == [
+        f"{verb} session 2026112801 (1 day old)",
+        f"{verb} session 2026112901 (0 days old)",
+    ]
+    assert (tmp_path / "2026112902" / LOG_FILE).exists()
+
+
+def test_days_count_from_the_date_in_the_id(tmp_path: Path) -> None:
+    make(tmp_path, "2026112201")  # 7 days old
+    make(tmp_path, "2026112301")  # 6 days old
+    done = apply_retention(Catalogue(tmp_path), TODAY, Retention(delete_after_days=7))
+    assert done == ["deleted session 2026112201 (7 days old)"]
+
+
+def test_the_policy_is_described_for_the_log() -> None:
+    assert Retention().describe().startswith("ended sessions are kept as they are")
+    assert Retention(archive_after_days=0, delete_after_days=30).describe() == (
+        "ended sessions are archived once ended (today's too: 0 days), and deleted once "
+        "30 days old or more"
+    )
+    assert Retention(archive_after_days=1).describe() == (
+        "ended sessions are archived once 1 day old or more"
+    )

@@ -8,8 +8,8 @@
                                    live)
     GET  /sessions                 every session: id, state, messages, bytes on disk
     GET  /sessions/{id}            one session in detail; 404 if there is none
-    POST /roll                     end the active session and open the next
-    POST /end                      the same: End of Session to every subscriber
+    POST /roll                     end the active session (End of Session to every
+                                   subscriber) and open the next at once
     POST /sessions/{id}/archive    archive an ended session; 409 for the active one
 
 A server that follows another's data directory (``serve --follow``) serves the reading
@@ -37,6 +37,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,8 +68,7 @@ ADMIN_HOST: Final = "127.0.0.1"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 _ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
 _ENDPOINTS: Final = (
-    "GET /status, GET /sessions, GET /sessions/{id}, POST /roll, POST /end, "
-    "POST /sessions/{id}/archive"
+    "GET /status, GET /sessions, GET /sessions/{id}, POST /roll, POST /sessions/{id}/archive"
 )
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,10 +107,17 @@ class AdminServer:
         self.server = server
         self.config = config or AdminConfig()
         self._runner: web.AppRunner | None = None
+        self._socket: socket.socket | None = None
         self._port = 0
         self._facts = LogFactsCache()
         self._archiving: set[str] = set()
         self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def bind(self) -> None:
+        """Bind the port now (an ``OSError`` if it is taken): :meth:`start` then serves
+        on it. A server binds before it opens its session, so that a taken port changes
+        nothing."""
+        self._socket = socket.create_server((ADMIN_HOST, self.config.port))
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._answer_errors])
@@ -118,7 +125,6 @@ class AdminServer:
         app.router.add_get("/sessions", self._sessions)
         app.router.add_get("/sessions/{id}", self._session)
         app.router.add_post("/roll", self._roll)
-        app.router.add_post("/end", self._end)
         app.router.add_post("/sessions/{id}/archive", self._archive)
         runner = web.AppRunner(
             app,
@@ -128,7 +134,11 @@ class AdminServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, ADMIN_HOST, self.config.port, reuse_address=True)
+            site: web.BaseSite
+            if self._socket is not None:
+                site = web.SockSite(runner, self._socket)
+            else:
+                site = web.TCPSite(runner, ADMIN_HOST, self.config.port, reuse_address=True)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -170,6 +180,8 @@ class AdminServer:
         return str(host), int(port)
 
     async def close(self) -> None:
+        if self._runner is None and self._socket is not None:
+            self._socket.close()  # bound, never served
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -251,24 +263,17 @@ class AdminServer:
         return engine
 
     async def _roll(self, request: web.Request) -> web.Response:
-        return await self._rolled(request, "roll", self._writable().roll)
-
-    async def _end(self, request: web.Request) -> web.Response:
-        return await self._rolled(request, "end", self._writable().end_session)
-
-    async def _rolled(
-        self, request: web.Request, verb: str, act: Callable[[], Awaitable[str]]
-    ) -> web.Response:
+        engine = self._writable()
         await self._authorize(request)
-        relay = getattr(self.engine, "relay_from", None)
+        relay = getattr(engine, "relay_from", None)
         if relay is not None:
             raise ApiError(
                 409,
                 f"this server relays {relay}: its sessions end and roll with the upstream's",
             )
-        ended = self.engine.session_id
-        log.info("admin API: %s of session %s asked by %s", verb, ended, request.remote)
-        following = await act()
+        ended = engine.session_id
+        log.info("admin API: roll of session %s asked by %s", ended, request.remote)
+        following = await engine.roll()
         return _json({"ended": ended, "session": following})
 
     async def _archive(self, request: web.Request) -> web.Response:
@@ -278,8 +283,8 @@ class AdminServer:
         if session_id == self.engine.session_id:
             raise ApiError(
                 409,
-                f"session {session_id} is the active session and cannot be archived: end it "
-                "first (POST /end, or tickertape sessions end), then archive it",
+                f"session {session_id} is the active session and cannot be archived: roll it "
+                "first (POST /roll, or tickertape sessions roll), then archive it",
             )
         if session_id in self._archiving:
             raise ApiError(409, f"session {session_id} is being archived already")

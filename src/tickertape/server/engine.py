@@ -193,6 +193,7 @@ class Engine(Tail):
             self.catalogue.unlock()
             raise
         self._open(session_id, session_log)
+        log.info("retention: %s", self.retention.describe())
         self._keep_house()
         if roll_on_schedule:
             self._roller = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
@@ -283,7 +284,14 @@ class Engine(Tail):
                     )
                 # What an end promises is durable before the end is: the log and index.
                 await loop.run_in_executor(self._executor, ended_log.sync)
-                await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                try:
+                    await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                except BaseException:
+                    if to is None:  # it was just created, and is empty: no trace of it
+                        await loop.run_in_executor(
+                            self._executor, self.catalogue.discard, next_id, next_log
+                        )
+                    raise
                 # From here to the switch nothing awaits: a subscriber that logged in to
                 # the ended session meanwhile is live in it, and is told with the rest.
                 self._switch(next_id, next_log)

@@ -304,7 +304,10 @@ class SoupBinTCPServer:
             del self._closed_logs[session]
         session_log.close()
 
-    async def start(self) -> None:
+    async def start(self, *, serving: bool = True) -> None:
+        """Bind the port (an ``OSError`` if it is taken) and, unless ``serving`` is
+        False, accept connections. With False, :meth:`start_serving` accepts them: a
+        server binds before it opens its session, so that a taken port changes nothing."""
         loop = asyncio.get_running_loop()
         tls = self.config.ssl
 
@@ -320,11 +323,27 @@ class SoupBinTCPServer:
             )
             factory = self._gate.factory
         self._server = await loop.create_server(
-            factory, self.config.host, self.config.port, reuse_address=True
+            factory,
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            start_serving=serving,
         )
+        if serving:
+            self._listening()
+
+    async def start_serving(self) -> None:
+        """Accept connections on the port :meth:`start` bound with ``serving=False``."""
+        assert self._server is not None, "start() binds the port first"
+        await self._server.start_serving()
+        self._listening()
+
+    def _listening(self) -> None:
+        assert self._server is not None
+        tls = " (TLS)" if self.config.ssl else ""
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
-            log.info("SoupBinTCP listening on %s:%d%s", host, port, " (TLS)" if tls else "")
+            log.info("SoupBinTCP listening on %s:%d%s", host, port, tls)
 
     @property
     def port(self) -> int:

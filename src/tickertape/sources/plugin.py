@@ -18,7 +18,12 @@ and MessageGeneratorTask:
 - **a function called at a rate** (``def make(ctx)``, or ``async def``), with
   ``--source-rate N``: called N times a second, it returns a payload, a list of them,
   ``None`` (nothing this time) or :data:`END_SESSION`; the calls go on in the next
-  session. An async function's result is awaited.
+  session. A plain function is called on a thread of its own (one at a time, in
+  order), so one that blocks (reading a socket, a file, a lock) holds up only itself,
+  never the server's heartbeats and clients: it then simply falls behind its rate.
+  There it ends the session by returning :data:`END_SESSION` (``ctx.end_session()`` is
+  for the event loop). An async function runs on the event loop and is awaited: it must
+  not block.
 
 What a source makes is gathered while the previous batch is being persisted, then
 published with one :meth:`~tickertape.server.engine.Engine.publish_many` call (group
@@ -32,25 +37,36 @@ is under way, lands in the new session.
 
 A source that raises, or yields something that is not a payload, is logged with its
 traceback and stopped; what it made before is published and the server keeps serving.
+
+An end of session that fails (no room on the disk for the next session, or the day's
+99th session already open) ends nothing: the session goes on, the log says why, and the
+source is told. An async generator has the :class:`~tickertape.errors.StoreError`
+raised at the ``yield END_SESSION`` (catch it to go on in the same session; if it is not
+caught, the source stops, as any failing source does); the future
+``ctx.end_session()`` returned raises it; a function called at a rate goes on being
+called, in the same session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
 import logging
 import os
+import queue
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
-from tickertape.errors import ConfigError
+from tickertape.errors import ConfigError, StoreError
 from tickertape.server.engine import Engine
 from tickertape.sources.persist import publish_until_persisted
 from tickertape.text import plural
@@ -238,6 +254,7 @@ class SourceContext:
         self._runner = runner
         self._callbacks: list[Callable[[str], object]] = []
         self._waiters: list[asyncio.Future[str]] = []
+        self._loop = asyncio.get_running_loop()
         engine.on_roll(self._rolled)
 
     @property
@@ -267,7 +284,18 @@ class SourceContext:
         """End the active session after everything this source made so far (what it
         makes from now on goes into the next session). Returns a future of the next
         session's id, which may be awaited or ignored; from a plain function, returning
-        :data:`END_SESSION` does the same."""
+        :data:`END_SESSION` does the same (and is the only way from a plain function,
+        which runs on a thread of its own). If the end fails, the future raises the
+        :class:`~tickertape.errors.StoreError` saying why, and the session goes on."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop:
+            raise RuntimeError(
+                "ctx.end_session() is called on the event loop only: a plain function, "
+                "which runs on a thread of its own, returns END_SESSION instead"
+            )
         return self._runner.end()
 
     def _rolled(self, ended: str, ended_log: object, following: str) -> None:
@@ -290,13 +318,63 @@ class SourceContext:
 # ---------------------------------------------------------------------------- running
 
 
+def _new_done() -> asyncio.Future[str]:
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    # A failed end that nobody awaits is not "never retrieved": the log said why.
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return done
+
+
 @dataclass(slots=True)
 class _Ending:
     """An end of session in a source's output, and who waits for it."""
 
-    done: asyncio.Future[str] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    done: asyncio.Future[str] = field(default_factory=_new_done)
+
+
+_T = TypeVar("_T")
+
+
+class _Worker:
+    """A thread of its own on which a source's plain function is called, so that a call
+    that blocks holds up only the source. A daemon: a call that never returns does not
+    hold up the process's exit."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    async def call(self, work: Callable[[], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def settle(result: _T | None, error: BaseException | None) -> None:
+            if future.done():
+                return  # the caller was cancelled
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(cast("_T", result))
+
+        def job() -> None:
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the caller, on the event loop
+                outcome: tuple[_T | None, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            with contextlib.suppress(RuntimeError):  # the event loop has closed
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        self._jobs.put(job)
+        return await future
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
 
 async def run_source(engine: Engine, source: Source) -> None:
@@ -401,13 +479,29 @@ class _Runner:
         made = self.source.function(self.context)
         if not isinstance(made, AsyncIterator):
             raise TypeError(f"it returned {_a(type(made).__name__)}, not an async iterator")
+        failed: StoreError | None = None
         try:
-            async for item in made:
+            while True:
+                try:
+                    if failed is None:
+                        item = await anext(made)
+                    else:
+                        # The end of session failed: raised at the generator's yield.
+                        thrower = getattr(made, "athrow", None)
+                        if thrower is None:
+                            raise failed
+                        item = await thrower(failed)
+                        failed = None
+                except StopAsyncIteration:
+                    break
                 ending = self.put(item)
                 if ending is not None:
                     # Resume the generator in the next session: what it makes from
                     # here on is tagged with, and lands in, the new session.
-                    await ending.done
+                    try:
+                        await ending.done
+                    except StoreError as exc:
+                        failed = exc
                 elif self.full:
                     await self.wait_for_room()
         finally:
@@ -422,26 +516,55 @@ class _Runner:
         assert self.source.rate is not None
         rate = self.source.rate
         function = self.source.function
+        context = self.context
         loop = asyncio.get_running_loop()
+        worker = None if _is_async(function) else _Worker(f"source {self.source.name}")
         started = loop.time()
         calls = 0
-        while True:
-            due = int((loop.time() - started) * rate) - calls
-            if due <= 0:
-                await asyncio.sleep(max((calls + 1) / rate - (loop.time() - started), 0.0))
-                continue
-            for _ in range(min(due, self.engine.config.max_batch_messages)):
-                calls += 1
-                made = function(self.context)
-                if inspect.isawaitable(made):
-                    made = await made
-                ending = self.put(made)
-                if ending is not None:
-                    await ending.done
-                    started, calls = loop.time(), 0  # no burst for the time the roll took
-                    break
-                if self.full:
-                    await self.wait_for_room()
+        try:
+            while True:
+                due = int((loop.time() - started) * rate) - calls
+                if due <= 0:
+                    await asyncio.sleep(max((calls + 1) / rate - (loop.time() - started), 0.0))
+                    continue
+                count = min(due, self.engine.config.max_batch_messages)
+                failure: Exception | None = None
+                if worker is None:  # an async function: called and awaited one by one
+                    for _ in range(count):
+                        made = function(context)
+                        if inspect.isawaitable(made):
+                            made = await made
+                        calls += 1
+                        if await self._take(made):
+                            started, calls = loop.time(), 0  # no burst for the roll's time
+                            break
+                else:
+                    results, failure = await worker.call(
+                        functools.partial(_call_many, function, context, count)
+                    )
+                    calls += len(results)
+                    for result in results:
+                        made = await result if inspect.isawaitable(result) else result
+                        if await self._take(made):
+                            started, calls = loop.time(), 0  # no burst for the roll's time
+                if failure is not None:
+                    raise failure
+        finally:
+            if worker is not None:
+                worker.close()
+
+    async def _take(self, made: object) -> bool:
+        """Buffer what a called function made; whether it ended the session (then the
+        end has been tried: the calls go on in the next session, or, if it failed, the
+        same one)."""
+        ending = self.put(made)
+        if ending is not None:
+            with contextlib.suppress(StoreError):  # the consumer said why
+                await ending.done
+            return True
+        if self.full:
+            await self.wait_for_room()
+        return False
 
     # -------------------------------------------------------------- the consumer's side
 
@@ -483,7 +606,8 @@ class _Runner:
             plural(self.published, "message"),
             ending,
         )
-        await self.engine.end_session()
+        with contextlib.suppress(StoreError):  # the engine logged why; nothing more to tell
+            await self.engine.end_session()
 
     async def _consume(self) -> bool:
         """Publish until the producer has finished and everything it made is published;
@@ -513,9 +637,22 @@ class _Runner:
                 if payloads:
                     await self._publish(payloads)
                     payloads = []
-                following = await self.engine.end_session()
-                if not entry.done.done():
-                    entry.done.set_result(following)
+                ending = self.engine.session_id
+                try:
+                    following = await self.engine.end_session()
+                except StoreError as exc:
+                    log.error(
+                        "source %s: ending session %s failed, so it goes on (the source is "
+                        "told): %s",
+                        self.source.name,
+                        ending,
+                        exc,
+                    )
+                    if not entry.done.done():
+                        entry.done.set_exception(exc)
+                else:
+                    if not entry.done.done():
+                        entry.done.set_result(following)
                 ended_last = True
             if payloads:
                 await self._publish(payloads)
@@ -529,6 +666,37 @@ class _Runner:
         for entry in (*self.in_hand, *self.buffer):
             if isinstance(entry, _Ending):
                 entry.done.cancel()
+
+
+def _is_async(function: Callable[..., object]) -> bool:
+    """Whether calling ``function`` makes a coroutine (it runs on the event loop)."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 (an object with an async __call__)
+    )
+
+
+def _ends(made: object) -> bool:
+    """Whether what a called function returned ends the session."""
+    if made is END_SESSION:
+        return True
+    return isinstance(made, list | tuple) and any(part is END_SESSION for part in made)
+
+
+def _call_many(
+    function: Callable[[SourceContext], object], context: SourceContext, count: int
+) -> tuple[list[object], Exception | None]:
+    """Up to ``count`` calls of a plain function, on its worker thread: what they made,
+    up to the first that ends the session; and the exception a call raised, if one did
+    (what was made before it is still published)."""
+    made: list[object] = []
+    try:
+        for _ in range(count):
+            made.append(function(context))
+            if _ends(made[-1]):
+                break
+    except Exception as exc:
+        return made, exc
+    return made, None
 
 
 def _as_bytes(item: object) -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tickertape.client.soupbintcp import Subscription, active_session
-from tickertape.errors import ConfigError, LoginRejected
+from tickertape.errors import ConfigError, LoginRejected, StoreError
 from tickertape.server.engine import Engine
 from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.sessionid import SessionId
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY: Final = 1.0
 """Seconds between attempts to learn the upstream's next session after it ended one."""
+DEFAULT_ROLL_RETRY: Final = 1.0
+"""Seconds before a roll into the upstream's next session that failed is tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,21 @@ async def run_upstream(engine: Engine, upstream: Upstream) -> None:
         # to its active session.
         following = await _next_session(upstream, after=session)
         log.info("upstream session %s ended; next is %s", session, following)
-        await engine.roll(to=following)
+        while True:
+            try:
+                await engine.roll(to=following)
+                break
+            except StoreError as exc:
+                # The disk is full, say: the server serves on what it has, and follows
+                # the upstream once it can.
+                log.error(
+                    "upstream feed: cannot follow the upstream into session %s (trying "
+                    "again in %g s): %s",
+                    following,
+                    DEFAULT_ROLL_RETRY,
+                    exc,
+                )
+                await asyncio.sleep(DEFAULT_ROLL_RETRY)
 
 
 async def _next_session(upstream: Upstream, after: str) -> str:

@@ -7,14 +7,29 @@
       2026112902/  log  index
 
 A session whose directory holds ``ended`` is closed: it is served, never appended to.
+
+A session is created whole or not at all, as a restart sees it: its directory is built
+under a temporary name (``.creating-ID``, with an empty log and index, synced), then
+renamed to its id, and the data directory is synced. A crash (or a full disk) part way
+leaves only a ``.creating-`` directory, which no reader takes for a session and the next
+writer removes.
+
+The data directory is read defensively: only a real directory named like a session id,
+holding a regular ``log`` (or ``log.zst``, archived), is a session. Anything else in it (a
+symbolic link named like a session, an empty directory, one holding only ``index``, a
+``log`` that is a directory, files of other names) is skipped with one warning naming it,
+never followed, never written to. An empty directory named like a session (what a roll of
+an older version, killed part way, left) is removed by the next writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +38,7 @@ from typing import Final
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
 from tickertape.store.log import (
+    INDEX_FILE,
     LOG_FILE,
     Durability,
     Recovery,
@@ -36,6 +52,11 @@ log = logging.getLogger(__name__)
 
 ENDED_MARKER: Final = "ended"
 LOCK_FILE: Final = ".lock"
+CREATING_PREFIX: Final = ".creating-"
+"""A session being created: renamed to its id once whole."""
+DELETING_PREFIX: Final = ".deleting-"
+"""A session being deleted (by the retention policy): renamed from its id first."""
+_OWN_PREFIXES: Final = (LOCK_FILE, CREATING_PREFIX, DELETING_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +75,7 @@ class Catalogue:
         self.root = root
         self.durability = durability
         self._lock_fd: int | None = None
+        self._warned: set[str] = set()
 
     def lock(self) -> None:
         """Take the data directory for this process: two writers would interleave their
@@ -80,25 +102,79 @@ class Catalogue:
             self._lock_fd = None
 
     def sessions(self) -> list[SessionInfo]:
-        """Every session on disk, oldest first."""
+        """Every session on disk, oldest first. Anything else in the data directory is
+        skipped, with a warning naming it (once per catalogue)."""
         if not self.root.is_dir():
             return []
         found = []
         for entry in self.root.iterdir():
-            if entry.is_dir() and SessionId.is_valid(entry.name):
-                found.append(
-                    SessionInfo(SessionId.parse(entry.name), entry, (entry / ENDED_MARKER).exists())
-                )
+            if entry.name.startswith(_OWN_PREFIXES):
+                continue
+            why = _not_a_session(entry)
+            if why is not None:
+                if os.path.lexists(entry):  # else deleted since it was listed
+                    self._skip(entry, why)
+                continue
+            found.append(
+                SessionInfo(SessionId.parse(entry.name), entry, (entry / ENDED_MARKER).exists())
+            )
         found.sort(key=lambda info: info.id)
         return found
+
+    def _skip(self, entry: Path, why: str) -> None:
+        if entry.name not in self._warned:
+            self._warned.add(entry.name)
+            log.warning(
+                "skipping %s (%s): not a session tickertape made, so it is neither read, "
+                "followed nor changed",
+                entry,
+                why,
+            )
 
     def find(self, session: str) -> SessionInfo:
         """The session named ``session``; raises :class:`SessionNotFound`."""
         if SessionId.is_valid(session):
             path = self.root / session
-            if (path / LOG_FILE).exists() or (path / ARCHIVE_FILE).exists():
+            why = _not_a_session(path)
+            if why is None:
                 return SessionInfo(SessionId.parse(session), path, (path / ENDED_MARKER).exists())
+            if os.path.lexists(path):
+                raise SessionNotFound(f"no session {session!r} in {self.root}: {path} is {why}")
         raise SessionNotFound(f"no session {session!r} in {self.root}")
+
+    def tidy(self) -> None:
+        """Remove what interrupted work left (for the writer, holding the lock): a
+        session being created (``.creating-``) or deleted (``.deleting-``), and an
+        empty directory named like a session (a creation an older version did not
+        finish). Nothing else is touched."""
+        if not self.root.is_dir():
+            return
+        removed = False
+        for entry in self.root.iterdir():
+            if entry.name.startswith((CREATING_PREFIX, DELETING_PREFIX)) and entry.is_symlink():
+                continue  # not what tickertape makes: never followed
+            if entry.name.startswith(CREATING_PREFIX):
+                log.warning("removing %s: a session creation that did not finish", entry)
+                shutil.rmtree(entry)
+                removed = True
+            elif entry.name.startswith(DELETING_PREFIX):
+                log.info("removing %s: a session deletion that did not finish", entry)
+                shutil.rmtree(entry)
+                removed = True
+            elif (
+                SessionId.is_valid(entry.name)
+                and not entry.is_symlink()
+                and entry.is_dir()
+                and not any(entry.iterdir())
+            ):
+                log.warning(
+                    "removing %s: an empty directory, from a session creation that did not finish",
+                    entry,
+                )
+                entry.rmdir()
+                removed = True
+        if removed:
+            _fsync_directory(self.root)
 
     def open_active(self, today: dt.date) -> tuple[SessionId, SessionLog]:
         """The session to append to on start-up.
@@ -115,6 +191,7 @@ class Catalogue:
         crash in between, the repaired log would no longer show what was cut.
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        self.tidy()
         latest: SessionInfo | None = None
         sessions = self.sessions()
         for info in sessions:
@@ -126,18 +203,20 @@ class Catalogue:
         for info in sessions:
             if info.id.day == today:
                 latest = info
+        if latest is not None and not latest.ended:
+            session_id, opened = self._continue(latest, today)
+        else:
+            session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
+            session_id = self._unused(session_id)
+            opened = self.create(session_id)
+        # Only now that the active session is open: ending the others first would end
+        # a session that a failed start should have left to go on.
         for info in sessions:
-            if info is not latest and not info.ended:
+            if info.id != session_id and not info.ended:
                 # Its day is over, or a later session of the same day replaced it.
                 log.info("session %s was never ended: ending it", info.id)
                 self.mark_ended(info.id)
-        self.set_tails_aside(info for info in sessions if info is not latest or info.ended)
-        if latest is not None and not latest.ended:
-            return self._continue(latest, today)
-        session_id = latest.id.next_roll() if latest else SessionId.first_of(today)
-        opened = SessionLog.open(
-            self.root / str(session_id), durability=self.durability, create=True
-        )
+        self.set_tails_aside(info for info in sessions if info.id != session_id)
         return session_id, opened
 
     def set_tails_aside(self, ended: Iterable[SessionInfo]) -> None:
@@ -208,12 +287,59 @@ class Catalogue:
         """Create the session that follows ``ended``: counter 01 of ``day`` if that is a
         later day, else the next counter of ``ended``'s day."""
         session_id = SessionId.first_of(day) if day > ended.day else ended.next_roll()
-        while (self.root / str(session_id)).exists():  # the clock went back: never reuse
+        session_id = self._unused(session_id)
+        return session_id, self.create(session_id)
+
+    def _unused(self, session_id: SessionId) -> SessionId:
+        """``session_id``, or the first after it whose name nothing in the data directory
+        holds: a session the clock went back to, or a stray entry, is never reused."""
+        while os.path.lexists(self.root / str(session_id)):
             session_id = session_id.next_roll()
-        created = SessionLog.open(
-            self.root / str(session_id), durability=self.durability, create=True
-        )
-        return session_id, created
+        return session_id
+
+    def create(self, session_id: SessionId) -> SessionLog:
+        """Create session ``session_id`` whole, or not at all (see the module's
+        documentation), and open it to append to. Raises :class:`StoreError` (or the
+        ``OSError``: a full disk) with nothing left behind."""
+        final = self.root / str(session_id)
+        building = self.root / f"{CREATING_PREFIX}{session_id}"
+        if os.path.lexists(final):
+            raise StoreError(f"cannot create session {session_id}: {final} is in the way")
+        if building.is_symlink():
+            building.unlink()
+        elif building.exists():
+            shutil.rmtree(building)
+        try:
+            building.mkdir()
+            for name in (LOG_FILE, INDEX_FILE):
+                fd = os.open(building / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_directory(building)
+            os.rename(building, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(building)
+            raise
+        _fsync_directory(self.root)
+        return SessionLog.open(final, durability=self.durability)
+
+    def discard(self, session_id: SessionId, created: SessionLog) -> None:
+        """Close and remove a session :meth:`create` has just made, which nothing was
+        written to (a roll that could not end the session before it). Renamed first, so
+        that a crash midway leaves no part of it that could be taken for a session."""
+        created.close()
+        path = self.root / str(session_id)
+        doomed = self.root / f"{DELETING_PREFIX}{session_id}"
+        try:
+            path.rename(doomed)
+            _fsync_directory(self.root)
+            shutil.rmtree(doomed)
+            _fsync_directory(self.root)
+        except OSError as exc:
+            log.error("session %s was created but cannot be removed: %s", session_id, exc)
 
     def open_exact(self, session_id: SessionId) -> SessionLog:
         """Open ``session_id`` to append to: continue it, or create it. For a server
@@ -223,14 +349,16 @@ class Catalogue:
         info = next((i for i in self.sessions() if i.id == session_id), None)
         if info is not None and info.ended:
             raise StoreError(f"session {session_id} has ended; it cannot be appended to")
+        if info is None:
+            opened = self.create(session_id)  # raises if a stray entry holds the name
+        else:
+            opened = SessionLog.open(info.path, durability=self.durability)
         others = [other for other in self.sessions() if other.id != session_id]
         for other in others:
             if not other.ended:
                 self.mark_ended(other.id)
         self.set_tails_aside(others)
-        return SessionLog.open(
-            self.root / str(session_id), durability=self.durability, create=info is None
-        )
+        return opened
 
     def open_closed(self, session: str) -> SessionLog | ArchivedLog:
         """A read-only view of an ended session, archived or not. A session that has
@@ -242,14 +370,52 @@ class Catalogue:
 
     def mark_ended(self, session: SessionId) -> None:
         """Persist that ``session`` has ended."""
-        marker = self.root / str(session) / ENDED_MARKER
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+        directory = self.root / str(session)
+        why = _not_a_session(directory)
+        if why is not None and os.path.lexists(directory):  # if absent, os.open says so
+            raise StoreError(f"cannot end session {session}: {directory} is {why}")
+        # O_NOFOLLOW: a symbolic link named ``ended`` is not written through.
+        fd = os.open(directory / ENDED_MARKER, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        dir_fd = os.open(marker.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_directory(directory)
+
+
+def _not_a_session(entry: Path) -> str | None:
+    """None if ``entry`` is a session directory tickertape made; else what it is."""
+    if not SessionId.is_valid(entry.name):
+        return "not named like a session (YYYYMMDDNN)"
+    if entry.is_symlink():
+        return "a symbolic link"
+    if not entry.exists():
+        return "not there"
+    if not entry.is_dir():
+        return "not a directory"
+    kinds = []
+    for name in (LOG_FILE, ARCHIVE_FILE):
+        part = entry / name
+        if part.is_symlink():
+            return f"a directory whose {name} is a symbolic link"
+        if part.is_file():
+            return None
+        if part.exists():
+            kinds.append(f"a directory whose {name} is not a file")
+    if kinds:
+        return kinds[0]
+    try:
+        held = sorted(p.name for p in entry.iterdir())
+    except OSError as exc:
+        return f"a directory that cannot be read ({exc.strerror})"
+    if not held:
+        return "an empty directory"
+    return f"a directory with no log, only: {', '.join(held[:5])}"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

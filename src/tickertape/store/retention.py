@@ -1,5 +1,10 @@
 """What happens to closed sessions as they age: archived after N days, deleted after M.
 
+A session's age is in days, from the date in its id to today: today's sessions are 0 days
+old, yesterday's 1. An ended session is archived once it is ``archive_after_days`` old or
+more, and deleted once it is ``delete_after_days`` old or more: 0 means every ended
+session, today's too (as soon as it ends: the pass runs at start and after each roll).
+
 Nothing is archived or deleted unless the operator configured it. The active session,
 and any session not yet ended, are never touched.
 """
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 from tickertape.errors import ConfigError, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, archive_session
-from tickertape.store.catalogue import Catalogue
+from tickertape.store.catalogue import DELETING_PREFIX, Catalogue, _fsync_directory
 from tickertape.text import plural
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,29 @@ class Retention:
     def configured(self) -> bool:
         return self.archive_after_days is not None or self.delete_after_days is not None
 
+    def describe(self) -> str:
+        """The policy, in a sentence for the log."""
+        if not self.configured:
+            return (
+                "ended sessions are kept as they are (nothing is archived or deleted: "
+                "--archive-after and --delete-after)"
+            )
+        parts = [
+            f"{verb} once {_age(days)}"
+            for verb, days in (
+                ("archived", self.archive_after_days),
+                ("deleted", self.delete_after_days),
+            )
+            if days is not None
+        ]
+        return "ended sessions are " + ", and ".join(parts)
+
+
+def _age(days: int) -> str:
+    if days == 0:
+        return "ended (today's too: 0 days)"
+    return f"{days} day{'s' if days != 1 else ''} old or more"
+
 
 def apply_retention(
     catalogue: Catalogue, today: dt.date, retention: Retention, keep: frozenset[str] = frozenset()
@@ -49,16 +77,18 @@ def apply_retention(
         if not info.ended or str(info.id) in keep:
             continue
         age = (today - info.id.day).days
-        if retention.delete_after_days is not None and age > retention.delete_after_days:
+        if retention.delete_after_days is not None and age >= retention.delete_after_days:
             # Renamed first, so that a crash midway leaves no half-deleted session that
             # could be served: the name is no longer a session id.
-            doomed = info.path.with_name(f".deleting-{info.id}")
+            doomed = info.path.with_name(f"{DELETING_PREFIX}{info.id}")
             info.path.rename(doomed)
+            _fsync_directory(catalogue.root)
             shutil.rmtree(doomed)
+            _fsync_directory(catalogue.root)
             done.append(f"deleted session {info.id} ({plural(age, 'day')} old)")
         elif (
             retention.archive_after_days is not None
-            and age > retention.archive_after_days
+            and age >= retention.archive_after_days
             and not (info.path / ARCHIVE_FILE).exists()
         ):
             try:
@@ -68,11 +98,13 @@ def apply_retention(
                 continue
             done.append(
                 f"archived session {info.id} ({plural(age, 'day')} old): "
-                f"{result.original_bytes} bytes "
-                f"to {result.archived_bytes}"
+                f"{result.original_bytes} bytes to {result.archived_bytes}"
             )
-    for leftover in catalogue.root.glob(".deleting-*"):
+    for leftover in catalogue.root.glob(f"{DELETING_PREFIX}*"):
+        if leftover.is_symlink() or not leftover.is_dir():
+            continue  # not what a deletion leaves: never followed
         shutil.rmtree(leftover)  # a deletion a crash interrupted
+        _fsync_directory(catalogue.root)
     for line in done:
         log.info("%s", line)
     return done
