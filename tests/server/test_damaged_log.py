@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.protocol.publishing import Ack
+from tickertape.store.archive import ARCHIVE_FILE, archive_session
 from tickertape.store.log import verify
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
@@ -492,20 +494,95 @@ def closed(
         yield ClosedSessions(server, data, damaged)
 
 
+def served_whole(damage: Damage, pristine: Pristine) -> bool:
+    """Whether the damage leaves every message of the session served, and nothing of
+    its log unread: then, and only then, a pull ends with End of Session."""
+    return damage.intact(pristine) == ALL and damage.cut_at(pristine) is None
+
+
+@dataclass
+class RawPull:
+    """A pull as a client written from the spec sees it: Login Accepted's body, the
+    payloads of the Sequenced Data packets, the packets after them (type and body), and
+    how the connection ended (``eof`` or ``reset``)."""
+
+    accepted: bytes
+    payloads: list[bytes]
+    after: list[tuple[bytes, bytes]]
+    ended: str
+
+
+def raw_pull(port: int, session: str, seq: int = 1) -> RawPull:
+    """Log in to ``session`` from ``seq`` (spec 2.3.1) with a plain socket, and read
+    every packet until the server closes the connection."""
+    body = b" " * 16 + session.encode().rjust(10) + b"%20d" % seq
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(struct.pack(">H", 1 + len(body)) + b"L" + body)
+        data = bytearray()
+        ended = "eof"
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            if not chunk:
+                break
+            data += chunk
+    packets: list[tuple[bytes, bytes]] = []
+    position = 0
+    while position < len(data):
+        (length,) = struct.unpack_from(">H", data, position)
+        assert position + 2 + length <= len(data), f"a torn packet at {position}"
+        frame = bytes(data[position + 2 : position + 2 + length])
+        if frame[:1] != b"H":
+            packets.append((frame[:1], frame[1:]))
+        position += 2 + length
+    assert packets and packets[0][0] == b"A", packets[:1]
+    payloads: list[bytes] = []
+    for kind, payload in packets[1:]:
+        if kind != b"S":
+            break
+        payloads.append(payload)
+    return RawPull(packets[0][1], payloads, packets[1 + len(payloads) :], ended)
+
+
+def assert_served_up_to_the_damage(pull: RawPull, session: str, intact: int) -> None:
+    """The intact messages, then one Debug packet saying where and why the session
+    stops, then an orderly close: no End of Session, which would say it is whole."""
+    assert pull.payloads == [payload(s) for s in range(1, intact + 1)]
+    assert [kind for kind, _ in pull.after] == [b"+"], pull.after
+    text = pull.after[0][1].decode()
+    assert text.startswith(
+        f"session {session} is damaged: messages from {intact + 1} on cannot be served ("
+    ), text
+    assert pull.ended == "eof"
+
+
 @pytest.mark.parametrize("damage", DAMAGES, ids=str)
 def test_a_closed_session_is_pulled_up_to_the_damage(
     closed: ClosedSessions, pristine: Pristine, damage: Damage
 ) -> None:
+    """Served up to the damage; then End of Session only if the session is whole (its
+    index was damaged, its log was not), else a Debug packet saying why it stops."""
     session, intact = closed_id(DAMAGES.index(damage)), damage.intact(pristine)
     problems = verified(closed.data, session, intact)
 
-    async def pull() -> tuple[LoginAccepted, list[bytes]]:
-        client = await SoupClient.login(closed.server.port, session, 1)
-        return await client.session()
-
-    accepted, got = asyncio.run(asyncio.wait_for(pull(), TIMEOUT))
-    assert accepted == LoginAccepted(session, 1)
-    assert got == [payload(s) for s in range(1, intact + 1)]
+    pull = raw_pull(closed.server.port, session)
+    assert pull.accepted == session.encode() + b"%20d" % 1
+    if served_whole(damage, pristine):
+        assert pull.payloads == [payload(s) for s in range(1, intact + 1)]
+        assert pull.after == [(b"Z", b"")]
+        assert pull.ended == "eof"
+    else:
+        assert_served_up_to_the_damage(pull, session, intact)
+        # Logging in again where it stopped (as a client that lost its connection
+        # does) gets the same answer at once.
+        again = raw_pull(closed.server.port, session, intact + 1)
+        assert again.accepted == session.encode() + b"%20d" % (intact + 1)
+        assert again.payloads == []
+        assert [kind for kind, _ in again.after] == [b"+"], again.after
+        assert again.after[0][1] == pull.after[0][1]
     for problem in problems:  # said when the server opened it for the pull
         closed.server.wait_for_log(f"session {session}: {problem}", 5)
     # What it leaves out is not served; it was not cut, and is kept nowhere else.
@@ -523,3 +600,46 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
     )
     # Served read-only: nothing on disk changes.
     assert files(closed.data / session) == closed.files[session]
+
+
+# ---------------------------------------------------------------------------- an archive
+
+ARCHIVE_TRAILER = struct.Struct("<8sIIQQQII")
+"""An archive's last 48 bytes: magic, version, chunks, index offset, messages, original
+size, CRC-32 of the index, CRC-32 of the trailer's first 44 bytes (``store/archive.py``)."""
+ARCHIVE_CHUNK = struct.Struct("<QIQIQIII")
+"""One record of its chunk index: first sequence number, count, offset and length in the
+original log, offset and length in the archive, CRC-32 of the bytes, of the compressed."""
+
+
+def test_a_damaged_archive_is_pulled_up_to_the_damage_as_a_log_is(
+    tmp_path: Path, pristine: Pristine
+) -> None:
+    """An archived session one of whose chunks fails its checksum is served as a damaged
+    log is: up to that chunk, then a Debug packet saying why it stops, no End of Session;
+    and so is a login from the damaged chunk on."""
+    directory = tmp_path / pristine.session
+    shutil.copytree(pristine.directory, directory)
+    archive_session(directory, chunk_bytes=64)
+    archive = directory / ARCHIVE_FILE
+    data = archive.read_bytes()
+    trailer = ARCHIVE_TRAILER.unpack_from(data, len(data) - ARCHIVE_TRAILER.size)
+    count, index_at = trailer[2], trailer[3]
+    chunks = [
+        ARCHIVE_CHUNK.unpack_from(data, index_at + number * ARCHIVE_CHUNK.size)
+        for number in range(count)
+    ]
+    assert count >= 3, chunks
+    first_seq, _, _, _, at, size, _, _ = chunks[count // 2]
+    flip(archive, at + size // 2)
+
+    with ServerProcess(tmp_path) as server:
+        pull = raw_pull(server.port, pristine.session)
+        assert_served_up_to_the_damage(pull, pristine.session, first_seq - 1)
+        again = raw_pull(server.port, pristine.session, first_seq)
+        assert again.payloads == []
+        assert [kind for kind, _ in again.after] == [b"+"], again.after
+        assert again.after[0][1] == pull.after[0][1]
+        assert again.ended == "eof"
+        server.wait_for_log(f"chunk {count // 2} of {archive}")
+        assert server.stop() == 0

@@ -255,6 +255,7 @@ class Subscription:
         )
         writer.write(connection.data_to_send())
         ticker = asyncio.create_task(self._tick(connection, writer))
+        said = ""  # the server's last Debug packet: why it closes, if it closes
         try:
             while True:
                 self._reading = True
@@ -262,7 +263,9 @@ class Subscription:
                 self._reading = False
                 now = loop.time()
                 if not data:
-                    raise _Dropped("the server closed the connection")
+                    raise _Dropped(
+                        "the server closed the connection" + (f", saying: {said}" if said else "")
+                    )
                 connection.receive_data(data, now)
                 batches: list[Batch] = []
                 for event in connection.events_received():
@@ -306,6 +309,7 @@ class Subscription:
                         raise _Dropped(event.reason)
                     elif isinstance(event, protocol.DebugReceived):
                         log.info("server says: %s", event.text)
+                        said = event.text
                 outgoing = connection.data_to_send()
                 if outgoing:
                     writer.write(outgoing)

@@ -371,6 +371,13 @@ class ArchivedLog:
         """None: the bytes are compressed; :meth:`read_range` serves them."""
         return None
 
+    @property
+    def damage(self) -> str | None:
+        """None: an archive opens only if its index and trailer pass their checks, and
+        then holds the whole session. A chunk that fails its check when it is read
+        raises :class:`CorruptLogError` then."""
+        return None
+
     def read_range(self, offset: int, count: int) -> bytes:
         """``count`` bytes of the original log from ``offset``, decompressing only the
         chunks they lie in. Raises :class:`CorruptLogError` if one fails its check."""

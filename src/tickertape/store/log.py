@@ -178,6 +178,13 @@ class ReadableLog(Protocol):
         (an archived log is compressed): then :meth:`read_range` serves."""
         ...
 
+    @property
+    def damage(self) -> str | None:
+        """Why the session cannot be served past :attr:`next_seq` although it holds
+        more (damaged messages, or bytes that cannot be read as messages); None if what
+        is served is the whole of it, as far as can be told."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -579,6 +586,25 @@ class SessionLog:
         """``count`` bytes of the log from ``offset``: each read names its offset, so
         readers on any thread never disturb each other."""
         return os.pread(self._reader.fileno(), count, offset)
+
+    @property
+    def damage(self) -> str | None:
+        """Why the session cannot be served past :attr:`next_seq` although it holds
+        more; None if what is served is the whole of it, as far as can be told.
+
+        A log opened read-only (a closed session) that lost messages its index vouched
+        for, or that holds bytes past its intact part (a damaged batch and what follows
+        it, a torn packet, garbage), is not whole; nor is a followed log that stopped at
+        a damaged batch. A writable log was repaired at opening: what it holds is the
+        session (what was cut had never been published, or the session was ended)."""
+        if self._follow_problem is not None:
+            return self._follow_problem
+        if self._index_fd is not None:
+            return None
+        recovery = self.recovery
+        if not (recovery.lost_vouched or recovery.cut_bytes):
+            return None
+        return "; ".join(recovery.problems[:3])
 
     def fileno(self) -> int:
         return self._reader.fileno()
