@@ -4,7 +4,10 @@ Issue 6: damage (a truncation, flipped bytes, garbage, a lost index) is found by
 ``tickertape sessions verify`` and when the server opens the session; the server serves
 the intact prefix of the session byte for byte, says what it left out, and never sends a
 corrupt packet. Both for the active session (opened at start, then appended to) and for a
-closed one (opened when a subscriber first pulls it).
+closed one (opened when a subscriber first pulls it). A pull of a closed session that
+cannot be served whole ends, after its intact prefix, with a Debug packet saying where and
+why it stops, and no End of Session (issue 11): the same for an archived session whose
+chunk fails its check.
 
 An active session that lost messages its index vouched for (they had been published) is
 not numbered on: the server ends it, still serving its intact prefix, and publishes into

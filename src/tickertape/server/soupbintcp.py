@@ -425,6 +425,7 @@ class _Connection(asyncio.Protocol):
         self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (bytes, since)
         self._closing = False  # the server closes it: nothing more is read or written
         self._eof_written = False  # write_eof was called: the FIN follows what is queued
+        self._released = False  # the subscriber's log was released
         self._lost = False  # connection_lost was called
         self._grace: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -479,8 +480,7 @@ class _Connection(asyncio.Protocol):
             self._grace.cancel()
         if not self._admitted:
             return
-        if self._subscriber is not None and self._session_name is not None:
-            self._server._release(self._session_name, self._subscriber.log)
+        self._release_log()
         self._server._forget(self, self._source)
         if self._timer is not None:
             self._timer.cancel()
@@ -909,8 +909,16 @@ class _Connection(asyncio.Protocol):
         else:
             stopping.add_done_callback(lambda _: self._last_words())
 
+    def _release_log(self) -> None:
+        """The subscriber reads its session's log no more (once)."""
+        subscriber = self._subscriber
+        if subscriber is not None and self._session_name is not None and not self._released:
+            self._released = True
+            self._server._release(self._session_name, subscriber.log)
+
     def _last_words(self) -> None:
         """The subscriber has stopped: what the session logic queued, then the close."""
+        self._release_log()  # not held while the client takes its time to close
         transport = self._transport
         session = self._session
         if transport is None or transport.is_closing():
@@ -931,7 +939,11 @@ class _Connection(asyncio.Protocol):
         if not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (it reset the connection)
+            transport.abort()
+            return
         self._eof_written = True
         if not transport.is_reading():
             transport.resume_reading()
