@@ -80,11 +80,17 @@ CLIENT_HEARTBEAT: Final = packet(b"R")
 LOGOUT_REQUEST: Final = packet(b"O")
 
 
-def login_request(session: str, seq: int) -> bytes:
+def login_request(session: str, seq: int, user: str = "", password: str = "") -> bytes:
     """Spec 2.3.1: username (6) and password (10) padded on the right with spaces, then
     the requested session (10, blank: the active one) and sequence number (20, ASCII
     digits), padded on the left."""
-    return packet(b"L", b" " * 6 + b" " * 10 + session.encode().rjust(10) + b"%20d" % seq)
+    return packet(
+        b"L",
+        user.encode().ljust(6)
+        + password.encode().ljust(10)
+        + session.encode().rjust(10)
+        + b"%20d" % seq,
+    )
 
 
 @dataclass
@@ -351,3 +357,41 @@ def test_a_malformed_packet_during_a_catch_up_is_answered_as_when_live(server: S
         assert got.kinds == [b"A", b"+"], got.others
         assert b"X" in got.others[-1][1], got.others[-1]
         assert got.messages < MESSAGES, "the whole session was sent before the answer"
+
+
+def test_a_refused_login_is_answered_then_closed_in_order(tmp_path: Path) -> None:
+    """A client that sends packets after its Login Request while it waits for the answer
+    (here heartbeats, which the server does not read while it holds a failed login's
+    answer back): Login Rejected ``A`` reaches it (after any Debug packet saying why),
+    then an orderly close, not a reset."""
+    with ServerProcess(tmp_path, "--user", "alice:secret") as server:
+        for run in range(3):  # each failure doubles the delay before the answer
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+                sock.sendall(login_request("", 1, "alice", "wrong"))
+                data = bytearray()
+                ended = ""
+                for _ in range(int(TIMEOUT / HEARTBEAT_EVERY)):
+                    # The answer comes after a delay: a heartbeat now and then meanwhile.
+                    sock.settimeout(TIMEOUT if data else HEARTBEAT_EVERY)
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        sock.sendall(CLIENT_HEARTBEAT)
+                        continue
+                    except ConnectionResetError:
+                        ended = "reset"
+                        break
+                    if not chunk:
+                        ended = "eof"
+                        break
+                    data += chunk
+            packets = []
+            position = 0
+            while position + 2 <= len(data):
+                (length,) = _HEADER.unpack_from(data, position)
+                packets.append(bytes(data[position + 2 : position + 2 + length]))
+                position += 2 + length
+            assert position == len(data), f"run {run}: a torn packet"
+            assert packets and packets[-1] == b"JA", f"run {run}: {packets}"
+            assert all(p[:1] == b"+" for p in packets[:-1]), f"run {run}: {packets}"
+            assert ended == "eof", f"run {run}: {ended}"
