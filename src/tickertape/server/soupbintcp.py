@@ -584,6 +584,8 @@ class _Connection(asyncio.Protocol):
         """The credentials are checked: accept or reject the login."""
         session = self._session
         assert session is not None
+        if self._closing:
+            return  # closed meanwhile (the server is shutting down, say)
         if principal is None:
             assert self._transport is not None
             self._transport.pause_reading()  # nothing more is read before the answer
