@@ -365,7 +365,7 @@ class SoupBinTCPServer:
         if self._server is not None:
             await self._server.wait_closed()
         # A client that has received everything, the end included, need not close its
-        # side first: its connection is closed at once (see _Connection.delivered).
+        # side first: its connection is closed at once (_Connection.close_if_delivered).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE + 1
         while self._connections and loop.time() < deadline:
