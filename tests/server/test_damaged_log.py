@@ -400,7 +400,8 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
 ) -> None:
     """Messages its index vouched for had been published: numbering on from the damage
     would give their numbers to other messages. The server ends the session (it still
-    serves its intact prefix, then End of Session) and publishes into the next one."""
+    serves its intact prefix, then a Debug packet saying what was lost, no End of
+    Session) and publishes into the next one."""
     session, intact, cut_at = pristine.session, damage.intact(pristine), damage.cut_at(pristine)
     following = str(SessionId.parse(session).next_roll())
     directory = damaged_active(tmp_path, pristine, damage)
@@ -421,21 +422,20 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
         )
         assert not server.logged(f"session {session} open at ")
 
-        async def subscribe_publish_and_pull() -> None:
+        async def subscribe_and_publish() -> None:
             client = await SoupClient.login(server.port, "", 1)
             assert await client.packet() == LoginAccepted(following, 1)
             ack = await publish(server.port, 1, more)
             assert ack.session == following
             assert await receive(client, MORE) == more
             client.close()
-            # The damaged session: its intact prefix, then End of Session.
-            pulled = await SoupClient.login(server.port, session, 1)
-            assert await pulled.session() == (
-                LoginAccepted(session, 1),
-                [payload(s) for s in range(1, intact + 1)],
-            )
 
-        asyncio.run(asyncio.wait_for(subscribe_publish_and_pull(), TIMEOUT))
+        asyncio.run(asyncio.wait_for(subscribe_and_publish(), TIMEOUT))
+        # The damaged session: its intact prefix, then a Debug packet saying that it
+        # lost messages, and no End of Session: it is not whole (issue 11).
+        pull = raw_pull(server.port, session)
+        assert_served_up_to_the_damage(pull, session, intact)
+        assert f"messages {intact + 1}..{ALL} were lost" in pull.after[0][1].decode()
         assert server.stop() == 0
 
     # The damaged session was repaired as ever, then ended; nothing was appended to it.
@@ -443,6 +443,9 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
     moved_aside(directory, damaged_log, cut_at)
     assert (directory / "log").read_bytes() == pristine.log[:kept]
     assert (directory / "ended").exists()
+    assert (directory / "lost").read_text() == (
+        f"messages {intact + 1}..{ALL} were lost: they were found damaged at start-up\n"
+    )
     recovery = verify(directory)
     assert recovery.problems == ()
     assert recovery.messages == intact

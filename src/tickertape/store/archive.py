@@ -58,6 +58,7 @@ from tickertape.store.log import (
     SessionLog,
     _fsync_directory,
     _unused_path,
+    lost_note,
     packet_offsets,
 )
 
@@ -373,10 +374,11 @@ class ArchivedLog:
 
     @property
     def damage(self) -> str | None:
-        """None: an archive opens only if its index and trailer pass their checks, and
-        then holds the whole session. A chunk that fails its check when it is read
-        raises :class:`CorruptLogError` then."""
-        return None
+        """What the session lost before it was archived (see
+        :data:`~tickertape.store.log.LOST_FILE`), or None: an archive opens only if its
+        index and trailer pass their checks, and then holds what the log held. A chunk
+        that fails its check when it is read raises :class:`CorruptLogError` then."""
+        return lost_note(self.directory)
 
     def read_range(self, offset: int, count: int) -> bytes:
         """``count`` bytes of the original log from ``offset``, decompressing only the

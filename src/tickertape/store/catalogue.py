@@ -21,7 +21,7 @@ from typing import Final
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
-from tickertape.store.log import LOG_FILE, Durability, Recovery, SessionLog
+from tickertape.store.log import LOG_FILE, Durability, Recovery, SessionLog, write_lost_note
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,12 @@ class Catalogue:
                     f"{found.vouched} were cut, so it cannot go on, and no session can "
                     f"follow it today: {exc}"
                 ) from exc
+            # Served by pull from now on, but never as a whole session.
+            write_lost_note(
+                latest.path,
+                f"messages {found.messages + 1}..{found.vouched} were lost: they were "
+                "found damaged at start-up",
+            )
             self.mark_ended(latest.id)
 
         opened = SessionLog.open(

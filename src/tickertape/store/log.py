@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 LOG_FILE: Final = "log"
 INDEX_FILE: Final = "index"
+LOST_FILE: Final = "lost"
+"""In the directory of a session ended because messages its index vouched for were lost
+(start-up found them damaged and cut them): which ones. What is left of the log is
+clean, but the session cannot be served whole: pulls end with a Debug packet saying so."""
 
 _RECORD: Final = struct.Struct("<QQIII")  # first_seq, offset, length, count, crc32(batch)
 _RECORD_SIZE: Final = _RECORD.size + 4  # + crc32 of the record itself
@@ -601,6 +605,9 @@ class SessionLog:
             return self._follow_problem
         if self._index_fd is not None:
             return None
+        lost = lost_note(self.directory)
+        if lost is not None:
+            return lost
         recovery = self.recovery
         if not (recovery.lost_vouched or recovery.cut_bytes):
             return None
@@ -906,6 +913,21 @@ def _spoil_packet(log_path: Path, offset: int) -> bool:
     return True
 
 
+def lost_note(directory: Path) -> str | None:
+    """What the session in ``directory`` lost (its :data:`LOST_FILE`), if anything."""
+    try:
+        text = (directory / LOST_FILE).read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return text or "messages were lost"
+
+
+def write_lost_note(directory: Path, text: str) -> None:
+    """Record in ``directory`` that the session lost messages (see :data:`LOST_FILE`);
+    synced, the directory too."""
+    _replace_file(directory / LOST_FILE, text.encode() + b"\n")
+
+
 def _replace_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically: a crash leaves the old or the new file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -926,11 +948,14 @@ def _fsync_directory(directory: Path) -> None:
 
 
 __all__ = [
+    "LOST_FILE",
     "Appended",
     "Durability",
     "ReadableLog",
     "Recovery",
     "SessionLog",
+    "lost_note",
     "packet_offsets",
     "verify",
+    "write_lost_note",
 ]
