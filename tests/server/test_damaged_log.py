@@ -4,7 +4,10 @@ Issue 6: damage (a truncation, flipped bytes, garbage, a lost index) is found by
 ``tickertape sessions verify`` and when the server opens the session; the server serves
 the intact prefix of the session byte for byte, says what it left out, and never sends a
 corrupt packet. Both for the active session (opened at start, then appended to) and for a
-closed one (opened when a subscriber first pulls it).
+closed one (opened when a subscriber first pulls it). A pull of a closed session that
+cannot be served whole ends, after its intact prefix, with a Debug packet saying where and
+why it stops, and no End of Session (issue 11): the same for an archived session whose
+chunk fails its check.
 
 An active session that lost messages its index vouched for (they had been published) is
 not numbered on: the server ends it, still serving its intact prefix, and publishes into
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -33,6 +37,7 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.protocol.publishing import Ack
+from tickertape.store.archive import ARCHIVE_FILE, archive_session
 from tickertape.store.log import verify
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
@@ -411,7 +416,8 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
 ) -> None:
     """Messages its index vouched for had been published: numbering on from the damage
     would give their numbers to other messages. The server ends the session (it still
-    serves its intact prefix, then End of Session) and publishes into the next one."""
+    serves its intact prefix, then a Debug packet saying what was lost, no End of
+    Session) and publishes into the next one."""
     session, intact, cut_at = pristine.session, damage.intact(pristine), damage.cut_at(pristine)
     following = str(SessionId.parse(session).next_roll())
     directory = damaged_active(tmp_path, pristine, damage)
@@ -432,21 +438,20 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
         )
         assert not server.logged(f"session {session} open at ")
 
-        async def subscribe_publish_and_pull() -> None:
+        async def subscribe_and_publish() -> None:
             client = await SoupClient.login(server.port, "", 1)
             assert await client.packet() == LoginAccepted(following, 1)
             ack = await publish(server.port, 1, more)
             assert ack.session == following
             assert await receive(client, MORE) == more
             client.close()
-            # The damaged session: its intact prefix, then End of Session.
-            pulled = await SoupClient.login(server.port, session, 1)
-            assert await pulled.session() == (
-                LoginAccepted(session, 1),
-                [payload(s) for s in range(1, intact + 1)],
-            )
 
-        asyncio.run(asyncio.wait_for(subscribe_publish_and_pull(), TIMEOUT))
+        asyncio.run(asyncio.wait_for(subscribe_and_publish(), TIMEOUT))
+        # The damaged session: its intact prefix, then a Debug packet saying that it
+        # lost messages, and no End of Session: it is not whole (issue 11).
+        pull = raw_pull(server.port, session)
+        assert_served_up_to_the_damage(pull, session, intact)
+        assert f"messages {intact + 1}..{ALL} were lost" in pull.after[0][1].decode()
         assert server.stop() == 0
 
     # The damaged session was repaired as ever, then ended; nothing was appended to it.
@@ -454,6 +459,9 @@ def test_an_active_session_that_lost_published_messages_is_ended_and_the_next_on
     moved_aside(directory, damaged_log, cut_at)
     assert (directory / "log").read_bytes() == pristine.log[:kept]
     assert (directory / "ended").exists()
+    assert (directory / "lost").read_text() == (
+        f"messages {intact + 1}..{ALL} were lost: they were found damaged at start-up\n"
+    )
     recovery = verify(directory)
     assert recovery.problems == ()
     assert recovery.messages == intact
@@ -508,10 +516,77 @@ def closed(
         yield ClosedSessions(server, data, damaged)
 
 
+def served_whole(damage: Damage, pristine: Pristine) -> bool:
+    """Whether the damage leaves every message of the session served, and nothing of
+    its log unread: then, and only then, a pull ends with End of Session."""
+    return damage.intact(pristine) == ALL and damage.cut_at(pristine) is None
+
+
+@dataclass
+class RawPull:
+    """A pull as a client written from the spec sees it: Login Accepted's body, the
+    payloads of the Sequenced Data packets, the packets after them (type and body), and
+    how the connection ended (``eof`` or ``reset``)."""
+
+    accepted: bytes
+    payloads: list[bytes]
+    after: list[tuple[bytes, bytes]]
+    ended: str
+
+
+def raw_pull(port: int, session: str, seq: int = 1) -> RawPull:
+    """Log in to ``session`` from ``seq`` (spec 2.3.1) with a plain socket, and read
+    every packet until the server closes the connection."""
+    body = b" " * 16 + session.encode().rjust(10) + b"%20d" % seq
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(struct.pack(">H", 1 + len(body)) + b"L" + body)
+        data = bytearray()
+        ended = "eof"
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            if not chunk:
+                break
+            data += chunk
+    packets: list[tuple[bytes, bytes]] = []
+    position = 0
+    while position < len(data):
+        (length,) = struct.unpack_from(">H", data, position)
+        assert position + 2 + length <= len(data), f"a torn packet at {position}"
+        frame = bytes(data[position + 2 : position + 2 + length])
+        if frame[:1] != b"H":
+            packets.append((frame[:1], frame[1:]))
+        position += 2 + length
+    assert packets and packets[0][0] == b"A", packets[:1]
+    payloads: list[bytes] = []
+    for kind, payload in packets[1:]:
+        if kind != b"S":
+            break
+        payloads.append(payload)
+    return RawPull(packets[0][1], payloads, packets[1 + len(payloads) :], ended)
+
+
+def assert_served_up_to_the_damage(pull: RawPull, session: str, intact: int) -> None:
+    """The intact messages, then one Debug packet saying where and why the session
+    stops, then an orderly close: no End of Session, which would say it is whole."""
+    assert pull.payloads == [payload(s) for s in range(1, intact + 1)]
+    assert [kind for kind, _ in pull.after] == [b"+"], pull.after
+    text = pull.after[0][1].decode()
+    assert text.startswith(
+        f"session {session} is damaged: messages from {intact + 1} on cannot be served ("
+    ), text
+    assert pull.ended == "eof"
+
+
 @pytest.mark.parametrize("damage", DAMAGES, ids=str)
 def test_a_closed_session_is_pulled_up_to_the_damage(
     closed: ClosedSessions, pristine: Pristine, damage: Damage
 ) -> None:
+    """Served up to the damage; then End of Session only if the session is whole (its
+    index was damaged, its log was not), else a Debug packet saying why it stops."""
     session, intact = closed_id(DAMAGES.index(damage)), damage.intact(pristine)
     if damage.tail:
         # Not damage: the server set the tail aside when it started (an ended session
@@ -531,13 +606,21 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
     else:
         problems = verified(closed.data, session, intact)
 
-    async def pull() -> tuple[LoginAccepted, list[bytes]]:
-        client = await SoupClient.login(closed.server.port, session, 1)
-        return await client.session()
-
-    accepted, got = asyncio.run(asyncio.wait_for(pull(), TIMEOUT))
-    assert accepted == LoginAccepted(session, 1)
-    assert got == [payload(s) for s in range(1, intact + 1)]
+    pull = raw_pull(closed.server.port, session)
+    assert pull.accepted == session.encode() + b"%20d" % 1
+    if damage.tail or served_whole(damage, pristine):  # a tail set aside is no damage
+        assert pull.payloads == [payload(s) for s in range(1, intact + 1)]
+        assert pull.after == [(b"Z", b"")]
+        assert pull.ended == "eof"
+    else:
+        assert_served_up_to_the_damage(pull, session, intact)
+        # Logging in again where it stopped (as a client that lost its connection
+        # does) gets the same answer at once.
+        again = raw_pull(closed.server.port, session, intact + 1)
+        assert again.accepted == session.encode() + b"%20d" % (intact + 1)
+        assert again.payloads == []
+        assert [kind for kind, _ in again.after] == [b"+"], again.after
+        assert again.after[0][1] == pull.after[0][1]
     for problem in problems:  # said when the server opened it for the pull
         closed.server.wait_for_log(f"session {session}: {problem}", 5)
     # What it leaves out is not served; it was not cut, and is kept nowhere else.
@@ -557,3 +640,46 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
     )
     # Served read-only: nothing on disk changes.
     assert files(closed.data / session) == closed.files[session]
+
+
+# ---------------------------------------------------------------------------- an archive
+
+ARCHIVE_TRAILER = struct.Struct("<8sIIQQQII")
+"""An archive's last 48 bytes: magic, version, chunks, index offset, messages, original
+size, CRC-32 of the index, CRC-32 of the trailer's first 44 bytes (``store/archive.py``)."""
+ARCHIVE_CHUNK = struct.Struct("<QIQIQIII")
+"""One record of its chunk index: first sequence number, count, offset and length in the
+original log, offset and length in the archive, CRC-32 of the bytes, of the compressed."""
+
+
+def test_a_damaged_archive_is_pulled_up_to_the_damage_as_a_log_is(
+    tmp_path: Path, pristine: Pristine
+) -> None:
+    """An archived session one of whose chunks fails its checksum is served as a damaged
+    log is: up to that chunk, then a Debug packet saying why it stops, no End of Session;
+    and so is a login from the damaged chunk on."""
+    directory = tmp_path / pristine.session
+    shutil.copytree(pristine.directory, directory)
+    archive_session(directory, chunk_bytes=64)
+    archive = directory / ARCHIVE_FILE
+    data = archive.read_bytes()
+    trailer = ARCHIVE_TRAILER.unpack_from(data, len(data) - ARCHIVE_TRAILER.size)
+    count, index_at = trailer[2], trailer[3]
+    chunks = [
+        ARCHIVE_CHUNK.unpack_from(data, index_at + number * ARCHIVE_CHUNK.size)
+        for number in range(count)
+    ]
+    assert count >= 3, chunks
+    first_seq, _, _, _, at, size, _, _ = chunks[count // 2]
+    flip(archive, at + size // 2)
+
+    with ServerProcess(tmp_path) as server:
+        pull = raw_pull(server.port, pristine.session)
+        assert_served_up_to_the_damage(pull, pristine.session, first_seq - 1)
+        again = raw_pull(server.port, pristine.session, first_seq)
+        assert again.payloads == []
+        assert [kind for kind, _ in again.after] == [b"+"], again.after
+        assert again.after[0][1] == pull.after[0][1]
+        assert again.ended == "eof"
+        server.wait_for_log(f"chunk {count // 2} of {archive}")
+        assert server.stop() == 0

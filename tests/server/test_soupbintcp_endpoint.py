@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -229,10 +231,14 @@ def test_replay_without_sendfile_reads_and_writes_the_same_bytes(
     """Where sendfile is not available (TLS, some filesystems), catch-up reads the log
     itself; concurrent catch-ups of one log must not disturb each other."""
 
-    async def unavailable(*args: object, **kwargs: object) -> int:
-        raise asyncio.SendfileNotAvailableError("no sendfile here")
+    calls = 0
 
-    monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", unavailable)
+    def unavailable(*args: object) -> int:
+        nonlocal calls
+        calls += 1
+        raise OSError(errno.ENOSYS, "no sendfile here")
+
+    monkeypatch.setattr(os, "sendfile", unavailable)
 
     async def scenario() -> None:
         async with running_server(tmp_path, ServerConfig(port=0, catch_up_chunk=4096)) as (
@@ -249,6 +255,7 @@ def test_replay_without_sendfile_reads_and_writes_the_same_bytes(
                 assert await client.packet() == LoginAccepted(engine.session_id, start)
                 assert await client.messages(5001 - start) == payloads(start, 5001 - start)
                 client.close()
+        assert calls == len(starts)  # tried once by each catch-up, then not again
 
     asyncio.run(scenario())
 

@@ -135,34 +135,60 @@ def test_no_login_within_30_s_closes_the_connection(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_a_client_is_not_judged_silent_while_a_catch_up_chunk_is_in_flight(
-    tmp_path: Path,
-) -> None:
-    """asyncio reads nothing from a client while a sendfile to it is in flight, so its
-    heartbeats wait unread: the 4.10 timeout is judged only between chunks."""
+def test_a_client_is_heard_while_a_catch_up_chunk_is_in_flight(tmp_path: Path) -> None:
+    """A client that reads its catch-up in bursts, so that the sendfile waits on it in
+    between, and heartbeats: its heartbeats are read meanwhile, and it is not dropped as
+    silent, long past its 4.10 timeout."""
 
     async def scenario(loop: JumpingLoop, port: int, engine: Engine) -> None:
         message = b"x" * 1000
         for _ in range(60):
             await engine.publish_many([message] * 500)  # 30 MB: more than sockets hold
-        # A small read buffer: the client's transport stops reading at 128 KiB unread.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-        writer.write(LoginRequest("", "", "", 1, 2000).encode())
-        first = await asyncio.wait_for(reader.read(64), REAL_TIMEOUT)  # then stop reading
-        loop.advance(5.0)  # far past the 2 s timeout, with a chunk stuck in flight
-        for _ in range(5):
-            await asyncio.sleep(0.01)
-        writer.write(ClientHeartbeat().encode())
-        client = Client(reader, writer)
-        client.framer.feed(first)
+        client = await Client.connect(port, LoginRequest("", "", "", 1, 3000))
+        writer = client.writer
         received = 0
+        for step in range(1, 7):  # 6 s, far past the 3 s timeout
+            while received < 4_000 * step:  # about 4 MB more: the sendfile moves
+                packet = await client.packet()
+                assert packet is not None, "dropped as silent while it sent heartbeats"
+                received += isinstance(packet, SequencedData)
+            writer.write(ClientHeartbeat().encode())
+            await asyncio.sleep(0.05)
+            loop.advance(1.0)
+        writer.write(ClientHeartbeat().encode())
         while received < 30_000:
             packet = await client.packet()
-            assert packet is not None, "dropped as silent while it could not be heard"
+            assert packet is not None, "dropped as silent while it sent heartbeats"
             if isinstance(packet, SequencedData):
                 received += 1
                 if received % 1000 == 0:
                     writer.write(ClientHeartbeat().encode())
         writer.close()
+
+    run(tmp_path, scenario)
+
+
+def test_a_client_silent_during_a_catch_up_is_told_so_and_closed_then(tmp_path: Path) -> None:
+    """A client that reads its catch-up but sends nothing past its 4.10 timeout is
+    dropped then, with a Debug packet saying why after whole packets, not once the
+    catch-up is over."""
+
+    async def scenario(loop: JumpingLoop, port: int, engine: Engine) -> None:
+        for _ in range(60):
+            await engine.publish_many([b"x" * 1000] * 500)  # 30 MB: more than sockets hold
+        client = await Client.connect(port, LoginRequest("", "", "", 1, 2000))
+        assert isinstance(await client.packet(), LoginAccepted)
+        received = 0
+        while received < 1000:  # well into the catch-up
+            packet = await client.packet()
+            assert isinstance(packet, SequencedData), packet
+            received += 1
+        loop.advance(3.0)  # past its 2 s timeout, without a heartbeat
+        while isinstance(packet := await client.packet(), SequencedData):
+            received += 1
+        assert packet == Debug(b"client silent for 2.0 s")
+        assert await client.packet() is None
+        assert received < 30_000, "told only once the catch-up was over"
+        client.writer.close()
 
     run(tmp_path, scenario)

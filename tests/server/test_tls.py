@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import subprocess
 import sys
@@ -368,7 +369,11 @@ def test_catch_up_over_tls_never_tries_sendfile(
         async def no_sendfile(*args: object, **kwargs: object) -> int:
             raise AssertionError("sendfile over TLS")
 
+        def no_os_sendfile(*args: object) -> int:
+            raise AssertionError("sendfile over TLS")
+
         monkeypatch.setattr(loop, "sendfile", no_sendfile)
+        monkeypatch.setattr(os, "sendfile", no_os_sendfile)
         async with running_server(tmp_path, config) as (engine, tls_server):
             sent = payloads(1, count)
             await engine.publish_many(sent)

@@ -39,6 +39,7 @@ from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.sources.upstream import Upstream, first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
+from tickertape.wire.soupbintcp import encode_sequenced_many
 
 from support import ServerProcess, running_server
 
@@ -275,6 +276,46 @@ def test_a_restarted_server_resumes_the_upstream_from_its_own_log(tmp_path: Path
                 assert seqs_and_payloads(from_b) == seqs_and_payloads(from_a)
 
             asyncio.run(asyncio.wait_for(compare(), 60))
+
+
+# ---------------------------------------------------------------------------- damaged upstream
+
+
+DAMAGED = "2000010101"
+
+
+def test_a_relay_does_not_end_a_session_its_upstream_cannot_serve_whole(tmp_path: Path) -> None:
+    """A's closed session is damaged in its second batch of three: A serves the first
+    batch, then says why it stops, with no End of Session. B, relaying that session,
+    keeps the first batch and does not take the session as ended: no ``ended`` marker,
+    no roll to A's next session; it asks A again for the rest."""
+    directory = tmp_path / "a" / DAMAGED
+    batches = [[b"message %d" % seq for seq in range(first, first + 10)] for first in (1, 11, 21)]
+    with SessionLog.open(directory, create=True) as made:
+        for batch in batches:
+            made.append(encode_sequenced_many(batch), len(batch))
+        second = made.offset_of(11)
+    (directory / "ended").touch()
+    log = bytearray((directory / "log").read_bytes())
+    log[second + 8] ^= 0x20  # a payload byte of message 11: its batch fails its checksum
+    (directory / "log").write_bytes(log)
+
+    with serving(ServerProcess(tmp_path / "a")) as a:
+        b = ServerProcess(tmp_path / "b", "--upstream", url(a.port) + f"?session={DAMAGED}")
+        with serving(b):
+            assert opened(b) == (DAMAGED, 0)
+            # The first batch, then A's reason for stopping; B logs in again from 11.
+            lost = b.wait_for_log(f"connection to 127.0.0.1:{a.port} lost")
+            assert f"session {DAMAGED} is damaged: messages from 11 on cannot be served" in lost
+            assert lost.endswith("logging in again at 11 in 0.25 s"), lost
+            b.wait_for_log("logging in again at 11 in 0.50 s")
+            assert b.stop() == 0
+        assert not b.logged(f"upstream session {DAMAGED} ended")
+    assert not (tmp_path / "b" / DAMAGED / "ended").exists()
+    assert [p.name for p in (tmp_path / "b").iterdir() if p.name[:1].isdigit()] == [DAMAGED]
+    with SessionLog.open(tmp_path / "b" / DAMAGED, writable=False) as copy:
+        assert copy.next_seq == 11
+        assert copy.read(1, 1 << 20) == (encode_sequenced_many(batches[0]), 10)
 
 
 # ---------------------------------------------------------------------------- not tickertape

@@ -18,16 +18,27 @@ role closes the connection with a Debug packet saying why. The limits of
 :class:`ServerConfig` (connections in all and per address, packet sizes, the login
 timeout, the write buffer) close a connection that passes them the same way: a Debug
 packet, then the close.
+
+A close never throws output away: whatever is queued is sent (a catch-up stops at the end
+of the packet it is sending), then End of Session or the Debug packet saying why, then
+the sending side is shut (FIN), and what the client still sends is read and discarded
+until it closes its side, so that the kernel never resets the connection (closing a
+socket whose input is unread does, discarding what was queued for sending). A client
+that does not take what is queued, or does not close, within :data:`CLOSE_GRACE`
+seconds is cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import socket
+import struct
+import termios
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -97,7 +108,11 @@ DEFAULT_MAX_CONNECTIONS_PER_SOURCE: Final = 100
 """Connections open at once from one IP address."""
 CLOSE_GRACE: Final = 5.0
 """Seconds a closing connection has to take what is queued for it (a Debug packet
-saying why, End of Session) before it is cut off."""
+saying why, End of Session) and close its side before it is cut off. The server's own
+shutdown waits as long, at most, for its connections to close."""
+_SHUTDOWN_POLL: Final = 0.01
+"""Seconds between looks, while the server shuts down, at which connections' clients have
+received everything."""
 DEFAULT_MAX_CLIENT_PACKET: Final = 1024
 """The longest packet a logged-in client that may not publish can send (it needs only
 heartbeats and a logout: 1 byte each). Before its login a client may send at most a
@@ -214,6 +229,7 @@ class SoupBinTCPServer:
         self._check_slots = asyncio.Semaphore(os.cpu_count() or 2)
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
+        self._all_closed: asyncio.Future[None] | None = None  # set while closing
         engine.on_roll(self._rolled)
 
     def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
@@ -278,6 +294,9 @@ class SoupBinTCPServer:
                 self._per_source[source] = left
             else:
                 self._per_source.pop(source, None)
+        closing = self._all_closed
+        if not self._connections and closing is not None and not closing.done():
+            closing.set_result(None)
 
     def _acquire(self, session_log: ReadableLog) -> None:
         self._readers[session_log] = self._readers.get(session_log, 0) + 1
@@ -367,6 +386,9 @@ class SoupBinTCPServer:
         return sorted(found, key=lambda info: info.address)
 
     async def close(self) -> None:
+        """Stop listening, and close every connection in order (what is queued, then a
+        Debug packet saying why); wait until they are closed (at most about
+        :data:`CLOSE_GRACE` seconds: the clients that do not close are cut off then)."""
         if self._server is not None:
             self._server.close()
         if self._gate is not None:
@@ -375,6 +397,17 @@ class SoupBinTCPServer:
             connection.close("the server is shutting down")
         if self._server is not None:
             await self._server.wait_closed()
+        # A client that has received everything, the end included, need not close its
+        # side first: its connection is closed at once (_Connection.close_if_delivered).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE + 1
+        while self._connections and loop.time() < deadline:
+            self._all_closed = loop.create_future()
+            for connection in list(self._connections):
+                connection.close_if_delivered()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._all_closed), _SHUTDOWN_POLL)
+            self._all_closed = None
         for opening in self._closed_logs.values():
             if opening.done() and opening.exception() is None:
                 opening.result().close()
@@ -423,7 +456,12 @@ class _Connection(asyncio.Protocol):
         self._source = "?"
         self._admitted = False
         self._heard = False  # anything from the client yet
-        self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (next_seq, since)
+        self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (bytes, since)
+        self._closing = False  # the server closes it: nothing more is read or written
+        self._eof_written = False  # write_eof was called: the FIN follows what is queued
+        self._released = False  # the subscriber's log was released
+        self._lost = False  # connection_lost was called
+        self._grace: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------ asyncio
@@ -456,13 +494,14 @@ class _Connection(asyncio.Protocol):
                 reason,
                 server._refused,
             )
+        self._closing = True
         transport.write(Debug(reason.encode()).encode())
-        transport.close()
+        self._close_in_order(transport)
 
     def data_received(self, data: bytes) -> None:
         session = self._session
-        if session is None:
-            return  # refused: closing
+        if session is None or self._closing:
+            return  # closing: what the client still sends is read and discarded
         if not self._heard:
             self._heard = True
             if self._server.config.ssl is None and is_client_hello(data):
@@ -477,13 +516,15 @@ class _Connection(asyncio.Protocol):
         self._handle_events()
 
     def eof_received(self) -> bool:
-        return False
+        return False  # the client closed its side: close (once what is queued is sent)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._grace is not None:
+            self._grace.cancel()
         if not self._admitted:
             return
-        if self._subscriber is not None and self._session_name is not None:
-            self._server._release(self._session_name, self._subscriber.log)
+        self._release_log()
         self._server._forget(self, self._source)
         if self._timer is not None:
             self._timer.cancel()
@@ -528,16 +569,14 @@ class _Connection(asyncio.Protocol):
                         return
                 elif isinstance(event, LogoutRequested):
                     log.info("%s logged out", self._peer)
-                    self._flush()
-                    self._close_transport()
+                    self._close_in_turn()
                     return
                 elif isinstance(event, ConnectionLost):  # the client's doing: a bad
                     # packet, no login in time, silence past the idle timeout
                     log.warning(
                         "dropping %s: %s", self._peer, event.reason, extra={"client": self._peer}
                     )
-                    self._flush()
-                    self._close_transport()
+                    self._close_in_turn()
                     return
         self._flush()
         if (self._unpublished or self._ends) and (
@@ -545,7 +584,7 @@ class _Connection(asyncio.Protocol):
         ):
             self._publisher = self._loop.create_task(self._publish())
         if session.state is State.CLOSED:  # Login Rejected: close once it is sent
-            self._close_transport()
+            self._close_in_turn()
         elif session.next_deadline() < self._timer_when:
             self._schedule()  # e.g. a login: heartbeats and the idle timeout start now
 
@@ -597,6 +636,8 @@ class _Connection(asyncio.Protocol):
         """The credentials are checked: accept or reject the login."""
         session = self._session
         assert session is not None
+        if self._closing:
+            return  # closed meanwhile (the server is shutting down, say)
         if principal is None:
             assert self._transport is not None
             self._transport.pause_reading()  # nothing more is read before the answer
@@ -691,7 +732,7 @@ class _Connection(asyncio.Protocol):
         session = self._session
         transport = self._transport
         assert session is not None and transport is not None
-        if session.state is State.CLOSED:
+        if session.state is State.CLOSED or self._closing:
             # Timed out or dropped while the log was being opened: nobody reads it.
             if engine is None:
                 self._server._release(wanted, session_log, 0)
@@ -735,6 +776,9 @@ class _Connection(asyncio.Protocol):
             on_sent=session.sent,
             on_caught_up=self._caught_up,
             on_end=self._end_of_session,
+            on_damaged=self._damaged,
+            on_failed=self.close,
+            on_file_sent=self._flush,
             chunk=self._server.config.catch_up_chunk,
         )
         self._subscriber.start()
@@ -867,9 +911,18 @@ class _Connection(asyncio.Protocol):
         session = self._session
         assert session is not None
         session.end_session(self._loop.time())
-        self._flush()
         log.info("%s: end of session sent", self._peer)
-        self._close_transport()
+        self._close_in_turn()
+
+    def _damaged(self, seq: int, why: str) -> None:
+        """The closed session was sent up to ``seq``, and cannot be from there: no End of
+        Session (the client would take the session as whole), a Debug saying why."""
+        reason = (
+            f"session {self._session_name} is damaged: messages from {seq} on cannot be "
+            f"served ({why})"
+        )
+        log.warning("closing %s: %s", self._peer, reason)
+        self.close(reason)
 
     # ------------------------------------------------------------------ output and time
 
@@ -877,6 +930,8 @@ class _Connection(asyncio.Protocol):
         session = self._session
         transport = self._transport
         assert session is not None and transport is not None
+        if self._closing:
+            return  # what is queued goes out once the subscriber has stopped
         if self._subscriber is not None and self._subscriber.sending_file:
             return  # a sendfile is in flight; what is queued goes out after it
         data = session.data_to_send()
@@ -891,6 +946,9 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._closing:
+            self._timer_when = math.inf  # closing: CLOSE_GRACE is the only deadline
+            return
         self._timer_when = session.next_deadline()
         if self._timer_when != math.inf:
             self._timer = self._loop.call_at(self._timer_when, self._tick)
@@ -898,64 +956,165 @@ class _Connection(asyncio.Protocol):
     def _tick(self) -> None:
         session = self._session
         assert session is not None
+        if self._closing:
+            return
         now = self._loop.time()
         if self._paused:
             session.heard(now)  # held back: it is we who stopped reading from it
         subscriber = self._subscriber
         if subscriber is not None and subscriber.sending_file:
-            # asyncio does not read from the client while a sendfile is in flight, so
-            # its heartbeats wait unread: judge its silence once the chunk is sent. A
-            # chunk that does not move for the idle timeout is a client that stopped
-            # reading, and is dropped.
-            if self._stuck is None or self._stuck[0] != subscriber.next_seq:
-                self._stuck = (subscriber.next_seq, now)
+            # A sendfile in flight is sending: no heartbeat is due (none may be written
+            # in the middle of it). The client's packets are read meanwhile, so its
+            # silence is judged as ever. A sendfile that does not move for the idle
+            # timeout is a client that stopped reading (if not sending): it is dropped.
+            if self._stuck is None or self._stuck[0] != subscriber.file_bytes_sent:
+                self._stuck = (subscriber.file_bytes_sent, now)
             elif now - self._stuck[1] >= session.idle_timeout:
                 self._drop(f"it read nothing for {session.idle_timeout:g} s")
                 return
             session.sent(now)
-            self._timer_when = now + self._server.config.timers.heartbeat_interval
-            self._timer = self._loop.call_at(self._timer_when, self._tick)
-            return
-        self._stuck = None
+        else:
+            self._stuck = None
         session.tick(now)
         self._handle_events()
         if session.state is not State.CLOSED:
             self._schedule()
 
-    def _close_transport(self) -> None:
-        """Close once what is queued is sent; a client that does not read it within
-        :data:`CLOSE_GRACE` seconds is cut off, so that it holds no buffer or slot."""
-        if self._subscriber is not None:
-            self._subscriber.stop()
+    def _close_in_turn(self) -> None:
+        """Close from this side, throwing nothing away: stop sending the session at the
+        end of the packet being sent, write what the session logic queued (End of
+        Session, a Debug packet saying why, Login Rejected), then close in order. A
+        client that does not let this finish within :data:`CLOSE_GRACE` seconds is
+        cut off."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = math.inf
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
-            if transport.get_write_buffer_size():
-                self._loop.call_later(CLOSE_GRACE, self._abort_if_open)
+        subscriber = self._subscriber
+        if transport is None or transport.is_closing():
+            if subscriber is not None:
+                subscriber.stop()
+            return
+        self._grace = self._loop.call_later(CLOSE_GRACE, self._grace_over)
+        stopping = subscriber.halt() if subscriber is not None else None
+        if stopping is None:
+            self._last_words()
+        else:
+            stopping.add_done_callback(lambda _: self._last_words())
 
-    def _abort_if_open(self) -> None:
+    def _release_log(self) -> None:
+        """The subscriber reads its session's log no more (once)."""
+        subscriber = self._subscriber
+        if subscriber is not None and self._session_name is not None and not self._released:
+            self._released = True
+            self._server._release(self._session_name, subscriber.log)
+
+    def _last_words(self) -> None:
+        """The subscriber has stopped: what the session logic queued, then the close."""
+        self._release_log()  # not held while the client takes its time to close
         transport = self._transport
-        if transport is not None and self._admitted and self in self._server._connections:
+        session = self._session
+        if transport is None or transport.is_closing():
+            return
+        if session is not None:
+            data = session.data_to_send()
+            if data:
+                transport.write(data)
+        self._close_in_order(transport)
+
+    def _close_in_order(self, transport: asyncio.Transport) -> None:
+        """Shut the sending side once what is queued is sent (the client reads it, then
+        the end), and read (and discard) what the client still sends until it closes its
+        side: a socket closed with input unread is reset by the kernel, and what it still
+        had to send is lost. Over TLS, the TLS close (close_notify) does the same."""
+        if self._grace is None:
+            self._grace = self._loop.call_later(CLOSE_GRACE, self._grace_over)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (it reset the connection)
+            transport.abort()
+            return
+        self._eof_written = True
+        if not transport.is_reading():
+            transport.resume_reading()
+
+    def close_if_delivered(self) -> None:
+        """Close a closing connection at once if its client has received everything,
+        the end of the stream included (the server is shutting down)."""
+        transport = self._transport
+        if (
+            self._eof_written
+            and transport is not None
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+            and _unacknowledged(transport) == 0
+        ):
+            transport.close()
+
+    def _grace_over(self) -> None:
+        """:data:`CLOSE_GRACE` seconds after the close began, the connection is still
+        open: cut off a client that has not taken what is queued; close the connection
+        of one that took it all but did not close its side."""
+        self._grace = None
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        subscriber = self._subscriber
+        stuck = (
+            transport.is_closing()
+            or transport.get_write_buffer_size() > 0
+            or (subscriber is not None and subscriber.sending_file)
+        )
+        if not stuck:
+            transport.close()
+            return
+        if self._admitted:
             log.warning(
                 "%s read nothing more: connection cut", self._peer, extra={"client": self._peer}
             )
-            transport.abort()
+        if subscriber is not None:
+            subscriber.stop()
+        transport.abort()
 
     def _drop(self, reason: str) -> None:
         """Cut off a client that stopped reading: nothing more can reach it."""
         log.warning("dropping %s: %s", self._peer, reason, extra={"client": self._peer})
+        self._closing = True
         if self._subscriber is not None:
             self._subscriber.stop()
         if self._transport is not None:
             self._transport.abort()
 
     def close(self, reason: str) -> None:
-        """Close this connection from the server side, telling the client why."""
+        """Close this connection from the server side, telling the client why (after
+        whatever is queued for it)."""
         session = self._session
-        if session is not None and session.state is not State.CLOSED:
+        if session is not None and session.state is not State.CLOSED and not self._closing:
             session.send_debug(reason, self._loop.time())
-            self._flush()
-        self._close_transport()
+        self._close_in_turn()
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int | None:
+    """Bytes the transport's socket has sent (its FIN counts as one) that the peer has
+    not acknowledged yet, or has still to send; None where this cannot be known. Once it
+    is 0 after the FIN, closing cannot lose output, even if the peer sends more (the
+    kernel would answer with a reset, but the peer holds every byte and the end)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    count: int = struct.unpack("i", raw)[0]
+    return count
 
 
 _PLAIN_ON_TLS_PORT = Debug(

@@ -59,6 +59,7 @@ from tickertape.store.log import (
     _fsync_directory,
     _unused_path,
     has_tail,
+    lost_note,
     packet_offsets,
     set_tail_aside,
 )
@@ -377,6 +378,14 @@ class ArchivedLog:
     def sendfile_source(self) -> BinaryIO | None:
         """None: the bytes are compressed; :meth:`read_range` serves them."""
         return None
+
+    @property
+    def damage(self) -> str | None:
+        """What the session lost before it was archived (see
+        :data:`~tickertape.store.log.LOST_FILE`), or None: an archive opens only if its
+        index and trailer pass their checks, and then holds what the log held. A chunk
+        that fails its check when it is read raises :class:`CorruptLogError` then."""
+        return lost_note(self.directory)
 
     def read_range(self, offset: int, count: int) -> bytes:
         """``count`` bytes of the original log from ``offset``, decompressing only the

@@ -45,6 +45,7 @@ from tickertape.store.log import (
     SessionLog,
     has_tail,
     set_tail_aside,
+    write_lost_note,
 )
 from tickertape.store.sessionid import SessionId
 
@@ -263,6 +264,12 @@ class Catalogue:
                     f"{found.vouched} were cut, so it cannot go on, and no session can "
                     f"follow it today: {exc}"
                 ) from exc
+            # Served by pull from now on, but never as a whole session.
+            write_lost_note(
+                latest.path,
+                f"messages {found.messages + 1}..{found.vouched} were lost: they were "
+                "found damaged at start-up",
+            )
             self.mark_ended(latest.id)
 
         opened = SessionLog.open(

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 LOG_FILE: Final = "log"
 INDEX_FILE: Final = "index"
+LOST_FILE: Final = "lost"
+"""In the directory of a session ended because messages its index vouched for were lost
+(start-up found them damaged and cut them): which ones. What is left of the log is
+clean, but the session cannot be served whole: pulls end with a Debug packet saying so."""
 
 _RECORD: Final = struct.Struct("<QQIII")  # first_seq, offset, length, count, crc32(batch)
 _RECORD_SIZE: Final = _RECORD.size + 4  # + crc32 of the record itself
@@ -212,6 +216,13 @@ class ReadableLog(Protocol):
     def sendfile_source(self) -> BinaryIO | None:
         """A file whose bytes are the log's, for ``sendfile``; None if there is none
         (an archived log is compressed): then :meth:`read_range` serves."""
+        ...
+
+    @property
+    def damage(self) -> str | None:
+        """Why the session cannot be served past :attr:`next_seq` although it holds
+        more (damaged messages, or bytes that cannot be read as messages); None if what
+        is served is the whole of it, as far as can be told."""
         ...
 
     def close(self) -> None: ...
@@ -658,6 +669,28 @@ class SessionLog:
         readers on any thread never disturb each other."""
         return os.pread(self._reader.fileno(), count, offset)
 
+    @property
+    def damage(self) -> str | None:
+        """Why the session cannot be served past :attr:`next_seq` although it holds
+        more; None if what is served is the whole of it, as far as can be told.
+
+        A log opened read-only (a closed session) that lost messages its index vouched
+        for, or that holds bytes past its intact part (a damaged batch and what follows
+        it, a torn packet, garbage), is not whole; nor is a followed log that stopped at
+        a damaged batch. A writable log was repaired at opening: what it holds is the
+        session (what was cut had never been published, or the session was ended)."""
+        if self._follow_problem is not None:
+            return self._follow_problem
+        if self._index_fd is not None:
+            return None
+        lost = lost_note(self.directory)
+        if lost is not None:
+            return lost
+        recovery = self.recovery
+        if not (recovery.lost_vouched or recovery.cut_bytes):
+            return None
+        return "; ".join(recovery.problems[:3])
+
     def fileno(self) -> int:
         return self._reader.fileno()
 
@@ -1022,6 +1055,21 @@ def _spoil_packet(log_path: Path, offset: int) -> bool:
     return True
 
 
+def lost_note(directory: Path) -> str | None:
+    """What the session in ``directory`` lost (its :data:`LOST_FILE`), if anything."""
+    try:
+        text = (directory / LOST_FILE).read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return text or "messages were lost"
+
+
+def write_lost_note(directory: Path, text: str) -> None:
+    """Record in ``directory`` that the session lost messages (see :data:`LOST_FILE`);
+    synced, the directory too."""
+    _replace_file(directory / LOST_FILE, text.encode() + b"\n")
+
+
 def _replace_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically: a crash leaves the old or the new file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -1042,13 +1090,16 @@ def _fsync_directory(directory: Path) -> None:
 
 
 __all__ = [
+    "LOST_FILE",
     "Appended",
     "Durability",
     "ReadableLog",
     "Recovery",
     "SessionLog",
     "has_tail",
+    "lost_note",
     "packet_offsets",
     "set_tail_aside",
     "verify",
+    "write_lost_note",
 ]
