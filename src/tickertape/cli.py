@@ -44,6 +44,7 @@ from tickertape.server.moldudp64 import (
     MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
+    default_interface,
     parse_group,
 )
 from tickertape.server.soupbintcp import (
@@ -501,8 +502,9 @@ def _parser() -> argparse.ArgumentParser:
         "--mold-iface",
         type=_ipv4,
         metavar="ADDR",
-        help="send MoldUDP64 from the interface with this local IPv4 address "
-        "(default: the route to the group decides)",
+        help="send MoldUDP64 from the interface with this local IPv4 address (default: "
+        "the loopback if --host is a loopback address, so that it works on one machine; "
+        "else the route to the group decides)",
     )
     serve.add_argument(
         "--mold-ttl",
@@ -595,8 +597,9 @@ def _parser() -> argparse.ArgumentParser:
         "--iface",
         type=_ipv4,
         metavar="ADDR",
-        help="join the group on the interface with this local IPv4 address "
-        "(default: the route to the group decides)",
+        help="join the group on the interface with this local IPv4 address (default: "
+        "the loopback if the --request host is a loopback address; else the route to "
+        "the group decides)",
     )
     mold.add_argument(
         "--tcp",
@@ -1077,7 +1080,9 @@ async def _start_mold(args: argparse.Namespace, engine: Engine) -> _Mold:
                 PublisherConfig(
                     group,
                     port,
-                    interface=args.mold_iface,
+                    interface=(
+                        default_interface(args.host) if args.mold_iface is None else args.mold_iface
+                    ),
                     ttl=DEFAULT_TTL if args.mold_ttl is None else args.mold_ttl,
                     eos_seconds=(
                         DEFAULT_EOS_SECONDS
@@ -1122,8 +1127,10 @@ def _check_tail(args: argparse.Namespace) -> None:
             "--mold needs --request HOST:PORT, the server's re-request address "
             "(serve --mold-request)"
         )
-    if args.seq < 1:
-        args.subparser.error("with --mold, --from is 1 or more (MoldUDP64 numbers from 1)")
+    if args.seq < 0:
+        args.subparser.error(
+            "with --mold, --from is 0 (live only) or more (MoldUDP64 numbers from 1)"
+        )
     if args.user or args.password:
         args.subparser.error("--user and --password are for SoupBinTCP, not --mold")
 
@@ -1140,7 +1147,7 @@ async def _tail(args: argparse.Namespace) -> int:
             group,
             port,
             args.request,
-            iface=args.iface or "0.0.0.0",
+            iface=args.iface,
             session=args.session,
             seq=args.seq,
             tcp=args.tcp,

@@ -22,6 +22,7 @@ For a gap that large the notes suggest catching up over SoupBinTCP instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,8 @@ DEFAULT_MAX_OUTSTANDING: Final = 10
 """Requests sent and neither answered nor timed out, at most."""
 DEFAULT_MAX_CACHED: Final = 16_384
 """Messages kept out of order, at most (at 1450 bytes each, about 24 MB)."""
+
+log = logging.getLogger(__name__)
 
 _SEQUENCE_LIMIT: Final = 1 << 64
 """Sequence numbers are u64: a message numbered this or more cannot be asked for."""
@@ -77,8 +80,13 @@ def _start(interval: tuple[int, int]) -> int:
 class Receiver:
     """One MoldUDP64 session as seen by a receiver, from message ``next_seq`` on.
 
-    ``session`` is the session to follow; blank, the session of the first downstream
-    packet is adopted. Packets of any other session are ignored.
+    ``session`` is the session to follow; blank, the session of the first heartbeat or
+    message is adopted (not that of an End of Session: that session ended before this
+    receiver joined, and the one that follows it is followed). Packets of any other
+    session are ignored (logged at DEBUG, once per session).
+
+    ``next_seq`` 0 means live only: from the first packet's number on, nothing earlier
+    is asked for.
     """
 
     __slots__ = (
@@ -89,8 +97,10 @@ class Receiver:
         "_duplicates",
         "_end",
         "_foreign",
+        "_foreign_seen",
         "_holes",
         "_horizon",
+        "_live",
         "_malformed",
         "_max_cached",
         "_max_outstanding",
@@ -120,8 +130,10 @@ class Receiver:
                 f"session {session!r}: a MoldUDP64 session is at most {SESSION_LENGTH} ASCII "
                 "characters; name one, or leave it blank to follow the first seen"
             )
-        if not 1 <= next_seq < _SEQUENCE_LIMIT:
-            raise ConfigError(f"next_seq is {next_seq}; MoldUDP64 numbers messages from 1")
+        if not 0 <= next_seq < _SEQUENCE_LIMIT:
+            raise ConfigError(
+                f"next_seq is {next_seq}; MoldUDP64 numbers messages from 1 (0: live only)"
+            )
         if not 1 <= request_chunk <= 0xFFFF:
             raise ConfigError(
                 f"request_chunk is {request_chunk}; a Request asks for 1 to 65535 messages"
@@ -140,6 +152,8 @@ class Receiver:
         self._max_outstanding = max_outstanding
         self._max_cached = max_cached
         self._now = now
+        self._live = next_seq == 0  # until the first packet says where live is
+        next_seq = max(next_seq, 1)
         self._next_seq = next_seq
         # Every number from _next_seq up to _horizon (excluded) is known to exist, and is
         # either in _cache or in _holes: sorted, disjoint [start, end) ranges. After
@@ -153,6 +167,7 @@ class Receiver:
         self._released: list[tuple[int, bytes]] = []
         self._malformed = 0
         self._foreign = 0
+        self._foreign_seen: set[str] = set()
         self._duplicates = 0
         self._beyond_cache = 0
         self._requests = 0
@@ -214,11 +229,15 @@ class Receiver:
             self._malformed += 1
             return
         if packet.session != self._session:
-            if self._adopted:
-                self._foreign += 1
+            if self._adopted or packet.end_of_session:
+                self._ignore(packet)
                 return
             self._session = packet.session
+            log.debug("MoldUDP64: following session %s", packet.session)
         self._adopted = True
+        if self._live:
+            self._live = False
+            self._next_seq = self._horizon = start
         if packet.end_of_session:
             self._end_of_session(start)
         elif not messages:
@@ -230,6 +249,24 @@ class Receiver:
             self._next_seq = self._horizon = stop
         else:
             self._receive(start, messages)
+
+    def _ignore(self, packet: Downstream) -> None:
+        self._foreign += 1
+        if packet.session in self._foreign_seen or len(self._foreign_seen) >= 16:
+            return
+        self._foreign_seen.add(packet.session)
+        if self._adopted:
+            log.debug(
+                "MoldUDP64: ignoring packets of session %s (following session %s)",
+                packet.session,
+                self._session,
+            )
+        else:
+            log.debug(
+                "MoldUDP64: ignoring End of Session of session %s: it ended before this "
+                "receiver joined; following the next session seen",
+                packet.session,
+            )
 
     def _receive(self, start: int, messages: Sequence[bytes]) -> None:
         stop = start + len(messages)

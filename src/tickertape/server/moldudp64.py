@@ -5,10 +5,12 @@ subscriber. It joins when it starts, so it multicasts what is published from the
 anything earlier is had by re-request (or a SoupBinTCP login). Each batch the engine
 hands it, already encoded as SoupBinTCP Sequenced Data packets, is cut into its messages
 and packed into downstream packets of at most 1472 bytes, sent to the group. A heartbeat
-goes out after each second with nothing sent; when a session ends, End of Session
-packets for it go out once a second for a while (``eos_seconds``), and the new session's
-messages and heartbeats go out from the moment it opens, interleaved with them (receivers
-tell the two apart by the session field).
+goes out after each second with nothing sent. When a session ends, End of Session for
+it goes out at once, then once a second in place of heartbeats while the next session has
+nothing to send, for at most ``eos_seconds``; the next session's first message stops them
+(never is an End of Session sent after the next session's first packet: some receivers
+take the session from every packet, and would think the new session ended). Then the new
+session's messages and heartbeats go out as usual.
 
 Sending never holds up the event loop, so never the TCP side: :meth:`MoldPublisher.deliver`
 only queues the batch for a thread of the publisher's own, which packs it and sends it.
@@ -320,6 +322,30 @@ def _publisher_socket(config: PublisherConfig) -> socket.socket:
     return sock
 
 
+def default_interface(host: str) -> str | None:
+    """The interface to send the group on when none is named: that of ``host`` (where
+    the server listens) if it is a loopback address, so that receivers on the same
+    machine get the packets with no more setting; else None (the route decides)."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return str(address) if address.is_loopback else None
+
+
+def _route_source(group: str, port: int) -> str | None:
+    """The local address the route to ``group`` leaves from; None if there is no route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((group, port))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+        return address
+
+
 class MoldPublisher:
     """Multicasts the engine's active session as MoldUDP64. Create, then ``start()``."""
 
@@ -354,14 +380,34 @@ class MoldPublisher:
         self._sock = _publisher_socket(self.config)
         self._sender = _Sender(self._sock, self.config, self.stats)
         self._join()
-        where = f" from {self.config.interface}" if self.config.interface else ""
-        log.info(
-            "MoldUDP64 publishing to %s:%d%s (ttl %d)",
-            self.config.group,
-            self.config.port,
-            where,
-            self.config.ttl,
-        )
+        group, port, interface = self.config.group, self.config.port, self.config.interface
+        if interface is not None:
+            loopback = ipaddress.IPv4Address(interface).is_loopback
+            log.info(
+                "MoldUDP64 publishing to %s:%d on the interface of %s%s (ttl %d)",
+                group,
+                port,
+                interface,
+                " (the loopback: receivers on this machine only)" if loopback else "",
+                self.config.ttl,
+            )
+            return
+        source = _route_source(group, port)
+        if source is None:
+            log.warning(
+                "MoldUDP64: no route to %s: its packets go nowhere; name the interface to "
+                "send on with --mold-iface ADDR (127.0.0.1 for receivers on this machine)",
+                group,
+            )
+        else:
+            log.info(
+                "MoldUDP64 publishing to %s:%d on the interface of %s, where the route to "
+                "the group leads (--mold-iface ADDR chooses another) (ttl %d)",
+                group,
+                port,
+                source,
+                self.config.ttl,
+            )
 
     def _join(self) -> None:
         """Go live at the tail of the active session and say so with a heartbeat."""
@@ -371,15 +417,22 @@ class MoldPublisher:
         self.next_seq = self.engine.next_seq
         joined = self.engine.go_live(self)
         assert joined, "a cursor at the tail is always taken"
-        self._send_heartbeat()
+        if not self._ends:  # else the ended session's End of Session stands in for it
+            self._send_heartbeat()
 
     # ------------------------------------------------------------------ Cursor
 
     def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
         """Queue a newly published batch for the sending thread (never blocks)."""
         assert self._sender is not None and self._loop is not None
+        if self._ends:
+            self._stop_ends()
         self.next_seq = first_seq + count
         self._last_sent = self._loop.time()
+        if self._heartbeat is None:
+            self._heartbeat = self._loop.call_at(
+                self._last_sent + self.config.heartbeat_interval, self._tick
+            )
         if not self._sender.put_batch(self._session, data, first_seq, count):
             self.stats.dropped_batches += 1
             self.stats.dropped_messages += count
@@ -394,10 +447,17 @@ class MoldPublisher:
         assert self._loop is not None
         ended, next_seq = self._session, self.next_seq
         if self._heartbeat is not None:
-            self._heartbeat.cancel()  # the next session's first heartbeat restarts it
+            self._heartbeat.cancel()  # the next session's first packet restarts it
             self._heartbeat = None
+        self._stop_ends()  # an earlier session's: this end supersedes it
         repeats = max(1, math.ceil(self.config.eos_seconds / self.config.heartbeat_interval))
-        log.info("MoldUDP64: End of Session %s at %d, %d times", ended, next_seq, repeats)
+        log.info(
+            "MoldUDP64: End of Session %s at %d, up to %d times (until the next session's "
+            "first message)",
+            ended,
+            next_seq,
+            repeats,
+        )
         self._send_end(ended, next_seq, repeats)
         self._loop.call_soon(self._join)
 
@@ -437,6 +497,7 @@ class MoldPublisher:
             return
         self._sender.put(end_of_session(session, next_seq))
         self.stats.end_of_session += 1
+        self._last_sent = self._loop.time()
         if left > 1:
             handle: asyncio.TimerHandle
 
@@ -446,6 +507,17 @@ class MoldPublisher:
 
             handle = self._loop.call_later(self.config.heartbeat_interval, again)
             self._ends.add(handle)
+        elif session != self._session and self._heartbeat is None:
+            # The last one, and the next session has sent nothing: its heartbeats begin.
+            self._heartbeat = self._loop.call_at(
+                self._last_sent + self.config.heartbeat_interval, self._tick
+            )
+
+    def _stop_ends(self) -> None:
+        """No more End of Session repeats (the next session has something to send)."""
+        for handle in self._ends:
+            handle.cancel()
+        self._ends.clear()
 
     # ------------------------------------------------------------------ closing
 
@@ -474,9 +546,7 @@ class MoldPublisher:
         self.engine.leave(self)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        for handle in self._ends:
-            handle.cancel()
-        self._ends.clear()
+        self._stop_ends()
         if self._sender is not None:
             await asyncio.to_thread(self._sender.stop)
         if self._sock is not None:
@@ -966,5 +1036,6 @@ __all__ = [
     "RequestServerConfig",
     "RequestStats",
     "TokenBuckets",
+    "default_interface",
     "parse_group",
 ]
