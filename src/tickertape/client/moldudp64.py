@@ -46,19 +46,46 @@ DEFAULT_TCP_THRESHOLD: Final = 10_000
 DEFAULT_QUIET_AFTER: Final = 3.0
 """Seconds without a packet from the group before a warning says what is awaited."""
 _RECEIVE_BUFFER: Final = 8 << 20
+_READS_PER_WAKEUP: Final = 256
 _IP_MULTICAST_ALL: Final = 49  # linux/in.h; not in Python's socket module
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, receiver: Receiver, wake: asyncio.Event) -> None:
+class _Reader:
+    """Feeds the receiver every datagram waiting on a socket at each wake-up (not one a
+    turn of the event loop, as a datagram transport does): a burst of answers costs one
+    turn, and the requests it makes room for go out together."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        receiver: Receiver,
+        wake: asyncio.Event,
+    ) -> None:
+        self._loop = loop
+        self.sock = sock
         self._receiver = receiver
         self._wake = wake
         self.received = 0
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.received += 1
-        self._receiver.datagram_received(data, asyncio.get_running_loop().time())
+    def _readable(self) -> None:
+        now = self._loop.time()
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # an ICMP error reported late, say: nothing lost
+                log.debug("MoldUDP64 socket: %s", exc)
+                continue
+            self.received += 1
+            self._receiver.datagram_received(data, now)
         self._wake.set()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 def default_iface(request_host: str) -> str:
@@ -131,7 +158,7 @@ class MoldSubscription:
         self.tcp_threshold = tcp_threshold
         self._start_session = session
         self._start_seq = seq
-        self._transports: list[asyncio.DatagramTransport] = []
+        self._readers: list[_Reader] = []
         self._iterator: AsyncIterator[Message] | None = None
         self.caught_up_by_tcp = 0
         """Messages that came over SoupBinTCP rather than the group or re-requests."""
@@ -156,28 +183,34 @@ class MoldSubscription:
         aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None:
             await aclose()
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
 
     async def _run(self) -> AsyncIterator[Message]:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         receiver = Receiver(loop.time(), session=self._start_session, next_seq=self._start_seq)
-        group_transport, group_protocol = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(receiver, wake),
-            sock=_group_socket(self.group, self.port, self.iface),
+        group_reader = _Reader(
+            loop, _group_socket(self.group, self.port, self.iface), receiver, wake
         )
+        self._readers.append(group_reader)
         log.debug("MoldUDP64: joined %s:%d on interface %s", self.group, self.port, self.iface)
         quiet_until: float | None = loop.time() + self.quiet_after
-        request_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(receiver, wake), local_addr=("0.0.0.0", 0)
-        )
-        self._transports += [group_transport, request_transport]
+        request_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            request_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+            request_socket.bind(("0.0.0.0", 0))
+            request_socket.setblocking(False)
+        except BaseException:
+            request_socket.close()
+            raise
+        self._readers.append(_Reader(loop, request_socket, receiver, wake))
         tcp_done = False
         while True:
+            session = receiver.session
             for seq, payload in receiver.messages():
-                yield Message(receiver.session, seq, payload)
+                yield Message(session, seq, payload)
             if receiver.ended:
                 return
             now = loop.time()
@@ -192,9 +225,12 @@ class MoldSubscription:
                     yield message
                 continue
             for ask in receiver.requests(now):
-                request_transport.sendto(ask.encode(), self.request_address)
+                try:
+                    request_socket.sendto(ask.encode(), self.request_address)
+                except OSError as exc:  # a full buffer, say: asked again on the timer
+                    log.debug("MoldUDP64: a request was not sent: %s", exc)
             if quiet_until is not None:
-                if group_protocol.received:
+                if group_reader.received:
                     quiet_until = None
                 elif now >= quiet_until:
                     quiet_until = None

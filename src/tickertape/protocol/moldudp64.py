@@ -12,12 +12,21 @@ This is the splice of two feeds that the notes' "Joining late" section describes
 asked for in chunks, and the cache is released in order once the gap closes. A late
 joiner is just a receiver whose first packet is far above ``next_seq``.
 
+Re-requests are pipelined: up to ``max_outstanding`` are in flight at a time, each for
+what one reply holds (estimated from the sizes of the messages received last: a reply
+holds as many as fit one datagram, so asking for more only makes the server send the
+same packet's worth), and each answered one makes room for the next at once. One that
+is not answered within ``retry_after`` (lost, or over the server's per-requester budget)
+is sent again. The default window (32) is what the re-request server queues per
+requester for a closed session.
+
 Memory is bounded: at most ``max_cached`` messages wait out of order, those numbered
 from ``next_seq`` to ``next_seq + max_cached - 1`` (the *window*). A message further
 ahead is not kept; it stays missing and is asked for again once the window reaches it, so
 nothing is lost, only fetched twice. At most ``max_outstanding`` requests are unanswered
 at a time, so a gap of a million messages does not become ten thousand requests at once.
-For a gap that large the notes suggest catching up over SoupBinTCP instead.
+For a gap that large the notes suggest catching up over SoupBinTCP instead; by
+re-requests it goes at about the server's per-requester budget.
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import ConfigError, RemoteProtocolError
-from tickertape.wire.moldudp64 import SESSION_LENGTH, Downstream, Request
+from tickertape.wire.moldudp64 import (
+    BLOCK_HEADER,
+    HEADER,
+    MAX_DATAGRAM,
+    SESSION_LENGTH,
+    Downstream,
+    Request,
+)
 
 __all__ = [
     "DEFAULT_MAX_CACHED",
@@ -42,16 +58,19 @@ __all__ = [
 ]
 
 DEFAULT_REQUEST_CHUNK: Final = 100
-"""Messages asked for by one Request packet."""
+"""Messages asked for by one Request packet, at most (fewer when fewer fit a reply)."""
 DEFAULT_RETRY_AFTER: Final = 0.25
 """Seconds before a range still missing is asked for again."""
-DEFAULT_MAX_OUTSTANDING: Final = 10
-"""Requests sent and neither answered nor timed out, at most."""
+DEFAULT_MAX_OUTSTANDING: Final = 32
+"""Requests sent and neither answered nor timed out, at most (the re-request server
+queues 32 a requester for a closed session: more would be dropped)."""
 DEFAULT_MAX_CACHED: Final = 16_384
 """Messages kept out of order, at most (at 1450 bytes each, about 24 MB)."""
 
 log = logging.getLogger(__name__)
 
+_ROOM: Final = MAX_DATAGRAM - HEADER.size
+"""Bytes of message blocks a reply holds."""
 _SEQUENCE_LIMIT: Final = 1 << 64
 """Sequence numbers are u64: a message numbered this or more cannot be asked for."""
 
@@ -106,6 +125,7 @@ class Receiver:
         "_max_outstanding",
         "_next_seq",
         "_now",
+        "_per_reply",
         "_released",
         "_request_chunk",
         "_requests",
@@ -148,6 +168,7 @@ class Receiver:
         self._session = session
         self._adopted = bool(session)
         self._request_chunk = request_chunk
+        self._per_reply = request_chunk  # until a packet's messages say how many fit
         self._retry_after = retry_after
         self._max_outstanding = max_outstanding
         self._max_cached = max_cached
@@ -270,6 +291,12 @@ class Receiver:
 
     def _receive(self, start: int, messages: Sequence[bytes]) -> None:
         stop = start + len(messages)
+        # What a reply holds, judged by these messages' sizes.
+        size = BLOCK_HEADER.size * len(messages) + sum(map(len, messages))
+        self._per_reply = max(
+            1,
+            min(self._request_chunk, (_ROOM * len(messages)) // size if size else _ROOM),
+        )
         if self._end is not None and stop > self._end:
             self._malformed += 1  # messages past End of Session: keep those before it
             stop = max(start, self._end)
@@ -285,6 +312,19 @@ class Receiver:
         if low >= high:
             return
         cache = self._cache
+        if low == self._next_seq:
+            # The next messages (a pipelined answer, usually): handed out as they are.
+            if cache:
+                for sequence in range(low, high):
+                    if cache.pop(sequence, None) is not None:
+                        self._duplicates += 1
+            self._released.extend(
+                zip(range(low, high), messages[low - start : high - start], strict=True)
+            )
+            self._next_seq = high
+            self._fill(low, high)
+            self._release()
+            return
         for sequence in range(low, high):
             if sequence in cache:
                 self._duplicates += 1
@@ -385,7 +425,6 @@ class Receiver:
         last passed in if something is due already, ``math.inf`` if nothing is missing."""
         if not self._holes:
             return math.inf
-        self._drop_filled_asks()
         if len(self._asks) < self._max_outstanding and next(self._due(), None) is not None:
             return self._now
         return min((ask[2] for ask in self._asks), default=math.inf)
@@ -393,14 +432,14 @@ class Receiver:
     def _drop_filled_asks(self) -> None:
         """Forget requests for ranges that have no missing message left."""
         holes = self._holes
-
-        def missing(ask: tuple[int, int, float]) -> bool:
-            i = bisect_right(holes, ask[0], key=_start) - 1
-            if i >= 0 and holes[i][1] > ask[0]:
-                return True
-            return i + 1 < len(holes) and holes[i + 1][0] < ask[1]
-
-        self._asks = [ask for ask in self._asks if missing(ask)]
+        kept = []
+        h = 0
+        for ask in self._asks:  # both sorted: one walk
+            while h < len(holes) and holes[h][1] <= ask[0]:
+                h += 1
+            if h < len(holes) and holes[h][0] < ask[1]:
+                kept.append(ask)
+        self._asks = kept
 
     def _due(self) -> Iterator[tuple[int, int]]:
         """Missing ranges of the window not asked for yet, in chunks, lowest first."""
@@ -426,6 +465,6 @@ class Receiver:
                     position = end
 
     def _chunks(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        chunk = self._request_chunk
+        chunk = self._per_reply
         for first in range(start, end, chunk):
             yield first, min(first + chunk, end)

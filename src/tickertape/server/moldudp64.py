@@ -32,7 +32,7 @@ bucket) so that one cannot starve the others.
 Reading: requests for the active session are answered at once, on the event loop, from
 the log's page cache. The bytes read are kept in small windows (16 KiB each), so a client
 filling a gap chunk by chunk, or many clients missing the same packet, cost one read. A
-request that needs a read is charged a full packet's worth of messages on top of what it
+request that needs a read is charged a packet's worth of the messages read on top of what it
 is sent: asking for scattered numbers (a read each) is limited far more than asking for
 the next chunk of a gap. Closed sessions are opened and read on a thread of the server's
 own (opening checks every checksum), kept open while they are asked for, and closed after
@@ -50,6 +50,7 @@ import math
 import socket
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,7 @@ from tickertape.wire.moldudp64 import (
     HEADER,
     MAX_DATAGRAM,
     MAX_MESSAGES,
+    SESSION_LENGTH,
     Request,
     end_of_session,
     heartbeat,
@@ -646,12 +648,14 @@ class TokenBuckets:
 
 @dataclass(slots=True)
 class _Window:
-    """Whole packets of a session read from its log: messages ``first`` .. ``next_seq - 1``
-    at ``offsets`` (one more offset than messages: where the last one ends)."""
+    """Messages ``first`` .. ``next_seq - 1`` of a session read from its log, already
+    framed as MoldUDP64 message blocks (``u16`` length, data) in ``blocks``, the block of
+    each at ``offsets`` (one more offset than messages: where the last one ends). An
+    answer is then a header and one slice."""
 
     session: str
     first: int
-    data: bytes
+    blocks: bytes
     offsets: list[int]
 
     @property
@@ -675,7 +679,26 @@ def _read_window(
     count = min(len(offsets) - 1, end_seq - seq)
     if count < 1:
         raise CorruptLogError(f"session {session}: no whole packet at message {seq}")
-    return _Window(session, seq, data, offsets[: count + 1])
+    # SoupBinTCP ``u16 length, 'S', payload`` (the length counts the 'S') to MoldUDP64
+    # ``u16 length, payload``: each message one byte shorter.
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for number in range(count):
+        start, end = offsets[number], offsets[number + 1]
+        parts.append((end - start - _SOUP_HEADER).to_bytes(2, "big"))
+        parts.append(view[start + _SOUP_HEADER : end])
+    blocks = b"".join(parts)
+    return _Window(session, seq, blocks, [offsets[n] - n for n in range(count + 1)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one answer holds: ``count`` message blocks, ``blocks[start:end]``."""
+
+    blocks: bytes
+    start: int
+    end: int
+    count: int
 
 
 @dataclass(slots=True)
@@ -707,7 +730,7 @@ class MoldRequestServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._windows: OrderedDict[tuple[str, int], _Window] = OrderedDict()
-        self._reads = 0
+        self._read_cost = 0
         self._closed_logs: dict[str, _Closed] = {}
         self._unknown: dict[str, float] = {}
         self._pending: OrderedDict[Address, deque[_Pending]] = OrderedDict()
@@ -801,7 +824,7 @@ class MoldRequestServer:
             if not reserved:
                 return
             sent = 0
-            reads = self._reads
+            reads = self._read_cost
             try:
                 sent = self._answer_active(request, who, tail)
             except (StoreError, OSError) as exc:
@@ -828,11 +851,18 @@ class MoldRequestServer:
         self._pending_count += 1
         self._wake.set()
 
-    def _cost(self, sent: int, reads_before: int) -> int:
+    def _cost(self, sent: int, read_cost_before: int) -> int:
         """What answering cost the requester: the messages sent, and a full packet's
-        worth for each read of the log (a request that misses the windows costs the
-        loop far more than one that hits them)."""
-        return sent + (self._reads - reads_before) * self._per_packet
+        worth of the messages read for each read of the log (a request that misses the
+        windows costs the loop far more than one that hits them; a client asking for the
+        next packet's worth each time is charged about one read per window, a few
+        percent)."""
+        return sent + self._read_cost - read_cost_before
+
+    def _packet_worth(self, window: _Window) -> int:
+        """How many of the window's messages, from its first, one packet holds."""
+        room = self.config.max_datagram - HEADER.size
+        return max(1, bisect_right(window.offsets, room) - 1)
 
     def _reserve(self, request: Request, who: Address, now: float) -> int:
         reserved = self.buckets.take(who, now, min(request.count, self._per_packet))
@@ -853,7 +883,7 @@ class MoldRequestServer:
 
     def _read_now(self, session_log: ReadableLog, session: str, seq: int, tail: int) -> _Window:
         window = _read_window(session_log, session, seq, tail, self.config.window_bytes)
-        self._reads += 1
+        self._read_cost += self._packet_worth(window)
         self._keep(window)
         return window
 
@@ -871,25 +901,19 @@ class MoldRequestServer:
         while len(self._windows) > self.config.max_windows:
             self._windows.popitem(last=False)
 
-    def _fill(self, window: _Window, seq: int, count: int) -> tuple[list[bytes], bool]:
+    def _fill(self, window: _Window, seq: int, count: int) -> tuple[_Answer, bool]:
         """The messages from ``seq`` that fit a packet, up to ``count``; and whether the
         window ran out before the packet or the count was full."""
         room = self.config.max_datagram - HEADER.size
         wanted = min(count, MAX_MESSAGES)
-        data, offsets = window.data, window.offsets
+        offsets = window.offsets
         number = seq - window.first
         last = len(offsets) - 1
-        messages: list[bytes] = []
-        while number < last and len(messages) < wanted:
-            start = offsets[number] + _SOUP_HEADER
-            end = offsets[number + 1]
-            block = BLOCK_HEADER.size + end - start
-            if block > room:
-                return messages, False
-            messages.append(data[start:end])
-            room -= block
-            number += 1
-        return messages, number >= last and len(messages) < wanted
+        # The last message whose block ends within the room, at most ``wanted`` of them.
+        stop = bisect_right(offsets, offsets[number] + room, number, min(last, number + wanted) + 1)
+        stop -= 1
+        answer = _Answer(window.blocks, offsets[number], offsets[stop], stop - number)
+        return answer, stop >= last and stop - number < wanted
 
     def _answer_active(self, request: Request, who: Address, tail: int) -> int:
         """Answer from the windows, reading the active log on the loop if need be (its
@@ -897,18 +921,22 @@ class MoldRequestServer:
         session, seq = request.session, request.sequence
         session_log = self.engine.session_log
         window = self._find(session, seq) or self._read_now(session_log, session, seq, tail)
-        messages, short = self._fill(window, seq, request.count)
+        answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
             # The packet has room for more than this window holds: read on from seq.
             window = self._read_now(session_log, session, seq, tail)
-            messages, short = self._fill(window, seq, request.count)
-        return self._send(request, who, messages)
+            answer, short = self._fill(window, seq, request.count)
+        return self._send(request, who, answer)
 
-    def _send(self, request: Request, who: Address, messages: list[bytes]) -> int:
-        if not messages:
+    def _send(self, request: Request, who: Address, answer: _Answer) -> int:
+        if not answer.count:
             self.stats.oversized += 1
             return 0
-        packet = next(pack(request.session, request.sequence, messages, self.config.max_datagram))
+        field = request.session.encode("ascii").ljust(SESSION_LENGTH)
+        packet = (
+            HEADER.pack(field, request.sequence, answer.count)
+            + answer.blocks[answer.start : answer.end]
+        )
         assert self._sock is not None
         try:
             self._sock.sendto(packet, who)
@@ -916,8 +944,8 @@ class MoldRequestServer:
             self.stats.dropped += 1
             return 0
         self.stats.answered += 1
-        self.stats.messages += len(messages)
-        return len(messages)
+        self.stats.messages += answer.count
+        return answer.count
 
     # ------------------------------------------------------------------ closed sessions
 
@@ -945,7 +973,7 @@ class MoldRequestServer:
             who, pending = self._next_pending()
             request = pending.request
             sent = 0
-            reads = self._reads
+            reads = self._read_cost
             try:
                 sent = await self._answer_closed(request, who)
             except (StoreError, OSError) as exc:
@@ -967,11 +995,11 @@ class MoldRequestServer:
             self.stats.out_of_range += 1
             return 0
         window = self._find(session, seq) or await self._read_later(closed.log, session, seq, tail)
-        messages, short = self._fill(window, seq, request.count)
+        answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
             window = await self._read_later(closed.log, session, seq, tail)
-            messages, short = self._fill(window, seq, request.count)
-        return self._send(request, who, messages)
+            answer, short = self._fill(window, seq, request.count)
+        return self._send(request, who, answer)
 
     async def _read_later(
         self, session_log: ReadableLog, session: str, seq: int, tail: int
@@ -980,7 +1008,7 @@ class MoldRequestServer:
         window = await self._loop.run_in_executor(
             self._executor, _read_window, session_log, session, seq, tail, self.config.window_bytes
         )
-        self._reads += 1
+        self._read_cost += self._packet_worth(window)
         self._keep(window)
         return window
 
