@@ -110,14 +110,14 @@ class HeldAnswers(Answers):
 
 
 def test_re_requests_are_pipelined_each_for_what_one_reply_holds() -> None:
-    """A late joiner keeps a window of 32 requests in flight, each for the messages one
+    """A late joiner keeps a window of 64 requests in flight, each for the messages one
     reply holds (14 of these 100-byte messages), back to back over the gap."""
     messages = [b"%-100d" % n for n in range(1, 2001)]
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         group_port = free_udp_port()
-        answers = HeldAnswers(messages, 32)
+        answers = HeldAnswers(messages, 64)
         request_transport, _ = await loop.create_datagram_endpoint(
             lambda: answers, local_addr=("127.0.0.1", 0)
         )
@@ -137,7 +137,7 @@ def test_re_requests_are_pipelined_each_for_what_one_reply_holds() -> None:
                 f"{sorted((r.sequence, r.count) for r, _ in answers.held.values())}"
             ) from None
         held = sorted((r.sequence, r.count) for r, _ in answers.held.values())
-        assert held == [(1 + 14 * i, 14) for i in range(32)]
+        assert held == [(1 + 14 * i, 14) for i in range(64)]
         for _ in range(250):  # End of Session, repeated until the subscriber has it all
             sender.sendto(end_of_session(SESSION, len(messages) + 1))
             if receiving.done():

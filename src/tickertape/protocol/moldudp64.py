@@ -17,7 +17,7 @@ what one reply holds (estimated from the sizes of the messages received last: a 
 holds as many as fit one datagram, so asking for more only makes the server send the
 same packet's worth), and each answered one makes room for the next at once. One that
 is not answered within ``retry_after`` (lost, or over the server's per-requester budget)
-is sent again. The default window (32) is what the re-request server queues per
+is sent again. The default window (64) is what the re-request server queues per
 requester for a closed session.
 
 Memory is bounded: at most ``max_cached`` messages wait out of order, those numbered
@@ -61,9 +61,9 @@ DEFAULT_REQUEST_CHUNK: Final = 100
 """Messages asked for by one Request packet, at most (fewer when fewer fit a reply)."""
 DEFAULT_RETRY_AFTER: Final = 0.25
 """Seconds before a range still missing is asked for again."""
-DEFAULT_MAX_OUTSTANDING: Final = 32
+DEFAULT_MAX_OUTSTANDING: Final = 64
 """Requests sent and neither answered nor timed out, at most (the re-request server
-queues 32 a requester for a closed session: more would be dropped)."""
+queues 64 a requester for a closed session: more would be dropped)."""
 DEFAULT_MAX_CACHED: Final = 16_384
 """Messages kept out of order, at most (at 1450 bytes each, about 24 MB)."""
 

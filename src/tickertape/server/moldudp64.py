@@ -95,7 +95,9 @@ DEFAULT_MAX_WINDOWS: Final = 64
 DEFAULT_CLOSED_IDLE: Final = 60.0
 """Seconds a closed session's log stays open after its last request."""
 DEFAULT_MAX_OPEN_CLOSED: Final = 8
-DEFAULT_MAX_PENDING_PER_REQUESTER: Final = 32
+DEFAULT_MAX_PENDING_PER_REQUESTER: Final = 64
+"""Requests for closed sessions queued per requester (a pipelining client keeps 64 in
+flight)."""
 DEFAULT_MAX_PENDING: Final = 4096
 DEFAULT_UNKNOWN_SESSION_MEMORY: Final = 5.0
 """Seconds a session found not to be on disk is not looked for again."""
@@ -833,7 +835,9 @@ class MoldRequestServer:
             finally:
                 self.buckets.settle(who, reserved, self._cost(sent, reads))
             return
-        if not SessionId.is_valid(request.session) or self._known_unknown(request.session, now):
+        if request.session not in self._closed_logs and (
+            not SessionId.is_valid(request.session) or self._known_unknown(request.session, now)
+        ):
             self.stats.unknown_session += 1
             return
         queue = self._pending.get(who)
