@@ -1492,6 +1492,42 @@ def _open_input(name: str) -> BinaryIO:
         raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
 
 
+def _unacked(publisher: Publisher, binary: bool) -> str:
+    """Which input records the messages not acknowledged are: `` (lines 5 to 9)``."""
+    if publisher.sent <= publisher.acked:
+        return ""
+    what = "records" if binary else "lines"
+    return f" ({what} {publisher.acked + 1} to {publisher.sent})"
+
+
+async def _send_checked(
+    publisher: Publisher, records: list[bytes], binary: bool, flush_within: float
+) -> None:
+    """Send ``records``; one too long for a SoupBinTCP packet stops the command, once
+    what comes before it is acknowledged, saying which record it is."""
+    too_long = next((n for n, r in enumerate(records) if len(r) > MAX_PAYLOAD), None)
+    if too_long is None:
+        await publisher.send_many(records)
+        return
+    await publisher.send_many(records[:too_long])
+    number = publisher.sent + 1
+    try:
+        async with asyncio.timeout(flush_within):
+            await publisher.flush()
+    except TimeoutError:
+        pass  # said below: how many were acknowledged
+    what = "record" if binary else "line"
+    done = (
+        f"nothing from {what} {number} on was published; {what}s 1 to {publisher.acked} were"
+        if publisher.acked
+        else "nothing was published"
+    ) + _unacked(publisher, binary).replace(" (", "; not acknowledged: ").rstrip(")")
+    raise ConfigError(
+        f"{what} {number}: a message of {len(records[too_long]):,} bytes does not fit a "
+        f"SoupBinTCP packet (at most {MAX_PAYLOAD:,} bytes): {done}"
+    )
+
+
 async def _publish(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stream = await loop.run_in_executor(None, _open_input, args.file)
@@ -1513,7 +1549,7 @@ async def _publish(args: argparse.Namespace) -> int:
         batches = _records(stream, args.binary)
         # Reading runs on a thread: a slow pipe must not stop heartbeats and acknowledgements.
         while (records := await loop.run_in_executor(None, next, batches, None)) is not None:
-            await publisher.send_many(records)
+            await _send_checked(publisher, records, args.binary, args.timeout)
             if progress is not None:
                 progress.show(publisher.sent, publisher.acked)
         try:
@@ -1522,13 +1558,14 @@ async def _publish(args: argparse.Namespace) -> int:
                 ended = await publisher.end_session() if args.end_session else None
         except TimeoutError:
             raise ConfigError(
-                f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
-                f"acknowledged within {args.timeout} s"
+                f"{publisher.sent - publisher.acked} of {publisher.sent} messages"
+                f"{_unacked(publisher, args.binary)} were not acknowledged within "
+                f"{args.timeout} s"
             ) from None
     except (OSError, ProtocolError) as exc:
         raise ConfigError(
-            f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
-            f"acknowledged: {exc}"
+            f"{publisher.sent - publisher.acked} of {publisher.sent} messages"
+            f"{_unacked(publisher, args.binary)} were not acknowledged: {exc}"
         ) from None
     finally:
         await publisher.close()
