@@ -30,14 +30,16 @@ send. Each requester (address and port) has a budget of messages a second (a tok
 bucket) so that one cannot starve the others.
 
 Reading: requests for the active session are answered at once, on the event loop, from
-the log's page cache. The bytes read are kept in small windows (16 KiB each), so a client
-filling a gap chunk by chunk, or many clients missing the same packet, cost one read. A
-request that needs a read is charged a packet's worth of the messages read on top of what it
-is sent: asking for scattered numbers (a read each) is limited far more than asking for
-the next chunk of a gap. Closed sessions are opened and read on a thread of the server's
-own (opening checks every checksum), kept open while they are asked for, and closed after
-a minute without requests, so that archiving or deleting them frees their space. Their
-requests wait in one queue per requester, the requesters served in turn.
+the log's page cache. The bytes read are kept in small windows (16 KiB each; 128 KiB for
+a read that goes on where a window ends, as a client catching up in order makes), so a
+client filling a gap chunk by chunk, or many clients missing the same packet, cost one
+read. A request that needs a read is charged a packet's worth of the messages read on
+top of what it is sent (twice that for a 128 KiB read): asking for scattered numbers (a
+read each) is limited far more than asking for the next chunk of a gap (a few percent).
+Closed sessions are opened and read on a thread of the server's own (opening checks every
+checksum), kept open while they are asked for, and closed after a minute without
+requests, so that archiving or deleting them frees their space. Their requests wait in
+one queue per requester, the requesters served in turn.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ DEFAULT_REQUEST_RATE: Final = 50_000.0
 """Messages a second each requester may be sent by the re-request server."""
 DEFAULT_WINDOW_BYTES: Final = 16 << 10
 """Bytes read from a log at a time for re-requests (about ten full packets' worth)."""
+DEFAULT_READ_AHEAD: Final = 8
+"""A read that goes on where a window ends (a client catching up in order) reads this
+many windows' worth at once."""
 DEFAULT_MAX_WINDOWS: Final = 64
 DEFAULT_CLOSED_IDLE: Final = 60.0
 """Seconds a closed session's log stays open after its last request."""
@@ -572,6 +577,8 @@ class RequestServerConfig:
     """Messages a requester may be sent at once after a quiet spell (None: ``rate``)."""
     max_datagram: int = MAX_DATAGRAM
     window_bytes: int = DEFAULT_WINDOW_BYTES
+    read_ahead: int = DEFAULT_READ_AHEAD
+    """A read that goes on where a window ends reads ``read_ahead`` windows' worth."""
     max_windows: int = DEFAULT_MAX_WINDOWS
     closed_idle: float = DEFAULT_CLOSED_IDLE
     max_open_closed: int = DEFAULT_MAX_OPEN_CLOSED
@@ -863,10 +870,13 @@ class MoldRequestServer:
         percent)."""
         return sent + self._read_cost - read_cost_before
 
-    def _packet_worth(self, window: _Window) -> int:
-        """How many of the window's messages, from its first, one packet holds."""
+    def _read_charge(self, window: _Window, size: int) -> int:
+        """What a read of ``size`` bytes costs the requester: a packet's worth of the
+        messages read (as many as one packet holds from the window's first), and one more
+        for every further four windows' worth of bytes."""
         room = self.config.max_datagram - HEADER.size
-        return max(1, bisect_right(window.offsets, room) - 1)
+        packet_worth = max(1, bisect_right(window.offsets, room) - 1)
+        return packet_worth * max(1, size // (4 * self.config.window_bytes))
 
     def _reserve(self, request: Request, who: Address, now: float) -> int:
         reserved = self.buckets.take(who, now, min(request.count, self._per_packet))
@@ -885,9 +895,21 @@ class MoldRequestServer:
 
     # ------------------------------------------------------------------ answering
 
-    def _read_now(self, session_log: ReadableLog, session: str, seq: int, tail: int) -> _Window:
-        window = _read_window(session_log, session, seq, tail, self.config.window_bytes)
-        self._read_cost += self._packet_worth(window)
+    def _window_bytes(self, session: str, seq: int, ahead: bool) -> int:
+        """What to read from ``seq``: a window; more for a client reading on in order
+        (``seq`` is where a window ends, or the rest of a packet is wanted), so that
+        catching up costs few reads, while scattered requests each read little."""
+        size = self.config.window_bytes
+        if ahead or any(w.session == session and w.next_seq == seq for w in self._windows.values()):
+            return size * max(1, self.config.read_ahead)
+        return size
+
+    def _read_now(
+        self, session_log: ReadableLog, session: str, seq: int, tail: int, ahead: bool = False
+    ) -> _Window:
+        size = self._window_bytes(session, seq, ahead)
+        window = _read_window(session_log, session, seq, tail, size)
+        self._read_cost += self._read_charge(window, size)
         self._keep(window)
         return window
 
@@ -928,7 +950,7 @@ class MoldRequestServer:
         answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
             # The packet has room for more than this window holds: read on from seq.
-            window = self._read_now(session_log, session, seq, tail)
+            window = self._read_now(session_log, session, seq, tail, ahead=True)
             answer, short = self._fill(window, seq, request.count)
         return self._send(request, who, answer)
 
@@ -1001,18 +1023,19 @@ class MoldRequestServer:
         window = self._find(session, seq) or await self._read_later(closed.log, session, seq, tail)
         answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
-            window = await self._read_later(closed.log, session, seq, tail)
+            window = await self._read_later(closed.log, session, seq, tail, ahead=True)
             answer, short = self._fill(window, seq, request.count)
         return self._send(request, who, answer)
 
     async def _read_later(
-        self, session_log: ReadableLog, session: str, seq: int, tail: int
+        self, session_log: ReadableLog, session: str, seq: int, tail: int, ahead: bool = False
     ) -> _Window:
         assert self._loop is not None
+        size = self._window_bytes(session, seq, ahead)
         window = await self._loop.run_in_executor(
-            self._executor, _read_window, session_log, session, seq, tail, self.config.window_bytes
+            self._executor, _read_window, session_log, session, seq, tail, size
         )
-        self._read_cost += self._packet_worth(window)
+        self._read_cost += self._read_charge(window, size)
         self._keep(window)
         return window
 
