@@ -423,6 +423,35 @@ async def test_no_answer_to_what_cannot_be_answered(tmp_path: Path) -> None:
 
 
 @synchronous
+async def test_catching_up_in_order_is_charged_little_more_than_the_messages(
+    tmp_path: Path,
+) -> None:
+    """A client asking for one reply's worth at a time, in order, pays for the reads of
+    the log a few percent on top of the messages: 4,000 of them fit a budget of 4,400
+    (with no refill to speak of), from a closed session and from the active one; and
+    each answer is a full packet."""
+
+    async def history(engine: Engine) -> None:
+        await engine.publish_many(payloads(4000, 100))
+        await engine.roll()
+        await engine.publish_many(payloads(4000, 100))
+
+    config = RequestServerConfig(rate=1.0, burst=4400.0)
+    async with mold_server(tmp_path, requests=config, before=history) as mold:
+        closed = str(mold.engine.catalogue.sessions()[0].id)
+        for session in (closed, mold.session):
+            asker = Receiver()
+            seq = 1
+            while seq <= 4000:
+                answer = await asker.answer(mold.requests.port, Request(session, seq, 14))
+                assert (answer.session, answer.sequence) == (session, seq)
+                assert answer.messages == tuple(payloads(min(14, 4001 - seq), 100, seq))
+                seq += len(answer.messages)
+            asker.close()
+        assert mold.requests.stats.rate_limited == 0
+
+
+@synchronous
 async def test_re_requests_of_closed_and_archived_sessions(tmp_path: Path) -> None:
     async def history(engine: Engine) -> None:
         await engine.publish_many(payloads(300, 30))

@@ -747,6 +747,7 @@ class MoldRequestServer:
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-mold-reader")
+        self._prefetching: dict[tuple[str, int], asyncio.Future[_Window]] = {}
         self._warn_failed = _Throttled("MoldUDP64: a re-request for session %s failed: %s")
 
     async def start(self) -> None:
@@ -784,6 +785,8 @@ class MoldRequestServer:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for reading in list(self._prefetching.values()):
+            reading.cancel()
         await asyncio.to_thread(self._executor.shutdown, True)
         for closed in self._closed_logs.values():
             closed.log.close()
@@ -1020,22 +1023,71 @@ class MoldRequestServer:
         if seq >= tail:
             self.stats.out_of_range += 1
             return 0
-        window = self._find(session, seq) or await self._read_later(closed.log, session, seq, tail)
+        window = self._find(session, seq) or await self._prefetched(session, seq)
+        if window is None:
+            window = await self._read_later(closed.log, session, seq, tail)
         answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
             window = await self._read_later(closed.log, session, seq, tail, ahead=True)
             answer, short = self._fill(window, seq, request.count)
-        return self._send(request, who, answer)
+        sent = self._send(request, who, answer)
+        self._prefetch(closed.log, window, seq + answer.count, tail)
+        return sent
+
+    def _prefetch(self, session_log: ReadableLog, window: _Window, upto: int, tail: int) -> None:
+        """A client reading on in order past the middle of a window will want the next:
+        read it now, on the thread, so that its requests do not wait for the read (the
+        requester that caused it pays for it now)."""
+        start = window.next_seq
+        key = (window.session, start)
+        if (
+            start >= tail
+            or upto - window.first < (start - window.first) // 2
+            or key in self._prefetching
+            or self._find(window.session, start) is not None
+        ):
+            return
+        size = self.config.window_bytes * max(1, self.config.read_ahead)
+        self._read_cost += self._read_charge(window, size)
+        reading = asyncio.ensure_future(
+            self._read_later(session_log, window.session, start, tail, ahead=True, charged=True)
+        )
+        self._prefetching[key] = reading
+
+        def done(future: asyncio.Future[_Window]) -> None:
+            self._prefetching.pop(key, None)
+            if not future.cancelled() and future.exception() is not None:
+                log.debug("MoldUDP64: reading ahead failed: %s", future.exception())
+
+        reading.add_done_callback(done)
+
+    async def _prefetched(self, session: str, seq: int) -> _Window | None:
+        """The window being read ahead from ``seq``, once read; None if there is none."""
+        reading = self._prefetching.get((session, seq))
+        if reading is None:
+            return None
+        try:
+            window = await asyncio.shield(reading)
+        except Exception:  # said by _prefetch; read again the usual way
+            return None
+        return window if window.first <= seq < window.next_seq else None
 
     async def _read_later(
-        self, session_log: ReadableLog, session: str, seq: int, tail: int, ahead: bool = False
+        self,
+        session_log: ReadableLog,
+        session: str,
+        seq: int,
+        tail: int,
+        ahead: bool = False,
+        charged: bool = False,
     ) -> _Window:
         assert self._loop is not None
         size = self._window_bytes(session, seq, ahead)
         window = await self._loop.run_in_executor(
             self._executor, _read_window, session_log, session, seq, tail, size
         )
-        self._read_cost += self._read_charge(window, size)
+        if not charged:
+            self._read_cost += self._read_charge(window, size)
         self._keep(window)
         return window
 
