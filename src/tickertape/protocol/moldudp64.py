@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -94,6 +94,10 @@ class ReceiverStats:
 
 def _start(interval: tuple[int, int]) -> int:
     return interval[0]
+
+
+def _ask_start(ask: tuple[int, int, float]) -> int:
+    return ask[0]
 
 
 class Receiver:
@@ -303,7 +307,11 @@ class Receiver:
         # An answer holds "as many of the requested messages as fit in one datagram,
         # starting at the requested one": a request answered from its start (or whose start
         # the group delivered) is done, and what did not fit is due again at once.
-        self._asks = [ask for ask in self._asks if not start <= ask[0] < stop]
+        asks = self._asks  # sorted by start
+        first = bisect_left(asks, start, key=_ask_start)
+        last = bisect_left(asks, stop, first, key=_ask_start)
+        if first < last:
+            del asks[first:last]
         self._announce(stop)
         low = max(start, self._next_seq)
         high = min(stop, self._next_seq + self._max_cached)
