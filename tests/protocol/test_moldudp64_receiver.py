@@ -457,6 +457,22 @@ def test_the_cache_is_bounded() -> None:
     assert receiver.next_deadline() == math.inf
 
 
+def test_a_packet_wholly_beyond_the_cache_only_announces_its_numbers() -> None:
+    receiver = Receiver(0.0, max_cached=10, request_chunk=100)
+    receiver.datagram_received(packet(1, 1), 0.0)
+    receiver.datagram_received(packet(50, 5), 0.1)  # far ahead: not kept
+    receiver.datagram_received(packet(60, 2, session="OTHER"), 0.1)  # another session
+    assert receiver.messages() == expected(1, 2)
+    assert receiver.gap == 53  # 2..54
+    assert receiver.cached == 0
+    assert receiver.stats.beyond_cache == 5
+    assert receiver.stats.foreign == 1
+    assert asked(receiver.requests(0.1)) == [(2, 10)]  # the window only
+    receiver.datagram_received(packet(2, 53), 0.2)
+    assert receiver.messages() == expected(2, 55)
+    assert receiver.gap == 0
+
+
 # ---------------------------------------------------------------------------- a lossy network
 
 

@@ -242,6 +242,20 @@ class Receiver:
         """Take one datagram: a downstream packet from the group, or the answer to a
         request. A malformed one, or one of another session, is counted and ignored."""
         self._now = now
+        if self._adopted and len(data) >= HEADER.size:
+            raw, start, count = HEADER.unpack_from(data)
+            if (
+                0 < count < 0xFFFF
+                and start >= self._next_seq + self._max_cached
+                and len(data) >= HEADER.size + BLOCK_HEADER.size * count
+                and start + count <= _SEQUENCE_LIMIT
+                and raw.rstrip(b" \x00") == self._session.encode()
+            ):
+                # Too far ahead to keep (a late joiner catching up while the group runs
+                # on): only the number it announces matters; its messages are not decoded.
+                self._announce(start + count)
+                self._beyond_cache += count
+                return
         try:
             packet = Downstream.decode(data)
         except RemoteProtocolError:
@@ -314,24 +328,25 @@ class Receiver:
             del asks[first:last]
         self._announce(stop)
         low = max(start, self._next_seq)
-        high = min(stop, self._next_seq + self._max_cached)
         self._duplicates += min(low, stop) - start
-        self._beyond_cache += max(0, stop - max(low, high))
-        if low >= high:
-            return
         cache = self._cache
-        if low == self._next_seq:
-            # The next messages (a pipelined answer, usually): handed out as they are.
+        if low == self._next_seq and low < stop:
+            # The next messages (a pipelined answer, usually): handed out as they are,
+            # all of them (in order, so none waits in the cache).
             if cache:
-                for sequence in range(low, high):
+                for sequence in range(low, stop):
                     if cache.pop(sequence, None) is not None:
                         self._duplicates += 1
             self._released.extend(
-                zip(range(low, high), messages[low - start : high - start], strict=True)
+                zip(range(low, stop), messages[low - start : stop - start], strict=True)
             )
-            self._next_seq = high
-            self._fill(low, high)
+            self._next_seq = stop
+            self._fill(low, stop)
             self._release()
+            return
+        high = min(stop, self._next_seq + self._max_cached)
+        self._beyond_cache += max(0, stop - max(low, high))
+        if low >= high:
             return
         for sequence in range(low, high):
             if sequence in cache:
