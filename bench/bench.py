@@ -1738,11 +1738,15 @@ def measure_mold(
             "-",
         )
     )
+    budget = settings.mold_request_rate or 50_000.0  # the server's default
     for route, result in joiners.items():
+        speed = messages / result["seconds"]
+        share = f" ({speed / budget:.2f} of the {budget:,.0f} msg/s budget)"
         report.rows.append(
             Row(
                 f"mold: late joiner catches up {messages:,} by {route}",
-                f"{result['seconds']:.2f} s, {rate(messages / result['seconds'], 'msg/s')}",
+                f"{result['seconds']:.2f} s, {rate(speed, 'msg/s')}"
+                + (share if route == "re-requests" else ""),
                 "-",
                 "-",
                 "-",

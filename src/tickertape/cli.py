@@ -64,6 +64,7 @@ from tickertape.server.moldudp64 import (
     MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
+    default_interface,
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
@@ -455,8 +456,9 @@ def _parser() -> argparse.ArgumentParser:
         "--mold-iface",
         type=argtypes.ipv4,
         metavar="ADDR",
-        help="send MoldUDP64 from the interface with this local IPv4 address "
-        "(default: the route to the group decides)",
+        help="send MoldUDP64 from the interface with this local IPv4 address (default: "
+        "the loopback if --host is a loopback address, so that it works on one machine; "
+        "else the route to the group decides)",
     )
     serve.add_argument(
         "--mold-ttl",
@@ -569,8 +571,9 @@ def _parser() -> argparse.ArgumentParser:
         "--iface",
         type=argtypes.ipv4,
         metavar="ADDR",
-        help="join the group on the interface with this local IPv4 address "
-        "(default: the route to the group decides)",
+        help="join the group on the interface with this local IPv4 address (default: "
+        "the loopback if the --request host is a loopback address; else the route to "
+        "the group decides)",
     )
     mold.add_argument(
         "--tcp",
@@ -1192,7 +1195,9 @@ async def _start_mold(args: argparse.Namespace, engine: Engine) -> _Mold:
                 PublisherConfig(
                     group,
                     port,
-                    interface=args.mold_iface,
+                    interface=(
+                        default_interface(args.host) if args.mold_iface is None else args.mold_iface
+                    ),
                     ttl=DEFAULT_TTL if args.mold_ttl is None else args.mold_ttl,
                     eos_seconds=(
                         DEFAULT_EOS_SECONDS
@@ -1243,8 +1248,10 @@ def _check_tail(args: argparse.Namespace) -> None:
             "--mold needs --request HOST:PORT, the server's re-request address "
             "(serve --mold-request)"
         )
-    if args.seq < 1:
-        args.subparser.error("with --mold, --from is 1 or more (MoldUDP64 numbers from 1)")
+    if args.seq < 0:
+        args.subparser.error(
+            "with --mold, --from is 0 (live only) or more (MoldUDP64 numbers from 1)"
+        )
     if args.user or args.password:
         args.subparser.error("--user and --password are for SoupBinTCP, not --mold")
 
@@ -1257,7 +1264,7 @@ async def _tail(args: argparse.Namespace) -> int:
             group,
             port,
             args.request,
-            iface=args.iface or "0.0.0.0",
+            iface=args.iface,
             session=args.session,
             seq=args.seq,
             tcp=args.tcp,
@@ -1720,6 +1727,42 @@ def _open_input(name: str) -> BinaryIO:
         raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
 
 
+def _unacked(publisher: Publisher, binary: bool) -> str:
+    """Which input records the messages not acknowledged are: `` (lines 5 to 9)``."""
+    if publisher.sent <= publisher.acked:
+        return ""
+    what = "records" if binary else "lines"
+    return f" ({what} {publisher.acked + 1} to {publisher.sent})"
+
+
+async def _send_checked(
+    publisher: Publisher, records: list[bytes], binary: bool, flush_within: float
+) -> None:
+    """Send ``records``; one too long for a SoupBinTCP packet stops the command, once
+    what comes before it is acknowledged, saying which record it is."""
+    too_long = next((n for n, r in enumerate(records) if len(r) > MAX_PAYLOAD), None)
+    if too_long is None:
+        await publisher.send_many(records)
+        return
+    await publisher.send_many(records[:too_long])
+    number = publisher.sent + 1
+    try:
+        async with asyncio.timeout(flush_within):
+            await publisher.flush()
+    except TimeoutError:
+        pass  # said below: how many were acknowledged
+    what = "record" if binary else "line"
+    done = (
+        f"nothing from {what} {number} on was published; {what}s 1 to {publisher.acked} were"
+        if publisher.acked
+        else "nothing was published"
+    ) + _unacked(publisher, binary).replace(" (", "; not acknowledged: ").rstrip(")")
+    raise ConfigError(
+        f"{what} {number}: a message of {len(records[too_long]):,} bytes does not fit a "
+        f"SoupBinTCP packet (at most {MAX_PAYLOAD:,} bytes): {done}"
+    )
+
+
 async def _publish(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stream = await loop.run_in_executor(None, _open_input, args.file)
@@ -1753,7 +1796,7 @@ async def _publish(args: argparse.Namespace) -> int:
                 break
             if records is None:
                 break
-            await publisher.send_many(records)
+            await _send_checked(publisher, records, args.binary, args.timeout)
             if progress is not None:
                 progress.show(publisher.sent, publisher.acked)
         try:
@@ -1763,13 +1806,14 @@ async def _publish(args: argparse.Namespace) -> int:
                     await publisher.end_session()
         except TimeoutError:
             raise ConfigError(
-                f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
-                f"acknowledged within {args.timeout} s"
+                f"{publisher.sent - publisher.acked} of {publisher.sent} messages"
+                f"{_unacked(publisher, args.binary)} were not acknowledged within "
+                f"{args.timeout} s"
             ) from None
     except (OSError, ProtocolError) as exc:
         raise ConfigError(
-            f"{publisher.sent - publisher.acked} of {publisher.sent} messages were not "
-            f"acknowledged: {exc}"
+            f"{publisher.sent - publisher.acked} of {publisher.sent} messages"
+            f"{_unacked(publisher, args.binary)} were not acknowledged: {exc}"
         ) from None
     finally:
         await publisher.close()

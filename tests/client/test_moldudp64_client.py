@@ -85,3 +85,69 @@ def test_a_late_joiner_with_losses_gets_every_message_once_in_order() -> None:
         request_transport.close()
 
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+class HeldAnswers(Answers):
+    """A re-request server that answers nothing until ``window`` different requests have
+    arrived (what the client keeps in flight at once), then everything."""
+
+    def __init__(self, messages: list[bytes], window: int) -> None:
+        super().__init__(messages)
+        self.window = window
+        self.held: dict[int, tuple[Request, tuple[str | object, int]]] = {}
+        self.full = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        if self.full.is_set():
+            super().datagram_received(data, addr)
+            return
+        request = Request.decode(data)
+        self.held.setdefault(request.sequence, (request, addr))
+        if len(self.held) >= self.window:
+            self.full.set()
+            for request, to in self.held.values():
+                super().datagram_received(request.encode(), to)
+
+
+def test_re_requests_are_pipelined_each_for_what_one_reply_holds() -> None:
+    """A late joiner keeps a window of 64 requests in flight, each for the messages one
+    reply holds (14 of these 100-byte messages), back to back over the gap."""
+    messages = [b"%-100d" % n for n in range(1, 2001)]
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        group_port = free_udp_port()
+        answers = HeldAnswers(messages, 64)
+        request_transport, _ = await loop.create_datagram_endpoint(
+            lambda: answers, local_addr=("127.0.0.1", 0)
+        )
+        request_port = request_transport.get_extra_info("sockname")[1]
+        sender, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", group_port)
+        )
+        subscription = MoldSubscription("127.0.0.1", group_port, ("127.0.0.1", request_port))
+        receiving = asyncio.ensure_future(receive(subscription))
+        await asyncio.sleep(0.05)  # the subscriber's sockets are bound
+        sender.sendto(next(pack(SESSION, 1990, messages[1989:])))  # joins late: 1..1989 missing
+        try:
+            await asyncio.wait_for(answers.full.wait(), 5.0)
+        except TimeoutError:
+            raise AssertionError(
+                f"only {len(answers.held)} different requests in flight: "
+                f"{sorted((r.sequence, r.count) for r, _ in answers.held.values())}"
+            ) from None
+        held = sorted((r.sequence, r.count) for r, _ in answers.held.values())
+        assert held == [(1 + 14 * i, 14) for i in range(64)]
+        for _ in range(250):  # End of Session, repeated until the subscriber has it all
+            sender.sendto(end_of_session(SESSION, len(messages) + 1))
+            if receiving.done():
+                break
+            await asyncio.sleep(0.02)
+        got = await asyncio.wait_for(receiving, TIMEOUT)
+        assert [m.seq for m in got] == list(range(1, len(messages) + 1))
+        assert [m.payload for m in got] == messages
+        await subscription.close()
+        sender.close()
+        request_transport.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))

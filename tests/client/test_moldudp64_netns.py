@@ -7,6 +7,7 @@ over the loopback; the namespace is deleted afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,15 @@ TCP_PORT = 31003  # the namespace has ports of its own: fixed ones are free
 class Server:
     """``tickertape serve --mold`` in the namespace; its log collected in :attr:`lines`."""
 
-    def __init__(self, name: str, data: Path, rate: int, count: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        data: Path,
+        rate: int,
+        count: int | None,
+        *options: str,
+        iface: bool = True,
+    ) -> None:
         self.lines: list[str] = []
         self._seen = threading.Condition()
         self.process = subprocess.Popen(
@@ -50,8 +60,7 @@ class Server:
                 "none",
                 "--mold",
                 f"{GROUP}:{MOLD_PORT}",
-                "--mold-iface",
-                "127.0.0.1",
+                *(["--mold-iface", "127.0.0.1"] if iface else []),
                 "--mold-request",
                 str(REQUEST_PORT),
                 "--mold-request-rate",
@@ -60,9 +69,8 @@ class Server:
                 "30",
                 "--demo",
                 str(rate),
-                "--demo-count",
-                str(count),
-                "--demo-end",
+                *([] if count is None else ["--demo-count", str(count), "--demo-end"]),
+                *options,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -113,7 +121,7 @@ def stop(process: subprocess.Popen[str]) -> None:
             process.wait(5)
 
 
-def tail(name: str, *options: str) -> subprocess.Popen[str]:
+def tail(name: str, *options: str, iface: str | None = "127.0.0.1") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             *inside(name),
@@ -124,8 +132,7 @@ def tail(name: str, *options: str) -> subprocess.Popen[str]:
             f"{GROUP}:{MOLD_PORT}",
             "--request",
             f"127.0.0.1:{REQUEST_PORT}",
-            "--iface",
-            "127.0.0.1",
+            *([] if iface is None else ["--iface", iface]),
             *options,
         ],
         stdin=subprocess.DEVNULL,
@@ -272,6 +279,199 @@ def test_a_late_joiner_catches_up_over_soupbintcp_under_live_load(tmp_path: Path
     assert load >= 50_000
 
 
+RAW_RECEIVER = r"""
+# A MoldUDP64 receiver written from the notes (moldudp64-notes.md), like some third-party
+# ones: it takes the session from every packet, so an End of Session after the new
+# session's first packet would read as the end of the new session.
+import json, socket, struct, sys, time
+
+group, port, new_session, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+HEADER = struct.Struct(">10sQH")  # Session, Sequence Number, Message Count
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("", port))
+membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+sock.settimeout(0.2)
+packets, first_new, ends_after, ends_before, messages, misnumbered = 0, None, [], [], 0, 0
+stop = time.monotonic() + 30.0
+while time.monotonic() < stop:
+    try:
+        data = sock.recv(2048)
+    except TimeoutError:
+        continue
+    session_bytes, seq, count = HEADER.unpack_from(data)
+    session = session_bytes.decode().rstrip(" ")
+    if count == 0xFFFF:  # End of Session: for the session the packet names
+        (ends_after if first_new is not None else ends_before).append([session, seq])
+    elif session == new_session:
+        if first_new is None:
+            first_new = packets
+            stop = time.monotonic() + seconds
+        position = HEADER.size
+        for number in range(seq, seq + count):  # message blocks: u16 length, data
+            (length,) = struct.unpack_from(">H", data, position)
+            payload = data[position + 2 : position + 2 + length]
+            position += 2 + length
+            messages += 1
+            misnumbered += payload.split(b" ", 1)[0] != str(number).encode()
+    packets += 1
+print(json.dumps({
+    "packets": packets, "first_new": first_new, "ends_before": ends_before,
+    "ends_after": ends_after, "messages": messages, "misnumbered": misnumbered,
+}))
+"""
+
+
+def run_inside(name: str, *command: str, timeout: float = 30) -> str:
+    done = subprocess.run(
+        [*inside(name), *command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_after_a_roll_a_late_joiner_follows_the_new_session_and_never_sees_it_end(
+    tmp_path: Path,
+) -> None:
+    """A session ends while the demo keeps publishing; receivers join right after: a
+    raw one (written from the notes, taking the session from every packet) and ``tail
+    --mold``. Neither sees an End of Session once the new session has sent a packet."""
+    data = tmp_path / "data"
+    admin = ("--admin-port", "31004", "--admin-token", "secret")
+    with network_namespace("roll") as name:
+        server = Server(name, data, 2000, None, *admin)
+        raw: subprocess.Popen[str] | None = None
+        follower: subprocess.Popen[str] | None = None
+        try:
+            server.wait_for_log("MoldUDP64 re-requests on")
+            started = time.monotonic()
+            while messages_on_disk(data)[0] < 1000:
+                assert time.monotonic() - started < 60, "the demo does not publish"
+                time.sleep(0.05)
+            said = run_inside(name, "-m", "tickertape", "sessions", "roll", *admin)
+            words = said.split()  # session X ended; session Y is active
+            ended, following = words[1], words[4]
+            raw = subprocess.Popen(
+                [*inside(name), "-c", RAW_RECEIVER, GROUP, str(MOLD_PORT), following, "3.5"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            follower = tail(name, "--count", "5000")
+            out, err = raw.communicate(timeout=60)
+            assert raw.returncode == 0, err
+            tail_out, tail_err = follower.communicate(timeout=60)
+            assert follower.returncode == 0, tail_err
+        finally:
+            for process in (raw, follower):
+                if process is not None:
+                    stop(process)
+            server.stop()
+    result = json.loads(out)
+    print(f"ended {ended}, then {following}: {result}")
+    assert result["first_new"] is not None, "no packet of the new session"
+    assert result["ends_after"] == [], "End of Session after the new session's first packet"
+    assert all(session == ended for session, _ in result["ends_before"])
+    assert result["messages"] > 1000
+    assert result["misnumbered"] == 0
+    check_lines(tail_out, 5000)  # the new session's 1..5000, not the ended one's
+
+
+class Lines:
+    """The stderr of a process, read as it comes."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._lines: list[str] = []
+        self._seen = threading.Condition()
+        self._process = process
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            with self._seen:
+                self._lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while not any(text in line for line in self._lines):
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {text!r} within {timeout} s in:\n" + "".join(self._lines)
+                self._seen.wait(left)
+
+    def text(self) -> str:
+        with self._seen:
+            return "".join(self._lines)
+
+
+def veth_namespace(tag: str) -> contextlib.AbstractContextManager[str]:
+    """A namespace like a machine with no multicast route: the loopback, and a veth
+    interface (10.77.0.1) that is up but leads nowhere."""
+
+    @contextlib.contextmanager
+    def make() -> Iterator[str]:
+        name = f"tickertape-{tag}-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        try:
+            for command in (
+                ["ip", "link", "set", "lo", "up"],
+                ["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+                ["ip", "addr", "add", "10.77.0.1/24", "dev", "v0"],
+                ["ip", "link", "set", "v0", "up"],
+                ["ip", "link", "set", "v1", "up"],
+            ):
+                subprocess.run(["ip", "netns", "exec", name, *command], check=True)
+            yield name
+        finally:
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+
+    return make()
+
+
+@pytest.mark.timeout(120)
+def test_on_one_machine_serve_and_tail_mold_need_no_interface(tmp_path: Path) -> None:
+    """``serve --mold`` and ``tail --mold`` with no ``--mold-iface`` or ``--iface`` find
+    each other on one machine (the loopback); ``tail --mold`` joined elsewhere says what
+    it waits for, and ``--from 0`` follows live only."""
+    count = 4000
+    with veth_namespace("oneplace") as name:
+        server = Server(name, tmp_path / "data", 1000, count, iface=False)
+        processes: list[subprocess.Popen[str]] = []
+        try:
+            server.wait_for_log("MoldUDP64 re-requests on")
+            processes.append(tail(name, iface=None))
+            processes.append(tail(name, "--from", "0", "--count", "50", iface=None))
+            outputs = []
+            for process in processes:
+                out, err = process.communicate(timeout=60)
+                assert process.returncode == 0, err
+                outputs.append(out)
+            # The server goes on sending (End of Session, then heartbeats) on the loopback.
+            elsewhere = tail(name, "--count", "1", "-v", iface="10.77.0.1")
+            processes.append(elsewhere)
+            said = Lines(elsewhere)
+            said.wait_for("joined", 30.0)  # started (a loaded machine starts slowly)
+            said.wait_for("waiting for", 5.0)
+            stop(elsewhere)
+            warned = said.text()
+        finally:
+            for process in processes:
+                stop(process)
+            server.stop()
+    assert "MoldUDP64 publishing to 239.1.2.3:31001 on the interface of 127.0.0.1" in server.log()
+    check_lines(outputs[0], count)
+    live = [int(line.split(" ", 1)[0]) for line in outputs[1].splitlines()]
+    assert len(live) == 50
+    assert live == list(range(live[0], live[0] + 50))
+    assert "no MoldUDP64 packet from group" in warned
+    assert "10.77.0.1" in warned
+    assert "--mold-iface" in warned
+
+
 @pytest.mark.parametrize(
     ("options", "says"),
     [
@@ -280,11 +480,14 @@ def test_a_late_joiner_catches_up_over_soupbintcp_under_live_load(tmp_path: Path
         (["--mold", "239.1.1.1:1"], "--mold needs --request"),
         (["--mold", "239.1.1.1:1", "--request", "127.0.0.1"], "HOST:PORT"),
         (["--mold", "239.1.1.1:1", "--request", "localhost:1"], "not an IPv4 address"),
-        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:0"], "a port is 1 to 65535"),
-        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:x"], "not a port number"),
+        (
+            ["--mold", "239.1.1.1:1", "--request", "127.0.0.1:0"],
+            "0 is not a port to connect to (1 to 65535)",
+        ),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:x"], "'x' is not a whole number"),
         (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--iface", "lo"], "IPv4"),
         (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--tcp", ":1"], "HOST:PORT"),
-        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--from", "0"], "--from"),
+        (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--from", "-1"], "--from"),
         (["--mold", "239.1.1.1:1", "--request", "127.0.0.1:1", "--user", "u"], "--user"),
         (["--request", "127.0.0.1:1"], "need --mold"),
         (["--tcp", "127.0.0.1:1"], "need --mold"),

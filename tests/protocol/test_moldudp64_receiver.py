@@ -75,7 +75,7 @@ def test_defaults() -> None:
     [
         ({"session": "ABCDEFGHIJK"}, "session"),
         ({"session": "séance"}, "session"),
-        ({"next_seq": 0}, "next_seq"),
+        ({"next_seq": -1}, "next_seq"),
         ({"next_seq": 1 << 64}, "next_seq"),
         ({"request_chunk": 0}, "request_chunk"),
         ({"request_chunk": 0x10000}, "request_chunk"),
@@ -120,10 +120,40 @@ def test_end_of_session_with_nothing_missing() -> None:
 
 
 def test_empty_session() -> None:
-    receiver = Receiver(0.0)
+    receiver = Receiver(0.0, session=SESSION)
     receiver.datagram_received(end_of_session(SESSION, 1), 0.1)
     assert receiver.ended
     assert receiver.messages() == []
+
+
+def test_a_blank_receiver_follows_the_session_after_one_that_ended_before_it_joined() -> None:
+    """After a roll, the ended session's End of Session repeats while the next is quiet:
+    a receiver joining then follows the next session, not the one that ended."""
+    receiver = Receiver(0.0)
+    receiver.datagram_received(end_of_session("OLD", 40), 0.1)
+    assert receiver.session == ""
+    assert not receiver.ended
+    assert receiver.requests(0.1) == []
+    receiver.datagram_received(packet(1, 3), 0.2)
+    receiver.datagram_received(end_of_session("OLD", 40), 0.3)  # ignored
+    assert receiver.session == SESSION
+    assert not receiver.ended
+    assert receiver.messages() == expected(1, 4)
+    assert receiver.stats.foreign == 2
+
+
+def test_live_only_starts_at_the_first_packet_and_asks_for_nothing_earlier() -> None:
+    receiver = Receiver(0.0, next_seq=0)
+    receiver.datagram_received(packet(500, 2), 0.1)
+    assert receiver.messages() == expected(500, 502)
+    assert receiver.requests(0.1) == []
+    receiver.datagram_received(packet(504, 1), 0.2)  # 502 and 503 lost: asked for
+    assert asked(receiver.requests(0.2)) == [(502, 2)]
+    heartbeat_first = Receiver(0.0, session=SESSION, next_seq=0)
+    heartbeat_first.datagram_received(heartbeat(SESSION, 77), 0.1)
+    heartbeat_first.datagram_received(packet(77, 1), 0.2)
+    assert heartbeat_first.messages() == expected(77, 78)
+    assert heartbeat_first.requests(0.2) == []
 
 
 def test_starting_past_the_end() -> None:
@@ -427,6 +457,22 @@ def test_the_cache_is_bounded() -> None:
     assert receiver.next_deadline() == math.inf
 
 
+def test_a_packet_wholly_beyond_the_cache_only_announces_its_numbers() -> None:
+    receiver = Receiver(0.0, max_cached=10, request_chunk=100)
+    receiver.datagram_received(packet(1, 1), 0.0)
+    receiver.datagram_received(packet(50, 5), 0.1)  # far ahead: not kept
+    receiver.datagram_received(packet(60, 2, session="OTHER"), 0.1)  # another session
+    assert receiver.messages() == expected(1, 2)
+    assert receiver.gap == 53  # 2..54
+    assert receiver.cached == 0
+    assert receiver.stats.beyond_cache == 5
+    assert receiver.stats.foreign == 1
+    assert asked(receiver.requests(0.1)) == [(2, 10)]  # the window only
+    receiver.datagram_received(packet(2, 53), 0.2)
+    assert receiver.messages() == expected(2, 55)
+    assert receiver.gap == 0
+
+
 # ---------------------------------------------------------------------------- a lossy network
 
 
@@ -515,8 +561,18 @@ def run(seed: int) -> ReceiverStats:
     for at, data in sender.group:
         if at >= join:
             network.send(at, "receiver", data)
+    # A receiver that gets only End of Session packets (it joined after the last
+    # heartbeat, or the network dropped the others) must name the session it wants: a
+    # blank one waits for the next session instead. Blank, then, only where a heartbeat
+    # or a message surely reaches it.
+    last_live = max(at for at, data in sender.group if not Downstream.decode(data).end_of_session)
+    blank = network.drop == 0.0 and join <= last_live
     receiver = Receiver(
-        join, max_cached=max_cached, request_chunk=chunk, max_outstanding=outstanding
+        join,
+        session="" if blank else SESSION,
+        max_cached=max_cached,
+        request_chunk=chunk,
+        max_outstanding=outstanding,
     )
     released: list[tuple[int, bytes]] = []
     now = join

@@ -278,7 +278,7 @@ def test_a_heartbeat_after_each_second_with_nothing_sent(tmp_path: Path) -> None
     run_jumping(scenario)
 
 
-def test_end_of_session_repeats_after_a_roll_and_the_next_session_goes_on(
+def test_end_of_session_repeats_in_place_of_heartbeats_while_the_next_session_is_quiet(
     tmp_path: Path,
 ) -> None:
     async def scenario(loop: JumpingLoop) -> None:
@@ -290,27 +290,45 @@ def test_end_of_session_repeats_after_a_roll_and_the_next_session_goes_on(
             await mold.engine.roll()
             following = mold.session
             assert following != ended
-            await mold.engine.publish_many(payloads(2))
             await mold.publisher.flush()
-            packets = mold.group.pending()
-            assert [(p.session, p.sequence, p.end_of_session) for p in packets] == [
-                (ended, 8, True),
-                (following, 1, False),  # its first heartbeat
-                (following, 1, False),  # its messages
-            ]
-            assert packets[2].messages == tuple(payloads(2))
-            seen = []
-            for _ in range(8):
+            seen = [[(p.session, p.sequence, p.end_of_session) for p in mold.group.pending()]]
+            for _ in range(7):
                 await turn(loop, 1.0, mold)
                 seen.append(
                     [(p.session, p.sequence, p.end_of_session) for p in mold.group.pending()]
                 )
-            # Once a second for 5 s in all, beside the next session's heartbeats.
-            assert [[p for p in second if p[2]] for second in seen] == [[(ended, 8, True)]] * 4 + [
-                []
-            ] * 4
-            assert all((following, 3, False) in second for second in seen)
+            # Once a second for 5 s in all, and nothing of the next session meanwhile;
+            # then the next session's heartbeats.
+            assert seen == [[(ended, 8, True)]] * 5 + [[(following, 1, False)]] * 3
             assert mold.publisher.stats.end_of_session == 5
+
+    run_jumping(scenario)
+
+
+def test_no_end_of_session_after_the_next_session_s_first_message(tmp_path: Path) -> None:
+    """Receivers that take the session from every packet (some do) must never see an
+    End of Session after the next session's first packet: they would take it for the
+    end of the new session."""
+
+    async def scenario(loop: JumpingLoop) -> None:
+        config = PublisherConfig("127.0.0.1", 0, eos_seconds=5.0)
+        async with mold_server(tmp_path, config) as mold:
+            ended = mold.session
+            await mold.engine.publish_many(payloads(7))
+            await mold.messages(7)
+            await mold.engine.roll()
+            following = mold.session
+            await turn(loop, 1.0, mold)  # one repeat while the next session is quiet
+            await mold.engine.publish_many(payloads(2))
+            await mold.publisher.flush()
+            packets = [(p.session, p.sequence, p.end_of_session) for p in mold.group.pending()]
+            assert packets == [(ended, 8, True), (ended, 8, True), (following, 1, False)]
+            seen = []
+            for _ in range(8):
+                await turn(loop, 1.0, mold)
+                seen += [(p.session, p.sequence, p.end_of_session) for p in mold.group.pending()]
+            assert seen == [(following, 3, False)] * 8  # its heartbeats, nothing else
+            assert mold.publisher.stats.end_of_session == 2
 
     run_jumping(scenario)
 
@@ -402,6 +420,35 @@ async def test_no_answer_to_what_cannot_be_answered(tmp_path: Path) -> None:
         assert mold.requests.stats.answered == 1
         assert mold.requests.stats.malformed == 3
         asker.close()
+
+
+@synchronous
+async def test_catching_up_in_order_is_charged_little_more_than_the_messages(
+    tmp_path: Path,
+) -> None:
+    """A client asking for one reply's worth at a time, in order, pays for the reads of
+    the log a few percent on top of the messages: 4,000 of them fit a budget of 4,400
+    (with no refill to speak of), from a closed session and from the active one; and
+    each answer is a full packet."""
+
+    async def history(engine: Engine) -> None:
+        await engine.publish_many(payloads(4000, 100))
+        await engine.roll()
+        await engine.publish_many(payloads(4000, 100))
+
+    config = RequestServerConfig(rate=1.0, burst=4400.0)
+    async with mold_server(tmp_path, requests=config, before=history) as mold:
+        closed = str(mold.engine.catalogue.sessions()[0].id)
+        for session in (closed, mold.session):
+            asker = Receiver()
+            seq = 1
+            while seq <= 4000:
+                answer = await asker.answer(mold.requests.port, Request(session, seq, 14))
+                assert (answer.session, answer.sequence) == (session, seq)
+                assert answer.messages == tuple(payloads(min(14, 4001 - seq), 100, seq))
+                seq += len(answer.messages)
+            asker.close()
+        assert mold.requests.stats.rate_limited == 0
 
 
 @synchronous

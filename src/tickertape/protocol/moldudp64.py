@@ -12,24 +12,41 @@ This is the splice of two feeds that the notes' "Joining late" section describes
 asked for in chunks, and the cache is released in order once the gap closes. A late
 joiner is just a receiver whose first packet is far above ``next_seq``.
 
+Re-requests are pipelined: up to ``max_outstanding`` are in flight at a time, each for
+what one reply holds (estimated from the sizes of the messages received last: a reply
+holds as many as fit one datagram, so asking for more only makes the server send the
+same packet's worth), and each answered one makes room for the next at once. One that
+is not answered within ``retry_after`` (lost, or over the server's per-requester budget)
+is sent again. The default window (64) is what the re-request server queues per
+requester for a closed session.
+
 Memory is bounded: at most ``max_cached`` messages wait out of order, those numbered
 from ``next_seq`` to ``next_seq + max_cached - 1`` (the *window*). A message further
 ahead is not kept; it stays missing and is asked for again once the window reaches it, so
 nothing is lost, only fetched twice. At most ``max_outstanding`` requests are unanswered
 at a time, so a gap of a million messages does not become ten thousand requests at once.
-For a gap that large the notes suggest catching up over SoupBinTCP instead.
+For a gap that large the notes suggest catching up over SoupBinTCP instead; by
+re-requests it goes at about the server's per-requester budget.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import ConfigError, RemoteProtocolError
-from tickertape.wire.moldudp64 import SESSION_LENGTH, Downstream, Request
+from tickertape.wire.moldudp64 import (
+    BLOCK_HEADER,
+    HEADER,
+    MAX_DATAGRAM,
+    SESSION_LENGTH,
+    Downstream,
+    Request,
+)
 
 __all__ = [
     "DEFAULT_MAX_CACHED",
@@ -41,14 +58,19 @@ __all__ = [
 ]
 
 DEFAULT_REQUEST_CHUNK: Final = 100
-"""Messages asked for by one Request packet."""
+"""Messages asked for by one Request packet, at most (fewer when fewer fit a reply)."""
 DEFAULT_RETRY_AFTER: Final = 0.25
 """Seconds before a range still missing is asked for again."""
-DEFAULT_MAX_OUTSTANDING: Final = 10
-"""Requests sent and neither answered nor timed out, at most."""
+DEFAULT_MAX_OUTSTANDING: Final = 64
+"""Requests sent and neither answered nor timed out, at most (the re-request server
+queues 64 a requester for a closed session: more would be dropped)."""
 DEFAULT_MAX_CACHED: Final = 16_384
 """Messages kept out of order, at most (at 1450 bytes each, about 24 MB)."""
 
+log = logging.getLogger(__name__)
+
+_ROOM: Final = MAX_DATAGRAM - HEADER.size
+"""Bytes of message blocks a reply holds."""
 _SEQUENCE_LIMIT: Final = 1 << 64
 """Sequence numbers are u64: a message numbered this or more cannot be asked for."""
 
@@ -74,11 +96,20 @@ def _start(interval: tuple[int, int]) -> int:
     return interval[0]
 
 
+def _ask_start(ask: tuple[int, int, float]) -> int:
+    return ask[0]
+
+
 class Receiver:
     """One MoldUDP64 session as seen by a receiver, from message ``next_seq`` on.
 
-    ``session`` is the session to follow; blank, the session of the first downstream
-    packet is adopted. Packets of any other session are ignored.
+    ``session`` is the session to follow; blank, the session of the first heartbeat or
+    message is adopted (not that of an End of Session: that session ended before this
+    receiver joined, and the one that follows it is followed). Packets of any other
+    session are ignored (logged at DEBUG, once per session).
+
+    ``next_seq`` 0 means live only: from the first packet's number on, nothing earlier
+    is asked for.
     """
 
     __slots__ = (
@@ -89,13 +120,16 @@ class Receiver:
         "_duplicates",
         "_end",
         "_foreign",
+        "_foreign_seen",
         "_holes",
         "_horizon",
+        "_live",
         "_malformed",
         "_max_cached",
         "_max_outstanding",
         "_next_seq",
         "_now",
+        "_per_reply",
         "_released",
         "_request_chunk",
         "_requests",
@@ -120,8 +154,10 @@ class Receiver:
                 f"session {session!r}: a MoldUDP64 session is at most {SESSION_LENGTH} ASCII "
                 "characters; name one, or leave it blank to follow the first seen"
             )
-        if not 1 <= next_seq < _SEQUENCE_LIMIT:
-            raise ConfigError(f"next_seq is {next_seq}; MoldUDP64 numbers messages from 1")
+        if not 0 <= next_seq < _SEQUENCE_LIMIT:
+            raise ConfigError(
+                f"next_seq is {next_seq}; MoldUDP64 numbers messages from 1 (0: live only)"
+            )
         if not 1 <= request_chunk <= 0xFFFF:
             raise ConfigError(
                 f"request_chunk is {request_chunk}; a Request asks for 1 to 65535 messages"
@@ -136,10 +172,13 @@ class Receiver:
         self._session = session
         self._adopted = bool(session)
         self._request_chunk = request_chunk
+        self._per_reply = request_chunk  # until a packet's messages say how many fit
         self._retry_after = retry_after
         self._max_outstanding = max_outstanding
         self._max_cached = max_cached
         self._now = now
+        self._live = next_seq == 0  # until the first packet says where live is
+        next_seq = max(next_seq, 1)
         self._next_seq = next_seq
         # Every number from _next_seq up to _horizon (excluded) is known to exist, and is
         # either in _cache or in _holes: sorted, disjoint [start, end) ranges. After
@@ -153,6 +192,7 @@ class Receiver:
         self._released: list[tuple[int, bytes]] = []
         self._malformed = 0
         self._foreign = 0
+        self._foreign_seen: set[str] = set()
         self._duplicates = 0
         self._beyond_cache = 0
         self._requests = 0
@@ -202,6 +242,20 @@ class Receiver:
         """Take one datagram: a downstream packet from the group, or the answer to a
         request. A malformed one, or one of another session, is counted and ignored."""
         self._now = now
+        if self._adopted and len(data) >= HEADER.size:
+            raw, start, count = HEADER.unpack_from(data)
+            if (
+                0 < count < 0xFFFF
+                and start >= self._next_seq + self._max_cached
+                and len(data) >= HEADER.size + BLOCK_HEADER.size * count
+                and start + count <= _SEQUENCE_LIMIT
+                and raw.rstrip(b" \x00") == self._session.encode()
+            ):
+                # Too far ahead to keep (a late joiner catching up while the group runs
+                # on): only the number it announces matters; its messages are not decoded.
+                self._announce(start + count)
+                self._beyond_cache += count
+                return
         try:
             packet = Downstream.decode(data)
         except RemoteProtocolError:
@@ -214,11 +268,15 @@ class Receiver:
             self._malformed += 1
             return
         if packet.session != self._session:
-            if self._adopted:
-                self._foreign += 1
+            if self._adopted or packet.end_of_session:
+                self._ignore(packet)
                 return
             self._session = packet.session
+            log.debug("MoldUDP64: following session %s", packet.session)
         self._adopted = True
+        if self._live:
+            self._live = False
+            self._next_seq = self._horizon = start
         if packet.end_of_session:
             self._end_of_session(start)
         elif not messages:
@@ -231,23 +289,65 @@ class Receiver:
         else:
             self._receive(start, messages)
 
+    def _ignore(self, packet: Downstream) -> None:
+        self._foreign += 1
+        if packet.session in self._foreign_seen or len(self._foreign_seen) >= 16:
+            return
+        self._foreign_seen.add(packet.session)
+        if self._adopted:
+            log.debug(
+                "MoldUDP64: ignoring packets of session %s (following session %s)",
+                packet.session,
+                self._session,
+            )
+        else:
+            log.debug(
+                "MoldUDP64: ignoring End of Session of session %s: it ended before this "
+                "receiver joined; following the next session seen",
+                packet.session,
+            )
+
     def _receive(self, start: int, messages: Sequence[bytes]) -> None:
         stop = start + len(messages)
+        # What a reply holds, judged by these messages' sizes.
+        size = BLOCK_HEADER.size * len(messages) + sum(map(len, messages))
+        self._per_reply = max(
+            1,
+            min(self._request_chunk, (_ROOM * len(messages)) // size if size else _ROOM),
+        )
         if self._end is not None and stop > self._end:
             self._malformed += 1  # messages past End of Session: keep those before it
             stop = max(start, self._end)
         # An answer holds "as many of the requested messages as fit in one datagram,
         # starting at the requested one": a request answered from its start (or whose start
         # the group delivered) is done, and what did not fit is due again at once.
-        self._asks = [ask for ask in self._asks if not start <= ask[0] < stop]
+        asks = self._asks  # sorted by start
+        first = bisect_left(asks, start, key=_ask_start)
+        last = bisect_left(asks, stop, first, key=_ask_start)
+        if first < last:
+            del asks[first:last]
         self._announce(stop)
         low = max(start, self._next_seq)
-        high = min(stop, self._next_seq + self._max_cached)
         self._duplicates += min(low, stop) - start
+        cache = self._cache
+        if low == self._next_seq and low < stop:
+            # The next messages (a pipelined answer, usually): handed out as they are,
+            # all of them (in order, so none waits in the cache).
+            if cache:
+                for sequence in range(low, stop):
+                    if cache.pop(sequence, None) is not None:
+                        self._duplicates += 1
+            self._released.extend(
+                zip(range(low, stop), messages[low - start : stop - start], strict=True)
+            )
+            self._next_seq = stop
+            self._fill(low, stop)
+            self._release()
+            return
+        high = min(stop, self._next_seq + self._max_cached)
         self._beyond_cache += max(0, stop - max(low, high))
         if low >= high:
             return
-        cache = self._cache
         for sequence in range(low, high):
             if sequence in cache:
                 self._duplicates += 1
@@ -348,7 +448,6 @@ class Receiver:
         last passed in if something is due already, ``math.inf`` if nothing is missing."""
         if not self._holes:
             return math.inf
-        self._drop_filled_asks()
         if len(self._asks) < self._max_outstanding and next(self._due(), None) is not None:
             return self._now
         return min((ask[2] for ask in self._asks), default=math.inf)
@@ -356,14 +455,14 @@ class Receiver:
     def _drop_filled_asks(self) -> None:
         """Forget requests for ranges that have no missing message left."""
         holes = self._holes
-
-        def missing(ask: tuple[int, int, float]) -> bool:
-            i = bisect_right(holes, ask[0], key=_start) - 1
-            if i >= 0 and holes[i][1] > ask[0]:
-                return True
-            return i + 1 < len(holes) and holes[i + 1][0] < ask[1]
-
-        self._asks = [ask for ask in self._asks if missing(ask)]
+        kept = []
+        h = 0
+        for ask in self._asks:  # both sorted: one walk
+            while h < len(holes) and holes[h][1] <= ask[0]:
+                h += 1
+            if h < len(holes) and holes[h][0] < ask[1]:
+                kept.append(ask)
+        self._asks = kept
 
     def _due(self) -> Iterator[tuple[int, int]]:
         """Missing ranges of the window not asked for yet, in chunks, lowest first."""
@@ -389,6 +488,6 @@ class Receiver:
                     position = end
 
     def _chunks(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        chunk = self._request_chunk
+        chunk = self._per_reply
         for first in range(start, end, chunk):
             yield first, min(first + chunk, end)

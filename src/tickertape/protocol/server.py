@@ -40,6 +40,7 @@ from tickertape.wire.soupbintcp import (
     LoginRejected,
     LoginRequest,
     LogoutRequest,
+    PacketTooLong,
     ServerHeartbeat,
     UnsequencedData,
     decode_client_packet,
@@ -162,6 +163,7 @@ class ServerConnection:
         "_idle_timeout",
         "_last_heard",
         "_last_sent",
+        "_limit_reason",
         "_outgoing",
         "_request",
         "_state",
@@ -177,6 +179,7 @@ class ServerConnection:
         self._last_sent = now
         self._idle_timeout = timers.idle_timeout
         self._request: LoginRequest | None = None
+        self._limit_reason = ""
         self._events: list[Event] = []
         self._outgoing: list[bytes] = []
 
@@ -219,6 +222,11 @@ class ServerConnection:
                 self._handle(decode_client_packet(frame))
                 if self._state is State.CLOSED or self._awaiting_decision():
                     return
+        except PacketTooLong as error:
+            if self._state is State.LOGGED_IN and self._limit_reason:
+                self._fail(f"a message of {error.length - 1} bytes: {self._limit_reason}", now)
+            else:
+                self._fail(str(error), now)
         except RemoteProtocolError as error:
             self._fail(str(error), now)
 
@@ -256,13 +264,21 @@ class ServerConnection:
     # ------------------------------------------------------------------ decisions
 
     def accept(
-        self, session: str, sequence: int, now: float, *, max_packet_length: int | None = None
+        self,
+        session: str,
+        sequence: int,
+        now: float,
+        *,
+        max_packet_length: int | None = None,
+        limit_reason: str = "",
     ) -> None:
         """Accept the pending login: queue Login Accepted naming ``session`` and ``sequence``.
 
         ``sequence`` is the number of the next Sequenced Data packet that will be sent.
         ``max_packet_length`` is the longest packet this client may send from now on
         (default: the timers'); a client that may not publish needs only a few bytes.
+        ``limit_reason`` says why, to a client that sends a longer one (it is told "a
+        message of N bytes: " and the reason before the connection closes).
         Packets the client sent after its login are parsed now; read ``events_received()``.
         Does nothing if the connection closed meanwhile (a timeout while authenticating).
         """
@@ -275,6 +291,7 @@ class ServerConnection:
                 f"max_packet_length is {limit}; it must be 1 to {MAX_PACKET_LENGTH}"
             )
         self._framer.max_length = limit
+        self._limit_reason = limit_reason
         self._queue(LoginAccepted(session, sequence).encode(), now)
         self._state = State.LOGGED_IN
         timeout_ms = request.heartbeat_timeout_ms

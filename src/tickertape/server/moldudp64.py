@@ -5,10 +5,12 @@ subscriber. It joins when it starts, so it multicasts what is published from the
 anything earlier is had by re-request (or a SoupBinTCP login). Each batch the engine
 hands it, already encoded as SoupBinTCP Sequenced Data packets, is cut into its messages
 and packed into downstream packets of at most 1472 bytes, sent to the group. A heartbeat
-goes out after each second with nothing sent; when a session ends, End of Session
-packets for it go out once a second for a while (``eos_seconds``), and the new session's
-messages and heartbeats go out from the moment it opens, interleaved with them (receivers
-tell the two apart by the session field).
+goes out after each second with nothing sent. When a session ends, End of Session for
+it goes out at once, then once a second in place of heartbeats while the next session has
+nothing to send, for at most ``eos_seconds``; the next session's first message stops them
+(never is an End of Session sent after the next session's first packet: some receivers
+take the session from every packet, and would think the new session ended). Then the new
+session's messages and heartbeats go out as usual.
 
 Sending never holds up the event loop, so never the TCP side: :meth:`MoldPublisher.deliver`
 only queues the batch for a thread of the publisher's own, which packs it and sends it.
@@ -28,14 +30,17 @@ send. Each requester (address and port) has a budget of messages a second (a tok
 bucket) so that one cannot starve the others.
 
 Reading: requests for the active session are answered at once, on the event loop, from
-the log's page cache. The bytes read are kept in small windows (16 KiB each), so a client
-filling a gap chunk by chunk, or many clients missing the same packet, cost one read. A
-request that needs a read is charged a full packet's worth of messages on top of what it
-is sent: asking for scattered numbers (a read each) is limited far more than asking for
-the next chunk of a gap. Closed sessions are opened and read on a thread of the server's
-own (opening checks every checksum), kept open while they are asked for, and closed after
-a minute without requests, so that archiving or deleting them frees their space. Their
-requests wait in one queue per requester, the requesters served in turn.
+the log's page cache. The bytes read are kept in small windows (16 KiB each; 128 KiB for
+a read that goes on where a window ends, as a client catching up in order makes), so a
+client filling a gap chunk by chunk, or many clients missing the same packet, cost one
+read. A request that needs a read is charged a packet's worth of the messages read on
+top of what it is sent (twice that for a 128 KiB read): asking for scattered numbers (a
+read each) is limited far more than asking for the next chunk of a gap (a few percent).
+Closed sessions are opened and read on a thread of the server's own (opening checks every
+checksum), kept open while they are asked for, and closed after a minute without
+requests, so that archiving or deleting them frees their space. Requests that need such
+a read wait in one queue per requester, the requesters served in turn; one for what is
+already read (the windows) is answered at once.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import math
 import socket
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +69,7 @@ from tickertape.wire.moldudp64 import (
     HEADER,
     MAX_DATAGRAM,
     MAX_MESSAGES,
+    SESSION_LENGTH,
     Request,
     end_of_session,
     heartbeat,
@@ -87,11 +94,16 @@ DEFAULT_REQUEST_RATE: Final = 50_000.0
 """Messages a second each requester may be sent by the re-request server."""
 DEFAULT_WINDOW_BYTES: Final = 16 << 10
 """Bytes read from a log at a time for re-requests (about ten full packets' worth)."""
+DEFAULT_READ_AHEAD: Final = 8
+"""A read that goes on where a window ends (a client catching up in order) reads this
+many windows' worth at once."""
 DEFAULT_MAX_WINDOWS: Final = 64
 DEFAULT_CLOSED_IDLE: Final = 60.0
 """Seconds a closed session's log stays open after its last request."""
 DEFAULT_MAX_OPEN_CLOSED: Final = 8
-DEFAULT_MAX_PENDING_PER_REQUESTER: Final = 32
+DEFAULT_MAX_PENDING_PER_REQUESTER: Final = 64
+"""Requests for closed sessions queued per requester (a pipelining client keeps 64 in
+flight)."""
 DEFAULT_MAX_PENDING: Final = 4096
 DEFAULT_UNKNOWN_SESSION_MEMORY: Final = 5.0
 """Seconds a session found not to be on disk is not looked for again."""
@@ -324,6 +336,30 @@ def _publisher_socket(config: PublisherConfig) -> socket.socket:
     return sock
 
 
+def default_interface(host: str) -> str | None:
+    """The interface to send the group on when none is named: that of ``host`` (where
+    the server listens) if it is a loopback address, so that receivers on the same
+    machine get the packets with no more setting; else None (the route decides)."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return str(address) if address.is_loopback else None
+
+
+def _route_source(group: str, port: int) -> str | None:
+    """The local address the route to ``group`` leaves from; None if there is no route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((group, port))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+        return address
+
+
 class MoldPublisher:
     """Multicasts the engine's active session as MoldUDP64. Create, then ``start()``."""
 
@@ -358,14 +394,34 @@ class MoldPublisher:
         self._sock = _publisher_socket(self.config)
         self._sender = _Sender(self._sock, self.config, self.stats)
         self._join()
-        where = f" from {self.config.interface}" if self.config.interface else ""
-        log.info(
-            "MoldUDP64 publishing to %s:%d%s (ttl %d)",
-            self.config.group,
-            self.config.port,
-            where,
-            self.config.ttl,
-        )
+        group, port, interface = self.config.group, self.config.port, self.config.interface
+        if interface is not None:
+            loopback = ipaddress.IPv4Address(interface).is_loopback
+            log.info(
+                "MoldUDP64 publishing to %s:%d on the interface of %s%s (ttl %d)",
+                group,
+                port,
+                interface,
+                " (the loopback: receivers on this machine only)" if loopback else "",
+                self.config.ttl,
+            )
+            return
+        source = _route_source(group, port)
+        if source is None:
+            log.warning(
+                "MoldUDP64: no route to %s: its packets go nowhere; name the interface to "
+                "send on with --mold-iface ADDR (127.0.0.1 for receivers on this machine)",
+                group,
+            )
+        else:
+            log.info(
+                "MoldUDP64 publishing to %s:%d on the interface of %s, where the route to "
+                "the group leads (--mold-iface ADDR chooses another) (ttl %d)",
+                group,
+                port,
+                source,
+                self.config.ttl,
+            )
 
     def _join(self) -> None:
         """Go live at the tail of the active session and say so with a heartbeat."""
@@ -375,15 +431,22 @@ class MoldPublisher:
         self.next_seq = self.engine.next_seq
         joined = self.engine.go_live(self)
         assert joined, "a cursor at the tail is always taken"
-        self._send_heartbeat()
+        if not self._ends:  # else the ended session's End of Session stands in for it
+            self._send_heartbeat()
 
     # ------------------------------------------------------------------ Cursor
 
     def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
         """Queue a newly published batch for the sending thread (never blocks)."""
         assert self._sender is not None and self._loop is not None
+        if self._ends:
+            self._stop_ends()
         self.next_seq = first_seq + count
         self._last_sent = self._loop.time()
+        if self._heartbeat is None:
+            self._heartbeat = self._loop.call_at(
+                self._last_sent + self.config.heartbeat_interval, self._tick
+            )
         if not self._sender.put_batch(self._session, data, first_seq, count):
             self.stats.dropped_batches += 1
             self.stats.dropped_messages += count
@@ -398,10 +461,17 @@ class MoldPublisher:
         assert self._loop is not None
         ended, next_seq = self._session, self.next_seq
         if self._heartbeat is not None:
-            self._heartbeat.cancel()  # the next session's first heartbeat restarts it
+            self._heartbeat.cancel()  # the next session's first packet restarts it
             self._heartbeat = None
+        self._stop_ends()  # an earlier session's: this end supersedes it
         repeats = max(1, math.ceil(self.config.eos_seconds / self.config.heartbeat_interval))
-        log.info("MoldUDP64: End of Session %s at %d, %s", ended, next_seq, _times(repeats))
+        log.info(
+            "MoldUDP64: End of Session %s at %d, up to %d times (until the next session's "
+            "first message)",
+            ended,
+            next_seq,
+            repeats,
+        )
         self._send_end(ended, next_seq, repeats)
         self._loop.call_soon(self._join)
 
@@ -441,6 +511,7 @@ class MoldPublisher:
             return
         self._sender.put(end_of_session(session, next_seq))
         self.stats.end_of_session += 1
+        self._last_sent = self._loop.time()
         if left > 1:
             handle: asyncio.TimerHandle
 
@@ -450,6 +521,17 @@ class MoldPublisher:
 
             handle = self._loop.call_later(self.config.heartbeat_interval, again)
             self._ends.add(handle)
+        elif session != self._session and self._heartbeat is None:
+            # The last one, and the next session has sent nothing: its heartbeats begin.
+            self._heartbeat = self._loop.call_at(
+                self._last_sent + self.config.heartbeat_interval, self._tick
+            )
+
+    def _stop_ends(self) -> None:
+        """No more End of Session repeats (the next session has something to send)."""
+        for handle in self._ends:
+            handle.cancel()
+        self._ends.clear()
 
     # ------------------------------------------------------------------ closing
 
@@ -478,9 +560,7 @@ class MoldPublisher:
         self.engine.leave(self)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        for handle in self._ends:
-            handle.cancel()
-        self._ends.clear()
+        self._stop_ends()
         if self._sender is not None:
             await asyncio.to_thread(self._sender.stop)
         if self._sock is not None:
@@ -502,6 +582,8 @@ class RequestServerConfig:
     """Messages a requester may be sent at once after a quiet spell (None: ``rate``)."""
     max_datagram: int = MAX_DATAGRAM
     window_bytes: int = DEFAULT_WINDOW_BYTES
+    read_ahead: int = DEFAULT_READ_AHEAD
+    """A read that goes on where a window ends reads ``read_ahead`` windows' worth."""
     max_windows: int = DEFAULT_MAX_WINDOWS
     closed_idle: float = DEFAULT_CLOSED_IDLE
     max_open_closed: int = DEFAULT_MAX_OPEN_CLOSED
@@ -580,17 +662,20 @@ class TokenBuckets:
 
 @dataclass(slots=True)
 class _Window:
-    """Whole packets of a session read from its log: messages ``first`` .. ``next_seq - 1``
-    at ``offsets`` (one more offset than messages: where the last one ends)."""
+    """Messages ``first`` .. ``next_seq - 1`` of a session read from its log, already
+    framed as MoldUDP64 message blocks (``u16`` length, data) in ``blocks``, the block of
+    each at ``offsets`` (one more offset than messages: where the last one ends). An
+    answer is then a header and one slice."""
 
     session: str
     first: int
-    data: bytes
+    blocks: bytes
     offsets: list[int]
+    next_seq: int = 0
+    """Set from the others: one past the last message."""
 
-    @property
-    def next_seq(self) -> int:
-        return self.first + len(self.offsets) - 1
+    def __post_init__(self) -> None:
+        self.next_seq = self.first + len(self.offsets) - 1
 
 
 def _read_window(
@@ -609,7 +694,26 @@ def _read_window(
     count = min(len(offsets) - 1, end_seq - seq)
     if count < 1:
         raise CorruptLogError(f"session {session}: no whole packet at message {seq}")
-    return _Window(session, seq, data, offsets[: count + 1])
+    # SoupBinTCP ``u16 length, 'S', payload`` (the length counts the 'S') to MoldUDP64
+    # ``u16 length, payload``: each message one byte shorter.
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for number in range(count):
+        start, end = offsets[number], offsets[number + 1]
+        parts.append((end - start - _SOUP_HEADER).to_bytes(2, "big"))
+        parts.append(view[start + _SOUP_HEADER : end])
+    blocks = b"".join(parts)
+    return _Window(session, seq, blocks, [offsets[n] - n for n in range(count + 1)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one answer holds: ``count`` message blocks, ``blocks[start:end]``."""
+
+    blocks: bytes
+    start: int
+    end: int
+    count: int
 
 
 @dataclass(slots=True)
@@ -641,7 +745,7 @@ class MoldRequestServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._windows: OrderedDict[tuple[str, int], _Window] = OrderedDict()
-        self._reads = 0
+        self._read_cost = 0
         self._closed_logs: dict[str, _Closed] = {}
         self._unknown: dict[str, float] = {}
         self._pending: OrderedDict[Address, deque[_Pending]] = OrderedDict()
@@ -649,6 +753,8 @@ class MoldRequestServer:
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-mold-reader")
+        self._prefetching: dict[tuple[str, int], asyncio.Future[_Window]] = {}
+        self._fields: dict[str, bytes] = {}  # session: its 10-byte header field
         self._warn_failed = _Throttled("MoldUDP64: a re-request for session %s failed: %s")
 
     async def start(self) -> None:
@@ -686,6 +792,8 @@ class MoldRequestServer:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for reading in list(self._prefetching.values()):
+            reading.cancel()
         await asyncio.to_thread(self._executor.shutdown, True)
         for closed in self._closed_logs.values():
             closed.log.close()
@@ -735,7 +843,7 @@ class MoldRequestServer:
             if not reserved:
                 return
             sent = 0
-            reads = self._reads
+            reads = self._read_cost
             try:
                 sent = self._answer_active(request, who, tail)
             except (StoreError, OSError) as exc:
@@ -744,8 +852,12 @@ class MoldRequestServer:
             finally:
                 self.buckets.settle(who, reserved, self._cost(sent, reads))
             return
-        if not SessionId.is_valid(request.session) or self._known_unknown(request.session, now):
+        if request.session not in self._closed_logs and (
+            not SessionId.is_valid(request.session) or self._known_unknown(request.session, now)
+        ):
             self.stats.unknown_session += 1
+            return
+        if self._answer_cached(request, who, now):
             return
         queue = self._pending.get(who)
         if self._pending_count >= self.config.max_pending or (
@@ -762,11 +874,51 @@ class MoldRequestServer:
         self._pending_count += 1
         self._wake.set()
 
-    def _cost(self, sent: int, reads_before: int) -> int:
+    def _answer_cached(self, request: Request, who: Address, now: float) -> bool:
+        """Answer a request for a closed session at once if its log is open and what it
+        asks for is in the windows (no read needed: as cheap as for the active session).
+        False if it must wait its turn for a read."""
+        closed = self._closed_logs.get(request.session)
+        if closed is None:
+            return False
+        seq, tail = request.sequence, closed.log.next_seq
+        if seq >= tail:
+            self.stats.out_of_range += 1
+            return True
+        window = self._find(request.session, seq)
+        if window is None:
+            return False
+        answer, short = self._fill(window, seq, request.count)
+        if short and window.next_seq < tail:
+            return False  # the packet has room for more than the window holds
+        reserved = self._reserve(request, who, now)
+        if not reserved:
+            return True
+        sent = 0
+        read_cost = self._read_cost
+        try:
+            sent = self._send(request, who, answer)
+            closed.used = now
+            self._prefetch(closed.log, window, seq + answer.count, tail)
+        finally:
+            self.buckets.settle(who, reserved, self._cost(sent, read_cost))
+        return True
+
+    def _cost(self, sent: int, read_cost_before: int) -> int:
         """What answering cost the requester: the messages sent, and a full packet's
-        worth for each read of the log (a request that misses the windows costs the
-        loop far more than one that hits them)."""
-        return sent + (self._reads - reads_before) * self._per_packet
+        worth of the messages read for each read of the log (a request that misses the
+        windows costs the loop far more than one that hits them; a client asking for the
+        next packet's worth each time is charged about one read per window, a few
+        percent)."""
+        return sent + self._read_cost - read_cost_before
+
+    def _read_charge(self, window: _Window, size: int) -> int:
+        """What a read of ``size`` bytes costs the requester: a packet's worth of the
+        messages read (as many as one packet holds from the window's first), and one more
+        for every further four windows' worth of bytes."""
+        room = self.config.max_datagram - HEADER.size
+        packet_worth = max(1, bisect_right(window.offsets, room) - 1)
+        return packet_worth * max(1, size // (4 * self.config.window_bytes))
 
     def _reserve(self, request: Request, who: Address, now: float) -> int:
         reserved = self.buckets.take(who, now, min(request.count, self._per_packet))
@@ -785,9 +937,21 @@ class MoldRequestServer:
 
     # ------------------------------------------------------------------ answering
 
-    def _read_now(self, session_log: ReadableLog, session: str, seq: int, tail: int) -> _Window:
-        window = _read_window(session_log, session, seq, tail, self.config.window_bytes)
-        self._reads += 1
+    def _window_bytes(self, session: str, seq: int, ahead: bool) -> int:
+        """What to read from ``seq``: a window; more for a client reading on in order
+        (``seq`` is where a window ends, or the rest of a packet is wanted), so that
+        catching up costs few reads, while scattered requests each read little."""
+        size = self.config.window_bytes
+        if ahead or any(w.session == session and w.next_seq == seq for w in self._windows.values()):
+            return size * max(1, self.config.read_ahead)
+        return size
+
+    def _read_now(
+        self, session_log: ReadableLog, session: str, seq: int, tail: int, ahead: bool = False
+    ) -> _Window:
+        size = self._window_bytes(session, seq, ahead)
+        window = _read_window(session_log, session, seq, tail, size)
+        self._read_cost += self._read_charge(window, size)
         self._keep(window)
         return window
 
@@ -805,25 +969,19 @@ class MoldRequestServer:
         while len(self._windows) > self.config.max_windows:
             self._windows.popitem(last=False)
 
-    def _fill(self, window: _Window, seq: int, count: int) -> tuple[list[bytes], bool]:
+    def _fill(self, window: _Window, seq: int, count: int) -> tuple[_Answer, bool]:
         """The messages from ``seq`` that fit a packet, up to ``count``; and whether the
         window ran out before the packet or the count was full."""
         room = self.config.max_datagram - HEADER.size
         wanted = min(count, MAX_MESSAGES)
-        data, offsets = window.data, window.offsets
+        offsets = window.offsets
         number = seq - window.first
         last = len(offsets) - 1
-        messages: list[bytes] = []
-        while number < last and len(messages) < wanted:
-            start = offsets[number] + _SOUP_HEADER
-            end = offsets[number + 1]
-            block = BLOCK_HEADER.size + end - start
-            if block > room:
-                return messages, False
-            messages.append(data[start:end])
-            room -= block
-            number += 1
-        return messages, number >= last and len(messages) < wanted
+        # The last message whose block ends within the room, at most ``wanted`` of them.
+        stop = bisect_right(offsets, offsets[number] + room, number, min(last, number + wanted) + 1)
+        stop -= 1
+        answer = _Answer(window.blocks, offsets[number], offsets[stop], stop - number)
+        return answer, stop >= last and stop - number < wanted
 
     def _answer_active(self, request: Request, who: Address, tail: int) -> int:
         """Answer from the windows, reading the active log on the loop if need be (its
@@ -831,18 +989,28 @@ class MoldRequestServer:
         session, seq = request.session, request.sequence
         session_log = self.engine.session_log
         window = self._find(session, seq) or self._read_now(session_log, session, seq, tail)
-        messages, short = self._fill(window, seq, request.count)
+        answer, short = self._fill(window, seq, request.count)
         if short and window.next_seq < tail:
             # The packet has room for more than this window holds: read on from seq.
-            window = self._read_now(session_log, session, seq, tail)
-            messages, short = self._fill(window, seq, request.count)
-        return self._send(request, who, messages)
+            window = self._read_now(session_log, session, seq, tail, ahead=True)
+            answer, short = self._fill(window, seq, request.count)
+        return self._send(request, who, answer)
 
-    def _send(self, request: Request, who: Address, messages: list[bytes]) -> int:
-        if not messages:
+    def _send(self, request: Request, who: Address, answer: _Answer) -> int:
+        if not answer.count:
             self.stats.oversized += 1
             return 0
-        packet = next(pack(request.session, request.sequence, messages, self.config.max_datagram))
+        field = self._fields.get(request.session)
+        if field is None:
+            if len(self._fields) >= 64:
+                self._fields.clear()
+            field = self._fields[request.session] = request.session.encode("ascii").ljust(
+                SESSION_LENGTH
+            )
+        packet = (
+            HEADER.pack(field, request.sequence, answer.count)
+            + answer.blocks[answer.start : answer.end]
+        )
         assert self._sock is not None
         try:
             self._sock.sendto(packet, who)
@@ -850,8 +1018,8 @@ class MoldRequestServer:
             self.stats.dropped += 1
             return 0
         self.stats.answered += 1
-        self.stats.messages += len(messages)
-        return len(messages)
+        self.stats.messages += answer.count
+        return answer.count
 
     # ------------------------------------------------------------------ closed sessions
 
@@ -879,7 +1047,7 @@ class MoldRequestServer:
             who, pending = self._next_pending()
             request = pending.request
             sent = 0
-            reads = self._reads
+            reads = self._read_cost
             try:
                 sent = await self._answer_closed(request, who)
             except (StoreError, OSError) as exc:
@@ -900,21 +1068,71 @@ class MoldRequestServer:
         if seq >= tail:
             self.stats.out_of_range += 1
             return 0
-        window = self._find(session, seq) or await self._read_later(closed.log, session, seq, tail)
-        messages, short = self._fill(window, seq, request.count)
-        if short and window.next_seq < tail:
+        window = self._find(session, seq) or await self._prefetched(session, seq)
+        if window is None:
             window = await self._read_later(closed.log, session, seq, tail)
-            messages, short = self._fill(window, seq, request.count)
-        return self._send(request, who, messages)
+        answer, short = self._fill(window, seq, request.count)
+        if short and window.next_seq < tail:
+            window = await self._read_later(closed.log, session, seq, tail, ahead=True)
+            answer, short = self._fill(window, seq, request.count)
+        sent = self._send(request, who, answer)
+        self._prefetch(closed.log, window, seq + answer.count, tail)
+        return sent
+
+    def _prefetch(self, session_log: ReadableLog, window: _Window, upto: int, tail: int) -> None:
+        """A client reading on in order past the middle of a window will want the next:
+        read it now, on the thread, so that its requests do not wait for the read (the
+        requester that caused it pays for it now)."""
+        start = window.next_seq
+        key = (window.session, start)
+        if (
+            start >= tail
+            or upto - window.first < (start - window.first) // 2
+            or key in self._prefetching
+            or self._find(window.session, start) is not None
+        ):
+            return
+        size = self.config.window_bytes * max(1, self.config.read_ahead)
+        self._read_cost += self._read_charge(window, size)
+        reading = asyncio.ensure_future(
+            self._read_later(session_log, window.session, start, tail, ahead=True, charged=True)
+        )
+        self._prefetching[key] = reading
+
+        def done(future: asyncio.Future[_Window]) -> None:
+            self._prefetching.pop(key, None)
+            if not future.cancelled() and future.exception() is not None:
+                log.debug("MoldUDP64: reading ahead failed: %s", future.exception())
+
+        reading.add_done_callback(done)
+
+    async def _prefetched(self, session: str, seq: int) -> _Window | None:
+        """The window being read ahead from ``seq``, once read; None if there is none."""
+        reading = self._prefetching.get((session, seq))
+        if reading is None:
+            return None
+        try:
+            window = await asyncio.shield(reading)
+        except Exception:  # said by _prefetch; read again the usual way
+            return None
+        return window if window.first <= seq < window.next_seq else None
 
     async def _read_later(
-        self, session_log: ReadableLog, session: str, seq: int, tail: int
+        self,
+        session_log: ReadableLog,
+        session: str,
+        seq: int,
+        tail: int,
+        ahead: bool = False,
+        charged: bool = False,
     ) -> _Window:
         assert self._loop is not None
+        size = self._window_bytes(session, seq, ahead)
         window = await self._loop.run_in_executor(
-            self._executor, _read_window, session_log, session, seq, tail, self.config.window_bytes
+            self._executor, _read_window, session_log, session, seq, tail, size
         )
-        self._reads += 1
+        if not charged:
+            self._read_cost += self._read_charge(window, size)
         self._keep(window)
         return window
 
@@ -970,5 +1188,6 @@ __all__ = [
     "RequestServerConfig",
     "RequestStats",
     "TokenBuckets",
+    "default_interface",
     "parse_group",
 ]

@@ -743,7 +743,13 @@ class _Connection(asyncio.Protocol):
             first = min(first, tail)  # a closed session has nothing past its end
         principal = self._principal
         self._may_publish = engine is not None and principal is not None and principal.may_publish()
-        session.accept(wanted, first, self._loop.time(), max_packet_length=self._packet_limit())
+        session.accept(
+            wanted,
+            first,
+            self._loop.time(),
+            max_packet_length=self._packet_limit(),
+            limit_reason=self._limit_reason(),
+        )
         transport.resume_reading()
         self._session_name = wanted
         if engine is not None and sequence == NO_STREAM:
@@ -790,6 +796,19 @@ class _Connection(asyncio.Protocol):
         config = getattr(self._engine, "config", None)
         longest = getattr(config, "max_message", MAX_PACKET_LENGTH - 1)
         return min(MAX_PACKET_LENGTH, max(longest + 1, self._server.config.max_client_packet))
+
+    def _limit_reason(self) -> str:
+        """Why a publisher may send no longer message (said to one that does)."""
+        if not self._may_publish:
+            return ""
+        longest = getattr(getattr(self._engine, "config", None), "max_message", None)
+        if longest is None or longest >= MAX_PACKET_LENGTH - 1:
+            return ""  # no longer packet can be framed
+        return (
+            f"this server publishes at most {longest} bytes a message (with --mold, what "
+            "one MoldUDP64 packet carries; MoldUDP64 does not fragment); nothing from this "
+            "message on was published"
+        )
 
     def info(self) -> SubscriberInfo | None:
         subscriber = self._subscriber

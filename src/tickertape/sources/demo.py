@@ -16,8 +16,7 @@ import datetime as dt
 import logging
 from typing import Final
 
-from tickertape.server.engine import Engine
-from tickertape.sources.persist import publish_until_persisted
+from tickertape.server.engine import Engine, PublishFailed
 from tickertape.text import plural
 
 log = logging.getLogger(__name__)
@@ -55,9 +54,30 @@ async def run_demo(
             await asyncio.sleep(tick)
             continue
         due = min(due, engine.config.max_batch_messages)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        first = engine.next_assigned
-        payloads = [demo_payload(seq, stamp, size) for seq in range(first, first + due)]
-        made += due
-        await publish_until_persisted(engine, payloads, "demo source")
+        made += await _publish_numbered(engine, due, size)
     log.info("demo source: published %s, stopping", plural(made, "message"))
+
+
+async def _publish_numbered(engine: Engine, count: int, size: int) -> int:
+    """Publish ``count`` demo messages, each made when its number is known: after any
+    wait (a roll, a full queue, publishing paused) the numbers are read again, so a
+    batch held back by a roll goes into the next session numbered from 1. Waits out a
+    paused engine (like ``publish_until_persisted``); returns ``count``."""
+    done = 0
+    while done < count:
+        try:
+            await engine.wait_for_room()
+            # From here to the numbers being assigned, nothing awaits.
+            first = engine.next_assigned
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            payloads = [
+                demo_payload(seq, stamp, size) for seq in range(first, first + count - done)
+            ]
+            await engine.publish_many(payloads)
+            done = count
+        except PublishFailed as exc:
+            done += exc.published
+            log.warning(
+                "demo source: %s wait for publishing to resume", plural(count - done, "message")
+            )
+    return count

@@ -105,18 +105,23 @@ class Downstream:
             if len(data) != HEADER.size:
                 raise RemoteProtocolError("an End of Session packet with bytes after its header")
             return cls(session, sequence, (), end_of_session=True)
-        messages = []
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        messages: list[bytes] = []
+        append = messages.append
+        size = len(data)
         position = HEADER.size
         for number in range(count):
-            if position + 2 > len(data):
+            if position + 2 > size:
                 raise RemoteProtocolError(f"packet says {count} messages but ends after {number}")
-            length = (data[position] << 8) | data[position + 1]
-            end = position + 2 + length
-            if end > len(data):
-                raise RemoteProtocolError(f"message {number} of {length} bytes overruns the packet")
-            messages.append(bytes(data[position + 2 : end]))
+            end = position + 2 + ((data[position] << 8) | data[position + 1])
+            if end > size:
+                raise RemoteProtocolError(
+                    f"message {number} of {end - position - 2} bytes overruns the packet"
+                )
+            append(data[position + 2 : end])
             position = end
-        if position != len(data):
+        if position != size:
             raise RemoteProtocolError(
                 f"{len(data) - position} bytes after the packet's {count} messages"
             )

@@ -402,6 +402,15 @@ def _decode_login_request(frame: bytes) -> LoginRequest:
 # ---------------------------------------------------------------------------- framing
 
 
+class PacketTooLong(RemoteProtocolError):
+    """A packet's length field is above what the endpoint accepts."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"packet length {length}: this endpoint accepts at most {limit}")
+        self.length = length
+        self.limit = limit
+
+
 class Framer:
     """Splits a byte stream into frames (packets without their length field).
 
@@ -434,15 +443,12 @@ class Framer:
         if len(buffer) - position < 2:
             raise StopIteration
         length = (buffer[position] << 8) | buffer[position + 1]
-        if length == 0 or length > self._max_length:
+        if length == 0:
             raise RemoteProtocolError(
-                f"packet length {length}: "
-                + (
-                    "every packet has at least its 1-byte type"
-                    if length == 0
-                    else f"this endpoint accepts at most {self._max_length}"
-                )
+                f"packet length {length}: every packet has at least its 1-byte type"
             )
+        if length > self._max_length:
+            raise PacketTooLong(length, self._max_length)
         end = position + 2 + length
         if end > len(buffer):
             raise StopIteration
