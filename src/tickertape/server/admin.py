@@ -7,6 +7,8 @@
                                    subscriber (address, user, session, next_seq, lag,
                                    live)
     GET  /sessions                 every session: id, state, messages, bytes on disk
+    GET  /metrics                  the server's metrics, in Prometheus's text format
+                                   (see :mod:`tickertape.server.metrics`)
     GET  /sessions/{id}            one session in detail; 404 if there is none
     POST /roll                     end the active session and open the next
     POST /end                      the same: End of Session to every subscriber
@@ -45,6 +47,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
@@ -67,7 +70,7 @@ ADMIN_HOST: Final = "127.0.0.1"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 _ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
 _ENDPOINTS: Final = (
-    "GET /status, GET /sessions, GET /sessions/{id}, POST /roll, POST /end, "
+    "GET /status, GET /sessions, GET /sessions/{id}, GET /metrics, POST /roll, POST /end, "
     "POST /sessions/{id}/archive"
 )
 
@@ -117,6 +120,7 @@ class AdminServer:
         app.router.add_get("/status", self._status)
         app.router.add_get("/sessions", self._sessions)
         app.router.add_get("/sessions/{id}", self._session)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/roll", self._roll)
         app.router.add_post("/end", self._end)
         app.router.add_post("/sessions/{id}/archive", self._archive)
@@ -135,6 +139,7 @@ class AdminServer:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
+        self.engine.metrics.watch(self.engine, self.server)
         log.info("admin API listening on %s:%d%s", ADMIN_HOST, self._port, self._who_may_change())
 
     def _who_may_change(self) -> str:
@@ -173,6 +178,7 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            self.engine.metrics.unwatch()
 
     # ------------------------------------------------------------------ reading
 
@@ -187,6 +193,13 @@ class AdminServer:
                 "publishing_error": getattr(engine, "publishing_error", None),
                 "subscribers": [asdict(info) for info in self.server.subscribers()],
             }
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # Collected here, on the event loop: the collector reads the server's state.
+        return web.Response(
+            body=generate_latest(self.engine.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
     async def _sessions(self, request: web.Request) -> web.Response:

@@ -54,6 +54,7 @@ from tickertape.server.access import (
     is_loopback,
 )
 from tickertape.server.engine import PublishFailed
+from tickertape.server.metrics import metrics_of
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
@@ -208,6 +209,7 @@ class SoupBinTCPServer:
         self._check_slots = asyncio.Semaphore(os.cpu_count() or 2)
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
+        self.metrics = metrics_of(engine)
         engine.on_roll(self._rolled)
 
     def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
@@ -237,9 +239,11 @@ class SoupBinTCPServer:
         """Count a new connection in; or say why it is refused."""
         config = self.config
         if len(self._connections) >= config.max_connections:
+            self.metrics.connections_refused.labels("total").inc()
             return f"too many connections (this server takes at most {config.max_connections})"
         count = self._per_source.get(source, 0)
         if count >= config.max_connections_per_source:
+            self.metrics.connections_refused.labels("per_address").inc()
             return (
                 f"too many connections from {source} (at most "
                 f"{config.max_connections_per_source} from one address)"
@@ -531,6 +535,7 @@ class _Connection(asyncio.Protocol):
         throttle = self._server._throttle
         now = self._loop.time()
         delay = throttle.failed(self._source, now)
+        self._server.metrics.logins_rejected.labels("bad_credentials").inc()
         log.warning(
             "login of %r from %s rejected: bad username or password (failure %d from "
             "this address; answered in %.2f s)",
@@ -570,6 +575,7 @@ class _Connection(asyncio.Protocol):
 
     def _refuse_login(self, reason: str) -> None:
         log.warning("login of %r from %s rejected: %s", self._who, self._peer, reason)
+        self._server.metrics.logins_rejected.labels("not_permitted").inc()
         session = self._session
         assert session is not None
         session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
@@ -587,6 +593,7 @@ class _Connection(asyncio.Protocol):
         try:
             session_log = await self._server.closed_session(wanted)
         except StoreError as exc:
+            self._server.metrics.logins_rejected.labels("session_not_available").inc()
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
             session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
         except Exception as exc:
@@ -597,6 +604,7 @@ class _Connection(asyncio.Protocol):
                 wanted,
                 exc,
             )
+            self._server.metrics.logins_rejected.labels("session_not_available").inc()
             session.reject(REJECT_SESSION_NOT_AVAILABLE, self._loop.time())
         else:
             self._accept(wanted, sequence, session_log, None)
@@ -620,6 +628,7 @@ class _Connection(asyncio.Protocol):
         principal = self._principal
         self._may_publish = engine is not None and principal is not None and principal.may_publish()
         session.accept(wanted, first, self._loop.time(), max_packet_length=self._packet_limit())
+        self._server.metrics.logins_accepted.inc()
         transport.resume_reading()
         self._session_name = wanted
         if engine is not None and sequence == NO_STREAM:
@@ -647,6 +656,7 @@ class _Connection(asyncio.Protocol):
             on_caught_up=self._caught_up,
             on_end=self._end_of_session,
             chunk=self._server.config.catch_up_chunk,
+            sent=self._server.metrics.sent,
         )
         self._subscriber.start()
 
@@ -693,10 +703,12 @@ class _Connection(asyncio.Protocol):
                     f"to {self._session_name or 'no session'}"
                 )
             log.warning("closing %s: %s", self._peer, reason)
+            self._server.metrics.publish_failed("not_permitted")
             self.close(reason)
             return False
         relay = getattr(self._engine, "relay_from", None)
         if relay is not None:
+            self._server.metrics.publish_failed("relay")
             self.close(f"this server relays {relay}: publish there")
             return False
         if payload == END_OF_SESSION_MARKER:
@@ -815,6 +827,7 @@ class _Connection(asyncio.Protocol):
             if self._stuck is None or self._stuck[0] != subscriber.next_seq:
                 self._stuck = (subscriber.next_seq, now)
             elif now - self._stuck[1] >= session.idle_timeout:
+                self._server.metrics.heartbeat_timeouts.inc()
                 self._drop(f"it read nothing for {session.idle_timeout:g} s")
                 return
             session.sent(now)
@@ -822,7 +835,10 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(self._timer_when, self._tick)
             return
         self._stuck = None
+        logged_in = session.state is State.LOGGED_IN
         session.tick(now)
+        if logged_in and session.state is State.CLOSED:
+            self._server.metrics.heartbeat_timeouts.inc()  # silent for the idle timeout
         self._handle_events()
         if session.state is not State.CLOSED:
             self._schedule()

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
+from tickertape.server.metrics import SentCounts
 from tickertape.server.session_source import SessionSource
 from tickertape.store.log import ReadableLog, packet_offsets
 
@@ -48,8 +49,10 @@ class Subscriber:
         on_caught_up: Callable[[Subscriber, int], None],
         on_end: Callable[[], None],
         chunk: int = DEFAULT_CATCH_UP_CHUNK,
+        sent: SentCounts | None = None,
     ) -> None:
         self.next_seq = next_seq
+        self._sent = sent or SentCounts()  # what subscribers were sent, for the metrics
         self.first_seq = next_seq
         self._transport = transport
         self._log = session_log
@@ -117,6 +120,9 @@ class Subscriber:
                 return
             data = data[packet_offsets(data)[nxt - first_seq] :]
         self._transport.write(data)
+        sent = self._sent
+        sent.live_messages += end - nxt
+        sent.live_bytes += len(data)
         self.next_seq = end
         self._on_sent(now)
 
@@ -199,6 +205,8 @@ class Subscriber:
                 self._transport.abort()
                 return
             replayed += end_seq - self.next_seq
+            self._sent.catch_up_messages += end_seq - self.next_seq
+            self._sent.catch_up_bytes += end_offset - start
             self.next_seq = end_seq
             self._on_sent(loop.time())
 
