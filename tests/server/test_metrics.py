@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mmap
+import re
 import socket
 import struct
 import time
@@ -275,3 +276,38 @@ async def filling(
     assert value(again, "tickertape_publishing_paused") == 0
     assert value(again, "tickertape_data_disk_free_bytes") > 0
     assert value(again, "tickertape_published_messages_total", session=session) == 41
+
+
+DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
+_METRIC = re.compile(r"\b((?:tickertape|process)_[a-z0-9_]+)")
+
+
+def test_the_grafana_dashboard_queries_only_metrics_a_server_has(tmp_path: Path) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] and dashboard["uid"] and dashboard["schemaVersion"] >= 30
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    queries = [variable["definition"] for variable in dashboard["templating"]["list"][1:]]
+    for panel in panels:
+        assert {"h", "w", "x", "y"} <= panel["gridPos"].keys()
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["targets"], panel["title"]
+            queries += [target["expr"] for target in panel["targets"]]
+    queried = {name for query in queries for name in _METRIC.findall(query)}
+    assert len(queried) >= 25
+
+    admin = free_port()
+    args = ("--admin-port", str(admin), "--demo", "1000", "--demo-count", "10")
+    with ServerProcess(tmp_path / "data", *args) as server:
+        server.wait_for_log("admin API listening")
+        # Published messages are counted by session once there are some.
+        asyncio.run(until_scraped(admin, "tickertape_next_sequence", 11))
+        scraped = {name for name, _ in scrape(admin)}
+        assert server.stop() == 0
+    assert queried <= scraped, sorted(queried - scraped)
+    # Every metric of tickertape's own is on the dashboard.
+    own = {name for name in scraped if name.startswith("tickertape_")}
+    shown = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name in queried}
+    unshown = {n for n in own if re.sub(r"_(bucket|count|sum|created)$", "", n) not in shown}
+    assert not {n for n in unshown if not n.endswith("_created")}, sorted(unshown)
