@@ -19,13 +19,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tickertape.client.publisher import Publisher
+from tickertape.errors import LocalProtocolError
+from tickertape.protocol.server import ServerTimers
+from tickertape.server.moldudp64 import MoldRequestServer
+from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import LOG_FILE
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
 
-from support import FileSizeLimit, ServerProcess, SmallDisk, SoupClient, free_port
+from support import (
+    FileSizeLimit,
+    ServerProcess,
+    SmallDisk,
+    SoupClient,
+    free_port,
+    running_server,
+)
 
 TIMEOUT = 90.0
 USER, PASSWORD = "alice", "secret"
@@ -311,3 +323,86 @@ def test_the_grafana_dashboard_queries_only_metrics_a_server_has(tmp_path: Path)
     shown = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name in queried}
     unshown = {n for n in own if re.sub(r"_(bucket|count|sum|created)$", "", n) not in shown}
     assert not {n for n in unshown if not n.endswith("_created")}, sorted(unshown)
+
+
+async def _closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):
+        data += chunk
+    return data
+
+
+def test_refusals_timeouts_and_rerequests_are_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = ServerConfig(
+            port=0, max_connections_per_source=2, timers=ServerTimers(idle_timeout=0.5)
+        )
+        async with running_server(tmp_path / "data", config) as (engine, server):
+            metrics = engine.metrics
+            metrics.watch(engine, server)
+            requests = MoldRequestServer(engine)
+            await requests.start()
+            try:
+
+                def scraped() -> Samples:
+                    text = generate_latest(metrics.registry).decode()
+                    return {
+                        (s.name, tuple(sorted(s.labels.items()))): s.value
+                        for family in text_string_to_metric_families(text)
+                        for s in family.samples
+                    }
+
+                # A message too long to publish.
+                with pytest.raises(LocalProtocolError):
+                    await engine.publish(b"x" * 70_000)
+                # A login to a session that does not exist: Login Rejected "S".
+                nowhere = await SoupClient.login(server.port, session="2001010101", seq=1)
+                assert await nowhere.packet() == LoginRejected("S")
+                nowhere.close()
+                # A silent client, logged in: dropped after the idle timeout.
+                silent = await SoupClient.login(server.port, seq=0)
+                assert isinstance(await silent.packet(), LoginAccepted)
+                # Over the limit of connections from one address: refused at once.
+                deadline = time.monotonic() + 10
+                while server.connections != 1:  # the rejected login's is gone
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                other = await asyncio.open_connection("127.0.0.1", server.port)
+                third = await asyncio.open_connection("127.0.0.1", server.port)
+                assert b"too many connections from 127.0.0.1" in await _closed(third[0])
+                other[1].close()
+                assert b"client silent" in await _closed(silent.reader)
+                # A re-request that is not one.
+                loop = asyncio.get_running_loop()
+                transport, _ = await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, remote_addr=("127.0.0.1", requests.port)
+                )
+                transport.sendto(b"not a re-request")
+                deadline = time.monotonic() + 10
+                while requests.stats.malformed == 0:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                transport.close()
+
+                samples = scraped()
+                assert value(samples, "tickertape_publish_failures_total", reason="too_long") == 1
+                assert (
+                    value(
+                        samples, "tickertape_logins_rejected_total", reason="session_not_available"
+                    )
+                    == 1
+                )
+                assert value(samples, "tickertape_logins_accepted_total") == 1
+                assert (
+                    value(samples, "tickertape_connections_refused_total", limit="per_address") == 1
+                )
+                assert value(samples, "tickertape_connections_refused_total", limit="total") == 0
+                assert value(samples, "tickertape_heartbeat_timeouts_total") == 1
+                assert value(samples, "tickertape_mold_rerequests_total", outcome="malformed") == 1
+                assert value(samples, "tickertape_mold_rerequests_total", outcome="answered") == 0
+            finally:
+                await requests.close()
+                metrics.unwatch()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
