@@ -25,7 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tickertape.client.publisher import Publisher
 from tickertape.errors import LocalProtocolError
 from tickertape.protocol.server import ServerTimers
-from tickertape.server.moldudp64 import MoldRequestServer
+from tickertape.server.moldudp64 import (
+    MoldPublisher,
+    MoldRequestServer,
+    PublisherConfig,
+    RequestServerConfig,
+)
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import LOG_FILE
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
@@ -404,5 +409,84 @@ def test_refusals_timeouts_and_rerequests_are_counted(tmp_path: Path) -> None:
             finally:
                 await requests.close()
                 metrics.unwatch()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+class _Datagrams:
+    """A UDP socket on 127.0.0.1 that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+
+    async def receive(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), 10)
+        return bytes(data)
+
+
+def test_moldudp64_packets_bytes_and_re_requests_are_counted(tmp_path: Path) -> None:
+    """MoldUDP64 from the spec: a downstream packet is session (10), sequence number
+    (u64), message count (u16), then each message as a u16 length and its bytes; a
+    re-request is session, sequence number, count."""
+    count = 500
+    messages = [b"%05d" % n + b"." * 95 for n in range(1, count + 1)]
+
+    async def scenario() -> None:
+        async with running_server(tmp_path / "data") as (engine, server):
+            group = _Datagrams()
+            asker = _Datagrams()
+            publisher = MoldPublisher(engine, PublisherConfig("127.0.0.1", group.port))
+            requests = MoldRequestServer(engine, RequestServerConfig(rate=1.0))
+            publisher.start()
+            await requests.start()
+            engine.metrics.watch(engine, server)
+            try:
+                await engine.publish_many(messages)
+                await publisher.flush()
+                packets = sizes = got = 0
+                while got < count:
+                    packet = await group.receive()
+                    in_it = struct.unpack_from(">10sQH", packet)[2]
+                    if in_it and in_it != 0xFFFF:  # not a heartbeat, not End of Session
+                        packets, sizes, got = packets + 1, sizes + len(packet), got + in_it
+                assert got == count
+                session = engine.session_id.encode()
+                asker.sock.sendto(
+                    struct.pack(">10sQH", session, 1, 1), ("127.0.0.1", requests.port)
+                )
+                answer = await asker.receive()
+                assert struct.unpack_from(">10sQH", answer) == (session, 1, 1)
+                # At once again: over the requester's rate of one message a second.
+                asker.sock.sendto(
+                    struct.pack(">10sQH", session, 2, 1), ("127.0.0.1", requests.port)
+                )
+                deadline = time.monotonic() + 10
+                while requests.stats.rate_limited == 0:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+
+                samples = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(
+                        generate_latest(engine.metrics.registry).decode()
+                    )
+                    for s in family.samples
+                }
+                assert value(samples, "tickertape_mold_packets_sent_total") == packets
+                assert value(samples, "tickertape_mold_bytes_sent_total") == sizes
+                assert value(samples, "tickertape_mold_messages_sent_total") == count
+                assert value(samples, "tickertape_mold_rerequests_total", outcome="answered") == 1
+                assert value(samples, "tickertape_mold_rerequests_total", outcome="throttled") == 1
+            finally:
+                engine.metrics.unwatch()
+                await requests.close()
+                await publisher.close()
+                group.sock.close()
+                asker.sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
