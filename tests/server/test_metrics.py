@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tickertape.client.publisher import Publisher
@@ -321,6 +324,15 @@ def test_the_grafana_dashboard_queries_only_metrics_a_server_has(tmp_path: Path)
         # Published messages are counted by session once there are some.
         asyncio.run(until_scraped(admin, "tickertape_next_sequence", 11))
         scraped = {name for name, _ in scrape(admin)}
+        # A scraper that asks for OpenMetrics gets it.
+        asked = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        )
+        with urllib.request.urlopen(asked, timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+            families = list(openmetrics_families(answer.read().decode()))  # type: ignore[no-untyped-call]
+        assert "tickertape_next_sequence" in {family.name for family in families}
         assert server.stop() == 0
     assert queried <= scraped, sorted(queried - scraped)
     # Every metric of tickertape's own is on the dashboard.

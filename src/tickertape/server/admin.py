@@ -47,7 +47,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
@@ -196,10 +196,11 @@ class AdminServer:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        # Collected here, on the event loop: the collector reads the server's state.
+        # Prometheus's text format, or OpenMetrics if the scraper asks for it. Collected
+        # here, on the event loop: the collector reads the server's state.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(
-            body=generate_latest(self.engine.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
+            body=encode(self.engine.metrics.registry), headers={"Content-Type": content_type}
         )
 
     async def _sessions(self, request: web.Request) -> web.Response:
