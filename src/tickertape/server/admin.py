@@ -7,9 +7,9 @@
                                    subscriber (address, user, session, next_seq, lag,
                                    live)
     GET  /sessions                 every session: id, state, messages, bytes on disk
+    GET  /sessions/{id}            one session in detail; 404 if there is none
     GET  /metrics                  the server's metrics, in Prometheus's text format
                                    (see :mod:`tickertape.server.metrics`)
-    GET  /sessions/{id}            one session in detail; 404 if there is none
     POST /roll                     end the active session and open the next
     POST /end                      the same: End of Session to every subscriber
     POST /sessions/{id}/archive    archive an ended session; 409 for the active one

@@ -615,6 +615,7 @@ class Engine(Tail):
         for request in [*requests, *self._queue]:
             if not request.future.done():
                 request.future.set_exception(error)
+                self.metrics.publish_failed("stopped")
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next
