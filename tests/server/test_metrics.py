@@ -13,12 +13,14 @@ import json
 import mmap
 import re
 import socket
+import ssl
 import struct
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import trustme
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -500,5 +502,87 @@ def test_moldudp64_packets_bytes_and_re_requests_are_counted(tmp_path: Path) -> 
                 await publisher.close()
                 group.sock.close()
                 asker.sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+def test_subscribers_by_state_over_tls(tmp_path: Path) -> None:
+    """Over TLS (catching up reads and writes instead of ``sendfile``): a subscriber
+    live in the active session, and one pulling a closed session that stops reading."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    closed = [b"%08d " % n + b"c" * (SIZE - 9) for n in range(1, COUNT + 1)]
+
+    async def tls_login(port: int, session: str, seq: int) -> SoupClient:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="127.0.0.1"
+        )
+        writer.write(login_request("", "", session, seq))
+        return SoupClient(reader, writer)
+
+    async def scenario() -> None:
+        config = ServerConfig(port=0, ssl=server_context)
+        async with running_server(tmp_path / "data", config) as (engine, server):
+            engine.metrics.watch(engine, server)
+
+            def scraped() -> Samples:
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(
+                        generate_latest(engine.metrics.registry).decode()
+                    )
+                    for s in family.samples
+                }
+
+            try:
+                await engine.publish_many(closed)
+                ended = engine.session_id
+                await engine.roll()
+                await engine.publish_many(PAYLOADS[:5])
+                live = await tls_login(server.port, "", 1)
+                assert await read_messages(live, 5) == PAYLOADS[:5]
+                deadline = time.monotonic() + 30
+                while (
+                    value(scraped(), "tickertape_subscribers", state="live", transport="tls") != 1
+                ):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                await engine.publish_many(PAYLOADS[5:10])
+                for expected in PAYLOADS[5:10]:
+                    packet = await live.packet()
+                    assert isinstance(packet, SequencedData) and packet.payload == expected
+                pulling = await tls_login(server.port, ended, 1)
+                assert isinstance(await pulling.packet(), LoginAccepted)  # then reads no more
+                # It can take only part of the closed session: the rest waits for it to
+                # read (16 MB: more than its socket buffers and the server's write buffer).
+                samples = scraped()  # and, with no await in between, the server's view:
+                stuck = next(info for info in server.subscribers() if info.session == ended)
+                assert stuck.lag == COUNT + 1 - stuck.next_seq > 0
+                for state, count in (("live", 1), ("pulling", 1), ("catching_up", 0)):
+                    assert (
+                        value(samples, "tickertape_subscribers", state=state, transport="tls")
+                        == count
+                    )
+                    assert (
+                        value(samples, "tickertape_subscribers", state=state, transport="plain")
+                        == 0
+                    )
+                assert value(samples, "tickertape_subscriber_lag_max_messages") == stuck.lag
+                sent = stuck.next_seq - 1
+                assert value(samples, "tickertape_subscriber_messages_sent_total", mode="live") == 5
+                assert (
+                    value(samples, "tickertape_subscriber_messages_sent_total", mode="catch_up")
+                    == 5 + sent
+                )
+                assert value(
+                    samples, "tickertape_subscriber_bytes_sent_total", mode="catch_up"
+                ) == ((5 + sent) * (SIZE + 3))
+                live.close()
+                pulling.close()
+            finally:
+                engine.metrics.unwatch()
 
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
