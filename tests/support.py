@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import mmap
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -416,3 +418,71 @@ class CuttingProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class SmallDisk:
+    """A tmpfs of 8 MiB mounted on ``path``; :meth:`fill` fills it, :meth:`free` makes
+    room again."""
+
+    reason = "no space left on device"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    @classmethod
+    @contextlib.contextmanager
+    def mounted(cls, path: Path) -> Iterator[SmallDisk | None]:
+        """The disk, mounted (and unmounted afterwards, whatever happens); None if this
+        machine does not let the test mount one."""
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            print(f"cannot mount a tmpfs ({done.stderr.strip()}): RLIMIT_FSIZE instead")
+            yield None
+            return
+        try:
+            yield cls(path)
+        finally:
+            if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)
+
+    def fill(self, pid: int, log_path: Path) -> None:
+        with open(self._filler, "wb", buffering=0) as filler:
+            chunk = 1 << 20
+            while chunk:
+                try:
+                    filler.write(b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    chunk //= 2
+        assert os.statvfs(self.path).f_bavail == 0
+        # No room in the log's last page either:
+        assert log_path.stat().st_size % mmap.PAGESIZE == 0
+
+    def free(self, pid: int) -> None:
+        self._filler.unlink()
+
+
+class FileSizeLimit:
+    """The server process's file-size limit, lowered to the log's size by :meth:`fill`
+    and raised again by :meth:`free`."""
+
+    reason = "file too large (over the file-size limit)"
+
+    def __init__(self) -> None:
+        self._limits: tuple[int, int] | None = None
+
+    def fill(self, pid: int, log_path: Path) -> None:
+        self._limits = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (log_path.stat().st_size, self._limits[1]))
+
+    def free(self, pid: int) -> None:
+        assert self._limits is not None
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, self._limits)

@@ -436,7 +436,8 @@ def _parser() -> argparse.ArgumentParser:
         type=argtypes.port,
         default=0,
         metavar="PORT",
-        help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT (default 0: no admin API)",
+        help=f"serve the admin HTTP API, and Prometheus metrics at /metrics, on "
+        f"{ADMIN_HOST}:PORT (default 0: no admin API)",
     )
     _add_token_options(
         serve,

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import mmap
-import os
-import resource
 import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +35,7 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Message, subscribe
 from tickertape.store.log import LOG_FILE, verify
 
-from support import ServerProcess
+from support import FileSizeLimit, ServerProcess, SmallDisk
 
 TIMEOUT = 60.0
 
@@ -56,73 +52,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class SmallDisk:
-    """A tmpfs of 8 MiB mounted on ``path``; :meth:`fill` fills it, :meth:`free` makes
-    room again."""
-
-    reason = "no space left on device"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._filler = path / "filler"
-
-    @classmethod
-    @contextlib.contextmanager
-    def mounted(cls, path: Path) -> Iterator[SmallDisk | None]:
-        """The disk, mounted (and unmounted afterwards, whatever happens); None if this
-        machine does not let the test mount one."""
-        path.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            print(f"cannot mount a tmpfs ({done.stderr.strip()}): RLIMIT_FSIZE instead")
-            yield None
-            return
-        try:
-            yield cls(path)
-        finally:
-            if subprocess.run(["umount", str(path)], check=False).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=True)
-
-    def fill(self, pid: int, log_path: Path) -> None:
-        with open(self._filler, "wb", buffering=0) as filler:
-            chunk = 1 << 20
-            while chunk:
-                try:
-                    filler.write(b"\0" * chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    chunk //= 2
-        assert os.statvfs(self.path).f_bavail == 0
-        assert log_path.stat().st_size % PAGE == 0  # no room in the log's last page either
-
-    def free(self, pid: int) -> None:
-        self._filler.unlink()
-
-
-class FileSizeLimit:
-    """The server process's file-size limit, lowered to the log's size by :meth:`fill`
-    and raised again by :meth:`free`."""
-
-    reason = "file too large (over the file-size limit)"
-
-    def __init__(self) -> None:
-        self._limits: tuple[int, int] | None = None
-
-    def fill(self, pid: int, log_path: Path) -> None:
-        self._limits = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (log_path.stat().st_size, self._limits[1]))
-
-    def free(self, pid: int) -> None:
-        assert self._limits is not None
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, self._limits)
 
 
 class Subscriber:

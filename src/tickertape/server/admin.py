@@ -8,6 +8,8 @@
                                    live)
     GET  /sessions                 every session: id, state, messages, bytes on disk
     GET  /sessions/{id}            one session in detail; 404 if there is none
+    GET  /metrics                  the server's metrics, in Prometheus's text format
+                                   (see :mod:`tickertape.server.metrics`)
     POST /roll                     end the active session (End of Session to every
                                    subscriber) and open the next at once
     POST /sessions/{id}/archive    archive an ended session; 409 for the active one
@@ -46,6 +48,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
+from prometheus_client.exposition import choose_encoder
 
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
@@ -68,7 +71,8 @@ ADMIN_HOST: Final = "127.0.0.1"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 _ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
 _ENDPOINTS: Final = (
-    "GET /status, GET /sessions, GET /sessions/{id}, POST /roll, POST /sessions/{id}/archive"
+    "GET /status, GET /sessions, GET /sessions/{id}, GET /metrics, POST /roll, "
+    "POST /sessions/{id}/archive"
 )
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -124,6 +128,7 @@ class AdminServer:
         app.router.add_get("/status", self._status)
         app.router.add_get("/sessions", self._sessions)
         app.router.add_get("/sessions/{id}", self._session)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/roll", self._roll)
         app.router.add_post("/sessions/{id}/archive", self._archive)
         runner = web.AppRunner(
@@ -145,6 +150,7 @@ class AdminServer:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
+        self.engine.metrics.watch(self.engine, self.server)
         log.info("admin API listening on %s:%d%s", ADMIN_HOST, self._port, self._who_may_change())
 
     def _who_may_change(self) -> str:
@@ -185,6 +191,7 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            self.engine.metrics.unwatch()
 
     # ------------------------------------------------------------------ reading
 
@@ -199,6 +206,14 @@ class AdminServer:
                 "publishing_error": getattr(engine, "publishing_error", None),
                 "subscribers": [asdict(info) for info in self.server.subscribers()],
             }
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # Prometheus's text format, or OpenMetrics if the scraper asks for it. Collected
+        # here, on the event loop: the collector reads the server's state.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(
+            body=encode(self.engine.metrics.registry), headers={"Content-Type": content_type}
         )
 
     async def _sessions(self, request: web.Request) -> web.Response:

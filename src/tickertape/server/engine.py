@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import zlib
 from bisect import bisect_right
 from collections import deque
@@ -103,7 +104,7 @@ class _Request:
     """One publish call: its messages, the number of the first, and how far the writer
     has got with it (a call larger than a batch is split over several)."""
 
-    __slots__ = ("done", "first_seq", "future", "payloads", "size", "taken")
+    __slots__ = ("done", "first_seq", "future", "payloads", "queued", "size", "taken")
 
     def __init__(
         self, payloads: Sequence[bytes], size: int, first_seq: int, future: asyncio.Future[int]
@@ -114,6 +115,7 @@ class _Request:
         self.future = future
         self.taken = 0
         self.done = 0
+        self.queued = time.perf_counter()  # for the publish-to-handoff latency
 
 
 @dataclass(slots=True)
@@ -397,6 +399,7 @@ class Engine(Tail):
                 else f"this server is configured for at most {self.config.max_message} bytes "
                 "a message (with --mold: what one MoldUDP64 packet carries)"
             )
+            self.metrics.publish_failed("too_long")
             raise LocalProtocolError(f"a message of {longest} bytes cannot be published: {why}")
         size = sum(map(len, payloads))
         await self.wait_for_room()
@@ -426,9 +429,12 @@ class Engine(Tail):
             self._check_open()
             if self._write_failures != failures:
                 # Behind the batch that failed: told with the calls it carried.
+                self.metrics.publish_failed("write_failed")
                 raise PublishFailed(self._paused_message())
 
     def _check_open(self) -> None:
+        if self._failure is not None or self._closing:
+            self.metrics.publish_failed("stopped")
         if self._failure is not None:
             raise StoreError(f"publishing has stopped: {self._failure}")
         if self._closing:
@@ -494,7 +500,12 @@ class Engine(Tail):
                     writing = written = None
                 if batch is not None:
                     writing = loop.run_in_executor(
-                        self._executor, session_log.append, batch.data, batch.count, batch.crc
+                        self._executor,
+                        self.metrics.timed,
+                        session_log.append,
+                        batch.data,
+                        batch.count,
+                        batch.crc,
                     )
                     written, batch = batch, None
                     continue
@@ -513,6 +524,8 @@ class Engine(Tail):
         self._queued_bytes -= len(batch.data) - 3 * batch.count
         self._queue_space.set()
         self._fan_out(appended.first_seq, appended.count, batch.data)
+        size = len(batch.data) - 3 * batch.count  # payloads, without the packets' headers
+        self.metrics.batch_published(self.session_id, batch.count, size, batch.parts[0][0].queued)
         for request, start, stop in batch.parts:
             request.done += stop - start
             if request.done == len(request.payloads) and not request.future.done():
@@ -556,6 +569,7 @@ class Engine(Tail):
                 error = PublishFailed(message)
             error.__cause__ = exc  # a StoreError, caused by the OSError
             request.future.set_exception(error)
+            self.metrics.publish_failed("write_failed")
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next
@@ -613,6 +627,7 @@ class Engine(Tail):
         for request in [*requests, *self._queue]:
             if not request.future.done():
                 request.future.set_exception(error)
+                self.metrics.publish_failed("stopped")
         self._queue.clear()
         self._queued_messages = self._queued_bytes = 0
         self._assigned_next = self._published_next

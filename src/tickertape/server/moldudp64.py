@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import CorruptLogError, RemoteProtocolError, SessionNotFound, StoreError
+from tickertape.server.metrics import metrics_of
 from tickertape.server.session_source import SessionSource
 from tickertape.store.log import ReadableLog, packet_offsets
 from tickertape.store.sessionid import SessionId
@@ -185,6 +186,8 @@ class PublisherStats:
 
     packets: int = 0
     """Downstream packets holding messages, sent."""
+    bytes: int = 0
+    """...and their bytes."""
     messages: int = 0
     heartbeats: int = 0
     end_of_session: int = 0
@@ -306,6 +309,7 @@ class _Sender:
         for packet in pack(session, first_seq, messages, self._max_datagram):
             if self._send(packet):
                 self._stats.packets += 1
+                self._stats.bytes += len(packet)
                 self._stats.messages += HEADER.unpack_from(packet)[2]
 
     def _send(self, packet: bytes) -> bool:
@@ -367,6 +371,7 @@ class MoldPublisher:
         self.engine = engine
         self.config = config
         self.stats = PublisherStats()
+        metrics_of(engine).mold_publisher = self.stats  # read by GET /metrics
         self.next_seq = 1
         self._session = ""
         self._sock: socket.socket | None = None
@@ -739,6 +744,7 @@ class MoldRequestServer:
         self.engine = engine
         self.config = config or RequestServerConfig()
         self.stats = RequestStats()
+        metrics_of(engine).mold_requests = self.stats  # read by GET /metrics
         burst = self.config.burst if self.config.burst is not None else self.config.rate
         self.buckets = TokenBuckets(self.config.rate, max(burst, 1.0))
         self._per_packet = max(1, (self.config.max_datagram - HEADER.size) // BLOCK_HEADER.size)

@@ -68,6 +68,7 @@ from tickertape.server.access import (
     may_not_read,
 )
 from tickertape.server.engine import PublishFailed
+from tickertape.server.metrics import metrics_of
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
@@ -230,6 +231,7 @@ class SoupBinTCPServer:
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
         self._all_closed: asyncio.Future[None] | None = None  # set while closing
+        self.metrics = metrics_of(engine)
         engine.on_roll(self._rolled)
 
     def _rolled(self, ended: str, ended_log: SessionLog, following: str) -> None:
@@ -259,9 +261,11 @@ class SoupBinTCPServer:
         """Count a new connection in; or say why it is refused."""
         config = self.config
         if len(self._connections) >= config.max_connections:
+            self.metrics.connections_refused.labels("total").inc()
             return f"too many connections (this server takes at most {config.max_connections})"
         count = self._per_source.get(source, 0)
         if count >= config.max_connections_per_source:
+            self.metrics.connections_refused.labels("per_address").inc()
             return (
                 f"too many connections from {source} (at most "
                 f"{config.max_connections_per_source} from one address)"
@@ -621,6 +625,7 @@ class _Connection(asyncio.Protocol):
         throttle = self._server._throttle
         now = self._loop.time()
         delay = throttle.failed(self._source, now)
+        self._server.metrics.logins_rejected.labels("bad_credentials").inc()
         log.warning(
             "login of %r from %s rejected: bad username or password (failure %d from "
             "this address; answered in %.2f s)",
@@ -671,6 +676,7 @@ class _Connection(asyncio.Protocol):
             reason,
             extra={"client": self._peer, "user": self._who},
         )
+        self._server.metrics.logins_rejected.labels("not_permitted").inc()
         self._send_rejected(REJECT_SESSION_NOT_AVAILABLE, reason)
 
     def _send_rejected(self, code: str, why: str) -> None:
@@ -699,6 +705,7 @@ class _Connection(asyncio.Protocol):
         try:
             session_log = await self._server.closed_session(wanted)
         except StoreError as exc:
+            self._server.metrics.logins_rejected.labels("session_not_available").inc()
             log.warning("login of %r from %s rejected: %s", self._who, self._peer, exc)
             self._send_rejected(
                 REJECT_SESSION_NOT_AVAILABLE,
@@ -717,6 +724,7 @@ class _Connection(asyncio.Protocol):
                 wanted,
                 exc,
             )
+            self._server.metrics.logins_rejected.labels("session_not_available").inc()
             self._send_rejected(
                 REJECT_SESSION_NOT_AVAILABLE,
                 f"session {wanted} is not available: it cannot be opened (the server's log "
@@ -750,6 +758,7 @@ class _Connection(asyncio.Protocol):
             max_packet_length=self._packet_limit(),
             limit_reason=self._limit_reason(),
         )
+        self._server.metrics.logins_accepted.inc()
         transport.resume_reading()
         self._session_name = wanted
         if engine is not None and sequence == NO_STREAM:
@@ -786,6 +795,7 @@ class _Connection(asyncio.Protocol):
             on_failed=self.close,
             on_file_sent=self._flush,
             chunk=self._server.config.catch_up_chunk,
+            sent=self._server.metrics.sent,
         )
         self._subscriber.start()
 
@@ -845,10 +855,12 @@ class _Connection(asyncio.Protocol):
                     f"to {self._session_name or 'no session'}"
                 )
             log.warning("closing %s: %s", self._peer, reason, extra={"client": self._peer})
+            self._server.metrics.publish_failed("not_permitted")
             self.close(reason)
             return False
         relay = getattr(self._engine, "relay_from", None)
         if relay is not None:
+            self._server.metrics.publish_failed("relay")
             self.close(f"this server relays {relay}: publish there")
             return False
         if payload == END_OF_SESSION_MARKER:
@@ -989,12 +1001,16 @@ class _Connection(asyncio.Protocol):
             if self._stuck is None or self._stuck[0] != subscriber.file_bytes_sent:
                 self._stuck = (subscriber.file_bytes_sent, now)
             elif now - self._stuck[1] >= session.idle_timeout:
+                self._server.metrics.heartbeat_timeouts.inc()
                 self._drop(f"it read nothing for {session.idle_timeout:g} s")
                 return
             session.sent(now)
         else:
             self._stuck = None
+        logged_in = session.state is State.LOGGED_IN
         session.tick(now)
+        if logged_in and session.state is State.CLOSED:
+            self._server.metrics.heartbeat_timeouts.inc()  # silent for the idle timeout
         self._handle_events()
         if session.state is not State.CLOSED:
             self._schedule()

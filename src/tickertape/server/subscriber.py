@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Final
 
 from tickertape.errors import CorruptLogError
+from tickertape.server.metrics import SentCounts
 from tickertape.server.session_source import SessionSource
 from tickertape.store.log import ReadableLog, packet_offsets
 
@@ -68,6 +69,7 @@ class Subscriber:
         on_failed: Callable[[str], None],
         on_file_sent: Callable[[], None] = lambda: None,
         chunk: int = DEFAULT_CATCH_UP_CHUNK,
+        sent: SentCounts | None = None,
     ) -> None:
         """``on_end()``: the whole session was sent; send End of Session.
         ``on_damaged(seq, why)``: the session was sent up to message ``seq`` (not
@@ -75,6 +77,7 @@ class Subscriber:
         the catch-up failed; say so, and close. ``on_file_sent()``: a ``sendfile`` ended,
         the transport may be written to again."""
         self.next_seq = next_seq
+        self._sent = sent or SentCounts()  # what subscribers were sent, for the metrics
         self.first_seq = next_seq
         self._transport = transport
         self._log = session_log
@@ -166,6 +169,9 @@ class Subscriber:
                 return
             data = data[packet_offsets(data)[nxt - first_seq] :]
         self._transport.write(data)
+        sent = self._sent
+        sent.live_messages += end - nxt
+        sent.live_bytes += len(data)
         self.next_seq = end
         self._on_sent(now)
 
@@ -278,6 +284,8 @@ class Subscriber:
                 return
             narrow = False
             replayed += end_seq - self.next_seq
+            self._sent.catch_up_messages += end_seq - self.next_seq
+            self._sent.catch_up_bytes += end_offset - start
             self.next_seq = end_seq
             self._on_sent(loop.time())
             await asyncio.sleep(0)  # a client faster than the disk: let its packets be read

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from tickertape.clock import Clock
 from tickertape.errors import StoreError
+from tickertape.server.metrics import Metrics
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.text import plural
@@ -53,6 +54,8 @@ class Tail:
         self._published_next = 1
         self._live: dict[Cursor, None] = {}
         self._roll_listeners: list[RollListener] = []
+        self.metrics = Metrics()
+        """What this server counts (``GET /metrics``)."""
 
     # ------------------------------------------------------------------ state
 
