@@ -1065,6 +1065,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await engine.close()
         print(f"tickertape: cannot start MoldUDP64: {exc}", file=sys.stderr)
         return 1
+    if admin is not None:  # the status page shows their counters
+        admin.mold_publisher, admin.mold_requests = mold.publisher, mold.requests
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

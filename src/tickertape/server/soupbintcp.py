@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -120,6 +121,23 @@ class SubscriberInfo:
     """Messages published in its session that it has not been sent yet."""
     live: bool
     """At the tail, taking each batch as it is published (else reading the log)."""
+    state: str = ""
+    """live, catching up, blocked (its write buffer is full) or closed session."""
+    since: float = 0.0
+    """When it logged in (UNIX time)."""
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherInfo:
+    """A connection allowed to publish, as the status view shows it."""
+
+    address: str
+    user: str
+    published: int
+    """Messages it sent that were published (acknowledged)."""
+    since: float
+    """When it logged in (UNIX time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +353,11 @@ class SoupBinTCPServer:
                 found.append(info)
         return sorted(found, key=lambda info: info.address)
 
+    def publishers(self) -> list[PublisherInfo]:
+        """Every connection publishing (see _Connection.publishing), and how much."""
+        found = [c.publisher_info() for c in self._connections if c.publishing]
+        return sorted(found, key=lambda info: info.address)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -391,6 +414,7 @@ class _Connection(asyncio.Protocol):
         self._admitted = False
         self._stuck: tuple[int, float] | None = None  # a sendfile not moving: (next_seq, since)
         self._loop = asyncio.get_running_loop()
+        self._since = 0.0  # when it logged in (UNIX time)
 
     # ------------------------------------------------------------------ asyncio
 
@@ -622,6 +646,7 @@ class _Connection(asyncio.Protocol):
         session.accept(wanted, first, self._loop.time(), max_packet_length=self._packet_limit())
         transport.resume_reading()
         self._session_name = wanted
+        self._since = time.time()
         if engine is not None and sequence == NO_STREAM:
             # A publisher that does not want the stream: no subscription, so it is not
             # ended with the session either; it publishes into whichever is active.
@@ -670,7 +695,21 @@ class _Connection(asyncio.Protocol):
             next_seq=subscriber.next_seq,
             lag=max(0, tail - subscriber.next_seq),
             live=subscriber.live,
+            state=subscriber.state,
+            since=self._since,
+            tls=self._transport is not None
+            and self._transport.get_extra_info("ssl_object") is not None,
         )
+
+    @property
+    def publishing(self) -> bool:
+        """Logged in to publish only, or allowed to publish and has sent something."""
+        if not self._may_publish or self._session_name is None:
+            return False
+        return self._subscriber is None or self._acked > 0 or bool(self._unpublished)
+
+    def publisher_info(self) -> PublisherInfo:
+        return PublisherInfo(self._peer, self._who, self._acked, self._since)
 
     @property
     def _who(self) -> str:
