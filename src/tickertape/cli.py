@@ -486,7 +486,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         default=0,
         metavar="PORT",
-        help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT (default 0: no admin API)",
+        help=f"serve the admin HTTP API on {ADMIN_HOST}:PORT, and a live status page at "
+        f"http://{ADMIN_HOST}:PORT/ (default 0: neither)",
     )
     _add_token_options(
         serve,

@@ -9,6 +9,7 @@ environment, to docs/status-page.png (the README shows it)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -28,7 +29,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from support import ServerProcess, free_port
+from tickertape.server.admin import AdminConfig, AdminServer
+from tickertape.server.engine import PublishFailed
+from tickertape.server.moldudp64 import MoldRequestServer, RequestServerConfig
+
+from support import FullDisk, ServerProcess, free_port, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -246,3 +251,59 @@ def test_the_status_page_shows_the_server_live(tmp_path: Path, browser: WebDrive
             for process in subscribers:
                 process.terminate()
                 process.wait(10)
+
+
+def test_the_page_shows_a_publishing_error_in_red_and_the_mold_counters(
+    tmp_path: Path, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In this process: a full disk (os.write failing for the batch holding b"fail") and
+    # a MoldUDP64 re-request server that was sent one malformed request. The browser is
+    # driven from a thread while the server runs on the event loop.
+    def check_page(base: str, reason: str) -> None:
+        browser.get(base + "/")
+        error = browser.find_element(By.ID, "error")
+        wait_for("the publishing error", error.is_displayed)
+        assert error.text == "Publishing is paused: " + reason
+        assert error.value_of_css_property("color") == "rgba(255, 92, 92, 1)"
+
+        def counters() -> dict[str, str] | None:
+            items = browser.find_elements(By.CSS_SELECTOR, "#mold [data-counter]")
+            found = {
+                str(item.get_attribute("data-counter")): item.find_element(
+                    By.CLASS_NAME, "count"
+                ).text
+                for item in items
+            }
+            return found if found.get("requests.malformed") == "1" else None
+
+        shown = wait_for("the MoldUDP64 counters", counters)
+        assert shown["requests.requests"] == "1"
+        assert shown["requests.answered"] == "0"
+        assert "Re-request server" in text(browser, "mold")
+        assert browser.find_element(By.ID, "mold-section").is_displayed()
+        assert browser.save_screenshot(str(tmp_path / "status-error.png"))
+
+    async def main() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            requests = MoldRequestServer(engine, RequestServerConfig())
+            await requests.start()
+            admin = AdminServer(engine, server, AdminConfig())
+            admin.mold_requests = requests
+            await admin.start()
+            try:
+                FullDisk(monkeypatch)
+                with pytest.raises(PublishFailed):
+                    await engine.publish(b"fail")
+                reason = engine.publishing_error
+                assert reason is not None and "no space left" in reason
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.sendto(b"too short", ("127.0.0.1", requests.port))
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(
+                    None, check_page, f"http://127.0.0.1:{admin.port}", reason
+                )
+            finally:
+                await admin.close()
+                await requests.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -144,21 +144,27 @@ function render(status) {
   if (status.mold) {
     const box = document.createElement("div");
     box.id = "mold";
-    box.className = "counters";
+    const titles = { publisher: "Multicast publisher", requests: "Re-request server" };
     for (const part of ["publisher", "requests"]) {
       const counters = status.mold[part];
       if (!counters) continue;
+      const title = document.createElement("h3");
+      title.textContent = titles[part];
+      const grid = document.createElement("div");
+      grid.className = "counters";
       for (const [name, value] of Object.entries(counters)) {
         const item = document.createElement("div");
+        item.dataset.counter = part + "." + name;
         const label = document.createElement("div");
         label.className = "name";
-        label.textContent = part + " " + name.replace(/_/g, " ");
+        label.textContent = name.replace(/_/g, " ");
         const count = document.createElement("div");
         count.className = "count";
         count.textContent = number(value);
         item.append(label, count);
-        box.appendChild(item);
+        grid.appendChild(item);
       }
+      box.append(title, grid);
     }
     $("mold").replaceWith(box);
   }
