@@ -140,6 +140,11 @@ def client_rows(driver: WebDriver) -> list[list[str]]:
     return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
 
 
+def chart_points(driver: WebDriver) -> int:
+    """How many samples the chart says it drew."""
+    return int(driver.find_element(By.ID, "rate-chart").get_attribute("data-points") or 0)
+
+
 def chart_pixels(driver: WebDriver) -> int:
     """How many pixels of the chart's canvas are the line's colour (#4fb3ff)."""
     drawn: Any = driver.execute_script(
@@ -204,15 +209,11 @@ def test_the_status_page_shows_the_server_live(tmp_path: Path, browser: WebDrive
                 assert state in {"live", "catching up", "blocked"}
                 assert transport == "plain"
                 assert since.endswith("ago")
-            # The chart: a second's samples drawn as a line, more of it as time passes.
-            wait_for(
-                "the chart's data",
-                lambda: (
-                    int(browser.find_element(By.ID, "rate-chart").get_attribute("data-points") or 0)
-                    >= 2
-                ),
-            )
+            # The chart: the rate sampled each second, drawn as a line, and redrawn with
+            # more samples as time passes (no reload).
+            drawn = wait_for("the chart's data", lambda: (n := chart_points(browser)) >= 2 and n)
             assert wait_for("the chart's line", lambda: chart_pixels(browser) > 20)
+            wait_for("the chart growing", lambda: chart_points(browser) > drawn)
 
             def publisher_row() -> list[str] | None:
                 rows = browser.find_elements(By.CSS_SELECTOR, "#publishers tbody tr")
@@ -228,23 +229,14 @@ def test_the_status_page_shows_the_server_live(tmp_path: Path, browser: WebDrive
             assert 0 < int(published.replace(",", "")) <= publisher.sent
             wait_for("the sessions on disk", lambda: session in text(browser, "sessions"))
             assert browser.find_element(By.ID, "error").is_displayed() is False
-            # Long enough under load for the chart to show a stretch of it.
+            # For the README: long enough under load for the chart to show a minute of it.
             if os.environ.get("TICKERTAPE_SCREENSHOT"):
-                wait_for(
-                    "a minute of the chart",
-                    lambda: (
-                        int(
-                            browser.find_element(By.ID, "rate-chart").get_attribute("data-points")
-                            or 0
-                        )
-                        >= 60
-                    ),
-                    timeout=90,
-                )
+                wait_for("a minute of the chart", lambda: chart_points(browser) >= 60, timeout=90)
             shot = (
                 SCREENSHOT if os.environ.get("TICKERTAPE_SCREENSHOT") else tmp_path / "status.png"
             )
-            assert browser.save_screenshot(str(shot))
+            # The page's content, without the empty window below it.
+            assert browser.find_element(By.TAG_NAME, "body").screenshot(str(shot))
             assert shot.stat().st_size > 10_000
         finally:
             publisher.stop()

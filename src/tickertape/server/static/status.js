@@ -209,11 +209,14 @@ function drawChart() {
   const left = 64, right = 12, top = 10, bottom = 24;
   const plotW = width - left - right, plotH = height - top - bottom;
   const end = points.length ? points[points.length - 1][0] : Date.now() / 1000;
-  const start = end - CHART_SECONDS;
+  // The last ten minutes, or less on a server that started since (a minute at least).
+  const first = points.length ? points[0][0] : end;
+  const span = Math.min(CHART_SECONDS, Math.max(60, end - first));
+  const start = end - span;
   const peak = Math.max(10, ...points.map((p) => p[1]));
   const step = niceStep(peak);
   const ceiling = Math.ceil(peak / step) * step;
-  const x = (t) => left + ((t - start) / CHART_SECONDS) * plotW;
+  const x = (t) => left + ((t - start) / span) * plotW;
   const y = (v) => top + plotH - (v / ceiling) * plotH;
 
   g.font = "11px system-ui, sans-serif";
@@ -231,11 +234,15 @@ function drawChart() {
   }
   g.textAlign = "center";
   g.textBaseline = "top";
-  for (let back = CHART_SECONDS; back >= 0; back -= 120) {
-    g.fillText(back ? "-" + back / 60 + " min" : "now", x(end - back), top + plotH + 6);
+  const tick = [10, 15, 30, 60, 120, 300].find((step) => span / step <= 6) || 600;
+  for (let back = 0; back <= span; back += tick) {
+    const label = back % 60 === 0 ? back / 60 + " min" : back + " s";
+    g.fillText(back ? "-" + label : "now", x(end - back), top + plotH + 6);
   }
   canvas.dataset.points = String(points.length);
-  $("chart-span").textContent = "(last " + CHART_SECONDS / 60 + " minutes, sampled each second)";
+  const minutes = Math.round(span / 60);
+  $("chart-span").textContent =
+    "(last " + (minutes === 1 ? "minute" : minutes + " minutes") + ", sampled each second)";
   if (points.length < 2) return;
 
   g.beginPath();
