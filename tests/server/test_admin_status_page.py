@@ -5,7 +5,9 @@ itself, in a browser: tests/server/test_status_page_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import SoupBinTCPServer
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, UnsequencedData
 
-from support import SoupClient, running_server
+from support import ServerProcess, SoupClient, free_port, running_server
 
 TIMEOUT = 10.0
 
@@ -176,3 +178,25 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(tmp_path: Path) 
                 await admin.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_follower_shows_its_status_page_read_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    with ServerProcess(data, "--demo", "200"):
+        with ServerProcess(data, "--admin-port", str(port), follow=True) as follower:
+            follower.wait_for_log("admin API listening")
+            base = f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(base + "/", timeout=TIMEOUT) as page:
+                assert b'<canvas id="rate-chart"' in page.read()
+            deadline = time.monotonic() + 30
+            while True:  # until a sample saw the demo's messages arrive
+                with urllib.request.urlopen(base + "/status/live", timeout=TIMEOUT) as answer:
+                    live = json.load(answer)
+                if any(rate > 0 for _, rate in live["rate"]):
+                    break
+                assert time.monotonic() < deadline, live
+                time.sleep(0.1)
+            assert live["read_only"] is True
+            assert live["publishing_error"] is None
+            assert live["disk"]["path"] == str(data)
