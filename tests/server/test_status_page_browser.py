@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -108,16 +109,12 @@ class RawPublisher(threading.Thread):
         self.sent = 0
 
     def run(self) -> None:
-        self.sock.setblocking(False)
         deadline = time.monotonic() + 600
         while not self.stopped.wait(0.01) and time.monotonic() < deadline:
             packets = [b"U" + b"published %d" % (self.sent + n) for n in range(1, 6)]
             self.sock.sendall(b"".join(struct.pack(">H", len(p)) + p for p in packets))
             self.sent += len(packets)
-            try:
-                while self.sock.recv(65536):
-                    pass
-            except BlockingIOError:
+            while select.select([self.sock], [], [], 0)[0] and self.sock.recv(65536):
                 pass
         self.sock.close()
 
@@ -127,7 +124,12 @@ class RawPublisher(threading.Thread):
 
 
 def text(driver: WebDriver, element_id: str) -> str:
-    return str(driver.find_element(By.ID, element_id).text)
+    # In one step in the page: an element the page replaces cannot go stale between
+    # finding it and reading it.
+    shown: Any = driver.execute_script(
+        "return document.getElementById(arguments[0]).innerText", element_id
+    )
+    return str(shown)
 
 
 def count(driver: WebDriver, element_id: str) -> int | None:
@@ -135,9 +137,19 @@ def count(driver: WebDriver, element_id: str) -> int | None:
     return int(shown) if shown.isdigit() else None
 
 
+def table_rows(driver: WebDriver, table: str) -> list[list[str]]:
+    """The text of each cell of each row of a table's body, read in one go in the page
+    (the page replaces the body at each poll: elements found one by one go stale)."""
+    rows: Any = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr'))"
+        ".map((tr) => Array.from(tr.cells).map((td) => td.textContent))",
+        "#" + table,
+    )
+    return [[str(cell) for cell in row] for row in rows]
+
+
 def client_rows(driver: WebDriver) -> list[list[str]]:
-    rows = driver.find_elements(By.CSS_SELECTOR, "#clients tbody tr")
-    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    return table_rows(driver, "clients")
 
 
 def chart_points(driver: WebDriver) -> int:
@@ -216,10 +228,10 @@ def test_the_status_page_shows_the_server_live(tmp_path: Path, browser: WebDrive
             wait_for("the chart growing", lambda: chart_points(browser) > drawn)
 
             def publisher_row() -> list[str] | None:
-                rows = browser.find_elements(By.CSS_SELECTOR, "#publishers tbody tr")
+                rows = table_rows(browser, "publishers")
                 if len(rows) != 1:
                     return None
-                cells = [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")]
+                cells = rows[0]
                 rate = cells[3].replace(",", "") if len(cells) == 5 else ""
                 return cells if len(rows) == 1 and rate.isdigit() and int(rate) > 0 else None
 
@@ -259,13 +271,11 @@ def test_the_page_shows_a_publishing_error_in_red_and_the_mold_counters(
         assert error.value_of_css_property("color") == "rgba(255, 92, 92, 1)"
 
         def counters() -> dict[str, str] | None:
-            items = browser.find_elements(By.CSS_SELECTOR, "#mold [data-counter]")
-            found = {
-                str(item.get_attribute("data-counter")): item.find_element(
-                    By.CLASS_NAME, "count"
-                ).text
-                for item in items
-            }
+            shown: Any = browser.execute_script(
+                "return Array.from(document.querySelectorAll('#mold [data-counter]'))"
+                ".map((item) => [item.dataset.counter, item.querySelector('.count').textContent])"
+            )
+            found = {str(name): str(count) for name, count in shown}
             return found if found.get("requests.malformed") == "1" else None
 
         shown = wait_for("the MoldUDP64 counters", counters)
