@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -16,8 +17,13 @@ import aiohttp
 from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
-from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, UnsequencedData
+from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.wire.soupbintcp import (
+    LoginAccepted,
+    LoginRequest,
+    SequencedData,
+    UnsequencedData,
+)
 
 from support import ServerProcess, SoupClient, free_port, running_server
 
@@ -200,3 +206,43 @@ def test_a_follower_shows_its_status_page_read_only(tmp_path: Path) -> None:
             assert live["read_only"] is True
             assert live["publishing_error"] is None
             assert live["disk"]["path"] == str(data)
+
+
+def test_a_stalled_subscriber_shows_blocked_with_its_lag(tmp_path: Path) -> None:
+    # A subscriber that stops reading once live: its socket buffers fill, then the
+    # server's write buffer passes the high-water mark and it leaves the live set.
+    async def main() -> None:
+        config = ServerConfig(port=0, write_buffer_high=16 << 10)
+        async with running_server(tmp_path, config) as (engine, server):
+            admin = AdminServer(engine, server, AdminConfig())
+            await admin.start()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.sock_connect(sock, ("127.0.0.1", server.port))
+                await loop.sock_sendall(sock, LoginRequest("slow", "", "", 0).encode())
+                async with aiohttp.ClientSession() as http:
+                    shown: list[dict[str, Any]] = []
+                    for _ in range(64):  # at most 64 MiB: far more than the buffers hold
+                        await engine.publish_many([b"x" * 1024] * 1024)
+                        _, answer = await get(http, admin.port, "/status/live")
+                        shown = answer["clients"]
+                        if shown and shown[0]["state"] == "blocked":
+                            break
+                    # Blocked: what it was handed waits in its buffer; what comes now
+                    # waits in the log, as its lag.
+                    assert shown and shown[0]["state"] == "blocked", shown
+                    await engine.publish_many([b"x" * 1024] * 1024)
+                    _, answer = await get(http, admin.port, "/status/live")
+                    (client,) = answer["clients"]
+                assert client["state"] == "blocked"
+                assert client["live"] is False
+                assert client["user"] == "slow"
+                assert client["lag"] == engine.next_seq - client["next_seq"] >= 1024
+            finally:
+                sock.close()
+                await admin.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

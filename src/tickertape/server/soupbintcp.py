@@ -126,11 +126,12 @@ class SubscriberInfo:
     since: float = 0.0
     """When it logged in (UNIX time)."""
     tls: bool = False
+    """Connected over TLS."""
 
 
 @dataclass(frozen=True, slots=True)
 class PublisherInfo:
-    """A connection allowed to publish, as the status view shows it."""
+    """A connection publishing, as the status view shows it."""
 
     address: str
     user: str
