@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import trustme
 
 from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.tls import client_context, server_context
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,
@@ -243,6 +245,42 @@ def test_a_stalled_subscriber_shows_blocked_with_its_lag(tmp_path: Path) -> None
                 assert client["lag"] == engine.next_seq - client["next_seq"] >= 1024
             finally:
                 sock.close()
+                await admin.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_subscriber_over_tls_shows_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def main() -> None:
+        config = ServerConfig(port=0, ssl=server_context(cert, key))
+        async with running_server(tmp_path / "data", config) as (engine, server):
+            admin = AdminServer(engine, server, AdminConfig())
+            await admin.start()
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.port, ssl=client_context(ca_file)
+            )
+            try:
+                writer.write(LoginRequest("tls", "", "", 1).encode())
+                client = SoupClient(reader, writer)
+                assert isinstance(await client.packet(), LoginAccepted)
+                async with aiohttp.ClientSession() as http, asyncio.timeout(TIMEOUT):
+                    while True:
+                        _, answer = await get(http, admin.port, "/status/live")
+                        if answer["clients"] and answer["clients"][0]["live"]:
+                            break
+                        await asyncio.sleep(0.05)
+                (shown,) = answer["clients"]
+                assert (shown["user"], shown["tls"], shown["state"]) == ("tls", True, "live")
+            finally:
+                writer.close()
                 await admin.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
