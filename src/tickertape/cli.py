@@ -436,8 +436,9 @@ def _parser() -> argparse.ArgumentParser:
         type=argtypes.port,
         default=0,
         metavar="PORT",
-        help=f"serve the admin HTTP API, and Prometheus metrics at /metrics, on "
-        f"{ADMIN_HOST}:PORT (default 0: no admin API)",
+        help=f"serve the admin HTTP API, a live status page at http://{ADMIN_HOST}:PORT/ "
+        "and Prometheus metrics at /metrics, on "
+        f"{ADMIN_HOST}:PORT (default 0: none of them)",
     )
     _add_token_options(
         serve,
@@ -1102,6 +1103,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await engine.close()
         print(f"tickertape: cannot start MoldUDP64: {exc}", file=sys.stderr)
         return 1
+    if admin is not None:  # the status page shows their counters
+        admin.mold_publisher, admin.mold_requests = mold.publisher, mold.requests
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,12 @@
 
 ::
 
+    GET  /                         the status page (HTML; it polls GET /status/live)
+    GET  /status/live              what the status page shows: the active session, its
+                                   rate (messages a second, sampled each second, over
+                                   the last minutes), every connected client (with its
+                                   state and since when), publishers, the MoldUDP64
+                                   counters, disk free
     GET  /status                   the active session, its next sequence number, why
                                    publishing is paused if it is, and every connected
                                    subscriber (address, user, session, next_seq, lag,
@@ -17,12 +23,13 @@
 A server that follows another's data directory (``serve --follow``) serves the reading
 endpoints only: every change is refused (403), pointing at the server writing it.
 
-Reading needs nothing. Changing needs ``Authorization: Bearer TOKEN`` with the token the
-server was started with, or ``Authorization: Basic`` with the username and password of a
-user with the ``admin`` role in the server's users file; a server with neither refuses
-every change (403). A wrong token or password is counted with the failed SoupBinTCP
-logins of the caller's address and answered after the same delay; checks from one
-address are made one after the other. Every answer is JSON; an error is
+Reading needs nothing: the status page and its data neither. Changing needs
+``Authorization: Bearer TOKEN`` with the token the server was started with, or
+``Authorization: Basic`` with the username and password of a user with the ``admin``
+role in the server's users file; a server with neither refuses every change (403).
+A wrong token or password is counted with the failed SoupBinTCP logins of the caller's
+address and answered after the same delay; checks from one address are made one after
+the other. Every answer is JSON (but the status page's files); an error is
 ``{"error": "..."}`` saying what to do about it. A request that is not HTTP, or not
 addressed to 127.0.0.1, is answered 4xx and logged as one WARNING line.
 
@@ -37,19 +44,24 @@ import base64
 import binascii
 import contextlib
 import hmac
+import importlib.resources
 import json
 import logging
+import shutil
 import socket
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 from prometheus_client.exposition import choose_encoder
 
+from tickertape import __version__
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
@@ -64,6 +76,9 @@ from tickertape.sessions import (
 )
 from tickertape.store.archive import archive_session
 
+if TYPE_CHECKING:
+    from tickertape.server.moldudp64 import MoldPublisher, MoldRequestServer
+
 log = logging.getLogger(__name__)
 
 ADMIN_HOST: Final = "127.0.0.1"
@@ -71,9 +86,27 @@ ADMIN_HOST: Final = "127.0.0.1"
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 _ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
 _ENDPOINTS: Final = (
-    "GET /status, GET /sessions, GET /sessions/{id}, GET /metrics, POST /roll, "
-    "POST /sessions/{id}/archive"
+    "GET /, GET /status, GET /status/live, GET /sessions, GET /sessions/{id}, GET /metrics, "
+    "POST /roll, POST /sessions/{id}/archive"
 )
+
+_STATUS_FIELDS: Final = ("address", "user", "session", "next_seq", "lag", "live")
+"""A subscriber's fields in GET /status (GET /status/live has them all)."""
+RATE_HISTORY: Final = 600
+"""Seconds of the active session's rate kept for the status page's chart."""
+_STATIC: Final = {
+    "status.html": "text/html",
+    "status.js": "text/javascript",
+    "status.css": "text/css",
+}
+"""The status page's files (package data in tickertape/server/static), by name."""
+_PAGE_HEADERS: Final = {
+    # Everything the page needs comes from here; it may not be framed by another page.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -116,6 +149,12 @@ class AdminServer:
         self._facts = LogFactsCache()
         self._archiving: set[str] = set()
         self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.mold_publisher: MoldPublisher | None = None
+        """Set by whoever started them: their counters are on the status page."""
+        self.mold_requests: MoldRequestServer | None = None
+        self._rates: deque[tuple[float, float]] = deque(maxlen=RATE_HISTORY)
+        self._sampler: asyncio.Task[None] | None = None
+        self._started = time.time()
 
     def bind(self) -> None:
         """Bind the port now (an ``OSError`` if it is taken): :meth:`start` then serves
@@ -125,6 +164,9 @@ class AdminServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._answer_errors])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/status/live", self._live)
         app.router.add_get("/status", self._status)
         app.router.add_get("/sessions", self._sessions)
         app.router.add_get("/sessions/{id}", self._session)
@@ -151,6 +193,7 @@ class AdminServer:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         self.engine.metrics.watch(self.engine, self.server)
+        self._sampler = asyncio.create_task(self._sample_rate(), name="admin-rate-sampler")
         log.info("admin API listening on %s:%d%s", ADMIN_HOST, self._port, self._who_may_change())
 
     def _who_may_change(self) -> str:
@@ -188,6 +231,11 @@ class AdminServer:
     async def close(self) -> None:
         if self._runner is None and self._socket is not None:
             self._socket.close()  # bound, never served
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -204,7 +252,10 @@ class AdminServer:
                 "messages": engine.next_seq - 1,
                 # Why publishing is paused (a write to the log failed), or null.
                 "publishing_error": getattr(engine, "publishing_error", None),
-                "subscribers": [asdict(info) for info in self.server.subscribers()],
+                "subscribers": [
+                    {name: getattr(info, name) for name in _STATUS_FIELDS}
+                    for info in self.server.subscribers()
+                ],
             }
         )
 
@@ -214,6 +265,75 @@ class AdminServer:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(
             body=encode(self.engine.metrics.registry), headers={"Content-Type": content_type}
+        )
+
+    async def _live(self, request: web.Request) -> web.Response:
+        """What the status page shows, in one answer (the sessions on disk: GET
+        /sessions, which the page asks for less often)."""
+        engine = self.engine
+        root = engine.catalogue.root
+        try:
+            usage = shutil.disk_usage(root)
+            disk: dict[str, object] = {"path": str(root), "free": usage.free, "total": usage.total}
+        except OSError as exc:
+            disk = {"path": str(root), "error": str(exc)}
+        mold = None
+        if self.mold_publisher is not None or self.mold_requests is not None:
+            mold = {
+                "publisher": _fields(self.mold_publisher.stats) if self.mold_publisher else None,
+                "requests": _fields(self.mold_requests.stats) if self.mold_requests else None,
+            }
+        return _json(
+            {
+                "version": __version__,
+                "time": time.time(),
+                "started": self._started,
+                "read_only": isinstance(engine, Follower),
+                "session": engine.session_id,
+                "next_seq": engine.next_seq,
+                "messages": engine.next_seq - 1,
+                "publishing_error": getattr(engine, "publishing_error", None),
+                # Messages a second over the last RATE_HISTORY seconds: [UNIX time, rate].
+                "rate": [[round(at, 3), round(rate, 1)] for at, rate in self._rates],
+                "clients": [asdict(info) for info in self.server.subscribers()],
+                "publishers": [asdict(info) for info in self.server.publishers()],
+                "connections": self.server.connections,
+                "refused_connections": self.server.refused_connections,
+                "mold": mold,
+                "disk": disk,
+            }
+        )
+
+    async def _sample_rate(self, interval: float = 1.0) -> None:
+        """Once a second: how many messages the active session took since the last
+        sample, a second's worth (a new session counts from its first message)."""
+        loop = asyncio.get_running_loop()
+        session, seq, then = self.engine.session_id, self.engine.next_seq, loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            current, next_seq = self.engine.session_id, self.engine.next_seq
+            grown = next_seq - seq if current == session else next_seq - 1
+            self._rates.append((time.time(), max(0, grown) / max(now - then, 1e-3)))
+            session, seq, then = current, next_seq, now
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return self._file("status.html")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        return self._file(request.match_info["name"])
+
+    def _file(self, name: str) -> web.Response:
+        """One of the status page's files, from the package's data."""
+        content_type = _STATIC.get(name)
+        if content_type is None:
+            raise ApiError(404, f"no such file: /static/{name}")
+        data = importlib.resources.files("tickertape.server").joinpath("static", name)
+        return web.Response(
+            body=data.read_bytes(),
+            content_type=content_type,
+            charset="utf-8",
+            headers=_PAGE_HEADERS,
         )
 
     async def _sessions(self, request: web.Request) -> web.Response:
@@ -528,6 +648,11 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
         content_type="application/json",
         headers=headers,
     )
+
+
+def _fields(stats: object) -> dict[str, object]:
+    """A counters dataclass as JSON-ready fields."""
+    return asdict(stats)  # type: ignore[call-overload,no-any-return]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

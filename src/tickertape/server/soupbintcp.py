@@ -39,6 +39,7 @@ import os
 import socket
 import struct
 import termios
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -141,6 +142,24 @@ class SubscriberInfo:
     """Messages published in its session that it has not been sent yet."""
     live: bool
     """At the tail, taking each batch as it is published (else reading the log)."""
+    state: str = ""
+    """live, catching up, blocked (its write buffer is full) or closed session."""
+    since: float = 0.0
+    """When it logged in (UNIX time)."""
+    tls: bool = False
+    """Connected over TLS."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherInfo:
+    """A connection publishing, as the status view shows it."""
+
+    address: str
+    user: str
+    published: int
+    """Messages it sent that were published (acknowledged)."""
+    since: float
+    """When it logged in (UNIX time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +408,11 @@ class SoupBinTCPServer:
                 found.append(info)
         return sorted(found, key=lambda info: info.address)
 
+    def publishers(self) -> list[PublisherInfo]:
+        """Every connection publishing (see _Connection.publishing), and how much."""
+        found = [c.publisher_info() for c in self._connections if c.publishing]
+        return sorted(found, key=lambda info: info.address)
+
     async def close(self) -> None:
         """Stop listening, and close every connection in order (what is queued, then a
         Debug packet saying why); wait until they are closed (at most about
@@ -467,6 +491,7 @@ class _Connection(asyncio.Protocol):
         self._lost = False  # connection_lost was called
         self._grace: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._since = 0.0  # when it logged in (UNIX time)
 
     # ------------------------------------------------------------------ asyncio
 
@@ -761,6 +786,7 @@ class _Connection(asyncio.Protocol):
         self._server.metrics.logins_accepted.inc()
         transport.resume_reading()
         self._session_name = wanted
+        self._since = time.time()
         if engine is not None and sequence == NO_STREAM:
             # A publisher that does not want the stream: no subscription, so it is not
             # ended with the session either; it publishes into whichever is active.
@@ -832,7 +858,21 @@ class _Connection(asyncio.Protocol):
             next_seq=subscriber.next_seq,
             lag=max(0, tail - subscriber.next_seq),
             live=subscriber.live,
+            state=subscriber.state,
+            since=self._since,
+            tls=self._transport is not None
+            and self._transport.get_extra_info("ssl_object") is not None,
         )
+
+    @property
+    def publishing(self) -> bool:
+        """Logged in to publish only, or allowed to publish and has sent something."""
+        if not self._may_publish or self._session_name is None:
+            return False
+        return self._subscriber is None or self._acked > 0 or bool(self._unpublished)
+
+    def publisher_info(self) -> PublisherInfo:
+        return PublisherInfo(self._peer, self._who, self._acked, self._since)
 
     @property
     def _who(self) -> str:

@@ -110,6 +110,16 @@ class Subscriber:
         return self._live
 
     @property
+    def state(self) -> str:
+        """For the status view: live, blocked (its write buffer is full), closed session
+        (reading a session that ended) or catching up."""
+        if self._live:
+            return "live"
+        if self._paused:
+            return "blocked"
+        return "closed session" if self._engine is None else "catching up"
+
+    @property
     def log(self) -> ReadableLog:
         """The log of the session it reads."""
         return self._log
