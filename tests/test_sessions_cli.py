@@ -4,6 +4,7 @@ server where the command talks to one."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import socket
@@ -176,6 +177,27 @@ def test_show_one_session(tmp_path: Path) -> None:
     assert fields["log bytes"].strip() == str(30 * PACKET_SIZE)
     assert fields["directory"].strip() == str(tmp_path / "2000010101")
     assert fields["problems"].strip() == "none"
+    assert fields["format"].strip() == "1"  # no format file: made by an older release
+
+
+def test_show_gives_the_format_version_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    make_session(tmp_path, "2000010101")
+    (tmp_path / "2000010101" / "format").write_text("tickertape-session 1\n")
+    done = tickertape("sessions", "show", "2000010101", "--data", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == 1
+    (tmp_path / "2000010101" / "format").write_text("tickertape-session 7\n")
+    done = tickertape("sessions", "show", "2000010101", "--data", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"tickertape: {tmp_path / '2000010101' / 'format'} says format version 7, newer than "
+        "this release of tickertape reads (version 1): use the release that wrote it\n"
+    )
+    done = tickertape("sessions", "list", "--data", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "2000010101" not in done.stdout
+    assert "version 7" in done.stderr
+    assert (tmp_path / "2000010101" / "format").read_text() == "tickertape-session 7\n"
 
 
 def test_show_an_unknown_session_says_what_there_is(tmp_path: Path) -> None:
@@ -440,6 +462,7 @@ def test_roll_end_list_show_and_archive_through_the_admin_api(tmp_path: Path) ->
         done = tickertape("sessions", "show", third, *admin)
         assert done.returncode == 0, done.stderr
         assert "state:          active" in done.stdout
+        assert "format:         1" in done.stdout
         done = tickertape("sessions", "show", "2000010101", *admin)
         assert done.returncode == 1
         assert done.stderr.startswith(f"tickertape: no session 2000010101 in {data} (")

@@ -210,7 +210,8 @@ def _add_sessions_parsers(verbs: Any) -> None:
         "show one session in detail",
         "Show one session: state, messages, bytes on disk and in its log, where it is, when "
         "it was last written to (the log file's modification time), when it ended, its "
-        "problems (damage) and its tail (messages past the last index record: not damage). "
+        "problems (damage), its tail (messages past the last index record: not damage) and "
+        "its on-disk format version (1 for a session made before the format file). "
         "Exit status: 0 shown; 1 an error (no such session: the message names those there).",
     )
     show.add_argument(
@@ -1427,6 +1428,7 @@ def _sessions_show(args: argparse.Namespace) -> int:
         ("directory", detail["path"]),
         ("last published", detail["last_published"] or "-"),
         ("ended at", detail["ended_at"] or "-"),
+        ("format", detail.get("format", 1)),
     ]
     for name, value in lines:
         print(f"{name + ':':<16}{value}")

@@ -38,7 +38,7 @@ from tickertape.store.archive import (
     ArchiveResult,
     archive_session,
 )
-from tickertape.store.catalogue import ENDED_MARKER, LOCK_FILE, Catalogue
+from tickertape.store.catalogue import ENDED_MARKER, LOCK_FILE, Catalogue, format_version
 from tickertape.store.log import INDEX_FILE, LOG_FILE, SessionLog, packet_offsets
 from tickertape.store.sessionid import SESSION_ID_FORM, SessionId
 
@@ -76,6 +76,8 @@ class SessionSummary:
     tail: str | None = None
     """Bytes past the last index record, in words (not damage: a batch being written,
     or one never acknowledged); None if there are none."""
+    format: int = 1
+    """The session's on-disk format version (its ``format`` file; 1 without one)."""
 
     def brief(self) -> dict[str, object]:
         """The fields every listing shows, JSON-ready (``problems``: how many)."""
@@ -97,6 +99,7 @@ class SessionSummary:
             "ended_at": _iso(self.ended_at),
             "problems": list(self.problems),
             "tail": self.tail,
+            "format": self.format,
         }
 
 
@@ -237,6 +240,7 @@ def describe(
         ended_at=_mtime(directory / ENDED_MARKER),
         problems=facts.problems,
         tail=facts.tail,
+        format=format_version(directory),
     )
 
 

@@ -13,7 +13,14 @@ import pytest
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store import log as log_module
 from tickertape.store.archive import archive_session
-from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
+from tickertape.store.catalogue import (
+    ENDED_MARKER,
+    FORMAT_FILE,
+    FORMAT_VERSION,
+    Catalogue,
+    SessionInfo,
+    format_version,
+)
 from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import encode_sequenced_many
@@ -554,3 +561,73 @@ def test_strays_and_symlinks_are_skipped_with_one_warning_and_never_written(
     following_log.close()
     assert str(following) == "2026112902"
     assert catalogue._unused(SessionId.parse("2026112701")) == SessionId.parse("2026112705")
+
+
+# ---------------------------------------------------------------------------- format version
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: its bytes and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_new_session_holds_its_format_version(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    session_id, opened = catalogue.open_active(TODAY)
+    opened.close()
+    path = tmp_path / str(session_id)
+    assert (path / FORMAT_FILE).read_bytes() == b"tickertape-session 1\n"
+    assert format_version(path) == FORMAT_VERSION == 1
+    # The file does not change what counts as a session.
+    assert ids(catalogue) == [str(session_id)]
+    assert catalogue.find(str(session_id)).path == path
+    # And a session that continues keeps it.
+    again, reopened = Catalogue(tmp_path).open_active(TODAY)
+    reopened.close()
+    assert again == session_id
+    assert (path / FORMAT_FILE).read_bytes() == b"tickertape-session 1\n"
+
+
+def test_a_session_without_a_format_file_is_version_1(tmp_path: Path) -> None:
+    path = make_session(tmp_path, "2026112801", [b"old"], ended=True)
+    assert not (path / FORMAT_FILE).exists()
+    assert format_version(path) == 1
+    catalogue = Catalogue(tmp_path)
+    assert ids(catalogue) == ["2026112801"]
+    with catalogue.open_closed("2026112801") as closed:
+        assert closed.next_seq == 2
+    assert not (path / FORMAT_FILE).exists()  # reading it writes nothing
+
+
+def test_a_session_of_a_newer_format_is_refused_and_never_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_session(tmp_path, "2026112901", [b"future"])  # not ended: start-up would end it
+    (path / FORMAT_FILE).write_text("tickertape-session 2\n")
+    before = snapshot(path)
+    catalogue = Catalogue(tmp_path)
+    with pytest.raises(StoreError, match=r"format.* version 2, newer than") as refused:
+        catalogue.find("2026112901")
+    assert str(path / FORMAT_FILE) in str(refused.value)
+    assert not isinstance(refused.value, SessionNotFound)
+    with caplog.at_level(logging.WARNING):
+        assert catalogue.sessions() == []
+    assert any(
+        "2026112901" in r.getMessage() and "version 2" in r.getMessage() for r in caplog.records
+    )
+    # A server start neither continues, ends, tidies nor reuses it.
+    session_id, opened = catalogue.open_active(TODAY)
+    opened.close()
+    assert session_id == SessionId.parse("2026112902")
+    assert snapshot(path) == before
+
+
+def test_a_format_file_that_makes_no_sense_is_refused(tmp_path: Path) -> None:
+    path = make_session(tmp_path, "2026112901", [b"x"], ended=True)
+    (path / FORMAT_FILE).write_text("something else\n")
+    with pytest.raises(StoreError, match="does not name a tickertape session format"):
+        Catalogue(tmp_path).find("2026112901")

@@ -3,10 +3,16 @@
 ::
 
     DATA/
-      2026112901/  log  index  ended
-      2026112902/  log  index
+      2026112901/  format  log  index  ended
+      2026112902/  format  log  index
 
 A session whose directory holds ``ended`` is closed: it is served, never appended to.
+
+``format`` names the on-disk format the session was written in: one line,
+``tickertape-session 1``. A session without it was made by a release older than the file,
+and is version 1. A session of a version newer than this release knows is never read,
+written or removed: :meth:`Catalogue.find` refuses it with an error naming the file and
+the version, and :meth:`Catalogue.sessions` skips it with a warning.
 
 A session is created whole or not at all, as a restart sees it: its directory is built
 under a temporary name (``.creating-ID``, with an empty log and index, synced), then
@@ -58,6 +64,32 @@ CREATING_PREFIX: Final = ".creating-"
 DELETING_PREFIX: Final = ".deleting-"
 """A session being deleted (by the retention policy): renamed from its id first."""
 _OWN_PREFIXES: Final = (LOCK_FILE, CREATING_PREFIX, DELETING_PREFIX)
+FORMAT_FILE: Final = "format"
+FORMAT_NAME: Final = "tickertape-session"
+FORMAT_VERSION: Final = 1
+"""The on-disk format of a session this release writes, and the newest it reads."""
+
+
+def format_version(directory: Path) -> int:
+    """The format version of the session in ``directory``: what its ``format`` file says,
+    or 1 if it has none (made by an older release). Raises :class:`StoreError` if the file
+    cannot be read or understood, or names a version newer than :data:`FORMAT_VERSION`."""
+    path = directory / FORMAT_FILE
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return 1
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+    name, _, version = text.strip().partition(" ")
+    if name != FORMAT_NAME or not version.isdigit():
+        raise StoreError(f"{path} does not name a tickertape session format: {text[:40]!r}")
+    if int(version) > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} says format version {int(version)}, newer than this release of "
+            f"tickertape reads (version {FORMAT_VERSION}): use the release that wrote it"
+        )
+    return int(version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +148,11 @@ class Catalogue:
                 if os.path.lexists(entry):  # else deleted since it was listed
                     self._skip(entry, why)
                 continue
+            try:
+                format_version(entry)
+            except StoreError as exc:
+                self._skip(entry, str(exc))
+                continue
             found.append(
                 SessionInfo(SessionId.parse(entry.name), entry, (entry / ENDED_MARKER).exists())
             )
@@ -138,6 +175,7 @@ class Catalogue:
             path = self.root / session
             why = _not_a_session(path)
             if why is None:
+                format_version(path)  # refuses a format this release does not know
                 return SessionInfo(SessionId.parse(session), path, (path / ENDED_MARKER).exists())
             if os.path.lexists(path):
                 raise SessionNotFound(f"no session {session!r} in {self.root}: {path} is {why}")
@@ -324,6 +362,7 @@ class Catalogue:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            _write_format(building)
             _fsync_directory(building)
             os.rename(building, final)
         except BaseException:
@@ -418,6 +457,18 @@ def _not_a_session(entry: Path) -> str | None:
     if not held:
         return "an empty directory"
     return f"a directory with no log, only: {', '.join(held[:5])}"
+
+
+def _write_format(directory: Path) -> None:
+    """Write (and sync) the ``format`` file of a session being created."""
+    fd = os.open(directory / FORMAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        data = f"{FORMAT_NAME} {FORMAT_VERSION}\n".encode()
+        if os.write(fd, data) != len(data):
+            raise StoreError(f"short write to {directory / FORMAT_FILE}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:
