@@ -151,7 +151,7 @@ class Catalogue:
             try:
                 format_version(entry)
             except StoreError as exc:
-                self._skip(entry, str(exc))
+                self._skip(entry, str(exc), "a session this release cannot read")
                 continue
             found.append(
                 SessionInfo(SessionId.parse(entry.name), entry, (entry / ENDED_MARKER).exists())
@@ -159,14 +159,14 @@ class Catalogue:
         found.sort(key=lambda info: info.id)
         return found
 
-    def _skip(self, entry: Path, why: str) -> None:
+    def _skip(self, entry: Path, why: str, what: str = "not a session tickertape made") -> None:
         if entry.name not in self._warned:
             self._warned.add(entry.name)
             log.warning(
-                "skipping %s (%s): not a session tickertape made, so it is neither read, "
-                "followed nor changed",
+                "skipping %s (%s): %s, so it is neither read, followed nor changed",
                 entry,
                 why,
+                what,
             )
 
     def find(self, session: str) -> SessionInfo:
