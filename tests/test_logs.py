@@ -216,9 +216,9 @@ def test_a_publisher_sending_a_message_too_long_is_a_warning_not_an_error(
 
     with server:
         said = asyncio.run(publish_too_long(server.port))
-        assert b"packet length 2001: this endpoint accepts at most" in said  # a Debug packet
-        server.wait_for_log("packet length 2001")
-    entry = next(json.loads(line) for line in server.lines if "packet length 2001" in line)
+        assert b"a message of 2000 bytes: this server publishes at most" in said  # a Debug
+        server.wait_for_log("a message of 2000 bytes")
+    entry = next(json.loads(line) for line in server.lines if "a message of 2000 bytes" in line)
     assert entry["level"] == "warning", entry
     assert entry["client"].startswith("127.0.0.1:"), entry
     assert not [line for line in server.lines if json.loads(line)["level"] == "error"]

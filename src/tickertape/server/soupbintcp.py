@@ -561,10 +561,14 @@ class _Connection(asyncio.Protocol):
             self._pull.cancel()
         if self._publisher is not None:
             self._publisher.cancel()  # what it handed the engine is published anyway
+        # A subscriber closing its socket (a ``tail --count`` done) is routine: DEBUG;
+        # a publisher going away is not.
+        publishing = self.publishing
+        routine = not publishing and (
+            exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError)
+        )
         if self._subscriber is not None:
             self._subscriber.stop()
-            # A client closing its socket (a ``tail --count`` done) is routine: DEBUG.
-            routine = exc is None or isinstance(exc, ConnectionResetError | BrokenPipeError)
             log.log(
                 logging.DEBUG if routine else logging.INFO,
                 "%s disconnected at sequence %d%s",
@@ -572,6 +576,14 @@ class _Connection(asyncio.Protocol):
                 self._subscriber.next_seq,
                 f": {exc}" if exc else "",
                 extra={"client": self._peer, "sequence": self._subscriber.next_seq},
+            )
+        elif publishing:
+            log.info(
+                "%s disconnected (a publisher: %s acknowledged)%s",
+                self._peer,
+                plural(self._acked, "message"),
+                f": {exc}" if exc else "",
+                extra={"client": self._peer},
             )
 
     def pause_writing(self) -> None:
