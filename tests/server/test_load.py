@@ -62,6 +62,7 @@ class Subscriber(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.arrivals: list[tuple[int, float]] = []  # (bytes received so far, time)
         self.received = 0
+        self.tail = b""  # the last bytes received: the last message's start may be split
         self.done = done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,10 +74,11 @@ class Subscriber(asyncio.Protocol):
         self.chunks.append(data)
         self.received += len(data)
         self.arrivals.append((self.received, time.time()))
-        # The last message ends the stream until a heartbeat; the check after says
-        # whether all came before it.
-        ends = len(data) >= SIZE + 3 and data[-SIZE - 3 :].startswith(LAST)
-        if ends and not self.done.done():
+        # The last message ends the stream (a heartbeat may follow it in the same read);
+        # the check after says whether all came before it.
+        seen = self.tail + data
+        self.tail = seen[-len(LAST) :]
+        if LAST in seen and not self.done.done():
             self.done.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
