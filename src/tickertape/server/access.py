@@ -10,11 +10,14 @@ lately and how long to wait before answering the next failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -26,6 +29,7 @@ __all__ = [
     "Credentials",
     "Grant",
     "LoginThrottle",
+    "OneAtATime",
     "Principal",
     "is_loopback",
     "may_not_read",
@@ -219,3 +223,27 @@ class LoginThrottle:
 
     def succeeded(self, source: str) -> None:
         self._failures.pop(source, None)
+
+
+class OneAtATime:
+    """Credentials from one source address are checked one after the other, a failure's
+    delay included: guessing in parallel is then no faster than in turn."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, users of it
+
+    @contextlib.asynccontextmanager
+    async def checking(self, source: str) -> AsyncIterator[None]:
+        """Held while a check of credentials from ``source`` runs (and, if it failed,
+        while its answer is delayed)."""
+        lock, users = self._locks.get(source) or (asyncio.Lock(), 0)
+        self._locks[source] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[source]
+            if users > 1:
+                self._locks[source] = (lock, users - 1)
+            else:
+                del self._locks[source]

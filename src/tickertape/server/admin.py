@@ -51,7 +51,7 @@ import shutil
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -63,6 +63,7 @@ from prometheus_client.exposition import choose_encoder
 
 from tickertape import __version__
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
+from tickertape.server.access import OneAtATime
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
@@ -148,7 +149,7 @@ class AdminServer:
         self._port = 0
         self._facts = LogFactsCache()
         self._archiving: set[str] = set()
-        self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._checking = OneAtATime()
         self.mold_publisher: MoldPublisher | None = None
         """Set by whoever started them: their counters are on the status page."""
         self.mold_requests: MoldRequestServer | None = None
@@ -473,7 +474,7 @@ class AdminServer:
                 {"WWW-Authenticate": 'Bearer realm="tickertape"'},
             )
         source = request.remote or "?"
-        async with self._checking_from(source):
+        async with self._checking.checking(source):
             # The header's bytes as they came (aiohttp decodes them as UTF-8, keeping
             # any other byte as a surrogate): a token in any encoding is just wrong.
             if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
@@ -502,7 +503,7 @@ class AdminServer:
             )
             raise ApiError(400, "the Basic credentials are not base64 of NAME:PASSWORD") from None
         loop = asyncio.get_running_loop()
-        async with self._checking_from(source):
+        async with self._checking.checking(source):
             principal = await loop.run_in_executor(
                 None, self.server.access.authenticate, username, password
             )
@@ -543,22 +544,6 @@ class AdminServer:
             delay,
         )
         await asyncio.sleep(delay)
-
-    @contextlib.asynccontextmanager
-    async def _checking_from(self, source: str) -> AsyncIterator[None]:
-        """Held while a change asked from ``source`` is checked (a failure's delay
-        included): guessing in parallel is no faster than in turn."""
-        lock, users = self._checking.get(source) or (asyncio.Lock(), 0)
-        self._checking[source] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._checking[source]
-            if users > 1:
-                self._checking[source] = (lock, users - 1)
-            else:
-                del self._checking[source]
 
     # ------------------------------------------------------------------ errors
 

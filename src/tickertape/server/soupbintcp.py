@@ -41,7 +41,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
@@ -64,6 +64,7 @@ from tickertape.server.access import (
     Access,
     Credentials,
     LoginThrottle,
+    OneAtATime,
     Principal,
     is_loopback,
     may_not_read,
@@ -245,7 +246,7 @@ class SoupBinTCPServer:
         # Password checks: one at a time per address (a failure's delay included, so
         # that guessing in parallel is no faster than in turn), and no more at once in
         # all than the machine has cores.
-        self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._checking = OneAtATime()
         self._check_slots = asyncio.Semaphore(os.cpu_count() or 2)
         self._closed_logs: dict[str, asyncio.Future[ReadableLog]] = {}
         self._readers: dict[ReadableLog, int] = {}
@@ -292,22 +293,6 @@ class SoupBinTCPServer:
         self._per_source[source] = count + 1
         self._connections.add(connection)
         return None
-
-    @contextlib.asynccontextmanager
-    async def _checking_from(self, source: str) -> AsyncIterator[None]:
-        """Held while a login from ``source`` is being checked (and, if it failed, while
-        its answer is delayed)."""
-        lock, users = self._checking.get(source) or (asyncio.Lock(), 0)
-        self._checking[source] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._checking[source]
-            if users > 1:
-                self._checking[source] = (lock, users - 1)
-            else:
-                del self._checking[source]
 
     def _forget(self, connection: _Connection, source: str) -> None:
         if connection in self._connections:
@@ -645,7 +630,7 @@ class _Connection(asyncio.Protocol):
         """Check a password off the event loop; logins from one address are checked one
         after the other, each failure holding the next back for its delay."""
         server = self._server
-        async with server._checking_from(self._source):
+        async with server._checking.checking(self._source):
             async with server._check_slots:
                 principal = await self._loop.run_in_executor(
                     None, server.access.authenticate, request.username, request.password
