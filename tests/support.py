@@ -27,7 +27,7 @@ import pytest
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability
+from tickertape.store.log import Durability, SessionLog
 from tickertape.wire.soupbintcp import (
     Debug,
     EndOfSession,
@@ -330,6 +330,17 @@ class SoupClient:
     reason = ""
     """The text of the Debug packet that came before a Login Rejected."""
 
+    async def messages(self, count: int) -> list[bytes]:
+        """Login Accepted, then the payloads of the next ``count`` messages."""
+        accepted = await self.packet()
+        assert isinstance(accepted, LoginAccepted), accepted
+        got: list[bytes] = []
+        while len(got) < count:
+            packet = await self.packet()
+            assert isinstance(packet, SequencedData), packet
+            got.append(packet.payload)
+        return got
+
     async def until_end(self) -> list[bytes]:
         """Every message up to End of Session, which must come, then the close."""
         messages = []
@@ -486,3 +497,18 @@ class FileSizeLimit:
     def free(self, pid: int) -> None:
         assert self._limits is not None
         resource.prlimit(pid, resource.RLIMIT_FSIZE, self._limits)
+
+
+def session_payloads(session: Path) -> list[bytes]:
+    """The payloads of every message a session's log holds (what its index vouches for)."""
+    log = SessionLog.open(session, writable=False)
+    try:
+        data = log.read_range(0, log.offset_of(log.next_seq))
+    finally:
+        log.close()
+    payloads, position = [], 0
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 2], "big")
+        payloads.append(data[position + 3 : position + 2 + length])
+        position += 2 + length
+    return payloads

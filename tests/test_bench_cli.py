@@ -16,7 +16,6 @@ from typing import Any
 import trustme
 
 from tickertape.bench import HEADER, LAST, Plan, Target, _Subscriber
-from tickertape.wire.soupbintcp import LoginAccepted, SequencedData
 
 from support import ServerProcess, SoupClient, free_port
 
@@ -46,14 +45,7 @@ def session_messages(port: int, count: int) -> list[bytes]:
     async def read() -> list[bytes]:
         client = await SoupClient.login(port, seq=1)
         try:
-            accepted = await client.packet()
-            assert isinstance(accepted, LoginAccepted), accepted
-            got: list[bytes] = []
-            while len(got) < count:
-                packet = await client.packet()
-                assert isinstance(packet, SequencedData), packet
-                got.append(packet.payload)
-            return got
+            return await client.messages(count)
         finally:
             client.close()
 

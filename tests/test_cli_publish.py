@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
-from tickertape.wire.soupbintcp import LoginAccepted, SequencedData
 
 from support import ServerProcess, SoupClient
 
@@ -36,14 +35,7 @@ def messages(port: int, session: str, count: int) -> list[bytes]:
     async def read() -> list[bytes]:
         client = await SoupClient.login(port, session=session, seq=1)
         try:
-            accepted = await client.packet()
-            assert isinstance(accepted, LoginAccepted), accepted
-            got: list[bytes] = []
-            while len(got) < count:
-                packet = await client.packet()
-                assert isinstance(packet, SequencedData), packet
-                got.append(packet.payload)
-            return got
+            return await client.messages(count)
         finally:
             client.close()
 

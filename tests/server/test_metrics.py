@@ -124,17 +124,6 @@ async def stalled_subscriber(port: int) -> socket.socket:
     return sock
 
 
-async def read_messages(client: SoupClient, count: int) -> list[bytes]:
-    accepted = await client.packet()
-    assert isinstance(accepted, LoginAccepted), accepted
-    messages: list[bytes] = []
-    while len(messages) < count:
-        packet = await client.packet()
-        assert isinstance(packet, SequencedData), packet
-        messages.append(packet.payload)
-    return messages
-
-
 def test_metrics_count_what_was_published_and_delivered(tmp_path: Path) -> None:
     admin = free_port()
     args = ("--user", f"{USER}:{PASSWORD}", "--admin-port", str(admin), "--idle-timeout", "600")
@@ -154,7 +143,7 @@ async def counting(port: int, admin: int) -> None:
     # Two subscribers at the tail before anything is published: one reads, one does not.
     live = await SoupClient.login(port, seq=1, user=USER, password=PASSWORD)
     stalled = await stalled_subscriber(port)
-    reading = asyncio.create_task(read_messages(live, COUNT))
+    reading = asyncio.create_task(live.messages(COUNT))
     await until_scraped(admin, "tickertape_subscribers", 2, state="live", transport="plain")
 
     async with await Publisher.connect(
@@ -167,7 +156,7 @@ async def counting(port: int, admin: int) -> None:
 
     # One more, from 1 now: all of it read back from the log.
     late = await SoupClient.login(port, seq=1, user=USER, password=PASSWORD)
-    assert await read_messages(late, COUNT) == PAYLOADS
+    assert await late.messages(COUNT) == PAYLOADS
 
     # A wrong password: Login Rejected "A" (after the failure's delay).
     wrong = await SoupClient.login(port, user=USER, password="wrong")
@@ -547,7 +536,7 @@ def test_subscribers_by_state_over_tls(tmp_path: Path) -> None:
                 await engine.roll()
                 await engine.publish_many(PAYLOADS[:5])
                 live = await tls_login(server.port, "", 1)
-                assert await read_messages(live, 5) == PAYLOADS[:5]
+                assert await live.messages(5) == PAYLOADS[:5]
                 deadline = time.monotonic() + 30
                 while (
                     value(scraped(), "tickertape_subscribers", state="live", transport="tls") != 1

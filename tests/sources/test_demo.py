@@ -11,21 +11,9 @@ import pytest
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.sources.demo import run_demo
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability, SessionLog
+from tickertape.store.log import Durability
 
-
-def payloads_of(session: Path) -> list[bytes]:
-    log = SessionLog.open(session, writable=False)
-    try:
-        data = log.read_range(0, log.offset_of(log.next_seq))
-    finally:
-        log.close()
-    payloads, position = [], 0
-    while position < len(data):
-        length = int.from_bytes(data[position : position + 2], "big")
-        payloads.append(data[position + 3 : position + 2 + length])
-        position += 2 + length
-    return payloads
+from support import session_payloads
 
 
 @pytest.mark.timeout(60)
@@ -63,7 +51,7 @@ def test_every_demo_message_of_every_session_starts_with_its_own_number(
     sessions = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(sessions) == rolls + 1
     for session in sessions:
-        payloads = payloads_of(session)
+        payloads = session_payloads(session)
         assert len(payloads) >= 2_000, session.name
         wrong = [
             (seq, payload[:12])

@@ -13,9 +13,9 @@ from tickertape.server.engine import Engine, EngineConfig
 from tickertape.sources.demo import run_demo
 from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Durability, SessionLog
+from tickertape.store.log import Durability
 
-from support import FullDisk, JumpingLoop
+from support import FullDisk, JumpingLoop, session_payloads
 
 RETRY = 60.0
 """The engine's retry delay: only the loop's clock jumping lets a retry happen."""
@@ -43,17 +43,7 @@ def run_jumping(tmp_path: Path, scenario: object) -> None:
 
 def logged(tmp_path: Path) -> list[bytes]:
     session = next(p for p in tmp_path.iterdir() if p.is_dir())
-    log = SessionLog.open(session, writable=False)
-    try:
-        data = log.read_range(0, log.offset_of(log.next_seq))
-    finally:
-        log.close()
-    payloads, position = [], 0
-    while position < len(data):
-        length = int.from_bytes(data[position : position + 2], "big")
-        payloads.append(data[position + 3 : position + 2 + length])
-        position += 2 + length
-    return payloads
+    return session_payloads(session)
 
 
 @pytest.mark.timeout(60)
