@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -171,6 +172,27 @@ def test_a_user_restricted_to_some_sessions_cannot_pull_others(
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+class Rejections(logging.Handler):
+    """Counts the server's "login ... rejected: bad username or password" records, which
+    it writes once the password is checked and the delay before answering has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "rejected: bad username or password" in record.getMessage():
+            self.count += 1
+            self._changed.set()
+
+    async def reach(self, count: int) -> None:
+        """Wait until ``count`` failed logins have been checked."""
+        while self.count < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+
 @pytest.mark.timeout(60)
 def test_failed_logins_from_one_address_are_answered_ever_later(
     tmp_path: Path, users: Users
@@ -178,13 +200,15 @@ def test_failed_logins_from_one_address_are_answered_ever_later(
     """The delay before Login Rejected doubles with each failure from the address, on the
     event loop's clock (which jumps here), and a good login clears it."""
     loop = JumpingLoop()
+    rejections = Rejections()
 
     async def scenario() -> None:
         async with running_server(tmp_path, answered_slowly(users)) as (_, server):
-            for delay in (100.0, 200.0, 400.0, 400.0):
+            for failures, delay in enumerate((100.0, 200.0, 400.0, 400.0), start=1):
                 client = await SoupClient.login(server.port, user="sub", password="bad")
                 read = asyncio.ensure_future(client.reader.read(65536))  # no timeout: time jumps
                 # Not answered before the delay, even after the password is checked...
+                await rejections.reach(failures)
                 done, _ = await asyncio.wait([read], timeout=0.3)
                 assert not done, delay
                 loop.advance(delay - 5)
@@ -199,14 +223,16 @@ def test_failed_logins_from_one_address_are_answered_ever_later(
             good.close()
             client = await SoupClient.login(server.port, user="sub", password="bad")
             read = asyncio.ensure_future(client.reader.read(65536))
-            await asyncio.sleep(0.3)  # the password is checked
+            await rejections.reach(5)  # the password is checked
             loop.advance(100.0)  # back to the first delay
             assert await read == WRONG_SUB + LoginRejected("A").encode()
             client.close()
 
+    logging.getLogger().addHandler(rejections)
     try:
         loop.run_until_complete(scenario())  # bounded by pytest-timeout: the clock jumps
     finally:
+        logging.getLogger().removeHandler(rejections)
         loop.close()
 
 
