@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from tickertape import __version__, argtypes
 from tickertape import sessions as offline
+from tickertape.auth.users import Users
 from tickertape.bench import add_bench_command, run_bench
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
@@ -85,7 +86,6 @@ from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.text import plural
 from tickertape.tls import client_context, reload_server_context, server_context
-from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, REJECT_NOT_AUTHORIZED
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
 
+from tickertape.auth.users import Users
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import (
@@ -37,7 +38,6 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
-from tickertape.users import Users
 
 __all__ = ["Credentials", "Durability", "Retention", "RollSchedule", "Tickertape"]
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
+from tickertape.auth.user import Role
+from tickertape.auth.users import Users
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
@@ -76,7 +78,6 @@ from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.text import plural
 from tickertape.tls import TLSGate, is_client_hello
-from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
