@@ -25,11 +25,10 @@ from ssl import SSLContext
 from types import TracebackType
 
 from tickertape.auth.users import Users
+from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
     Credentials,
     ServerConfig,
     SoupBinTCPServer,
