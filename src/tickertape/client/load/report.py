@@ -47,6 +47,9 @@ def _rate(messages: int, nanoseconds: int, size: int) -> dict[str, Any]:
 
 
 def make_report(plan: Plan, session: str, run: Run) -> dict[str, Any]:
+    """The run's results: what was published and delivered (in all and by each client,
+    with rates), the latency percentiles in milliseconds (nearest rank), every error
+    (a failure, a subscriber's finding, a count that does not match), and ``ok``."""
     pubs = [run.results.get(("publisher", i)) for i in range(plan.publishers)]
     subs = [run.results.get(("subscriber", i)) for i in range(plan.subscribers)]
     errors = list(run.failures)
