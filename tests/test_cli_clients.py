@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.auth.user import User
+from tickertape.auth.users import Users
 from tickertape.client.publisher import Publisher
-from tickertape.users import User, Users
 
 from support import ServerProcess, free_port
 

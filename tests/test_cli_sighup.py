@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tickertape.auth.user import User
+from tickertape.auth.users import Users
 from tickertape.tls import client_context
-from tickertape.users import User, Users
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, LoginRequest
 
 from support import ServerProcess, SoupClient, free_port

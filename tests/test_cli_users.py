@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.users import Role, Users
+from tickertape.auth.user import Role
+from tickertape.auth.users import Users
 
 
 def users(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

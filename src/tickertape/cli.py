@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from tickertape import __version__, argtypes
 from tickertape import sessions as offline
-from tickertape.bench import add_bench_command, run_bench
+from tickertape.auth.users import Users
 from tickertape.cli_users import add_users_command, run_users
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.publisher import Publisher
@@ -49,7 +49,9 @@ from tickertape.config import (
     render_config,
     upstream_from,
 )
+from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError, StoreError, TickertapeError
+from tickertape.loadtest_cli import add_bench_command, run_bench
 from tickertape.logs import add_log_options, reopen_log_files, setup_logging
 from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
@@ -67,11 +69,9 @@ from tickertape.server.moldudp64 import (
     default_interface,
 )
 from tickertape.server.soupbintcp import (
-    DEFAULT_HOST,
     DEFAULT_MAX_CLIENT_PACKET,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
-    DEFAULT_PORT,
     DEFAULT_WRITE_BUFFER_HIGH,
     ServerConfig,
     SoupBinTCPServer,
@@ -85,7 +85,6 @@ from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.text import plural
 from tickertape.tls import client_context, reload_server_context, server_context
-from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, REJECT_NOT_AUTHORIZED
 

@@ -19,19 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
-from tickertape.errors import ConfigError
-from tickertape.users import (
+from tickertape.auth.passwords import (
     PASSWORD_LENGTH,
-    ROLE_NAMES,
     USERNAME_LENGTH,
-    Role,
-    User,
-    Users,
-    check_sessions,
     normalise_password,
     normalise_username,
-    parse_roles,
 )
+from tickertape.auth.user import ROLE_NAMES, Role, User, check_sessions, parse_roles
+from tickertape.auth.users import Users
+from tickertape.errors import ConfigError
 
 DEFAULT_USERS_FILE: Final = Path("users.toml")
 

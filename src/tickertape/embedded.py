@@ -24,11 +24,11 @@ from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
 
+from tickertape.auth.users import Users
+from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
     Credentials,
     ServerConfig,
     SoupBinTCPServer,
@@ -37,7 +37,6 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
-from tickertape.users import Users
 
 __all__ = ["Credentials", "Durability", "Retention", "RollSchedule", "Tickertape"]
 

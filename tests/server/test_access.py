@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tickertape.auth.user import Role, User
+from tickertape.auth.users import Users
 from tickertape.errors import ConfigError
 from tickertape.server.access import (
     ANONYMOUS,
@@ -16,7 +18,6 @@ from tickertape.server.access import (
     is_loopback,
 )
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.users import Role, User, Users
 
 EVERYONE = frozenset({Role.SUBSCRIBER, Role.PUBLISHER})
 

@@ -4,7 +4,6 @@ this event loop: what it shows, what it changes, and whom it refuses."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,9 @@ from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import SoupBinTCPServer
 from tickertape.store.archive import ARCHIVE_FILE
-from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
-    SequencedData,
-    encode_sequenced_many,
 )
 
 from support import SoupClient, running_server
@@ -74,16 +69,6 @@ Client = SoupClient
 
 def payloads(tag: str, count: int) -> list[bytes]:
     return [f"{tag} {n}".encode() for n in range(1, count + 1)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not await check():
-            await asyncio.sleep(0.01)
-
-
-def files_size(directory: Path) -> int:
-    return sum(entry.stat().st_size for entry in directory.iterdir() if entry.is_file())
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -245,175 +230,5 @@ def test_archiving_an_unknown_session_is_404(tmp_path: Path) -> None:
         status, answer = await api.post("/sessions/2000010101/archive")
         assert status == 404
         assert "no session 2000010101" in answer["error"]
-
-    run(tmp_path, scenario)
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def test_status_lists_a_connected_subscriber(tmp_path: Path) -> None:
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        await engine.publish_many(payloads("m", 5))
-        subscriber = await Client.login(server.port, seq=1, user="alice")
-        assert await subscriber.packet() == LoginAccepted(engine.session_id, 1)
-        for expected in payloads("m", 5):
-            assert await subscriber.packet() == SequencedData(expected)
-
-        async def live() -> bool:
-            _, answer = await api.get("/status")
-            return bool(answer["subscribers"]) and answer["subscribers"][0]["live"]
-
-        await eventually(live)
-        status, answer = await api.get("/status")
-        assert status == 200
-        host, port = subscriber.writer.get_extra_info("sockname")[:2]
-        assert answer == {
-            "session": engine.session_id,
-            "next_seq": 6,
-            "messages": 5,
-            "publishing_error": None,
-            "subscribers": [
-                {
-                    "address": f"{host}:{port}",
-                    "user": "alice",
-                    "session": engine.session_id,
-                    "next_seq": 6,
-                    "lag": 0,
-                    "live": True,
-                }
-            ],
-        }
-        subscriber.close()
-
-    run(tmp_path, scenario)
-
-
-def test_sessions_lists_every_session_with_its_state_and_size(tmp_path: Path) -> None:
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        first = engine.session_id
-        await engine.publish_many(payloads("one", 3))
-        await api.post("/roll")
-        second = engine.session_id
-        await engine.publish_many(payloads("two", 2))
-
-        status, answer = await api.get("/sessions")
-
-        assert status == 200
-        assert answer == {
-            "active": second,
-            "sessions": [
-                {
-                    "id": first,
-                    "state": "ended",
-                    "messages": 3,
-                    "bytes": files_size(tmp_path / first),
-                    "problems": 0,
-                },
-                {
-                    "id": second,
-                    "state": "active",
-                    "messages": 2,
-                    "bytes": files_size(tmp_path / second),
-                    "problems": 0,
-                },
-            ],
-        }
-
-    run(tmp_path, scenario)
-
-
-def test_one_session_in_detail(tmp_path: Path) -> None:
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        first = engine.session_id
-        await engine.publish_many(payloads("one", 3))
-        await api.post("/roll")
-
-        status, ended = await api.get(f"/sessions/{first}")
-        assert status == 200
-        assert ended["id"] == first
-        assert ended["state"] == "ended"
-        assert ended["messages"] == 3
-        assert ended["log_bytes"] == sum(len(p) + 3 for p in payloads("one", 3))
-        assert ended["path"] == str(tmp_path / first)
-        assert ended["last_published"] is not None
-        assert ended["ended_at"] is not None
-        assert ended["last_published"] <= ended["ended_at"]
-        assert ended["problems"] == []
-
-        status, active = await api.get(f"/sessions/{engine.session_id}")
-        assert status == 200
-        assert (active["state"], active["messages"], active["ended_at"]) == ("active", 0, None)
-
-    run(tmp_path, scenario)
-
-
-@pytest.mark.parametrize("session", ["2000010101", "not-an-id"])
-def test_an_unknown_session_is_404(tmp_path: Path, session: str) -> None:
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        status, answer = await api.get(f"/sessions/{session}")
-        assert status == 404
-        assert session in answer["error"]
-
-    run(tmp_path, scenario)
-
-
-def test_a_damaged_ended_session_shows_its_problems_and_is_not_archived(tmp_path: Path) -> None:
-    directory = tmp_path / "2000010101"
-    with SessionLog.open(directory, create=True) as session_log:
-        for batch in range(4):
-            data = encode_sequenced_many(payloads(f"b{batch}", 10))
-            session_log.append(data, 10)
-    Catalogue(tmp_path).mark_ended(SessionId.parse("2000010101"))
-    log_path = directory / "log"
-    os.truncate(log_path, log_path.stat().st_size - 5)  # into the last batch
-
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        status, answer = await api.get("/sessions/2000010101")
-        assert status == 200
-        assert answer["state"] == "ended"
-        assert answer["messages"] == 30  # its record no longer vouches for the last batch
-        assert any("sequence 31" in problem for problem in answer["problems"])
-        _, answer = await api.get("/sessions")
-        assert answer["sessions"][0]["problems"] == len(
-            (await api.get("/sessions/2000010101"))[1]["problems"]
-        )
-
-        status, answer = await api.post("/sessions/2000010101/archive")
-        assert status == 409
-        assert "fails its checks" in answer["error"]
-        assert not (directory / ARCHIVE_FILE).exists()
-
-    run(tmp_path, scenario)
-
-
-def test_listing_rereads_a_session_only_when_its_files_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened: list[Path] = []
-    real_open = SessionLog.open
-
-    def counting_open(directory: Path, **kwargs: Any) -> SessionLog:
-        opened.append(directory)
-        return real_open(directory, **kwargs)
-
-    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
-        first = engine.session_id
-        await engine.publish_many(payloads("one", 3))
-        await api.post("/roll")
-        monkeypatch.setattr(SessionLog, "open", counting_open)
-        await api.get("/sessions")
-        await api.get("/sessions")
-        assert opened == [tmp_path / first]  # once; the active one not at all
-        await engine.publish_many(payloads("two", 3))
-        await api.get("/sessions")
-        assert opened == [tmp_path / first]
-        monkeypatch.undo()
-        await api.post(f"/sessions/{first}/archive")
-        _, answer = await api.get("/sessions")
-        assert (answer["sessions"][0]["state"], answer["sessions"][0]["messages"]) == (
-            "archived",
-            3,
-        )
 
     run(tmp_path, scenario)

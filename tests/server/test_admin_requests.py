@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.auth.user import User
+from tickertape.auth.users import Users
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.users import User, Users
 
 from support import JumpingLoop, running_server
 

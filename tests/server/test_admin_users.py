@@ -12,9 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tickertape.auth.user import User
+from tickertape.auth.users import Users
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.users import User, Users
 
 from support import ServerProcess, free_port, running_server
 

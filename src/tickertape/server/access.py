@@ -2,7 +2,7 @@
 are slowed down.
 
 :class:`Access` turns a Login Request's username and password into a :class:`Principal`
-(or nothing): from a users file (:mod:`tickertape.users`), from the single account given
+(or nothing): from a users file (:mod:`tickertape.auth.users`), from the single account given
 with ``serve --user``, or, where anonymous logins are allowed, as an anonymous
 subscriber. :class:`LoginThrottle` keeps, per source address, how many logins failed
 lately and how long to wait before answering the next failure.
@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from tickertape.users import Permissions, Role, Users
+from tickertape.auth.user import Permissions, Role
+from tickertape.auth.users import Users
 
 __all__ = [
     "ANONYMOUS",
@@ -50,7 +51,7 @@ class Credentials:
 
 
 class Principal(Protocol):
-    """Someone logged in, and what they may do: a :class:`~tickertape.users.User`, or a
+    """Someone logged in, and what they may do: a :class:`~tickertape.auth.user.User`, or a
     :class:`Grant` to an anonymous login or the one ``--user`` account."""
 
     @property

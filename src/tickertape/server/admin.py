@@ -35,6 +35,11 @@ addressed to 127.0.0.1, is answered 4xx and logged as one WARNING line.
 
 Nothing here blocks the event loop: listing sessions opens their logs (which reads them
 to check their checksums) and archiving compresses a whole log, both on a worker thread.
+
+This module holds the HTTP side: the routes, who may change things (token or admin user),
+the changes themselves (roll, archive) and the errors. The reading endpoints are
+:mod:`tickertape.server.admin_status`; the status page's files
+:mod:`tickertape.server.admin_page`.
 """
 
 from __future__ import annotations
@@ -42,39 +47,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
-import importlib.resources
-import json
 import logging
-import shutil
 import socket
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
-from prometheus_client.exposition import choose_encoder
 
-from tickertape import __version__
-from tickertape.errors import SessionNotFound, StoreError, TickertapeError
+from tickertape.errors import SessionNotFound, TickertapeError
 from tickertape.server.access import OneAtATime
+from tickertape.server.admin_page import PAGE, page_file
+from tickertape.server.admin_status import StatusViews, json_response
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.sessions import (
-    STATE_ARCHIVED,
-    LogFacts,
-    LogFactsCache,
-    SessionSummary,
-    describe,
-    find_session,
-)
+from tickertape.sessions import STATE_ARCHIVED, find_session
 from tickertape.store.archive import archive_session
 
 if TYPE_CHECKING:
@@ -90,24 +82,6 @@ _ENDPOINTS: Final = (
     "GET /, GET /status, GET /status/live, GET /sessions, GET /sessions/{id}, GET /metrics, "
     "POST /roll, POST /sessions/{id}/archive"
 )
-
-_STATUS_FIELDS: Final = ("address", "user", "session", "next_seq", "lag", "live")
-"""A subscriber's fields in GET /status (GET /status/live has them all)."""
-RATE_HISTORY: Final = 600
-"""Seconds of the active session's rate kept for the status page's chart."""
-_STATIC: Final = {
-    "status.html": "text/html",
-    "status.js": "text/javascript",
-    "status.css": "text/css",
-}
-"""The status page's files (package data in tickertape/server/static), by name."""
-_PAGE_HEADERS: Final = {
-    # Everything the page needs comes from here; it may not be framed by another page.
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
-}
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,18 +118,31 @@ class AdminServer:
         self.engine = engine
         self.server = server
         self.config = config or AdminConfig()
+        self.status = StatusViews(engine, server)
+        """The reading endpoints (and the rate sampler)."""
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self._port = 0
-        self._facts = LogFactsCache()
         self._archiving: set[str] = set()
         self._checking = OneAtATime()
-        self.mold_publisher: MoldPublisher | None = None
-        """Set by whoever started them: their counters are on the status page."""
-        self.mold_requests: MoldRequestServer | None = None
-        self._rates: deque[tuple[float, float]] = deque(maxlen=RATE_HISTORY)
-        self._sampler: asyncio.Task[None] | None = None
-        self._started = time.time()
+
+    @property
+    def mold_publisher(self) -> MoldPublisher | None:
+        """Set by whoever started it: its counters are on the status page."""
+        return self.status.mold_publisher
+
+    @mold_publisher.setter
+    def mold_publisher(self, publisher: MoldPublisher | None) -> None:
+        self.status.mold_publisher = publisher
+
+    @property
+    def mold_requests(self) -> MoldRequestServer | None:
+        """Set by whoever started it: its counters are on the status page."""
+        return self.status.mold_requests
+
+    @mold_requests.setter
+    def mold_requests(self, requests: MoldRequestServer | None) -> None:
+        self.status.mold_requests = requests
 
     def bind(self) -> None:
         """Bind the port now (an ``OSError`` if it is taken): :meth:`start` then serves
@@ -167,11 +154,11 @@ class AdminServer:
         app = web.Application(middlewares=[self._answer_errors])
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static)
-        app.router.add_get("/status/live", self._live)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/sessions", self._sessions)
-        app.router.add_get("/sessions/{id}", self._session)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status/live", self.status.live)
+        app.router.add_get("/status", self.status.status)
+        app.router.add_get("/sessions", self.status.sessions)
+        app.router.add_get("/sessions/{id}", self.status.session)
+        app.router.add_get("/metrics", self.status.metrics)
         app.router.add_post("/roll", self._roll)
         app.router.add_post("/sessions/{id}/archive", self._archive)
         runner = web.AppRunner(
@@ -194,7 +181,7 @@ class AdminServer:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         self.engine.metrics.watch(self.engine, self.server)
-        self._sampler = asyncio.create_task(self._sample_rate(), name="admin-rate-sampler")
+        self.status.start()
         log.info("admin API listening on %s:%d%s", ADMIN_HOST, self._port, self._who_may_change())
 
     def _who_may_change(self) -> str:
@@ -232,157 +219,25 @@ class AdminServer:
     async def close(self) -> None:
         if self._runner is None and self._socket is not None:
             self._socket.close()  # bound, never served
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
-            self._sampler = None
+        await self.status.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
             self.engine.metrics.unwatch()
 
-    # ------------------------------------------------------------------ reading
-
-    async def _status(self, request: web.Request) -> web.Response:
-        engine = self.engine
-        return _json(
-            {
-                "session": engine.session_id,
-                "next_seq": engine.next_seq,
-                "messages": engine.next_seq - 1,
-                # Why publishing is paused (a write to the log failed), or null.
-                "publishing_error": getattr(engine, "publishing_error", None),
-                "subscribers": [
-                    {name: getattr(info, name) for name in _STATUS_FIELDS}
-                    for info in self.server.subscribers()
-                ],
-            }
-        )
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        # Prometheus's text format, or OpenMetrics if the scraper asks for it. Collected
-        # here, on the event loop: the collector reads the server's state.
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(
-            body=encode(self.engine.metrics.registry), headers={"Content-Type": content_type}
-        )
-
-    async def _live(self, request: web.Request) -> web.Response:
-        """What the status page shows, in one answer (the sessions on disk: GET
-        /sessions, which the page asks for less often)."""
-        engine = self.engine
-        root = engine.catalogue.root
-        try:
-            usage = shutil.disk_usage(root)
-            disk: dict[str, object] = {"path": str(root), "free": usage.free, "total": usage.total}
-        except OSError as exc:
-            disk = {"path": str(root), "error": str(exc)}
-        mold = None
-        if self.mold_publisher is not None or self.mold_requests is not None:
-            mold = {
-                "publisher": _fields(self.mold_publisher.stats) if self.mold_publisher else None,
-                "requests": _fields(self.mold_requests.stats) if self.mold_requests else None,
-            }
-        return _json(
-            {
-                "version": __version__,
-                "time": time.time(),
-                "started": self._started,
-                "read_only": isinstance(engine, Follower),
-                "session": engine.session_id,
-                "next_seq": engine.next_seq,
-                "messages": engine.next_seq - 1,
-                "publishing_error": getattr(engine, "publishing_error", None),
-                # Messages a second over the last RATE_HISTORY seconds: [UNIX time, rate].
-                "rate": [[round(at, 3), round(rate, 1)] for at, rate in self._rates],
-                "clients": [asdict(info) for info in self.server.subscribers()],
-                "publishers": [asdict(info) for info in self.server.publishers()],
-                "connections": self.server.connections,
-                "refused_connections": self.server.refused_connections,
-                "mold": mold,
-                "disk": disk,
-            }
-        )
-
-    async def _sample_rate(self, interval: float = 1.0) -> None:
-        """Once a second: how many messages the active session took since the last
-        sample, a second's worth (a new session counts from its first message)."""
-        loop = asyncio.get_running_loop()
-        session, seq, then = self.engine.session_id, self.engine.next_seq, loop.time()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            current, next_seq = self.engine.session_id, self.engine.next_seq
-            grown = next_seq - seq if current == session else next_seq - 1
-            self._rates.append((time.time(), max(0, grown) / max(now - then, 1e-3)))
-            session, seq, then = current, next_seq, now
+    # ------------------------------------------------------------------ the page
 
     async def _page(self, request: web.Request) -> web.Response:
-        return self._file("status.html")
+        return self._file(PAGE)
 
     async def _static(self, request: web.Request) -> web.Response:
         return self._file(request.match_info["name"])
 
     def _file(self, name: str) -> web.Response:
-        """One of the status page's files, from the package's data."""
-        content_type = _STATIC.get(name)
-        if content_type is None:
+        response = page_file(name)
+        if response is None:
             raise ApiError(404, f"no such file: /static/{name}")
-        data = importlib.resources.files("tickertape.server").joinpath("static", name)
-        return web.Response(
-            body=data.read_bytes(),
-            content_type=content_type,
-            charset="utf-8",
-            headers=_PAGE_HEADERS,
-        )
-
-    async def _sessions(self, request: web.Request) -> web.Response:
-        active, facts = self._active_facts()
-        loop = asyncio.get_running_loop()
-        summaries = await loop.run_in_executor(None, self._describe_all, active, facts)
-        return _json({"active": active, "sessions": [summary.brief() for summary in summaries]})
-
-    async def _session(self, request: web.Request) -> web.Response:
-        session_id = request.match_info["id"]
-        active, facts = self._active_facts()
-        loop = asyncio.get_running_loop()
-        summary = await loop.run_in_executor(
-            None, self._describe_one, session_id, facts if session_id == active else None
-        )
-        return _json(summary.detail())
-
-    def _active_facts(self) -> tuple[str, LogFacts]:
-        """The active session's id and size, as the engine knows them: its log is not
-        opened again (a read-only open of a log being appended to may catch a batch
-        halfway)."""
-        engine = self.engine
-        session_log = engine.session_log
-        facts = LogFacts(engine.next_seq - 1, session_log.end_offset, session_log.recovery.problems)
-        return engine.session_id, facts
-
-    def _describe_all(self, active: str, facts: LogFacts) -> list[SessionSummary]:
-        summaries = []
-        for info in self.engine.catalogue.sessions():
-            session_id = str(info.id)
-            try:
-                summaries.append(
-                    describe(
-                        session_id,
-                        info.path,
-                        facts=facts if session_id == active else None,
-                        cache=self._facts,
-                    )
-                )
-            except StoreError:
-                if info.path.exists():
-                    raise
-                # Deleted (by the retention policy) since it was listed.
-        return summaries
-
-    def _describe_one(self, session_id: str, facts: LogFacts | None) -> SessionSummary:
-        directory = find_session(self.engine.catalogue.root, session_id)
-        return describe(session_id, directory, facts=facts, cache=self._facts)
+        return response
 
     # ------------------------------------------------------------------ changing
 
@@ -410,7 +265,7 @@ class AdminServer:
         ended = engine.session_id
         log.info("admin API: roll of session %s asked by %s", ended, request.remote)
         following = await engine.roll()
-        return _json({"ended": ended, "session": following})
+        return json_response({"ended": ended, "session": following})
 
     async def _archive(self, request: web.Request) -> web.Response:
         self._writable()
@@ -434,7 +289,7 @@ class AdminServer:
             result = await loop.run_in_executor(None, archive_session, directory)
         finally:
             self._archiving.discard(session_id)
-        return _json(
+        return json_response(
             {
                 "session": session_id,
                 "state": STATE_ARCHIVED,
@@ -626,22 +481,8 @@ class _RequestLog:
         return True
 
 
-def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=2) + "\n",
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _fields(stats: object) -> dict[str, object]:
-    """A counters dataclass as JSON-ready fields."""
-    return asdict(stats)  # type: ignore[call-overload,no-any-return]
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return _json({"error": message}, status, headers)
+    return json_response({"error": message}, status, headers)
 
 
 __all__ = ["ADMIN_HOST", "AdminConfig", "AdminServer", "ApiError"]

@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
+from tickertape.auth.user import Role
+from tickertape.auth.users import Users
+from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
@@ -76,7 +79,6 @@ from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.text import plural
 from tickertape.tls import TLSGate, is_client_hello
-from tickertape.users import Role, Users
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
@@ -86,11 +88,9 @@ from tickertape.wire.soupbintcp import (
 )
 
 __all__ = [
-    "DEFAULT_HOST",
     "DEFAULT_MAX_CLIENT_PACKET",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_SOURCE",
-    "DEFAULT_PORT",
     "Credentials",
     "ServerConfig",
     "SoupBinTCPServer",
@@ -99,8 +99,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 7300
 DEFAULT_WRITE_BUFFER_HIGH: Final = 4 << 20
 """A live subscriber whose unsent bytes pass this stops taking live batches and reads
 the log once they drain: with one batch on top, its memory bound."""

@@ -1,35 +1,100 @@
-"""The status page's data (GET /status/live) and files (GET /, GET /static/...), over real
-HTTP on 127.0.0.1 against an engine and SoupBinTCP server in this event loop. The page
-itself, in a browser: tests/server/test_status_page_browser.py."""
+"""The admin API's reading endpoints (tickertape.server.admin_status): GET /status/live (the
+status page's data), GET /status, GET /sessions and GET /sessions/{id}, over real HTTP on
+127.0.0.1 against an engine and SoupBinTCP server in this event loop. The page itself, in a
+browser: tests/server/test_status_page_browser.py; its files: test_admin_page.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import trustme
 
 from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.store.archive import ARCHIVE_FILE
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.log import SessionLog
+from tickertape.store.sessionid import SessionId
 from tickertape.tls import client_context, server_context
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,
     SequencedData,
     UnsequencedData,
+    encode_sequenced_many,
 )
 
 from support import ServerProcess, SoupClient, free_port, running_server
 
+TOKEN = "s3cret-admin-token"
 TIMEOUT = 10.0
+_UNSET: Any = object()
+
+
+class Api:
+    """The admin API, as a client sees it: (status, JSON answer)."""
+
+    def __init__(self, http: aiohttp.ClientSession, port: int, token: str | None) -> None:
+        self.http = http
+        self.base = f"http://127.0.0.1:{port}"
+        self.token = token
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.http.get(self.base + path, headers=headers) as response:
+            return response.status, await response.json()
+
+    async def post(self, path: str, token: str | None = _UNSET) -> tuple[int, Any]:
+        token = self.token if token is _UNSET else token
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with self.http.post(self.base + path, headers=headers) as response:
+            assert response.content_type == "application/json"
+            return response.status, await response.json()
+
+
+Scenario = Callable[[Engine, SoupBinTCPServer, Api], Awaitable[None]]
+
+
+def run(data: Path, scenario: Scenario, token: str | None = TOKEN) -> None:
+    async def main() -> None:
+        async with running_server(data) as (engine, server):
+            admin = AdminServer(engine, server, AdminConfig(token=token))
+            await admin.start()
+            try:
+                async with aiohttp.ClientSession() as http:
+                    await scenario(engine, server, Api(http, admin.port, token))
+            finally:
+                await admin.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+Client = SoupClient
+
+
+def payloads(tag: str, count: int) -> list[bytes]:
+    return [f"{tag} {n}".encode() for n in range(1, count + 1)]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+def files_size(directory: Path) -> int:
+    return sum(entry.stat().st_size for entry in directory.iterdir() if entry.is_file())
 
 
 async def get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, Any]:
@@ -143,45 +208,15 @@ def test_the_rate_is_the_messages_published_each_second(tmp_path: Path) -> None:
                 # Sampled each second: wait for a first sample, publish 300, wait for the
                 # sample that saw them.
                 async with asyncio.timeout(TIMEOUT):
-                    while not admin._rates:
+                    while not admin.status.rates:
                         await asyncio.sleep(0.01)
-                    seen = len(admin._rates)
+                    seen = len(admin.status.rates)
                     await engine.publish_many([b"x"] * 300)
-                    while len(admin._rates) == seen:
+                    while len(admin.status.rates) == seen:
                         await asyncio.sleep(0.01)
-                _, rate = admin._rates[-1]
+                _, rate = admin.status.rates[-1]
                 # 300 messages over the time between two samples (about a second).
                 assert 100 < rate <= 300 / 0.5
-            finally:
-                await admin.close()
-
-    asyncio.run(asyncio.wait_for(main(), 60))
-
-
-def test_the_page_and_its_files_are_served_with_a_strict_policy(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with running_server(tmp_path) as (engine, server):
-            admin = AdminServer(engine, server, AdminConfig())
-            await admin.start()
-            base = f"http://127.0.0.1:{admin.port}"
-            try:
-                async with aiohttp.ClientSession() as http:
-                    for path, kind, text in [
-                        ("/", "text/html", '<canvas id="rate-chart"'),
-                        ("/static/status.js", "text/javascript", "/status/live"),
-                        ("/static/status.css", "text/css", "body"),
-                    ]:
-                        async with http.get(base + path) as response:
-                            assert response.status == 200
-                            assert response.content_type == kind
-                            assert text in await response.text()
-                            policy = response.headers["Content-Security-Policy"]
-                            assert "default-src 'none'" in policy
-                            assert "frame-ancestors 'none'" in policy
-                    for path in ["/static/other.js", "/static/..%2Fadmin.py"]:
-                        async with http.get(base + path) as response:
-                            assert response.status == 404
-                            assert "no such file" in (await response.json())["error"]
             finally:
                 await admin.close()
 
@@ -284,3 +319,173 @@ def test_a_subscriber_over_tls_shows_tls(tmp_path: Path) -> None:
                 await admin.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def test_status_lists_a_connected_subscriber(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        await engine.publish_many(payloads("m", 5))
+        subscriber = await Client.login(server.port, seq=1, user="alice")
+        assert await subscriber.packet() == LoginAccepted(engine.session_id, 1)
+        for expected in payloads("m", 5):
+            assert await subscriber.packet() == SequencedData(expected)
+
+        async def live() -> bool:
+            _, answer = await api.get("/status")
+            return bool(answer["subscribers"]) and answer["subscribers"][0]["live"]
+
+        await eventually(live)
+        status, answer = await api.get("/status")
+        assert status == 200
+        host, port = subscriber.writer.get_extra_info("sockname")[:2]
+        assert answer == {
+            "session": engine.session_id,
+            "next_seq": 6,
+            "messages": 5,
+            "publishing_error": None,
+            "subscribers": [
+                {
+                    "address": f"{host}:{port}",
+                    "user": "alice",
+                    "session": engine.session_id,
+                    "next_seq": 6,
+                    "lag": 0,
+                    "live": True,
+                }
+            ],
+        }
+        subscriber.close()
+
+    run(tmp_path, scenario)
+
+
+def test_sessions_lists_every_session_with_its_state_and_size(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        first = engine.session_id
+        await engine.publish_many(payloads("one", 3))
+        await api.post("/roll")
+        second = engine.session_id
+        await engine.publish_many(payloads("two", 2))
+
+        status, answer = await api.get("/sessions")
+
+        assert status == 200
+        assert answer == {
+            "active": second,
+            "sessions": [
+                {
+                    "id": first,
+                    "state": "ended",
+                    "messages": 3,
+                    "bytes": files_size(tmp_path / first),
+                    "problems": 0,
+                },
+                {
+                    "id": second,
+                    "state": "active",
+                    "messages": 2,
+                    "bytes": files_size(tmp_path / second),
+                    "problems": 0,
+                },
+            ],
+        }
+
+    run(tmp_path, scenario)
+
+
+def test_one_session_in_detail(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        first = engine.session_id
+        await engine.publish_many(payloads("one", 3))
+        await api.post("/roll")
+
+        status, ended = await api.get(f"/sessions/{first}")
+        assert status == 200
+        assert ended["id"] == first
+        assert ended["state"] == "ended"
+        assert ended["messages"] == 3
+        assert ended["log_bytes"] == sum(len(p) + 3 for p in payloads("one", 3))
+        assert ended["path"] == str(tmp_path / first)
+        assert ended["last_published"] is not None
+        assert ended["ended_at"] is not None
+        assert ended["last_published"] <= ended["ended_at"]
+        assert ended["problems"] == []
+
+        status, active = await api.get(f"/sessions/{engine.session_id}")
+        assert status == 200
+        assert (active["state"], active["messages"], active["ended_at"]) == ("active", 0, None)
+
+    run(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("session", ["2000010101", "not-an-id"])
+def test_an_unknown_session_is_404(tmp_path: Path, session: str) -> None:
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        status, answer = await api.get(f"/sessions/{session}")
+        assert status == 404
+        assert session in answer["error"]
+
+    run(tmp_path, scenario)
+
+
+def test_a_damaged_ended_session_shows_its_problems_and_is_not_archived(tmp_path: Path) -> None:
+    directory = tmp_path / "2000010101"
+    with SessionLog.open(directory, create=True) as session_log:
+        for batch in range(4):
+            data = encode_sequenced_many(payloads(f"b{batch}", 10))
+            session_log.append(data, 10)
+    Catalogue(tmp_path).mark_ended(SessionId.parse("2000010101"))
+    log_path = directory / "log"
+    os.truncate(log_path, log_path.stat().st_size - 5)  # into the last batch
+
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        status, answer = await api.get("/sessions/2000010101")
+        assert status == 200
+        assert answer["state"] == "ended"
+        assert answer["messages"] == 30  # its record no longer vouches for the last batch
+        assert any("sequence 31" in problem for problem in answer["problems"])
+        _, answer = await api.get("/sessions")
+        assert answer["sessions"][0]["problems"] == len(
+            (await api.get("/sessions/2000010101"))[1]["problems"]
+        )
+
+        status, answer = await api.post("/sessions/2000010101/archive")
+        assert status == 409
+        assert "fails its checks" in answer["error"]
+        assert not (directory / ARCHIVE_FILE).exists()
+
+    run(tmp_path, scenario)
+
+
+def test_listing_rereads_a_session_only_when_its_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[Path] = []
+    real_open = SessionLog.open
+
+    def counting_open(directory: Path, **kwargs: Any) -> SessionLog:
+        opened.append(directory)
+        return real_open(directory, **kwargs)
+
+    async def scenario(engine: Engine, server: SoupBinTCPServer, api: Api) -> None:
+        first = engine.session_id
+        await engine.publish_many(payloads("one", 3))
+        await api.post("/roll")
+        monkeypatch.setattr(SessionLog, "open", counting_open)
+        await api.get("/sessions")
+        await api.get("/sessions")
+        assert opened == [tmp_path / first]  # once; the active one not at all
+        await engine.publish_many(payloads("two", 3))
+        await api.get("/sessions")
+        assert opened == [tmp_path / first]
+        monkeypatch.undo()
+        await api.post(f"/sessions/{first}/archive")
+        _, answer = await api.get("/sessions")
+        assert (answer["sessions"][0]["state"], answer["sessions"][0]["messages"]) == (
+            "archived",
+            3,
+        )
+
+    run(tmp_path, scenario)
