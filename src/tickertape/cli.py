@@ -56,15 +56,14 @@ from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
-from tickertape.server.moldudp64 import (
+from tickertape.server.moldudp64.publisher import MoldPublisher, default_interface
+from tickertape.server.moldudp64.rerequest import MoldRequestServer
+from tickertape.server.moldudp64.settings import (
     DEFAULT_EOS_SECONDS,
     DEFAULT_REQUEST_RATE,
     DEFAULT_TTL,
-    MoldPublisher,
-    MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
-    default_interface,
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
