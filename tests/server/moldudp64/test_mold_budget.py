@@ -1,8 +1,9 @@
-"""The re-request server's budget: token buckets per requester."""
+"""The re-request server's budget: token buckets per requester, and what a read costs."""
 
 from __future__ import annotations
 
-from tickertape.server.moldudp64.budget import TokenBuckets
+from tickertape.server.moldudp64.budget import TokenBuckets, read_charge
+from tickertape.wire.moldudp64 import MAX_DATAGRAM
 
 
 def test_token_buckets() -> None:
@@ -21,3 +22,11 @@ def test_token_buckets() -> None:
     assert buckets.take(a, 0.28, 1) == 0
     assert buckets.take(a, 0.3, 1) == 1
     assert len(buckets) == 2
+
+
+def test_a_read_costs_a_packets_worth_of_what_it_read_and_more_for_a_long_read() -> None:
+    offsets = list(range(0, 30 * 102 + 1, 102))  # 30 blocks of 102 bytes: 14 fill a packet
+    window_bytes = 16 << 10
+    assert read_charge(offsets, window_bytes, MAX_DATAGRAM, window_bytes) == 14
+    assert read_charge(offsets, 8 * window_bytes, MAX_DATAGRAM, window_bytes) == 28
+    assert read_charge([0, 2000], window_bytes, MAX_DATAGRAM, window_bytes) == 1  # at least 1

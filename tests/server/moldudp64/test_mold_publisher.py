@@ -178,7 +178,7 @@ async def test_a_sending_thread_too_far_behind_drops_whole_batches(tmp_path: Pat
     config = PublisherConfig("127.0.0.1", 0, max_queued_bytes=10_000)
     async with mold_server(tmp_path, config) as mold:
         held = threading.Event()
-        sender = mold.publisher._sender
+        sender = mold.publisher.sender
         assert sender is not None
 
         def block() -> None:

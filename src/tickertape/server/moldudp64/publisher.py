@@ -115,6 +115,11 @@ class MoldPublisher:
         """The session whose messages and heartbeats it sends."""
         return self._session
 
+    @property
+    def sender(self) -> MoldSender | None:
+        """The sending thread, once started."""
+        return self._sender
+
     def start(self) -> None:
         """Open the socket and join the tail of the active session."""
         if self._sock is not None:
