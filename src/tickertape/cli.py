@@ -76,7 +76,8 @@ from tickertape.server.soupbintcp import (
     SoupBinTCPServer,
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
-from tickertape.sources.plugin import load_source, run_source
+from tickertape.sources.plugin import load_source
+from tickertape.sources.plugin_runner import run_source
 from tickertape.sources.upstream import first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
