@@ -58,15 +58,14 @@ from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
-from tickertape.server.moldudp64 import (
+from tickertape.server.moldudp64.publisher import MoldPublisher, default_interface
+from tickertape.server.moldudp64.rerequest import MoldRequestServer
+from tickertape.server.moldudp64.settings import (
     DEFAULT_EOS_SECONDS,
     DEFAULT_REQUEST_RATE,
     DEFAULT_TTL,
-    MoldPublisher,
-    MoldRequestServer,
     PublisherConfig,
     RequestServerConfig,
-    default_interface,
 )
 from tickertape.server.soupbintcp import (
     DEFAULT_MAX_CLIENT_PACKET,
@@ -77,7 +76,8 @@ from tickertape.server.soupbintcp import (
     SoupBinTCPServer,
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
-from tickertape.sources.plugin import load_source, run_source
+from tickertape.sources.plugin import load_source
+from tickertape.sources.plugin_runner import run_source
 from tickertape.sources.upstream import first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability

@@ -9,3 +9,8 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     if count == 1:
         return f"1 {noun}"
     return f"{count} {nouns if nouns is not None else noun + 's'}"
+
+
+def article(noun: str) -> str:
+    """``noun`` after ``a`` or ``an``, as its first letter asks: ``a list``, ``an int``."""
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun

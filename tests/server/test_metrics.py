@@ -30,12 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tickertape.client.publisher import Publisher
 from tickertape.errors import LocalProtocolError
 from tickertape.protocol.server import ServerTimers
-from tickertape.server.moldudp64 import (
-    MoldPublisher,
-    MoldRequestServer,
-    PublisherConfig,
-    RequestServerConfig,
-)
+from tickertape.server.moldudp64.publisher import MoldPublisher
+from tickertape.server.moldudp64.rerequest import MoldRequestServer
+from tickertape.server.moldudp64.settings import PublisherConfig, RequestServerConfig
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import LOG_FILE
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData

@@ -32,7 +32,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import PublishFailed
-from tickertape.server.moldudp64 import MoldRequestServer, RequestServerConfig
+from tickertape.server.moldudp64.rerequest import MoldRequestServer
+from tickertape.server.moldudp64.settings import RequestServerConfig
 
 from support import FullDisk, ServerProcess, free_port, running_server
 

@@ -19,6 +19,7 @@ from tickertape.wire.moldudp64 import (
     MAX_MESSAGES,
     Downstream,
     Request,
+    blocks_from_soupbintcp,
     end_of_session,
     heartbeat,
     pack,
@@ -288,6 +289,16 @@ def test_pack_with_a_smaller_datagram() -> None:
     assert [len(packet) for packet in packets] == [1400, 1400, 1400]
     with pytest.raises(LocalProtocolError, match="at most 1378 a message"):
         list(pack(SESSION, 1, [b"x" * 1379], max_datagram=1400))
+
+
+def test_soupbintcp_sequenced_data_becomes_moldudp64_blocks() -> None:
+    # SoupBinTCP: u16 length (counting the 'S'), 'S', payload; MoldUDP64: u16 length, payload.
+    soup = b"\x00\x04Sxyz" + b"\x00\x01S" + b"\x00\x03Sab"
+    blocks, offsets = blocks_from_soupbintcp(soup, [0, 6, 9, 14], 3)
+    assert blocks == b"\x00\x03xyz" + b"\x00\x00" + b"\x00\x02ab"
+    assert offsets == [0, 5, 7, 11]
+    blocks, offsets = blocks_from_soupbintcp(soup, [0, 6, 9, 14], 2)  # the first two only
+    assert (blocks, offsets) == (b"\x00\x03xyz\x00\x00", [0, 5, 7])
 
 
 # ---------------------------------------------------------------------------- properties

@@ -70,7 +70,8 @@ from tickertape.sessions import STATE_ARCHIVED, find_session
 from tickertape.store.archive import archive_session
 
 if TYPE_CHECKING:
-    from tickertape.server.moldudp64 import MoldPublisher, MoldRequestServer
+    from tickertape.server.moldudp64.publisher import MoldPublisher
+    from tickertape.server.moldudp64.rerequest import MoldRequestServer
 
 log = logging.getLogger(__name__)
 

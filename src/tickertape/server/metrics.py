@@ -71,7 +71,7 @@ from prometheus_client.registry import Collector
 from tickertape import __version__
 
 if TYPE_CHECKING:
-    from tickertape.server.moldudp64 import PublisherStats, RequestStats
+    from tickertape.server.moldudp64.settings import PublisherStats, RequestStats
     from tickertape.server.soupbintcp import SubscriberInfo
 
 _P = ParamSpec("_P")

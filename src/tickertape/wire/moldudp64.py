@@ -32,6 +32,10 @@ END_OF_SESSION_COUNT: Final = 0xFFFF
 MAX_MESSAGES: Final = 0xFFFE
 """Count 0xFFFF is reserved for End of Session."""
 
+SOUPBINTCP_SEQUENCED_HEADER: Final = 3
+"""What precedes a payload in a SoupBinTCP Sequenced Data packet (``u16 length``, ``'S'``),
+the framing of a log and of the engine's batches: a MoldUDP64 block has one byte less."""
+
 
 def _session_field(session: str) -> bytes:
     try:
@@ -188,3 +192,19 @@ def pack(
         size += block
     if count:
         yield HEADER.pack(field, sequence, count) + b"".join(parts)
+
+
+def blocks_from_soupbintcp(
+    data: bytes | memoryview, offsets: Sequence[int], count: int
+) -> tuple[bytes, list[int]]:
+    """The first ``count`` SoupBinTCP Sequenced Data packets of ``data`` (packet ``n``
+    from ``offsets[n]`` to ``offsets[n + 1]``) as MoldUDP64 message blocks, and where each
+    block starts in them (one more offset than blocks: where the last one ends). Each
+    message is one byte shorter as a block: the SoupBinTCP length counts the ``'S'``."""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for number in range(count):
+        start, end = offsets[number], offsets[number + 1]
+        parts.append((end - start - SOUPBINTCP_SEQUENCED_HEADER).to_bytes(2, "big"))
+        parts.append(view[start + SOUPBINTCP_SEQUENCED_HEADER : end])
+    return b"".join(parts), [offsets[n] - offsets[0] - n for n in range(count + 1)]
