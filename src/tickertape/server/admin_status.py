@@ -38,7 +38,8 @@ from tickertape.sessions import (
 )
 
 if TYPE_CHECKING:
-    from tickertape.server.moldudp64 import MoldPublisher, MoldRequestServer
+    from tickertape.server.moldudp64.publisher import MoldPublisher
+    from tickertape.server.moldudp64.rerequest import MoldRequestServer
 
 STATUS_FIELDS: Final = ("address", "user", "session", "next_seq", "lag", "live")
 """A subscriber's fields in GET /status (GET /status/live has them all)."""
