@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tickertape import cli
+from tickertape.cli.main import main
 from tickertape.client.moldudp64 import MoldSubscription
 from tickertape.server.engine import Engine
 from tickertape.server.moldudp64 import (
@@ -747,7 +747,7 @@ def test_command_line_options(capsys: pytest.CaptureFixture[str]) -> None:
         ["serve", "--mold-request", "0", "--mold-request-rate", "0"],
     ):
         with pytest.raises(SystemExit) as exited:
-            cli.main(argv)
+            main(argv)
         assert exited.value.code == 2
     assert "--mold" in capsys.readouterr().err
 

@@ -67,7 +67,8 @@ from tickertape.server.access import OneAtATime
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.sessions import (
+from tickertape.store.archive import archive_session
+from tickertape.store.inspect import (
     STATE_ARCHIVED,
     LogFacts,
     LogFactsCache,
@@ -75,7 +76,6 @@ from tickertape.sessions import (
     describe,
     find_session,
 )
-from tickertape.store.archive import archive_session
 
 if TYPE_CHECKING:
     from tickertape.server.moldudp64 import MoldPublisher, MoldRequestServer
