@@ -193,9 +193,10 @@ def test_a_port_out_of_range_is_one_line_not_a_traceback(verb: str, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []  # serve made no data directory
 
 
-def test_archive_after_that_is_not_a_number_names_the_option(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["tickertape", "tickertape.cli"])
+def test_archive_after_that_is_not_a_number_names_the_option(module: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tickertape", "serve", "--archive-after", "x"],
+        [sys.executable, "-m", module, "serve", "--archive-after", "x"],
         capture_output=True,
         text=True,
         timeout=30,
