@@ -133,11 +133,7 @@ def test_close_delivers_what_was_published_then_closes_each_part_once(tmp_path: 
         session = assembly.engine.session_id
         await assembly.engine.end_session()
         got = await read_packets(assembly.endpoint.port, session, until=b"Z")
-        assert [
-            got[i + 3 : i + 2 + struct.unpack_from(">H", got, i)[0]]
-            for i in _packet_starts(got)
-            if got[i + 2 : i + 3] == b"S"
-        ] == [b"one", b"two", b"three"]
+        assert sequenced_payloads(got) == [b"one", b"two", b"three"]
         port = assembly.endpoint.port
         await assembly.close()
         await assembly.close()  # the second does nothing
@@ -147,12 +143,15 @@ def test_close_delivers_what_was_published_then_closes_each_part_once(tmp_path: 
     run(scenario)
 
 
-def _packet_starts(stream: bytes) -> list[int]:
-    starts, offset = [], 0
+def sequenced_payloads(stream: bytes) -> list[bytes]:
+    """The payloads of the Sequenced Data packets in ``stream``, in order."""
+    payloads, offset = [], 0
     while offset < len(stream):
-        starts.append(offset)
-        offset += 2 + struct.unpack_from(">H", stream, offset)[0]
-    return starts
+        (size,) = struct.unpack_from(">H", stream, offset)
+        if stream[offset + 2 : offset + 3] == b"S":
+            payloads.append(stream[offset + 3 : offset + 2 + size])
+        offset += 2 + size
+    return payloads
 
 
 def test_a_finite_demo_input_ends_its_session_and_the_next_opens(tmp_path: Path) -> None:
@@ -205,3 +204,22 @@ def test_the_embedded_server_on_a_taken_port_leaves_no_session_behind(tmp_path: 
 
     run(scenario)
     assert sessions_in(data) == []
+
+
+def test_a_following_server_serves_what_another_writes_and_has_no_engine(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def scenario() -> None:
+        async with Tickertape(data, port=0) as writer:
+            await writer.publish_many([b"one", b"two"])
+            ended = writer.session_id
+            await writer.end_session()
+            follower = Assembly(AssemblyConfig(data=data, endpoint=endpoint(), follow=True))
+            with pytest.raises(RuntimeError, match="has no engine"):
+                follower.engine  # noqa: B018 - the property raises
+            async with follower:
+                got = await read_packets(follower.endpoint.port, ended, until=b"Z")
+                assert sequenced_payloads(got) == [b"one", b"two"]
+                assert follower.provider.session_id == writer.session_id
+
+    run(scenario)
