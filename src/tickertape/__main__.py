@@ -2,6 +2,6 @@
 
 import sys
 
-from tickertape.cli import main
+from tickertape.cli.main import main
 
 sys.exit(main())

@@ -11,7 +11,8 @@
         await server.end_session()                            # End of Session to all
 
 :class:`Tickertape` is the same engine and SoupBinTCP endpoint that ``tickertape serve``
-runs, in the caller's event loop: a publish call returns the sequence numbers it was
+runs, put together by the same :class:`~tickertape.assembly.Assembly`, in the caller's
+event loop: a publish call returns the sequence numbers it was
 given once the messages are on disk per the durability policy, and only then are they
 sent to subscribers. Everything else (rolling at ``schedule``'s time, retention,
 replaying to late subscribers, serving ended sessions) works as in the server.
@@ -24,16 +25,11 @@ from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
 
+from tickertape.assembly import Assembly, AssemblyConfig
 from tickertape.auth.users import Users
 from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import StoreError
-from tickertape.server.engine import Engine, EngineConfig
-from tickertape.server.soupbintcp import (
-    Credentials,
-    ServerConfig,
-    SoupBinTCPServer,
-)
-from tickertape.store.catalogue import Catalogue
+from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
@@ -66,18 +62,20 @@ class Tickertape:
         retention: Retention | None = None,
         ssl: SSLContext | None = None,
     ) -> None:
-        durability = Durability(durability)
-        self.engine = Engine(
-            Catalogue(Path(data), durability),
-            EngineConfig(durability=durability),
-            schedule=schedule,
-            retention=retention,
+        self._assembly = Assembly(
+            AssemblyConfig(
+                data=Path(data),
+                endpoint=ServerConfig(
+                    host=host, port=port, users=users, credentials=credentials, ssl=ssl
+                ),
+                durability=Durability(durability),
+                schedule=schedule,
+                retention=retention,
+            )
         )
+        self.engine = self._assembly.engine
         """The engine: the active session, its writer, its subscribers."""
-        self.server = SoupBinTCPServer(
-            self.engine,
-            ServerConfig(host=host, port=port, users=users, credentials=credentials, ssl=ssl),
-        )
+        self.server = self._assembly.endpoint
         """The SoupBinTCP endpoint."""
         self._state = "new"
 
@@ -85,15 +83,10 @@ class Tickertape:
         """Open the active session (today's, if it was not ended, else the next of the
         day) and start listening. Raises :class:`~tickertape.errors.StoreError` if
         another server holds the data directory, :class:`OSError` if the address is
-        taken."""
+        taken (the port is bound first: then nothing in the data directory changes)."""
         if self._state != "new":
             raise RuntimeError(f"the server is {self._state}: a Tickertape starts once")
-        await self.engine.start()
-        try:
-            await self.server.start()
-        except BaseException:
-            await self.engine.close()
-            raise
+        await self._assembly.start()
         self._state = "started"
 
     async def close(self) -> None:
@@ -102,10 +95,7 @@ class Tickertape:
         if self._state != "started":
             return
         self._state = "closed"
-        try:
-            await self.server.close()
-        finally:
-            await self.engine.close()
+        await self._assembly.close()
 
     async def __aenter__(self) -> Tickertape:
         await self.start()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tickertape import cli
+from tickertape.cli.main import main
 
 from support import network_namespace
 
@@ -497,6 +497,6 @@ def test_tail_mold_refuses_bad_options(
     options: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["tail", *options])
+        main(["tail", *options])
     assert exited.value.code == 2
     assert says in capsys.readouterr().err

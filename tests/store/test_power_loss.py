@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.cli import main
-from tickertape.sessions import verify_session
+from tickertape.cli.main import main
+from tickertape.store.inspect import verify_session
 from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog, packet_offsets
 from tickertape.wire.soupbintcp import (
     Framer,

@@ -66,8 +66,8 @@ from tickertape.server.admin_status import StatusViews, json_response
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.sessions import STATE_ARCHIVED, find_session
 from tickertape.store.archive import archive_session
+from tickertape.store.inspect import STATE_ARCHIVED, find_session
 
 if TYPE_CHECKING:
     from tickertape.server.moldudp64.publisher import MoldPublisher

@@ -29,7 +29,7 @@ from tickertape.errors import StoreError
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.sessions import (
+from tickertape.store.inspect import (
     LogFacts,
     LogFactsCache,
     SessionSummary,

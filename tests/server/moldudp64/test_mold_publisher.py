@@ -19,7 +19,7 @@ from mold_support import (
     synchronous,
     turn,
 )
-from tickertape import cli
+from tickertape.cli.main import main
 from tickertape.server.engine import Engine
 from tickertape.server.moldudp64.publisher import parse_group
 from tickertape.server.moldudp64.settings import PublisherConfig
@@ -220,6 +220,6 @@ def test_command_line_options(capsys: pytest.CaptureFixture[str]) -> None:
         ["serve", "--mold-request", "0", "--mold-request-rate", "0"],
     ):
         with pytest.raises(SystemExit) as exited:
-            cli.main(argv)
+            main(argv)
         assert exited.value.code == 2
     assert "--mold" in capsys.readouterr().err

@@ -31,5 +31,5 @@ first publisher's start to the last one received.
 - :mod:`tickertape.client.load.report`: the results as a report (rates, latency
   percentiles, errors).
 
-Not here: the ``tickertape bench`` verb's options and printing (``tickertape.loadtest_cli``).
+Not here: the ``tickertape bench`` verb's options and printing (``tickertape.cli.bench``).
 """

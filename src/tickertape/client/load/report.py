@@ -3,7 +3,7 @@ the publish-to-receive latency percentiles, and every error the clients found.
 
 :func:`make_report` turns a :class:`~tickertape.client.load.workers.Run` into a plain dict
 (what ``tickertape bench --json`` prints). Not here: the table printed from it
-(``tickertape.loadtest_cli``).
+(``tickertape.cli.bench``).
 """
 
 from __future__ import annotations

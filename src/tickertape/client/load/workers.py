@@ -8,7 +8,7 @@ stops them (:func:`stop_workers`). :func:`probe` logs in once first, so that an
 unreachable server is one clear error.
 
 Not here: the report (:mod:`tickertape.client.load.report`), printing and options
-(``tickertape.loadtest_cli``).
+(``tickertape.cli.bench``).
 """
 
 from __future__ import annotations

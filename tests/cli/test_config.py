@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.config import apply_config, read_config
+from tickertape.cli.config import apply_config, read_config
+from tickertape.cli.main import build_parser
 from tickertape.errors import ConfigError
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
 
@@ -318,17 +319,15 @@ def test_a_repeated_option_on_the_command_line_replaces_the_files_list(tmp_path:
 
 def test_the_deploy_files_name_only_options_that_exist() -> None:
     """deploy/tickertape.toml's keys and the unit's ExecStart= are serve's options."""
-    from tickertape import cli  # noqa: PLC0415 - the parser, not a subprocess
-
-    deploy = Path(__file__).parent.parent / "deploy"
-    serve = cli._parser().parse_args(["serve"]).subparser
+    deploy = Path(__file__).parent.parent.parent / "deploy"
+    serve = build_parser().parse_args(["serve"]).subparser
     values = read_config(serve, deploy / "tickertape.toml")
     assert values["log_format"] == "json" and values["port"] == 7300
     unit = (deploy / "tickertape.service").read_text()
     (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     words = start.split()[1:]  # after the program
     assert words[0] == "serve"
-    args = cli._parser().parse_args(words)
+    args = build_parser().parse_args(words)
     assert args.config == Path("/etc/tickertape/tickertape.toml")
     assert "Type=notify" in unit and "WatchdogSec=" in unit
 

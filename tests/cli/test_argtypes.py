@@ -4,19 +4,21 @@ opened or sent; the same kind of value gets the same message in every command.""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tickertape import cli
+from tickertape.cli import argtypes
+from tickertape.cli.main import build_parser, main
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     """The error line ``tickertape ARGV`` stops with (it must stop with status 2)."""
     with pytest.raises(SystemExit) as stopped:
-        cli.main(list(argv))
+        main(list(argv))
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -165,9 +167,9 @@ def test_export_checks_its_range_before_reading_the_session(
 
 
 def test_tail_with_a_valid_session_and_blank_default_still_parses() -> None:
-    args = cli._parser().parse_args(["tail", "--session", "2026120701", "--from", "0"])
+    args = build_parser().parse_args(["tail", "--session", "2026120701", "--from", "0"])
     assert (args.session, args.seq) == ("2026120701", 0)
-    args = cli._parser().parse_args(["tail"])
+    args = build_parser().parse_args(["tail"])
     assert args.session is None  # main() makes it "": the active session
 
 
@@ -189,3 +191,54 @@ def test_a_port_out_of_range_is_one_line_not_a_traceback(verb: str, tmp_path: Pa
         + ("number (0 to 65535)" if verb == "serve" else "to connect to (1 to 65535)")
     )
     assert list(tmp_path.iterdir()) == []  # serve made no data directory
+
+
+@pytest.mark.parametrize("module", ["tickertape", "tickertape.cli"])
+def test_archive_after_that_is_not_a_number_names_the_option(module: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "serve", "--archive-after", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tickertape serve: error: argument --archive-after: 'x' is not a whole number"
+    )
+    assert list(tmp_path.iterdir()) == []  # serve made no data directory
+
+
+def _validated_options() -> list[tuple[list[str], str]]:
+    """Every option of serve, publish, tail, sessions and users whose value one of
+    :mod:`tickertape.cli.argtypes`' validators checks: the words before it, its name."""
+    found: list[tuple[list[str], str]] = []
+
+    def walk(parser: argparse.ArgumentParser, words: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if name != "bench":  # tickertape.cli.bench validates its own options
+                        walk(sub, [*words, name])
+            elif action.option_strings and getattr(action.type, "__module__", None) == (
+                argtypes.__name__
+            ):
+                found.append((words, action.option_strings[-1]))
+
+    walk(build_parser(), [])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("words", "option"), _validated_options(), ids=lambda v: v if isinstance(v, str) else None
+)
+def test_a_value_of_the_wrong_kind_is_refused_naming_the_option_not_a_function(
+    capsys: pytest.CaptureFixture[str], words: list[str], option: str
+) -> None:
+    """argparse names the validator (``invalid _whole value``) when one raises anything
+    but ArgumentTypeError: every validator's error must name the option and say why."""
+    line = refused(capsys, *words, option, "x")
+    assert line.startswith(f"tickertape {' '.join(words)}: error: argument {option}: ")
+    assert "invalid" not in line

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.cli.main import build_parser
+from tickertape.cli.serve import server_config
+
 from support import ServerProcess
 
 
@@ -90,6 +93,21 @@ def test_every_verb_has_help(verb: str) -> None:
     done = tickertape(verb, "--help")
     assert done.returncode == 0
     assert "usage: tickertape " + verb in done.stdout
+
+
+def test_python_m_tickertape_cli_is_the_tickertape_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tickertape.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("usage: tickertape ")
+    for verb in ("serve", "publish", "tail", "sessions", "users", "bench"):
+        assert verb in done.stdout
 
 
 def test_serve_refuses_credentials_soupbintcp_cannot_carry(tmp_path: Path) -> None:
@@ -178,9 +196,7 @@ def test_a_demo_too_large_for_moldudp64_stops_the_server_saying_why(tmp_path: Pa
 
 
 def test_every_limit_is_an_option_that_reaches_the_server() -> None:
-    from tickertape import cli  # noqa: PLC0415 - the parser, not a subprocess
-
-    args = cli._parser().parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--max-connections",
@@ -198,7 +214,7 @@ def test_every_limit_is_an_option_that_reaches_the_server() -> None:
         ]
     )
     args.tls_context = None
-    config = cli._server_config(args)
+    config = server_config(args)
     assert (config.max_connections, config.max_connections_per_source) == (7, 3)
     assert (config.max_client_packet, config.write_buffer_high) == (64, 65536)
     assert (config.timers.login_timeout, config.timers.idle_timeout) == (2.5, 4.0)

@@ -1,0 +1,7 @@
+"""``python -m tickertape.cli``: the same as the ``tickertape`` command."""
+
+import sys
+
+from tickertape.cli.main import main
+
+sys.exit(main())
