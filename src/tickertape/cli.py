@@ -55,7 +55,6 @@ from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
-from tickertape.server.follower import Follower
 from tickertape.server.moldudp64 import (
     DEFAULT_EOS_SECONDS,
     DEFAULT_REQUEST_RATE,
@@ -77,10 +76,12 @@ from tickertape.server.soupbintcp import (
     SoupBinTCPServer,
 )
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
+from tickertape.sources.follow import Follower
 from tickertape.sources.plugin import load_source, run_source
 from tickertape.sources.upstream import first_session, run_upstream
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
+from tickertape.store.opening import open_session_log
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.text import plural
@@ -1490,7 +1491,7 @@ def _sessions_verify(args: argparse.Namespace) -> int:
 def _sessions_export(args: argparse.Namespace) -> int:
     directory = offline.find_session(args.data, args.session)
     _warn_if_written(args.data, args.session)
-    with offline.open_read_only(directory) as session_log:
+    with open_session_log(directory) as session_log:
         problems = session_log.recovery.problems
         tail = session_log.recovery.tail_note()
         if tail:

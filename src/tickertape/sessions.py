@@ -32,15 +32,21 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from tickertape.errors import CorruptLogError, SessionNotFound, StoreError
-from tickertape.store.archive import (
+from tickertape.store.archive import ArchiveResult, archive_session
+from tickertape.store.archived import ArchivedLog
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import (
     ARCHIVE_FILE,
-    ArchivedLog,
-    ArchiveResult,
-    archive_session,
+    ENDED_MARKER,
+    INDEX_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    format_version,
 )
-from tickertape.store.catalogue import ENDED_MARKER, LOCK_FILE, Catalogue, format_version
-from tickertape.store.log import INDEX_FILE, LOG_FILE, SessionLog, packet_offsets
+from tickertape.store.log import SessionLog
+from tickertape.store.opening import open_session_log
 from tickertape.store.sessionid import SESSION_ID_FORM, SessionId
+from tickertape.wire.soupbintcp import packet_offsets
 
 STATE_ACTIVE: Final = "active"
 STATE_ENDED: Final = "ended"
@@ -145,33 +151,12 @@ def disk_bytes(directory: Path) -> int:
     return total
 
 
-def open_read_only(directory: Path) -> SessionLog | ArchivedLog:
-    """A read-only view of the session in ``directory``, archived or not, changing
-    nothing on disk (unlike :func:`~tickertape.store.archive.open_session_log`, which
-    finishes an interrupted archiving run). Where both ``log.zst`` and ``log`` are
-    present, the archive is read, and the log if the archive is damaged."""
-    if (directory / ARCHIVE_FILE).exists():
-        try:
-            return ArchivedLog.open(directory)
-        except CorruptLogError:
-            if not (directory / LOG_FILE).exists():
-                raise
-        except StoreError:
-            pass  # gone since: an archive is never removed but by deleting the session
-    try:
-        return SessionLog.open(directory, writable=False)
-    except StoreError:
-        if (directory / ARCHIVE_FILE).exists():  # archived meanwhile
-            return ArchivedLog.open(directory)
-        raise
-
-
 def log_facts(directory: Path) -> LogFacts:
     """Open the log in ``directory`` read-only and say what it holds. Blocking: a log
     (not an archive) is read whole to check its checksums. An archive whose index is
     damaged holds no message that can be served."""
     try:
-        opened = open_read_only(directory)
+        opened = open_session_log(directory)
     except CorruptLogError as exc:
         return LogFacts(0, 0, (str(exc),))
     with opened as session_log:
@@ -498,7 +483,6 @@ __all__ = [
     "find_session",
     "list_sessions",
     "log_facts",
-    "open_read_only",
     "show_session",
     "state_of",
     "verify_session",

@@ -15,8 +15,8 @@ import pytest
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.store.archive import ARCHIVE_FILE
 from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import (

@@ -37,8 +37,9 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.protocol.publishing import Ack
-from tickertape.store.archive import ARCHIVE_FILE, archive_session
-from tickertape.store.log import verify
+from tickertape.store.archive import archive_session
+from tickertape.store.layout import ARCHIVE_FILE
+from tickertape.store.opening import verify
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 

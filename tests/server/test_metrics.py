@@ -37,7 +37,7 @@ from tickertape.server.moldudp64 import (
     RequestServerConfig,
 )
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.store.log import LOG_FILE
+from tickertape.store.layout import LOG_FILE
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
 
 from support import (

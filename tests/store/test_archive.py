@@ -30,17 +30,18 @@ from hypothesis import strategies as st
 
 from tickertape.errors import CorruptLogError, StoreError
 from tickertape.sources.demo import demo_payload
-from tickertape.store.archive import (
+from tickertape.store.archive import archive_session
+from tickertape.store.archived import ArchivedLog
+from tickertape.store.layout import (
     ARCHIVE_FILE,
     ARCHIVE_TMP_FILE,
-    ENDED_FILE,
-    ArchivedLog,
-    archive_session,
-    open_session_log,
+    ENDED_MARKER,
+    INDEX_FILE,
+    LOG_FILE,
 )
-from tickertape.store.catalogue import ENDED_MARKER
-from tickertape.store.log import INDEX_FILE, LOG_FILE, SessionLog, packet_offsets
-from tickertape.wire.soupbintcp import encode_sequenced_many
+from tickertape.store.log import SessionLog
+from tickertape.store.opening import open_session_log
+from tickertape.wire.soupbintcp import encode_sequenced_many, packet_offsets
 
 HEADER = struct.Struct("<8sII")
 """magic, version, reserved: the first 16 bytes of an archive."""
@@ -89,7 +90,7 @@ def make_session(
         for batch in batches:
             session_log.append(encode_sequenced_many(batch), len(batch))
     if ended:
-        (directory / ENDED_FILE).touch()
+        (directory / ENDED_MARKER).touch()
     return (directory / LOG_FILE).read_bytes()
 
 
@@ -176,7 +177,7 @@ def test_archive_replaces_log_and_index(tmp_path: Path) -> None:
 
     result = archive_session(tmp_path, chunk_bytes=SMALL_CHUNK)
 
-    assert files(tmp_path) == {ARCHIVE_FILE, ENDED_FILE}
+    assert files(tmp_path) == {ARCHIVE_FILE, ENDED_MARKER}
     assert result.directory == tmp_path
     assert result.messages == messages
     assert result.original_bytes == len(original)
@@ -231,7 +232,7 @@ def test_compressible_data_gets_smaller(tmp_path: Path) -> None:
     result = archive_session(tmp_path)
     assert result.archived_bytes < len(original) / 4
     assert result.ratio == result.archived_bytes / len(original)
-    with open_session_log(tmp_path) as session_log:
+    with open_session_log(tmp_path, finish_archiving=True) as session_log:
         assert serves(session_log) == original
 
 
@@ -270,7 +271,7 @@ def test_sets_a_tail_aside_then_archives(tmp_path: Path) -> None:
     with (tmp_path / LOG_FILE).open("ab") as log_file:
         log_file.write(b"\x00\x04Sabc\x00\x05S12")
     archive_session(tmp_path)
-    with open_session_log(tmp_path) as session_log:
+    with open_session_log(tmp_path, finish_archiving=True) as session_log:
         assert serves(session_log) == original
     assert (tmp_path / f"{LOG_FILE}.cut-{size}").read_bytes() == b"\x00\x04Sabc\x00\x05S12"
 
@@ -286,7 +287,7 @@ def test_refuses_a_missing_session(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no session log"):
         archive_session(tmp_path)
     with pytest.raises(StoreError, match="no session log"):
-        open_session_log(tmp_path)
+        open_session_log(tmp_path, finish_archiving=True)
 
 
 def test_refuses_bad_settings(tmp_path: Path) -> None:
@@ -295,7 +296,7 @@ def test_refuses_bad_settings(tmp_path: Path) -> None:
         archive_session(tmp_path, chunk_bytes=0)
     with pytest.raises(StoreError, match="compression level 23"):
         archive_session(tmp_path, level=23)
-    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_FILE}
+    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_MARKER}
 
 
 def test_one_archiving_run_at_a_time(tmp_path: Path) -> None:
@@ -304,16 +305,14 @@ def test_one_archiving_run_at_a_time(tmp_path: Path) -> None:
         fcntl.flock(other.fileno(), fcntl.LOCK_EX)
         with pytest.raises(StoreError, match="being archived by another process"):
             archive_session(tmp_path)
-        with open_session_log(tmp_path) as session_log:  # leaves the run's file alone
+        with open_session_log(
+            tmp_path, finish_archiving=True
+        ) as session_log:  # leaves the run's file alone
             assert serves(session_log) == original
         assert (tmp_path / ARCHIVE_TMP_FILE).exists()
     archive_session(tmp_path)  # the lock went with its holder: the leftover is overwritten
-    with open_session_log(tmp_path) as session_log:
+    with open_session_log(tmp_path, finish_archiving=True) as session_log:
         assert serves(session_log) == original
-
-
-def test_ended_file_is_the_catalogues_marker() -> None:
-    assert ENDED_FILE == ENDED_MARKER
 
 
 # ---------------------------------------------------------------------------- reading
@@ -532,11 +531,11 @@ class Crash(BaseException):
 
 
 ALLOWED_STATES = [
-    {LOG_FILE, INDEX_FILE, ENDED_FILE},  # nothing happened, or only the garbage remains
-    {LOG_FILE, INDEX_FILE, ENDED_FILE, ARCHIVE_TMP_FILE},
-    {LOG_FILE, INDEX_FILE, ENDED_FILE, ARCHIVE_FILE},  # committed, not cleaned up
-    {LOG_FILE, ENDED_FILE, ARCHIVE_FILE},
-    {ENDED_FILE, ARCHIVE_FILE},  # done
+    {LOG_FILE, INDEX_FILE, ENDED_MARKER},  # nothing happened, or only the garbage remains
+    {LOG_FILE, INDEX_FILE, ENDED_MARKER, ARCHIVE_TMP_FILE},
+    {LOG_FILE, INDEX_FILE, ENDED_MARKER, ARCHIVE_FILE},  # committed, not cleaned up
+    {LOG_FILE, ENDED_MARKER, ARCHIVE_FILE},
+    {ENDED_MARKER, ARCHIVE_FILE},  # done
 ]
 
 
@@ -572,21 +571,21 @@ def check_after_crash(directory: Path, original: bytes) -> None:
     """Whatever happened, the session serves exactly the original, and archiving it
     again completes."""
     assert files(directory) in ALLOWED_STATES
-    with open_session_log(directory) as session_log:
+    with open_session_log(directory, finish_archiving=True) as session_log:
         assert serves(session_log) == original
         assert session_log.next_seq == len(packet_starts(original))
         if isinstance(session_log, ArchivedLog):
-            assert files(directory) == {ENDED_FILE, ARCHIVE_FILE}
+            assert files(directory) == {ENDED_MARKER, ARCHIVE_FILE}
             assert session_log.verify().clean
         else:
-            assert files(directory) == {LOG_FILE, INDEX_FILE, ENDED_FILE}
+            assert files(directory) == {LOG_FILE, INDEX_FILE, ENDED_MARKER}
     if (directory / ARCHIVE_FILE).exists():
         with pytest.raises(StoreError, match="already archived"):
             archive_session(directory, chunk_bytes=1000)
     else:
         archive_session(directory, chunk_bytes=1000)
-    assert files(directory) == {ENDED_FILE, ARCHIVE_FILE}
-    with open_session_log(directory) as session_log:
+    assert files(directory) == {ENDED_MARKER, ARCHIVE_FILE}
+    with open_session_log(directory, finish_archiving=True) as session_log:
         assert isinstance(session_log, ArchivedLog)
         assert serves(session_log) == original
 
@@ -634,7 +633,7 @@ def test_crash_while_finishing_an_interrupted_archive(
         with monkeypatch.context() as patch:
             inject(patch, directory, fail_at, Crash)
             with pytest.raises(Crash):
-                open_session_log(directory)
+                open_session_log(directory, finish_archiving=True)
         check_after_crash(directory, original)
 
 
@@ -644,7 +643,7 @@ def test_failed_write_leaves_the_original(tmp_path: Path, monkeypatch: pytest.Mo
         inject(patch, tmp_path, 5, lambda: OSError(errno.ENOSPC, "No space left on device"))
         with pytest.raises(OSError, match="No space left"):
             archive_session(tmp_path, chunk_bytes=1000)
-    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_FILE}
+    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_MARKER}
     assert (tmp_path / LOG_FILE).read_bytes() == original
     check_after_crash(tmp_path, original)
 
@@ -652,10 +651,10 @@ def test_failed_write_leaves_the_original(tmp_path: Path, monkeypatch: pytest.Mo
 def test_leftover_tmp_is_removed_on_open(tmp_path: Path) -> None:
     original = make_session(tmp_path, varied_batches(seed=9, batches=3))
     (tmp_path / ARCHIVE_TMP_FILE).write_bytes(b"half an archive")
-    with open_session_log(tmp_path) as session_log:
+    with open_session_log(tmp_path, finish_archiving=True) as session_log:
         assert isinstance(session_log, SessionLog)
         assert serves(session_log) == original
-    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_FILE}
+    assert files(tmp_path) == {LOG_FILE, INDEX_FILE, ENDED_MARKER}
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -673,12 +672,12 @@ def test_damaged_archive_beside_the_original_is_set_aside(tmp_path: Path, damage
         flip_bit(archive_path, HEADER.size + 5)
     else:
         archive_path.write_bytes(archive_path.read_bytes()[:-1])
-    with open_session_log(directory) as session_log:
+    with open_session_log(directory, finish_archiving=True) as session_log:
         assert isinstance(session_log, SessionLog)
         assert serves(session_log) == original
-    assert files(directory) == {LOG_FILE, INDEX_FILE, ENDED_FILE, ARCHIVE_FILE + ".damaged"}
+    assert files(directory) == {LOG_FILE, INDEX_FILE, ENDED_MARKER, ARCHIVE_FILE + ".damaged"}
     archive_session(directory, chunk_bytes=1000)
-    with open_session_log(directory) as session_log:
+    with open_session_log(directory, finish_archiving=True) as session_log:
         assert isinstance(session_log, ArchivedLog)
         assert serves(session_log) == original
 

@@ -65,7 +65,6 @@ from tickertape import __version__
 from tickertape.errors import SessionNotFound, StoreError, TickertapeError
 from tickertape.server.access import OneAtATime
 from tickertape.server.engine import Engine
-from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
 from tickertape.sessions import (
     STATE_ARCHIVED,
@@ -75,6 +74,7 @@ from tickertape.sessions import (
     describe,
     find_session,
 )
+from tickertape.sources.follow import Follower
 from tickertape.store.archive import archive_session
 
 if TYPE_CHECKING:

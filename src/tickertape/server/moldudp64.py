@@ -63,7 +63,7 @@ from typing import Final
 from tickertape.errors import CorruptLogError, RemoteProtocolError, SessionNotFound, StoreError
 from tickertape.server.metrics import metrics_of
 from tickertape.server.session_source import SessionSource
-from tickertape.store.log import ReadableLog, packet_offsets
+from tickertape.store.log import ReadableLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.moldudp64 import (
     BLOCK_HEADER,
@@ -76,6 +76,7 @@ from tickertape.wire.moldudp64 import (
     heartbeat,
     pack,
 )
+from tickertape.wire.soupbintcp import packet_offsets
 
 log = logging.getLogger(__name__)
 
