@@ -26,6 +26,9 @@ symbolic link named like a session, an empty directory, one holding only ``index
 ``log`` that is a directory, files of other names) is skipped with one warning naming it,
 never followed, never written to. An empty directory named like a session (what a roll of
 an older version, killed part way, left) is removed by the next writer.
+
+The names of the files and markers, the ``format`` file and the lock itself are
+:mod:`tickertape.store.layout`'s; opening a log is :mod:`tickertape.store.opening`'s.
 """
 
 from __future__ import annotations
