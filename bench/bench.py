@@ -94,7 +94,8 @@ from typing import Any, Final
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
+from tickertape.store.layout import INDEX_FILE, LOG_FILE
+from tickertape.store.log import Durability, SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRequest, encode_sequenced_many
 

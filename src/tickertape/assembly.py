@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine, EngineConfig
-from tickertape.server.follower import Follower
 from tickertape.server.moldudp64.publisher import MoldPublisher
 from tickertape.server.moldudp64.rerequest import MoldRequestServer
 from tickertape.server.moldudp64.settings import PublisherConfig, RequestServerConfig
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
+from tickertape.sources.follow import Follower
 from tickertape.sources.plugin import Source
 from tickertape.sources.plugin_runner import run_source
 from tickertape.sources.upstream import Upstream, first_session, run_upstream

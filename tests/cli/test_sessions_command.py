@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.store.archive import ARCHIVE_FILE, archive_session
+from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import encode_sequenced_many

@@ -14,7 +14,7 @@ import pytest
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import SoupBinTCPServer
-from tickertape.store.archive import ARCHIVE_FILE
+from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import (
     LoginAccepted,

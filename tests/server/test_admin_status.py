@@ -23,8 +23,8 @@ from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
-from tickertape.store.archive import ARCHIVE_FILE
 from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.tls import client_context, server_context

@@ -45,7 +45,7 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, subscribe
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol.publishing import Ack
-from tickertape.store.log import verify
+from tickertape.store.opening import verify
 
 from support import ServerProcess
 

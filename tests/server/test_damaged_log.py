@@ -37,8 +37,9 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.protocol.publishing import Ack
-from tickertape.store.archive import ARCHIVE_FILE, archive_session
-from tickertape.store.log import verify
+from tickertape.store.archive import archive_session
+from tickertape.store.layout import ARCHIVE_FILE
+from tickertape.store.opening import verify
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 
@@ -646,7 +647,7 @@ def test_a_closed_session_is_pulled_up_to_the_damage(
 
 ARCHIVE_TRAILER = struct.Struct("<8sIIQQQII")
 """An archive's last 48 bytes: magic, version, chunks, index offset, messages, original
-size, CRC-32 of the index, CRC-32 of the trailer's first 44 bytes (``store/archive.py``)."""
+size, CRC-32 of the index, CRC-32 of the trailer's first 44 bytes (``store/archived.py``)."""
 ARCHIVE_CHUNK = struct.Struct("<QIQIQIII")
 """One record of its chunk index: first sequence number, count, offset and length in the
 original log, offset and length in the archive, CRC-32 of the bytes, of the compressed."""

@@ -33,7 +33,8 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Message, subscribe
-from tickertape.store.log import LOG_FILE, verify
+from tickertape.store.layout import LOG_FILE
+from tickertape.store.opening import verify
 
 from support import FileSizeLimit, ServerProcess, SmallDisk
 

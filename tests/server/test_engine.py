@@ -15,7 +15,10 @@ import pytest
 from tickertape.errors import LocalProtocolError, StoreError
 from tickertape.server.engine import Engine, EngineConfig, PublishFailed
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import INDEX_FILE, Durability, Recovery, SessionLog, verify
+from tickertape.store.layout import INDEX_FILE
+from tickertape.store.log import Durability, SessionLog
+from tickertape.store.opening import verify
+from tickertape.store.recovery import Recovery
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 from support import FullDisk, JumpingLoop

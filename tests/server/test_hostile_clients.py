@@ -51,7 +51,7 @@ from tickertape.protocol.server import MAX_LOGIN_PACKET_LENGTH, MAX_PENDING_BYTE
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import DEFAULT_MAX_CLIENT_PACKET, DEFAULT_WRITE_BUFFER_HIGH
 from tickertape.sources.demo import demo_payload
-from tickertape.store.log import LOG_FILE
+from tickertape.store.layout import LOG_FILE
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tickertape.client.soupbintcp import Message, subscribe
-from tickertape.store.log import verify
+from tickertape.store.opening import verify
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRequest, decode_server_packet
 
 from support import ServerProcess, paused

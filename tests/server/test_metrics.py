@@ -34,7 +34,7 @@ from tickertape.server.moldudp64.publisher import MoldPublisher
 from tickertape.server.moldudp64.rerequest import MoldRequestServer
 from tickertape.server.moldudp64.settings import PublisherConfig, RequestServerConfig
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.store.log import LOG_FILE
+from tickertape.store.layout import LOG_FILE
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, SequencedData
 
 from support import (

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.store.catalogue import ENDED_MARKER, Catalogue
-from tickertape.store.log import LOG_FILE, SessionLog
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ENDED_MARKER, LOG_FILE
+from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 

@@ -9,7 +9,7 @@ import socket
 import struct
 from pathlib import Path
 
-from tickertape.store.catalogue import FORMAT_FILE
+from tickertape.store.layout import FORMAT_FILE
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 

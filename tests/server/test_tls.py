@@ -19,7 +19,7 @@ import trustme
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, TLSRefused
 from tickertape.server.soupbintcp import ServerConfig
-from tickertape.store.log import LOG_FILE
+from tickertape.store.layout import LOG_FILE
 from tickertape.tls import client_context, server_context
 from tickertape.wire.soupbintcp import (
     Debug,

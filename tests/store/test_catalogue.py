@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
-from tickertape.store import log as log_module
+from tickertape.store import opening
+from tickertape.store import recovery as recovery_module
 from tickertape.store.archive import archive_session
-from tickertape.store.catalogue import (
+from tickertape.store.catalogue import Catalogue, SessionInfo
+from tickertape.store.layout import (
     ENDED_MARKER,
     FORMAT_FILE,
     FORMAT_VERSION,
-    Catalogue,
-    SessionInfo,
+    INDEX_FILE,
+    LOG_FILE,
     format_version,
 )
-from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog
+from tickertape.store.log import Durability, SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
@@ -291,7 +293,7 @@ def test_open_active_persists_the_end_before_the_repair(
     flip_in_second_batch(path)
     catalogue = Catalogue(tmp_path)
     ended_before_the_cut: list[bool] = []
-    real_move_aside = log_module._move_aside
+    real_move_aside = recovery_module.move_aside
 
     def move_aside(directory: Path, log_fd: int, start: int, stop: int) -> Path:
         ended_before_the_cut.append((path / ENDED_MARKER).exists())
@@ -300,7 +302,7 @@ def test_open_active_persists_the_end_before_the_repair(
     def stopped(ended: SessionId, day: dt.date) -> tuple[SessionId, SessionLog]:
         raise OSError(5, "Input/output error")  # as if the process stopped here
 
-    monkeypatch.setattr(log_module, "_move_aside", move_aside)
+    monkeypatch.setattr(recovery_module, "move_aside", move_aside)
     monkeypatch.setattr(catalogue, "open_next", stopped)
     with pytest.raises(OSError, match="Input/output error"):
         catalogue.open_active(TODAY)
@@ -467,7 +469,7 @@ def test_an_ended_session_whose_last_index_records_are_lost_is_archivable_after_
         and f"log.cut-{cut_at}" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
-    assert log_module.verify(path).clean
+    assert opening.verify(path).clean
 
     result = archive_session(path)
     assert result.messages == vouched

@@ -12,7 +12,6 @@ import pytest
 
 from tickertape.embedded import Tickertape
 from tickertape.errors import SessionNotFound, StoreError
-from tickertape.sessions import open_read_only
 from tickertape.store.inspect import (
     STATE_ACTIVE,
     STATE_ARCHIVED,
@@ -27,6 +26,7 @@ from tickertape.store.inspect import (
     state_of,
     verify_session,
 )
+from tickertape.store.opening import open_session_log
 
 
 class Recorder:
@@ -59,7 +59,7 @@ def served(data: Path) -> tuple[str, str]:
 
 def exported(data: Path, session: str, form: str, first: int | None = None) -> bytes:
     out = io.BytesIO()
-    with open_read_only(find_session(data, session)) as session_log:
+    with open_session_log(find_session(data, session)) as session_log:
         start, stop = export_range(session_log, first, None)
         export(session_log, start, stop, form, out)
     return out.getvalue()
@@ -97,7 +97,7 @@ def test_export_writes_each_form(tmp_path: Path) -> None:
 def test_export_tells_its_progress_and_refuses_a_start_past_the_end(tmp_path: Path) -> None:
     ended, _ = served(tmp_path)
     progress = Recorder()
-    with open_read_only(find_session(tmp_path, ended)) as session_log:
+    with open_session_log(find_session(tmp_path, ended)) as session_log:
         count = export(session_log, 1, 3, "text", io.BytesIO(), progress, chunk=1)
         assert count == 3
         assert progress.finished == 3 and progress.updates[-1] == 3

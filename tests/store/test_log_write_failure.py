@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from tickertape.errors import StoreError
-from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog, verify
+from tickertape.store.layout import INDEX_FILE, LOG_FILE
+from tickertape.store.log import Durability, SessionLog
+from tickertape.store.opening import verify
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
 RECORD_SIZE = 32

@@ -28,12 +28,14 @@ import pytest
 
 from tickertape.cli.main import main
 from tickertape.store.inspect import verify_session
-from tickertape.store.log import INDEX_FILE, LOG_FILE, Durability, SessionLog, packet_offsets
+from tickertape.store.layout import INDEX_FILE, LOG_FILE
+from tickertape.store.log import Durability, SessionLog
 from tickertape.wire.soupbintcp import (
     Framer,
     SequencedData,
     decode_server_packet,
     encode_sequenced_many,
+    packet_offsets,
 )
 
 PAGE = 4096

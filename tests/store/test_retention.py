@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from tickertape.errors import ConfigError
-from tickertape.store.archive import ARCHIVE_FILE, open_session_log
-from tickertape.store.catalogue import ENDED_MARKER, Catalogue
-from tickertape.store.log import LOG_FILE, SessionLog
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ARCHIVE_FILE, ENDED_MARKER, LOG_FILE
+from tickertape.store.log import SessionLog
+from tickertape.store.opening import open_session_log
 from tickertape.store.retention import Retention, apply_retention
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
@@ -45,7 +46,7 @@ def test_archive_after_and_delete_after(tmp_path: Path) -> None:
     assert len(done) == 2
     assert not (tmp_path / "2026110101").exists()
     assert (tmp_path / "2026111901" / ARCHIVE_FILE).exists()
-    with open_session_log(tmp_path / "2026111901") as archived:
+    with open_session_log(tmp_path / "2026111901", finish_archiving=True) as archived:
         assert archived.read_range(0, len(old)) == old
     assert (tmp_path / "2026112801" / LOG_FILE).read_bytes() == recent
     assert (tmp_path / "2026112901" / LOG_FILE).exists()

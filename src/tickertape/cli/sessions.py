@@ -23,7 +23,6 @@ from tickertape.cli import argtypes
 from tickertape.cli.options import DEFAULT_DATA, add_token_options, add_verbose, read_token
 from tickertape.client.admin import ADMIN_HOST, AdminClient, basic, bearer
 from tickertape.errors import ConfigError, TickertapeError
-from tickertape.sessions import open_read_only
 from tickertape.store.inspect import (
     EXPORT_FORMATS,
     STATE_ACTIVE,
@@ -37,6 +36,7 @@ from tickertape.store.inspect import (
     state_of,
     verify_session,
 )
+from tickertape.store.opening import open_session_log
 from tickertape.text import plural
 
 PROGRESS_INTERVAL: Final = 0.1
@@ -344,7 +344,7 @@ def _sessions_verify(args: argparse.Namespace) -> int:
 def _sessions_export(args: argparse.Namespace) -> int:
     directory = find_session(args.data, args.session)
     _warn_if_written(args.data, args.session)
-    with open_read_only(directory) as session_log:
+    with open_session_log(directory) as session_log:
         problems = session_log.recovery.problems
         tail = session_log.recovery.tail_note()
         if tail:

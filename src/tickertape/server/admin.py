@@ -64,8 +64,8 @@ from tickertape.server.access import OneAtATime
 from tickertape.server.admin_page import PAGE, page_file
 from tickertape.server.admin_status import StatusViews, json_response
 from tickertape.server.engine import Engine
-from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
+from tickertape.sources.follow import Follower
 from tickertape.store.archive import archive_session
 from tickertape.store.inspect import STATE_ARCHIVED, find_session
 

@@ -27,8 +27,8 @@ from prometheus_client.exposition import choose_encoder
 from tickertape import __version__
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine
-from tickertape.server.follower import Follower
 from tickertape.server.soupbintcp import SoupBinTCPServer
+from tickertape.sources.follow import Follower
 from tickertape.store.inspect import (
     LogFacts,
     LogFactsCache,

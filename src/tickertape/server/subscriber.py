@@ -34,7 +34,8 @@ from typing import Final
 from tickertape.errors import CorruptLogError
 from tickertape.server.metrics import SentCounts
 from tickertape.server.session_source import SessionSource
-from tickertape.store.log import ReadableLog, packet_offsets
+from tickertape.store.log import ReadableLog
+from tickertape.wire.soupbintcp import packet_offsets
 
 log = logging.getLogger(__name__)
 

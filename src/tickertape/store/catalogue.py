@@ -26,13 +26,15 @@ symbolic link named like a session, an empty directory, one holding only ``index
 ``log`` that is a directory, files of other names) is skipped with one warning naming it,
 never followed, never written to. An empty directory named like a session (what a roll of
 an older version, killed part way, left) is removed by the next writer.
+
+The names of the files and markers, the ``format`` file and the lock itself are
+:mod:`tickertape.store.layout`'s; opening a log is :mod:`tickertape.store.opening`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import os
 import shutil
@@ -42,54 +44,29 @@ from pathlib import Path
 from typing import Final
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
-from tickertape.store.archive import ARCHIVE_FILE, ArchivedLog, open_session_log
-from tickertape.store.log import (
+from tickertape.store.archived import ArchivedLog
+from tickertape.store.layout import (
+    ARCHIVE_FILE,
+    CREATING_PREFIX,
+    DELETING_PREFIX,
+    ENDED_MARKER,
     INDEX_FILE,
+    LOCK_FILE,
     LOG_FILE,
-    Durability,
-    Recovery,
-    SessionLog,
-    has_tail,
-    set_tail_aside,
+    format_version,
+    fsync_directory,
+    lock_data_directory,
+    write_format,
     write_lost_note,
 )
+from tickertape.store.log import Durability, SessionLog
+from tickertape.store.opening import open_session_log, set_tail_aside
+from tickertape.store.recovery import Recovery, has_tail
 from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
 
-ENDED_MARKER: Final = "ended"
-LOCK_FILE: Final = ".lock"
-CREATING_PREFIX: Final = ".creating-"
-"""A session being created: renamed to its id once whole."""
-DELETING_PREFIX: Final = ".deleting-"
-"""A session being deleted (by the retention policy): renamed from its id first."""
 _OWN_PREFIXES: Final = (LOCK_FILE, CREATING_PREFIX, DELETING_PREFIX)
-FORMAT_FILE: Final = "format"
-FORMAT_NAME: Final = "tickertape-session"
-FORMAT_VERSION: Final = 1
-"""The on-disk format of a session this release writes, and the newest it reads."""
-
-
-def format_version(directory: Path) -> int:
-    """The format version of the session in ``directory``: what its ``format`` file says,
-    or 1 if it has none (made by an older release). Raises :class:`StoreError` if the file
-    cannot be read or understood, or names a version newer than :data:`FORMAT_VERSION`."""
-    path = directory / FORMAT_FILE
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return 1
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
-    name, _, version = text.strip().partition(" ")
-    if name != FORMAT_NAME or not version.isdigit():
-        raise StoreError(f"{path} does not name a tickertape session format: {text[:40]!r}")
-    if int(version) > FORMAT_VERSION:
-        raise StoreError(
-            f"{path} says format version {int(version)}, newer than this release of "
-            f"tickertape reads (version {FORMAT_VERSION}): use the release that wrote it"
-        )
-    return int(version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,20 +91,7 @@ class Catalogue:
         """Take the data directory for this process: two writers would interleave their
         appends and destroy each other's sessions. Raises :class:`StoreError` if another
         process holds it. The lock goes with the process, however it ends."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreError(
-                f"data directory {self.root} is in use by tickertape process {holder}; "
-                "stop it first, or serve another directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = lock_data_directory(self.root)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -213,7 +177,7 @@ class Catalogue:
                 entry.rmdir()
                 removed = True
         if removed:
-            _fsync_directory(self.root)
+            fsync_directory(self.root)
 
     def open_active(self, today: dt.date) -> tuple[SessionId, SessionLog]:
         """The session to append to on start-up.
@@ -362,14 +326,14 @@ class Catalogue:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            _write_format(building)
-            _fsync_directory(building)
+            write_format(building)
+            fsync_directory(building)
             os.rename(building, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(building)
             raise
-        _fsync_directory(self.root)
+        fsync_directory(self.root)
         return SessionLog.open(final, durability=self.durability)
 
     def discard(self, session_id: SessionId, created: SessionLog) -> None:
@@ -381,9 +345,9 @@ class Catalogue:
         doomed = self.root / f"{DELETING_PREFIX}{session_id}"
         try:
             path.rename(doomed)
-            _fsync_directory(self.root)
+            fsync_directory(self.root)
             shutil.rmtree(doomed)
-            _fsync_directory(self.root)
+            fsync_directory(self.root)
         except OSError as exc:
             log.error("session %s was created but cannot be removed: %s", session_id, exc)
 
@@ -412,7 +376,7 @@ class Catalogue:
         info = self.find(session)
         if not info.ended:
             raise SessionNotFound(f"session {session} has not ended: it is not served yet")
-        return open_session_log(info.path)
+        return open_session_log(info.path, finish_archiving=True)
 
     def mark_ended(self, session: SessionId) -> None:
         """Persist that ``session`` has ended."""
@@ -426,7 +390,7 @@ class Catalogue:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
 def _not_a_session(entry: Path) -> str | None:
@@ -457,23 +421,3 @@ def _not_a_session(entry: Path) -> str | None:
     if not held:
         return "an empty directory"
     return f"a directory with no log, only: {', '.join(held[:5])}"
-
-
-def _write_format(directory: Path) -> None:
-    """Write (and sync) the ``format`` file of a session being created."""
-    fd = os.open(directory / FORMAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        data = f"{FORMAT_NAME} {FORMAT_VERSION}\n".encode()
-        if os.write(fd, data) != len(data):
-            raise StoreError(f"short write to {directory / FORMAT_FILE}")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

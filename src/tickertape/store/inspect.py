@@ -32,16 +32,21 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from tickertape.errors import CorruptLogError, SessionNotFound, StoreError
-from tickertape.sessions import open_read_only
-from tickertape.store.archive import (
+from tickertape.store.archive import ArchiveResult, archive_session
+from tickertape.store.archived import ArchivedLog
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import (
     ARCHIVE_FILE,
-    ArchivedLog,
-    ArchiveResult,
-    archive_session,
+    ENDED_MARKER,
+    INDEX_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    format_version,
 )
-from tickertape.store.catalogue import ENDED_MARKER, LOCK_FILE, Catalogue, format_version
-from tickertape.store.log import INDEX_FILE, LOG_FILE, SessionLog, packet_offsets
+from tickertape.store.log import SessionLog
+from tickertape.store.opening import open_session_log
 from tickertape.store.sessionid import SESSION_ID_FORM, SessionId
+from tickertape.wire.soupbintcp import packet_offsets
 
 STATE_ACTIVE: Final = "active"
 STATE_ENDED: Final = "ended"
@@ -150,7 +155,7 @@ def log_facts(directory: Path) -> LogFacts:
     (not an archive) is read whole to check its checksums. An archive whose index is
     damaged holds no message that can be served."""
     try:
-        opened = open_read_only(directory)
+        opened = open_session_log(directory)
     except CorruptLogError as exc:
         return LogFacts(0, 0, (str(exc),))
     with opened as session_log:

@@ -17,8 +17,9 @@ import shutil
 from dataclasses import dataclass
 
 from tickertape.errors import ConfigError, StoreError
-from tickertape.store.archive import ARCHIVE_FILE, archive_session
-from tickertape.store.catalogue import DELETING_PREFIX, Catalogue, _fsync_directory
+from tickertape.store.archive import archive_session
+from tickertape.store.catalogue import Catalogue
+from tickertape.store.layout import ARCHIVE_FILE, DELETING_PREFIX, fsync_directory
 from tickertape.text import plural
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ def apply_retention(
             # could be served: the name is no longer a session id.
             doomed = info.path.with_name(f"{DELETING_PREFIX}{info.id}")
             info.path.rename(doomed)
-            _fsync_directory(catalogue.root)
+            fsync_directory(catalogue.root)
             shutil.rmtree(doomed)
-            _fsync_directory(catalogue.root)
+            fsync_directory(catalogue.root)
             done.append(f"deleted session {info.id} ({plural(age, 'day')} old)")
         elif (
             retention.archive_after_days is not None
@@ -104,7 +105,7 @@ def apply_retention(
         if leftover.is_symlink() or not leftover.is_dir():
             continue  # not what a deletion leaves: never followed
         shutil.rmtree(leftover)  # a deletion a crash interrupted
-        _fsync_directory(catalogue.root)
+        fsync_directory(catalogue.root)
     for line in done:
         log.info("%s", line)
     return done

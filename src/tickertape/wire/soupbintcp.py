@@ -310,6 +310,23 @@ def _encode_many(headers: _Headers, payloads: Sequence[bytes], checked: bool) ->
     return b"".join(parts)
 
 
+def packet_offsets(data: bytes | memoryview, base: int = 0) -> list[int]:
+    """Offsets (from ``base``) of every whole Sequenced Data packet at the start of
+    ``data`` (a stretch of a session's log), then the offset where the whole packets
+    end. Stops at the first packet that is torn or is not Sequenced Data."""
+    offsets: list[int] = []
+    position = 0
+    size = len(data)
+    while position + 3 <= size:
+        length = (data[position] << 8) | data[position + 1]
+        if length == 0 or data[position + 2] != _SEQUENCED or position + 2 + length > size:
+            break
+        offsets.append(base + position)
+        position += 2 + length
+    offsets.append(base + position)
+    return offsets
+
+
 # ---------------------------------------------------------------------------- decoding
 
 

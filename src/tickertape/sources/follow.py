@@ -7,8 +7,8 @@ but it writes nothing: its active session is the newest session of the directory
 opened read-only, and its "publishing" is noticing what the writer appended.
 
 - **New messages.** The writer appends a batch to ``log``, then its record to
-  ``index``. The follower reads new index records (:meth:`SessionLog.refresh
-  <tickertape.store.log.SessionLog.refresh>`), checks each record's checksum and the
+  ``index``. The follower reads new index records (:meth:`FollowedLog.refresh
+  <tickertape.store.follow.FollowedLog.refresh>`), checks each record's checksum and the
   batch's, and only then hands the batch to its live cursors, exactly as the engine
   hands a published one. A batch whose record is not written yet, or whose checksum
   fails, is not served. The follower is woken by inotify (through ``ctypes``: Linux
@@ -23,7 +23,7 @@ opened read-only, and its "publishing" is noticing what the writer appended.
 - **Read-only.** No lock file, no recovery that cuts or re-indexes, no clean-up of an
   interrupted archive: nothing under the directory is created, changed or removed.
   Pulls of closed sessions are opened with
-  :func:`~tickertape.sessions.open_read_only`.
+  :func:`~tickertape.store.opening.open_session_log`, which changes nothing.
 
 The writer's own guarantees carry over: a batch reaches the follower's subscribers only
 after the writer persisted it (its record is written after its sync), in order, once.
@@ -48,15 +48,11 @@ from typing import Final
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import StoreError
 from tickertape.server.tail import Tail
-from tickertape.sessions import open_read_only
-from tickertape.store.catalogue import ENDED_MARKER, Catalogue, SessionInfo
-from tickertape.store.log import (
-    DEFAULT_REFRESH_BYTES,
-    INDEX_FILE,
-    Appended,
-    ReadableLog,
-    SessionLog,
-)
+from tickertape.store.catalogue import Catalogue, SessionInfo
+from tickertape.store.follow import DEFAULT_REFRESH_BYTES, FollowedLog
+from tickertape.store.layout import ENDED_MARKER, INDEX_FILE
+from tickertape.store.log import Appended, ReadableLog
+from tickertape.store.opening import open_session_log
 from tickertape.store.sessionid import SessionId
 from tickertape.text import plural
 
@@ -102,7 +98,7 @@ class FollowedCatalogue:
             # session, which the follower has not switched to yet. Served as a pull it
             # would end early; the client logs in again in a moment.
             raise StoreError(f"session {session} is not followed yet: try again")
-        return open_read_only(info.path)
+        return open_session_log(info.path)
 
 
 @dataclass(slots=True)
@@ -110,7 +106,7 @@ class _News:
     """What one look at the directory found."""
 
     batches: list[tuple[Appended, bytes]] = field(default_factory=list)
-    following: tuple[SessionId, SessionLog] | None = None
+    following: tuple[SessionId, FollowedLog] | None = None
     """The session to follow next: the followed one ended."""
 
 
@@ -148,7 +144,7 @@ class Follower(Tail):
         self._follow(session_id, session_log)
         self._task = asyncio.create_task(self._run(), name="follower")
 
-    def _open_newest(self) -> tuple[SessionId, SessionLog]:
+    def _open_newest(self) -> tuple[SessionId, FollowedLog]:
         if not self.root.is_dir():
             raise StoreError(f"cannot follow {self.root}: no such directory")
         sessions = self.catalogue.sessions()
@@ -162,13 +158,13 @@ class Follower(Tail):
             raise StoreError(f"session {newest.id} in {self.root} has no log to follow")
         return newest.id, opened
 
-    def _open(self, path: Path, wait: float = 0.0) -> SessionLog | None:
+    def _open(self, path: Path, wait: float = 0.0) -> FollowedLog | None:
         """Open a session's log to follow it; None if it has none (yet). Blocking: on
         the follower's thread (so ``time``, not the event loop's clock)."""
         deadline = time.monotonic() + wait
         while True:
             try:
-                return SessionLog.open(path, writable=False, follow=True)
+                return FollowedLog.follow(path)
             except StoreError:
                 if self._closing or not path.is_dir() or time.monotonic() >= deadline:
                     return None
@@ -197,7 +193,7 @@ class Follower(Tail):
             self._log.close()
             self._log = None
 
-    def _follow(self, session_id: SessionId, session_log: SessionLog) -> None:
+    def _follow(self, session_id: SessionId, session_log: FollowedLog) -> None:
         self._session_id, self._log = session_id, session_log
         self._published_next = session_log.next_seq
         if self._watch is not None:
@@ -218,7 +214,7 @@ class Follower(Tail):
         while True:
             self._wakeup.clear()  # before looking: a change meanwhile wakes the next wait
             session_id, session_log = self._session_id, self._log
-            assert session_id is not None and session_log is not None
+            assert session_id is not None and isinstance(session_log, FollowedLog)
             self._looking = self._executor.submit(self._look, session_id, session_log)
             try:
                 news = await asyncio.wrap_future(self._looking)
@@ -238,7 +234,7 @@ class Follower(Tail):
                     async with asyncio.timeout(self.config.poll_interval):
                         await self._wakeup.wait()
 
-    def _look(self, session_id: SessionId, session_log: SessionLog) -> _News:
+    def _look(self, session_id: SessionId, session_log: FollowedLog) -> _News:
         """On the follower's thread: new batches of the followed session; once it has
         ended and every batch was taken, the session to follow next."""
         batches = session_log.refresh(self.config.max_refresh_bytes)
@@ -258,7 +254,7 @@ class Follower(Tail):
             return _News()
         return _News(following=(newer[-1].id, opened))
 
-    def _switch_to(self, session_id: SessionId, session_log: SessionLog) -> None:
+    def _switch_to(self, session_id: SessionId, session_log: FollowedLog) -> None:
         """The followed session ended: End of Session to its live cursors, its log to
         the roll listeners, and follow the next. No await from start to end."""
         ended_id, ended_log = self._session_id, self._log
