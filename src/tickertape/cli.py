@@ -54,7 +54,7 @@ from tickertape.logs import add_log_options, reopen_log_files, setup_logging
 from tickertape.notify import Notifier, Rate
 from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower
 from tickertape.server.moldudp64 import (
     DEFAULT_EOS_SECONDS,
@@ -76,6 +76,7 @@ from tickertape.server.soupbintcp import (
     ServerConfig,
     SoupBinTCPServer,
 )
+from tickertape.server.writer import WriterConfig
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.sources.plugin import load_source, run_source
 from tickertape.sources.upstream import first_session, run_upstream
@@ -1036,7 +1037,7 @@ async def _serve(args: argparse.Namespace) -> int:
     _raise_file_limit(config)
     engine = Engine(
         Catalogue(args.data, durability),
-        EngineConfig(
+        WriterConfig(
             durability=durability,
             # MoldUDP64 does not fragment: refuse at publish time what it cannot carry
             # (a relay takes what its upstream has; longer messages skip the multicast).

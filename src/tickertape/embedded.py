@@ -25,7 +25,7 @@ from ssl import SSLContext
 from types import TracebackType
 
 from tickertape.errors import StoreError
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -33,6 +33,7 @@ from tickertape.server.soupbintcp import (
     ServerConfig,
     SoupBinTCPServer,
 )
+from tickertape.server.writer import WriterConfig
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.retention import Retention
@@ -70,7 +71,7 @@ class Tickertape:
         durability = Durability(durability)
         self.engine = Engine(
             Catalogue(Path(data), durability),
-            EngineConfig(durability=durability),
+            WriterConfig(durability=durability),
             schedule=schedule,
             retention=retention,
         )

@@ -31,8 +31,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tickertape.server.admin import AdminConfig, AdminServer
-from tickertape.server.engine import PublishFailed
 from tickertape.server.moldudp64 import MoldRequestServer, RequestServerConfig
+from tickertape.server.writer import PublishFailed
 
 from support import FullDisk, ServerProcess, free_port, running_server
 

@@ -62,7 +62,7 @@ from typing import Final
 
 from tickertape.errors import CorruptLogError, RemoteProtocolError, SessionNotFound, StoreError
 from tickertape.server.metrics import metrics_of
-from tickertape.server.session_source import SessionSource
+from tickertape.server.provider import SessionProvider
 from tickertape.store.log import ReadableLog, packet_offsets
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.moldudp64 import (
@@ -367,7 +367,7 @@ def _route_source(group: str, port: int) -> str | None:
 class MoldPublisher:
     """Multicasts the engine's active session as MoldUDP64. Create, then ``start()``."""
 
-    def __init__(self, engine: SessionSource, config: PublisherConfig) -> None:
+    def __init__(self, engine: SessionProvider, config: PublisherConfig) -> None:
         self.engine = engine
         self.config = config
         self.stats = PublisherStats()
@@ -740,7 +740,7 @@ class _Pending:
 class MoldRequestServer:
     """Answers MoldUDP64 re-requests by unicast. Create, then ``await start()``."""
 
-    def __init__(self, engine: SessionSource, config: RequestServerConfig | None = None) -> None:
+    def __init__(self, engine: SessionProvider, config: RequestServerConfig | None = None) -> None:
         self.engine = engine
         self.config = config or RequestServerConfig()
         self.stats = RequestStats()
