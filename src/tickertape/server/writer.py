@@ -215,10 +215,6 @@ class SessionWriter:
 
     # ------------------------------------------------------------------ publishing
 
-    async def publish(self, payload: bytes) -> int:
-        """Publish one message; returns its sequence number once it is durable."""
-        return await self.publish_many((payload,))
-
     async def publish_many(self, payloads: Sequence[bytes]) -> int:
         """Publish messages in order; returns the first one's sequence number once all
         are durable (per the durability policy) and handed to live subscribers.
@@ -277,6 +273,8 @@ class SessionWriter:
                 raise PublishFailed(self._paused_message())
 
     def check_open(self) -> None:
+        """Raise :class:`StoreError` if nothing more may be published: the writer broke,
+        or is closing."""
         if self._failure is not None or self._closing:
             self.metrics.publish_failed("stopped")
         if self._failure is not None:
