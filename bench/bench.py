@@ -91,8 +91,9 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any, Final
 
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.server.writer import WriterConfig
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.layout import INDEX_FILE, LOG_FILE
 from tickertape.store.log import Durability, SessionLog
@@ -934,7 +935,7 @@ async def fanout_tickertape(settings: Settings, batches: Sequence[list[bytes]]) 
     reader, conn = start_child(
         stream_reader_main, 0, [False] * settings.subscribers, per_reader, settings.timeout
     )
-    engine = Engine(Catalogue(data, Durability.NONE), EngineConfig(durability=Durability.NONE))
+    engine = Engine(Catalogue(data, Durability.NONE), WriterConfig(durability=Durability.NONE))
     await engine.start()
     server = SoupBinTCPServer(engine, ServerConfig(host=HOST, port=0))
     try:
@@ -1052,7 +1053,7 @@ async def publish_tickertape(
     settings: Settings, batches: Sequence[list[bytes]]
 ) -> tuple[float, int]:
     data = fresh_dir(settings.run_dir / "publish")
-    engine = Engine(Catalogue(data, Durability.BATCH), EngineConfig(durability=Durability.BATCH))
+    engine = Engine(Catalogue(data, Durability.BATCH), WriterConfig(durability=Durability.BATCH))
     await engine.start()
     try:
         started = time.monotonic()
@@ -1186,7 +1187,7 @@ async def latency_tickertape(
     limit = settings.latency_seconds * 3 + 30
     reader, conn = start_child(latency_reader_main, total, limit)
     durability = settings.latency_durability
-    engine = Engine(Catalogue(data, durability), EngineConfig(durability=durability))
+    engine = Engine(Catalogue(data, durability), WriterConfig(durability=durability))
     await engine.start()
     server = SoupBinTCPServer(engine, ServerConfig(host=HOST, port=0))
     pending: set[asyncio.Future[int]] = set()

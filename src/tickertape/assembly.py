@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tickertape.errors import StoreError
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
 from tickertape.server.moldudp64.publisher import MoldPublisher
 from tickertape.server.moldudp64.rerequest import MoldRequestServer
 from tickertape.server.moldudp64.settings import PublisherConfig, RequestServerConfig
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
+from tickertape.server.writer import WriterConfig
 from tickertape.sources.demo import DEFAULT_DEMO_SIZE, run_demo
 from tickertape.sources.follow import Follower
 from tickertape.sources.plugin import Source
@@ -140,7 +141,7 @@ class Assembly:
             multicast = config.mold is not None and config.upstream is None
             self.provider = Engine(
                 Catalogue(config.data, config.durability),
-                EngineConfig(
+                WriterConfig(
                     durability=config.durability,
                     max_message=MOLD_MAX_MESSAGE if multicast else MAX_PAYLOAD,
                 ),

@@ -153,7 +153,7 @@ def test_a_full_disk_pauses_publishing_and_room_again_resumes_it(
             assert server.stop() == 0
         errors = [line for line in server.lines if " ERROR " in line]
         assert len(errors) == 1, "\n".join(server.lines)  # the failure, said once
-        assert "tickertape.server.engine: " in errors[0]
+        assert "tickertape.server.writer: " in errors[0]
 
         # The log verifies clean: nothing of the failed batches in it, nothing cut.
         done = subprocess.run(

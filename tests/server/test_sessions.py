@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tickertape.errors import StoreError
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
+from tickertape.server.writer import WriterConfig
 from tickertape.store.archive import archive_session
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
@@ -53,7 +54,7 @@ def run(
         assert isinstance(loop, JumpingLoop)
         engine = Engine(
             Catalogue(tmp_path, Durability.BATCH),
-            EngineConfig(durability=Durability.BATCH),
+            WriterConfig(durability=Durability.BATCH),
             clock=LoopClock(start),
             schedule=RollSchedule(zone=UTC),
         )

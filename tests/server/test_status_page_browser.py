@@ -31,9 +31,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tickertape.server.admin import AdminConfig, AdminServer
-from tickertape.server.engine import PublishFailed
 from tickertape.server.moldudp64.rerequest import MoldRequestServer
 from tickertape.server.moldudp64.settings import RequestServerConfig
+from tickertape.server.writer import PublishFailed
 
 from support import FullDisk, ServerProcess, free_port, running_server
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
+from tickertape.server.writer import WriterConfig
 from tickertape.sources.batcher import Batcher
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
@@ -23,7 +24,7 @@ TIMEOUT = 20.0
 def run(
     tmp_path: Path,
     scenario: Callable[[Engine, Batcher], Awaitable[None]],
-    config: EngineConfig | None = None,
+    config: WriterConfig | None = None,
 ) -> dict[str, list[bytes]]:
     """Run ``scenario`` with a batcher into a fresh engine; the payloads of every session
     on disk afterwards, by id."""
@@ -47,7 +48,7 @@ def payloads(count: int, start: int = 1) -> list[bytes]:
 def test_a_producer_is_held_back_at_a_whole_batch_and_everything_is_published_in_order(
     tmp_path: Path,
 ) -> None:
-    config = EngineConfig(durability=Durability.NONE, max_batch_messages=10)
+    config = WriterConfig(durability=Durability.NONE, max_batch_messages=10)
 
     async def scenario(engine: Engine, batcher: Batcher) -> None:
         publishing = asyncio.create_task(batcher.run())
@@ -69,7 +70,7 @@ def test_a_producer_is_held_back_at_a_whole_batch_and_everything_is_published_in
 
 
 def test_a_batch_is_whole_at_the_engines_bytes_too(tmp_path: Path) -> None:
-    config = EngineConfig(durability=Durability.NONE, max_batch_bytes=100)
+    config = WriterConfig(durability=Durability.NONE, max_batch_bytes=100)
 
     async def scenario(engine: Engine, batcher: Batcher) -> None:
         batcher.add_many([b"x" * 40, b"y" * 40])

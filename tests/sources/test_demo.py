@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
+from tickertape.server.writer import WriterConfig
 from tickertape.sources.demo import run_demo
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
@@ -23,7 +24,7 @@ def test_every_demo_message_of_every_session_starts_with_its_own_number(
     rolls = 3
 
     async def main() -> None:
-        engine = Engine(Catalogue(tmp_path, Durability.NONE), EngineConfig())
+        engine = Engine(Catalogue(tmp_path, Durability.NONE), WriterConfig())
         await engine.start(roll_on_schedule=False)
         demo = asyncio.ensure_future(run_demo(engine, rate=200_000, tick=0.001))
         try:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tickertape.errors import StoreError
-from tickertape.server.engine import Engine, EngineConfig
+from tickertape.server.engine import Engine
+from tickertape.server.writer import WriterConfig
 from tickertape.sources.demo import run_demo
 from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.catalogue import Catalogue
@@ -27,7 +28,7 @@ def run_jumping(tmp_path: Path, scenario: object) -> None:
     async def main() -> None:
         engine = Engine(
             Catalogue(tmp_path, Durability.BATCH),
-            EngineConfig(durability=Durability.BATCH, publish_retry=RETRY),
+            WriterConfig(durability=Durability.BATCH, publish_retry=RETRY),
         )
         await engine.start(roll_on_schedule=False)
         try:

@@ -1,172 +1,59 @@
-"""The engine: the active session, its writer, and the subscribers at its tail.
+"""The engine: what sources, the endpoints and the admin API hold of a data directory
+that this process writes.
 
-Persist, then publish. Messages handed to :meth:`Engine.publish_many` are queued; the
-session writer takes everything queued (group commit), encodes it once as SoupBinTCP
-Sequenced Data packets, appends it to the log and makes it durable on a thread of its
-own (disk work never runs on the event loop), and only then hands the encoded batch to
-every subscriber at the tail.
-
-Subscribers are cursors (:class:`~tickertape.server.tail.Cursor`): the engine's
-:class:`~tickertape.server.tail.Tail` keeps the set of those that are *live*, at the tail,
-and gives each new batch to them. A subscriber behind the tail reads the log itself until
-it reaches the tail, then joins the live set. The hand-off is one comparison of sequence
-numbers, made on the event loop between two batches, so it can neither lose nor repeat a
-message.
-
-A write that fails (the disk is full, a file-size limit, an I/O error) leaves the log as
-it was (:meth:`SessionLog.append` cuts it back) and pauses publishing: the publish calls
-of the failed batch, and every call queued or waiting behind it, fail with
-:class:`PublishFailed` saying why, and none of their messages gets a number. Subscribers
-are not disturbed: they go on reading what is in the log. Publish calls made meanwhile
-wait out a short delay (on the event loop's clock; it doubles while writes keep
-failing), then the next batch tries again; the first one written resumes publishing.
-:attr:`Engine.publishing_error` says why publishing is paused, if it is.
+An :class:`Engine` composes the parts and runs their life cycle: it locks the
+:class:`~tickertape.store.catalogue.Catalogue`, opens the
+:class:`~tickertape.server.active.ActiveSession` (which has the
+:class:`~tickertape.server.stream.SessionStream` of its live subscribers and the
+:class:`~tickertape.server.writer.SessionWriter` that publishes into it), starts the
+:class:`~tickertape.server.roller.SessionRoller`, and closes them in order. Everything
+else it offers (:class:`~tickertape.server.provider.SessionProvider`, publishing,
+rolling) is theirs, named as its callers know it. One thread does its disk work: the
+writer's appends and the roller's creating, syncing and ending of sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import logging
-import time
-import zlib
-from bisect import bisect_right
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import accumulate, repeat
-from typing import Final
+from typing import Any
 
 from tickertape.clock import Clock, SystemClock
-from tickertape.errors import LocalProtocolError, StoreError
-from tickertape.server.tail import Tail
+from tickertape.server.active import ActiveSession
+from tickertape.server.metrics import Metrics
+from tickertape.server.roller import SessionRoller
+from tickertape.server.stream import Cursor, RollListener
+from tickertape.server.writer import WriterConfig
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import Appended, Durability, SessionLog
-from tickertape.store.retention import Retention, apply_retention
+from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
-from tickertape.text import plural
-from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
-
-log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BATCH_MESSAGES: Final = 16_384
-DEFAULT_MAX_BATCH_BYTES: Final = 1 << 20
-DEFAULT_MAX_QUEUED_MESSAGES: Final = 1 << 20
-DEFAULT_MAX_QUEUED_BYTES: Final = 64 << 20
-DEFAULT_ROLL_RETRY: Final = 10.0
-"""Seconds before a scheduled roll that failed is tried again."""
-DEFAULT_PUBLISH_RETRY: Final = 1.0
-"""Seconds after a failed write to the log before publishing is tried again..."""
-DEFAULT_PUBLISH_RETRY_MAX: Final = 8.0
-"""...doubling after each failure in a row, up to this."""
 
 
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How the session writer batches and persists."""
-
-    durability: Durability = Durability.BATCH
-    max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES
-    """A batch holds at most this many messages (one log write, one sync)."""
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
-    """...and about this many bytes of payload: it bounds what a live subscriber may be
-    handed beyond its write-buffer limit."""
-    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
-    """Publishers wait while this many messages are queued and not yet written..."""
-    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
-    """...or this many bytes of them."""
-    max_message: int = MAX_PAYLOAD
-    """Longer messages are refused when published (lowered to what a MoldUDP64 packet
-    carries when the server multicasts)."""
-    publish_retry: float = DEFAULT_PUBLISH_RETRY
-    """After a write to the log fails, publish calls wait this long (on the event
-    loop's clock), then the next batch tries again..."""
-    publish_retry_max: float = DEFAULT_PUBLISH_RETRY_MAX
-    """...doubling after each failure in a row, up to this."""
-
-
-class PublishFailed(StoreError):
-    """A publish call failed: a write to the log failed (the disk is full, say), and
-    publishing is paused until a write succeeds. ``published``: how many of the call's
-    messages were published before that (a call larger than a batch is written in
-    several), numbered from ``first_seq``; none of its others were."""
-
-    def __init__(self, message: str, published: int = 0, first_seq: int = 0) -> None:
-        super().__init__(message)
-        self.published = published
-        self.first_seq = first_seq
-
-
-class _Request:
-    """One publish call: its messages, the number of the first, and how far the writer
-    has got with it (a call larger than a batch is split over several)."""
-
-    __slots__ = ("done", "first_seq", "future", "payloads", "queued", "size", "taken")
-
-    def __init__(
-        self, payloads: Sequence[bytes], size: int, first_seq: int, future: asyncio.Future[int]
-    ) -> None:
-        self.payloads = payloads
-        self.size = size
-        self.first_seq = first_seq
-        self.future = future
-        self.taken = 0
-        self.done = 0
-        self.queued = time.perf_counter()  # for the publish-to-handoff latency
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Messages taken from one or more requests, encoded, on their way to the log."""
-
-    parts: list[tuple[_Request, int, int]]
-    data: bytes
-    count: int
-    crc: int
-
-
-class Engine(Tail):
+class Engine:
     """The active session of one data directory. Create, then ``await start()``."""
 
     def __init__(
         self,
         catalogue: Catalogue,
-        config: EngineConfig | None = None,
+        config: WriterConfig | None = None,
         clock: Clock | None = None,
         schedule: RollSchedule | None = None,
         retention: Retention | None = None,
     ) -> None:
-        super().__init__(clock or SystemClock())
+        self.clock = clock or SystemClock()
         self.catalogue = catalogue
-        self.config = config or EngineConfig(durability=catalogue.durability)
-        self.schedule = schedule or RollSchedule()
-        self.retention = retention or Retention()
-        self._housekeeping: asyncio.Future[list[str]] | None = None
-        self._queue: deque[_Request] = deque()
-        self._queued_messages = 0
-        self._queued_bytes = 0
-        self._queue_space = asyncio.Event()
-        self._queue_space.set()
-        self._wakeup = asyncio.Event()
-        self._assigned_next = 1
+        self.config = config or WriterConfig(durability=catalogue.durability)
+        self.metrics = Metrics()
+        """What this server counts (``GET /metrics``)."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
-        self._writer: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None  # the writer broke: publishing stopped
-        # A failed write pauses publishing: publish calls wait until ``_hold`` fires,
-        # then the next batch tries again; the first that is written resumes it.
-        self._publishing_error: str | None = None
-        self._hold: asyncio.TimerHandle | None = None
-        self._failed_in_a_row = 0
-        self._write_failures = 0  # ever: a call waiting for room when one happens is told
-        self._last_reason: str | None = None
-        self._retry_in = 0.0
-        self._closing = False
-        self._rolling = False
-        self._roll_lock = asyncio.Lock()
-        self._roller: asyncio.Task[None] | None = None
+        self.active = ActiveSession(self.clock, self.config, self.metrics, self._executor)
+        self.roller = SessionRoller(
+            catalogue, self.active, self.clock, self._executor, schedule, retention
+        )
         self.relay_from: str | None = None
         """Set while an upstream feed fills the sessions (``host:port``): then nothing
         else may publish or roll, or the local copy would stop matching the upstream."""
@@ -178,7 +65,7 @@ class Engine(Tail):
         from elsewhere), else today's (by the roll schedule) if it was not ended, else the
         next id of the day. Then roll on the schedule, unless told not to."""
         loop = asyncio.get_running_loop()
-        today = self.schedule.session_day(self.clock.now())
+        today = self.roller.schedule.session_day(self.clock.now())
         self.catalogue.lock()
         try:
             if session is not None:
@@ -194,450 +81,98 @@ class Engine(Tail):
         except BaseException:
             self.catalogue.unlock()
             raise
-        self._open(session_id, session_log)
-        log.info("retention: %s", self.retention.describe())
-        self._keep_house()
-        if roll_on_schedule:
-            self._roller = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
-
-    def _open(self, session_id: SessionId, session_log: SessionLog) -> None:
-        self._session_id, self._log = session_id, session_log
-        self._published_next = self._assigned_next = session_log.next_seq
-        self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
-        log.info(
-            "session %s open at %s: %s, next is %d",
-            session_id,
-            session_log.directory,
-            plural(session_log.next_seq - 1, "message"),
-            session_log.next_seq,
-            extra={"session": str(session_id), "sequence": session_log.next_seq},
-        )
+        self.active.open(session_id, session_log)
+        self.roller.start(roll_on_schedule=roll_on_schedule)
 
     async def close(self) -> None:
         """Persist and publish what is queued, let the writer finish the batch in hand,
         then close the log. The session is not ended: a restart continues it."""
-        if self._roller is not None:
-            self._roller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._roller
-        if self._housekeeping is not None:
-            with contextlib.suppress(Exception):
-                await self._housekeeping
-        async with self._roll_lock:
-            self._closing = True
-            self._end_hold()  # held-back publishers wake and are told
-            await self._stop_writer()
-        self._live.clear()
+        await self.roller.close()
         await asyncio.to_thread(self._executor.shutdown, True)
-        if self._log is not None:
-            self._log.close()
+        self.active.stream.close()
         self.catalogue.unlock()
 
-    async def _stop_writer(self) -> None:
-        """Let the writer write everything queued, then return (``_closing`` or
-        ``_rolling`` is set, so it stops once the queue is empty)."""
-        if self._writer is not None:
-            self._wakeup.set()
-            await asyncio.shield(self._writer)  # a cancelled caller must not cancel it
-            self._writer = None
-
-    # ------------------------------------------------------------------ ending and rolling
-
-    async def end_session(self) -> str:
-        """End the active session and open the next one (see :meth:`roll`)."""
-        return await self.roll()
-
-    async def roll(self, day: dt.date | None = None, *, to: str | None = None) -> str:
-        """End the active session and open the next; returns the new session's id.
-
-        Publishing pauses; everything already queued is written and published; the end
-        is persisted (the session's ``ended`` marker, synced); only then is each
-        subscriber told, and sends End of Session after the last message. The next
-        session carries ``day`` (default: the schedule's day for now): counter 01 of a
-        new day, or the next counter of the same day; or is exactly ``to``, when ids come
-        from elsewhere (an upstream feed). Publishers held back meanwhile publish into it.
-
-        A roll, once begun, runs to its end even if the caller is cancelled (a roll cut
-        in half would leave a session ended on disk and open in memory). If it fails,
-        the active session goes on and the error is raised.
-        """
-        return await asyncio.shield(self._roll(day, to))
-
-    async def _roll(self, day: dt.date | None, to: str | None) -> str:
-        loop = asyncio.get_running_loop()
-        async with self._roll_lock:
-            self._check_open()
-            ended_id, ended_log = self._session_id, self._log
-            assert ended_id is not None and ended_log is not None
-            self._rolling = True
-            try:
-                await self._stop_writer()
-                if self._failure is not None:
-                    raise StoreError(f"publishing has stopped: {self._failure}")
-                if to is not None:
-                    next_id = SessionId.parse(to)
-                    next_log = await loop.run_in_executor(
-                        self._executor, self.catalogue.open_exact, next_id
-                    )
-                else:
-                    day = day or self.schedule.session_day(self.clock.now())
-                    next_id, next_log = await loop.run_in_executor(
-                        self._executor, self.catalogue.open_next, ended_id, day
-                    )
-                # What an end promises is durable before the end is: the log and index.
-                await loop.run_in_executor(self._executor, ended_log.sync)
-                try:
-                    await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
-                except BaseException:
-                    if to is None:  # it was just created, and is empty: no trace of it
-                        await loop.run_in_executor(
-                            self._executor, self.catalogue.discard, next_id, next_log
-                        )
-                    raise
-                # From here to the switch nothing awaits: a subscriber that logged in to
-                # the ended session meanwhile is live in it, and is told with the rest.
-                self._switch(next_id, next_log)
-                self._open(next_id, next_log)
-            except Exception as exc:
-                if self._writer is None and self._failure is None:
-                    # The active session goes on: publishers held back publish into it.
-                    self._writer = asyncio.create_task(self._write_loop(), name="session-writer")
-                log.error("rolling session %s failed; it goes on: %s", ended_id, exc)
-                raise StoreError(f"rolling session {ended_id} failed: {exc}") from exc
-            finally:
-                self._rolling = False
-                self._queue_space.set()
-        self._hand_over(ended_id, ended_log)
-        self._keep_house()
-        return str(next_id)
+    # ------------------------------------------------------------------ the session
 
     @property
-    def rolling(self) -> bool:
-        """Whether a roll is under way (publishing waits for the next session)."""
-        return self._rolling
+    def session_id(self) -> str:
+        return self.active.session_id
 
     @property
-    def housekeeping(self) -> asyncio.Future[list[str]] | None:
-        """The latest retention pass (run at start and after each roll), if any."""
-        return self._housekeeping
+    def session_log(self) -> SessionLog:
+        return self.active.session_log
 
-    def _keep_house(self) -> None:
-        """Apply the retention policy to ended sessions, off the event loop."""
-        if not self.retention.configured or (
-            self._housekeeping is not None and not self._housekeeping.done()
-        ):
-            return
-        assert self._session_id is not None
-        self._housekeeping = asyncio.get_running_loop().run_in_executor(
-            None,
-            apply_retention,
-            self.catalogue,
-            self._session_id.day,
-            self.retention,
-            frozenset({str(self._session_id)}),
-        )
-        self._housekeeping.add_done_callback(_log_failure)
-
-    async def _roll_on_schedule(self) -> None:
-        while True:
-            due = self.schedule.next_roll(self.clock.now())
-            log.info("next roll at %s", due.isoformat(timespec="seconds"))
-            due = due.astimezone(dt.UTC)  # compare instants, not wall times
-            while (left := (due - self.clock.now().astimezone(dt.UTC)).total_seconds()) > 0:  # noqa: ASYNC110
-                # In steps, so that a wall clock set forward or back is noticed.
-                await asyncio.sleep(min(left, 60.0))
-            while True:
-                try:
-                    await self.roll(self.schedule.session_day(due))
-                    break
-                except StoreError:
-                    # roll() said why in the log; try again shortly, not the next day.
-                    await asyncio.sleep(DEFAULT_ROLL_RETRY)
-
-    # ------------------------------------------------------------------ state
+    @property
+    def next_seq(self) -> int:
+        """The number of the next message to be published: the tail cursors are at."""
+        return self.active.next_seq
 
     @property
     def next_assigned(self) -> int:
         """The number the next message handed to :meth:`publish_many` will get."""
-        return self._assigned_next
+        return self.active.next_assigned
 
     @property
     def publishing_error(self) -> str | None:
         """Why publishing is paused (the last write to the log failed: the next batch
         tries again) or has stopped; None while publishing works."""
-        if self._failure is not None:
-            return f"publishing has stopped: {self._failure}"
-        return self._publishing_error
+        return self.active.publishing_error
+
+    # ------------------------------------------------------------------ subscribers
+
+    @property
+    def live_count(self) -> int:
+        return self.active.stream.live_count
+
+    def is_active(self, session_log: ReadableLog) -> bool:
+        """Whether ``session_log`` is the active session's (not one that has ended)."""
+        return self.active.stream.is_active(session_log)
+
+    def go_live(self, cursor: Cursor) -> bool:
+        """See :meth:`SessionStream.go_live`."""
+        return self.active.stream.go_live(cursor)
+
+    def leave(self, cursor: Cursor) -> None:
+        """See :meth:`SessionStream.leave`."""
+        self.active.stream.leave(cursor)
+
+    def on_roll(self, listener: RollListener) -> None:
+        """See :meth:`SessionStream.on_roll`."""
+        self.active.stream.on_roll(listener)
 
     # ------------------------------------------------------------------ publishing
 
-    async def publish(self, payload: bytes) -> int:
+    def publish(self, payload: bytes) -> Coroutine[Any, Any, int]:
         """Publish one message; returns its sequence number once it is durable."""
-        return await self.publish_many((payload,))
+        return self.active.publish(payload)
 
-    async def publish_many(self, payloads: Sequence[bytes]) -> int:
-        """Publish messages in order; returns the first one's sequence number once all
-        are durable (per the durability policy) and handed to live subscribers.
+    def publish_many(self, payloads: Sequence[bytes]) -> Coroutine[Any, Any, int]:
+        """Publish messages in order (see :meth:`SessionWriter.publish_many`)."""
+        return self.active.publish_many(payloads)
 
-        The numbers are assigned once there is room in the queue. To know them before
-        calling (to write them into the messages, say), ``await wait_for_room()``, then
-        read :attr:`next_assigned` and call this without awaiting anything in between.
+    def wait_for_room(self) -> Coroutine[Any, Any, None]:
+        """See :meth:`SessionWriter.wait_for_room`."""
+        return self.active.wait_for_room()
 
-        Raises :class:`PublishFailed` if writing them to the log failed: publishing is
-        then paused, and a later call tries again (see the module's documentation).
-        """
-        if not payloads:
-            self._check_open()
-            return self._assigned_next
-        if not all(map(isinstance, payloads, repeat(bytes))):
-            raise TypeError("messages are published as bytes")
-        longest = max(map(len, payloads))
-        if longest > self.config.max_message:
-            why = (
-                f"SoupBinTCP carries at most {MAX_PAYLOAD} bytes a message"
-                if self.config.max_message == MAX_PAYLOAD
-                else f"this server is configured for at most {self.config.max_message} bytes "
-                "a message (with --mold: what one MoldUDP64 packet carries)"
-            )
-            self.metrics.publish_failed("too_long")
-            raise LocalProtocolError(f"a message of {longest} bytes cannot be published: {why}")
-        size = sum(map(len, payloads))
-        await self.wait_for_room()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(payloads, size, self._assigned_next, future))
-        self._queued_messages += len(payloads)
-        self._queued_bytes += size
-        self._assigned_next += len(payloads)
-        self._wakeup.set()
-        return await future
+    # ------------------------------------------------------------------ rolling
 
-    async def wait_for_room(self) -> None:
-        """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``),
-        a roll is under way, or publishing is paused after a failed write and its retry
-        is not due: publishers are held back, never dropped. Raises if publishing has
-        stopped, or a write fails meanwhile (:class:`PublishFailed`)."""
-        self._check_open()
-        failures = self._write_failures
-        while (
-            self._rolling
-            or self._hold is not None
-            or self._queued_messages >= self.config.max_queued_messages
-            or self._queued_bytes >= self.config.max_queued_bytes
-        ):
-            self._queue_space.clear()
-            await self._queue_space.wait()
-            self._check_open()
-            if self._write_failures != failures:
-                # Behind the batch that failed: told with the calls it carried.
-                self.metrics.publish_failed("write_failed")
-                raise PublishFailed(self._paused_message())
+    @property
+    def rolling(self) -> bool:
+        """Whether a roll is under way (publishing waits for the next session)."""
+        return self.roller.rolling
 
-    def _check_open(self) -> None:
-        if self._failure is not None or self._closing:
-            self.metrics.publish_failed("stopped")
-        if self._failure is not None:
-            raise StoreError(f"publishing has stopped: {self._failure}")
-        if self._closing:
-            raise StoreError("the server is shutting down: nothing more is published")
+    @property
+    def housekeeping(self) -> asyncio.Future[list[str]] | None:
+        """The latest retention pass (run at start and after each roll), if any."""
+        return self.roller.housekeeping
 
-    def _take_batch(self) -> _Batch:
-        """Take queued messages for one batch and encode them: everything queued, up to
-        ``max_batch_messages`` and about ``max_batch_bytes`` (at least one message); with
-        durability ``always``, one publish call at most."""
-        parts: list[tuple[_Request, int, int]] = []
-        payloads: list[bytes] = []
-        messages_left = self.config.max_batch_messages
-        bytes_left = self.config.max_batch_bytes
-        while self._queue and messages_left > 0:
-            request = self._queue[0]
-            start = request.taken
-            stop = len(request.payloads)
-            if start or stop - start > messages_left or request.size > bytes_left:
-                # Only a call that does not fit whole is measured message by message.
-                stop = min(stop, start + messages_left)
-                sizes = list(accumulate(map(len, request.payloads[start:stop])))
-                fit = bisect_right(sizes, bytes_left)
-                if fit == 0 and parts:
-                    break
-                stop = start + max(fit, 1)
-                taken_bytes = sizes[stop - start - 1]
-            else:
-                taken_bytes = request.size
-            parts.append((request, start, stop))
-            payloads += request.payloads[start:stop]
-            request.taken = stop
-            messages_left -= stop - start
-            bytes_left -= taken_bytes
-            if stop < len(request.payloads):
-                break  # the batch is full; the rest of this call goes in the next one
-            self._queue.popleft()
-            if self.config.durability is Durability.ALWAYS:
-                break
-        data = encode_sequenced_many(payloads, checked=True)
-        return _Batch(parts, data, len(payloads), zlib.crc32(data))
+    def roll(
+        self, day: dt.date | None = None, *, to: str | None = None
+    ) -> Coroutine[Any, Any, str]:
+        """End the active session and open the next (see :meth:`SessionRoller.roll`);
+        returns the new session's id."""
+        return self.roller.roll(day, to=to)
 
-    async def _write_loop(self) -> None:
-        """Encode batch N+1 on the event loop while batch N is being written and synced
-        on the writer's thread: the sync releases the GIL, so the two overlap."""
-        loop = asyncio.get_running_loop()
-        session_log = self.session_log
-        writing: asyncio.Future[Appended] | None = None
-        written: _Batch | None = None
-        batch: _Batch | None = None
-        try:
-            while True:
-                batch = self._take_batch() if self._queue else None
-                if writing is not None and written is not None:
-                    try:
-                        appended = await writing
-                    except Exception as exc:
-                        self._write_failed([written, batch], exc)
-                        batch = None
-                    else:
-                        self._published(written, appended)
-                        if self._publishing_error is not None:
-                            self._resumed(appended)
-                    writing = written = None
-                if batch is not None:
-                    writing = loop.run_in_executor(
-                        self._executor,
-                        self.metrics.timed,
-                        session_log.append,
-                        batch.data,
-                        batch.count,
-                        batch.crc,
-                    )
-                    written, batch = batch, None
-                    continue
-                if self._closing or self._rolling:
-                    return
-                await self._wakeup.wait()
-                self._wakeup.clear()
-        except asyncio.CancelledError:
-            self._fail([written, batch], StoreError("the session writer was cancelled"))
-            raise
-        except Exception as exc:
-            self._fail([written, batch], exc)
-
-    def _published(self, batch: _Batch, appended: Appended) -> None:
-        self._queued_messages -= batch.count
-        self._queued_bytes -= len(batch.data) - 3 * batch.count
-        self._queue_space.set()
-        self._fan_out(appended.first_seq, appended.count, batch.data)
-        size = len(batch.data) - 3 * batch.count  # payloads, without the packets' headers
-        self.metrics.batch_published(self.session_id, batch.count, size, batch.parts[0][0].queued)
-        for request, start, stop in batch.parts:
-            request.done += stop - start
-            if request.done == len(request.payloads) and not request.future.done():
-                request.future.set_result(request.first_seq)
-
-    def _write_failed(self, batches: list[_Batch | None], exc: Exception) -> None:
-        """Appending a batch failed (the log is as it was before it: see
-        :meth:`SessionLog.append`). Fail it, the batch taken after it and every call
-        queued or waiting for room: none of their messages gets a number. Then pause
-        publishing: calls wait out the retry delay, and the next batch tries again."""
-        self._write_failures += 1
-        self._failed_in_a_row += 1
-        delay = min(
-            self.config.publish_retry * 2 ** (self._failed_in_a_row - 1),
-            self.config.publish_retry_max,
-        )
-        again = self._publishing_error is not None
-        reason = str(exc) if isinstance(exc, StoreError) else f"writing to the log failed: {exc}"
-        self._publishing_error = reason
-        requests = dict.fromkeys(
-            request for batch in batches if batch for request, _, _ in batch.parts
-        )
-        requests.update(dict.fromkeys(self._queue))
-        lost = 0
-        self._retry_in = delay
-        message = self._paused_message()
-        for request in requests:
-            count = len(request.payloads)
-            lost += count - request.done
-            if request.future.done():
-                continue
-            if request.done:
-                last = request.first_seq + request.done - 1
-                error = PublishFailed(
-                    f"the first {request.done} of these {count} messages were published "
-                    f"(sequence {request.first_seq}..{last}), the rest not: {message}",
-                    request.done,
-                    request.first_seq,
-                )
-            else:
-                error = PublishFailed(message)
-            error.__cause__ = exc  # a StoreError, caused by the OSError
-            request.future.set_exception(error)
-            self.metrics.publish_failed("write_failed")
-        self._queue.clear()
-        self._queued_messages = self._queued_bytes = 0
-        self._assigned_next = self._published_next
-        if self._hold is not None:
-            self._hold.cancel()
-        if not self._closing:
-            self._hold = asyncio.get_running_loop().call_later(delay, self._end_hold)
-        self._queue_space.set()  # calls waiting for room are told
-        log.log(
-            logging.WARNING if again and reason == self._last_reason else logging.ERROR,
-            "session %s: %s: %s; %s (%s) were not published and got no numbers (the next "
-            "is still %d); the next publish tries again in %g s",
-            self._session_id,
-            "publishing still paused" if again else "publishing paused",
-            reason,
-            _plural(lost, "message"),
-            _plural(len(requests), "publish call"),
-            self._published_next,
-            delay,
-        )
-        self._last_reason = reason
-
-    def _paused_message(self) -> str:
-        return (
-            f"{self._publishing_error}; publishing is paused, and the next publish tries "
-            f"again in {self._retry_in:g} s"
-        )
-
-    def _end_hold(self) -> None:
-        if self._hold is not None:
-            self._hold.cancel()
-            self._hold = None
-        self._queue_space.set()
-
-    def _resumed(self, appended: Appended) -> None:
-        log.warning(
-            "session %s: publishing resumed at sequence %d, after %s (%s)",
-            self._session_id,
-            appended.first_seq,
-            _plural(self._failed_in_a_row, "failed write"),
-            self._publishing_error,
-        )
-        self._publishing_error = None
-        self._failed_in_a_row = 0
-
-    def _fail(self, batches: list[_Batch | None], exc: BaseException) -> None:
-        """The writer broke (not a failed write: see :meth:`_write_failed`): publishing
-        stops for good."""
-        self._failure = exc
-        log.error(
-            "session %s: the session writer broke, publishing stopped: %s", self._session_id, exc
-        )
-        error = StoreError(f"the message was not persisted: {exc}")
-        requests = [r for batch in batches if batch for r, _, _ in batch.parts]
-        for request in [*requests, *self._queue]:
-            if not request.future.done():
-                request.future.set_exception(error)
-                self.metrics.publish_failed("stopped")
-        self._queue.clear()
-        self._queued_messages = self._queued_bytes = 0
-        self._assigned_next = self._published_next
-        self._end_hold()  # wake held-back publishers: they see the failure
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _log_failure(done: asyncio.Future[list[str]]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.error("applying the retention policy failed: %s", done.exception())
+    def end_session(self) -> Coroutine[Any, Any, str]:
+        """End the active session and open the next (see :meth:`roll`)."""
+        return self.roller.roll()

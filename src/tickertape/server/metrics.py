@@ -1,8 +1,8 @@
 """What a server counts, for Prometheus: ``GET /metrics`` on the admin port.
 
-Every server (every :class:`~tickertape.server.tail.Tail`: an engine, or a follower)
-has its own :class:`Metrics`, with a registry of its own (not prometheus-client's global
-one): two servers in one process do not mix their figures.
+Every server (an engine, or a follower) has its own :class:`Metrics`, with a registry of
+its own (not prometheus-client's global one): two servers in one process do not mix
+their figures.
 
 Cheap on the hot path. Counters and histograms are bumped once per batch written, per
 publish call refused, per login, never per message. What a subscriber is sent is added

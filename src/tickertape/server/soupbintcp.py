@@ -72,10 +72,10 @@ from tickertape.server.access import (
     is_loopback,
     may_not_read,
 )
-from tickertape.server.engine import PublishFailed
 from tickertape.server.metrics import metrics_of
-from tickertape.server.session_source import SessionSource
+from tickertape.server.provider import SessionProvider
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
+from tickertape.server.writer import PublishFailed
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.text import plural
 from tickertape.tls import TLSGate, is_client_hello
@@ -231,7 +231,7 @@ class ServerConfig:
 class SoupBinTCPServer:
     """Serves the engine's sessions to SoupBinTCP clients."""
 
-    def __init__(self, engine: SessionSource, config: ServerConfig | None = None) -> None:
+    def __init__(self, engine: SessionProvider, config: ServerConfig | None = None) -> None:
         self.engine = engine
         self.config = config or ServerConfig()
         self.access = self.config.access()
@@ -755,7 +755,7 @@ class _Connection(asyncio.Protocol):
         self._handle_events()
 
     def _accept(
-        self, wanted: str, sequence: int, session_log: ReadableLog, engine: SessionSource | None
+        self, wanted: str, sequence: int, session_log: ReadableLog, engine: SessionProvider | None
     ) -> None:
         session = self._session
         transport = self._transport

@@ -33,7 +33,7 @@ from typing import Final
 
 from tickertape.errors import CorruptLogError
 from tickertape.server.metrics import SentCounts
-from tickertape.server.session_source import SessionSource
+from tickertape.server.provider import SessionProvider
 from tickertape.store.log import ReadableLog
 from tickertape.wire.soupbintcp import packet_offsets
 
@@ -60,7 +60,7 @@ class Subscriber:
         self,
         transport: asyncio.WriteTransport,
         session_log: ReadableLog,
-        engine: SessionSource | None,
+        engine: SessionProvider | None,
         next_seq: int,
         *,
         on_sent: Callable[[float], None],

@@ -16,7 +16,8 @@ import datetime as dt
 import logging
 from typing import Final
 
-from tickertape.server.engine import Engine, PublishFailed
+from tickertape.server.engine import Engine
+from tickertape.server.writer import PublishFailed
 from tickertape.text import plural
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 host is writing, followed read-only.
 
 The :class:`Follower` stands where the :class:`~tickertape.server.engine.Engine` stands
-for the SoupBinTCP endpoint (:class:`~tickertape.server.session_source.SessionSource`),
+for the SoupBinTCP endpoint (:class:`~tickertape.server.provider.SessionProvider`),
 but it writes nothing: its active session is the newest session of the directory,
 opened read-only, and its "publishing" is noticing what the writer appended.
 
@@ -47,11 +47,12 @@ from typing import Final
 
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import StoreError
-from tickertape.server.tail import Tail
+from tickertape.server.metrics import Metrics
+from tickertape.server.stream import Cursor, RollListener, SessionStream
 from tickertape.store.catalogue import Catalogue, SessionInfo
 from tickertape.store.follow import DEFAULT_REFRESH_BYTES, FollowedLog
 from tickertape.store.layout import ENDED_MARKER, INDEX_FILE
-from tickertape.store.log import Appended, ReadableLog
+from tickertape.store.log import Appended, ReadableLog, SessionLog
 from tickertape.store.opening import open_session_log
 from tickertape.store.sessionid import SessionId
 from tickertape.text import plural
@@ -110,14 +111,17 @@ class _News:
     """The session to follow next: the followed one ended."""
 
 
-class Follower(Tail):
+class Follower:
     """The sessions of a data directory another process writes, served read-only.
     Create, then ``await start()``."""
 
     def __init__(
         self, root: Path, config: FollowerConfig | None = None, clock: Clock | None = None
     ) -> None:
-        super().__init__(clock or SystemClock())
+        self.clock = clock or SystemClock()
+        self.stream = SessionStream(self.clock, owner="follower")
+        self.metrics = Metrics()
+        """What this server counts (``GET /metrics``)."""
         self.root = root
         self.config = config or FollowerConfig()
         self.catalogue = FollowedCatalogue(root, self)
@@ -182,20 +186,16 @@ class Follower(Tail):
         if self._watch is not None:
             self._watch.close()
             self._watch = None
-        self._live.clear()
         self._executor.shutdown(wait=True)
         looked = self._looking
         if looked is not None and not looked.cancelled() and looked.exception() is None:
             following = looked.result().following
-            if following is not None and following[1] is not self._log:
+            if following is not None and following[1] is not self.stream.log:
                 following[1].close()  # opened by a look the close interrupted
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.stream.close()
 
     def _follow(self, session_id: SessionId, session_log: FollowedLog) -> None:
-        self._session_id, self._log = session_id, session_log
-        self._published_next = session_log.next_seq
+        self.stream.open(session_id, session_log)
         if self._watch is not None:
             self._watch.watch(session_log.directory)
         log.info(
@@ -213,7 +213,7 @@ class Follower(Tail):
         failing: str | None = None
         while True:
             self._wakeup.clear()  # before looking: a change meanwhile wakes the next wait
-            session_id, session_log = self._session_id, self._log
+            session_id, session_log = self.stream.id, self.stream.log
             assert session_id is not None and isinstance(session_log, FollowedLog)
             self._looking = self._executor.submit(self._look, session_id, session_log)
             try:
@@ -226,7 +226,7 @@ class Follower(Tail):
             else:
                 failing = None
             for appended, data in news.batches:
-                self._fan_out(appended.first_seq, appended.count, data)
+                self.stream.fan_out(appended.first_seq, appended.count, data)
             if news.following is not None:
                 self._switch_to(*news.following)
             elif not news.batches:
@@ -257,18 +257,18 @@ class Follower(Tail):
     def _switch_to(self, session_id: SessionId, session_log: FollowedLog) -> None:
         """The followed session ended: End of Session to its live cursors, its log to
         the roll listeners, and follow the next. No await from start to end."""
-        ended_id, ended_log = self._session_id, self._log
+        ended_id, ended_log = self.stream.id, self.stream.log
         assert ended_id is not None and ended_log is not None
-        self._switch(session_id, session_log)
+        self.stream.switch(session_id, session_log)
         self._follow(session_id, session_log)
-        self._hand_over(ended_id, ended_log)
+        self.stream.hand_over(ended_id, ended_log)
 
     # ------------------------------------------------------------------ state
 
     @property
     def followed(self) -> SessionId | None:
         """The id of the session followed now (None before :meth:`start`)."""
-        return self._session_id
+        return self.stream.id
 
     @property
     def inotify(self) -> bool:
@@ -276,6 +276,35 @@ class Follower(Tail):
         return self._watch is not None
 
     # ------------------------------------------------------------------ subscribers
+
+    @property
+    def session_id(self) -> str:
+        return self.stream.session_id
+
+    @property
+    def session_log(self) -> SessionLog:
+        return self.stream.session_log
+
+    @property
+    def next_seq(self) -> int:
+        """One past the last message of the followed session that may be served."""
+        return self.stream.next_seq
+
+    @property
+    def live_count(self) -> int:
+        return self.stream.live_count
+
+    def is_active(self, session_log: ReadableLog) -> bool:
+        return self.stream.is_active(session_log)
+
+    def go_live(self, cursor: Cursor) -> bool:
+        return self.stream.go_live(cursor)
+
+    def leave(self, cursor: Cursor) -> None:
+        self.stream.leave(cursor)
+
+    def on_roll(self, listener: RollListener) -> None:
+        self.stream.on_roll(listener)
 
     # ------------------------------------------------------------------ not here
 

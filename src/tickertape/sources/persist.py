@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tickertape.server.engine import Engine, PublishFailed
+from tickertape.server.engine import Engine
+from tickertape.server.writer import PublishFailed
 
 __all__ = ["publish_until_persisted"]
 

@@ -38,7 +38,7 @@ from tickertape.server.metrics import metrics_of
 from tickertape.server.moldudp64.sender import MoldSender, publisher_socket
 from tickertape.server.moldudp64.settings import PublisherConfig, PublisherStats
 from tickertape.server.moldudp64.throttled import ThrottledWarning
-from tickertape.server.session_source import SessionSource
+from tickertape.server.provider import SessionProvider
 from tickertape.wire.moldudp64 import end_of_session, heartbeat
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _route_source(group: str, port: int) -> str | None:
 class MoldPublisher:
     """Multicasts the engine's active session as MoldUDP64. Create, then ``start()``."""
 
-    def __init__(self, engine: SessionSource, config: PublisherConfig) -> None:
+    def __init__(self, engine: SessionProvider, config: PublisherConfig) -> None:
         self.engine = engine
         self.config = config
         self.stats = PublisherStats()

@@ -45,7 +45,7 @@ from tickertape.server.moldudp64.settings import (
 )
 from tickertape.server.moldudp64.throttled import ThrottledWarning
 from tickertape.server.moldudp64.windows import Answer, Window, Windows, read_window
-from tickertape.server.session_source import SessionSource
+from tickertape.server.provider import SessionProvider
 from tickertape.store.log import ReadableLog
 from tickertape.store.sessionid import SessionId
 from tickertape.wire.moldudp64 import BLOCK_HEADER, HEADER, SESSION_LENGTH, Request
@@ -74,7 +74,7 @@ class _Pending:
 class MoldRequestServer:
     """Answers MoldUDP64 re-requests by unicast. Create, then ``await start()``."""
 
-    def __init__(self, engine: SessionSource, config: RequestServerConfig | None = None) -> None:
+    def __init__(self, engine: SessionProvider, config: RequestServerConfig | None = None) -> None:
         self.engine = engine
         self.config = config or RequestServerConfig()
         self.stats = RequestStats()

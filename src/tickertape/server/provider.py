@@ -1,10 +1,12 @@
-"""What the SoupBinTCP endpoint and its subscribers need of the sessions they serve.
+"""The SessionProvider: what the endpoints and their subscribers need of the sessions
+they serve (the active session, its stream of live subscribers, the closed sessions).
 
-Two things offer it: the :class:`~tickertape.server.engine.Engine`, which writes the
-sessions of its data directory, and the :class:`~tickertape.server.follower.Follower`,
-which serves, read-only, the data directory another process writes. The endpoint and
-:class:`~tickertape.server.subscriber.Subscriber` are written against this protocol, so
-they serve either the same way.
+A protocol only, with no code. Two things offer it: the
+:class:`~tickertape.server.engine.Engine`, which writes the sessions of its data
+directory, and the :class:`~tickertape.sources.follow.Follower`, which serves,
+read-only, the data directory another process writes. The SoupBinTCP and MoldUDP64
+endpoints and the :class:`~tickertape.server.subscriber.Subscriber` are written against
+this protocol, so they serve either the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tickertape.server.tail import Cursor
+    from tickertape.server.stream import Cursor
     from tickertape.store.log import ReadableLog, SessionLog
 
 
@@ -26,7 +28,7 @@ class ClosedSessions(Protocol):
         ...
 
 
-class SessionSource(Protocol):
+class SessionProvider(Protocol):
     """The active session, its tail and its live cursors; the closed sessions."""
 
     @property
@@ -77,4 +79,4 @@ class SessionSource(Protocol):
         ...
 
 
-__all__ = ["ClosedSessions", "SessionSource"]
+__all__ = ["ClosedSessions", "SessionProvider"]
