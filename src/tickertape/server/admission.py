@@ -48,22 +48,23 @@ class Admission:
         self,
         server: SoupBinTCPServer,
         session: ServerConnection,
-        transport: asyncio.Transport,
         peer: str,
         source: str,
         *,
+        pause_reading: Callable[[], None],
         closing: Callable[[], bool],
         accepted: Callable[[Live, Lease | None, bool], None],
         answered: Callable[[], None],
     ) -> None:
-        """``closing()``: whether the connection is being closed (a decision is then
+        """``pause_reading()``: read nothing more from the client (until the login is
+        accepted); ``closing()``: whether the connection is being closed (a decision is then
         dropped); ``accepted(login, lease, closed)``: accept ``login`` (a pull of a
         closed session if ``closed``, whose log ``lease`` holds); ``answered()``: a
         decision taken off the event loop's turn was queued, act on it."""
         self._server = server
         self._engine = server.engine
         self._session = session
-        self._transport = transport
+        self._pause_reading = pause_reading
         self._loop = asyncio.get_running_loop()
         self._peer = peer
         self._source = source
@@ -91,7 +92,7 @@ class Admission:
             # Checking a password hash takes tens of milliseconds: off the event loop.
             # The session logic holds back whatever the client sends meanwhile, and we
             # stop reading from it until the login is decided.
-            self._transport.pause_reading()
+            self._pause_reading()
             self._pull = self._loop.create_task(self._authenticate(request))
             return
         self._authorize(request, access.authenticate(request.username, request.password))
@@ -129,7 +130,7 @@ class Admission:
         if self._closing():
             return  # closed meanwhile (the server is shutting down, say)
         if principal is None:
-            self._transport.pause_reading()  # nothing more is read before the answer
+            self._pause_reading()  # nothing more is read before the answer
             self._loop.call_later(self._failed(), self._reject, self._bad_credentials(request))
             return
         login = classify_login(request, self._engine, principal)
@@ -150,7 +151,7 @@ class Admission:
         else:
             # The answer waits for the log to be opened; the session logic holds back
             # whatever the client sends meanwhile.
-            self._transport.pause_reading()
+            self._pause_reading()
             self._pull = self._loop.create_task(self._login_closed(login))
 
     def _bad_credentials(self, request: LoginRequest) -> Reject:

@@ -103,9 +103,9 @@ class Connection(asyncio.Protocol):
         self._admission = Admission(
             self._server,
             self._session,
-            transport,
             self._peer,
             self._source,
+            pause_reading=transport.pause_reading,
             closing=lambda: output.closing,
             accepted=self._accept,
             answered=self._handle_events,
