@@ -36,6 +36,7 @@ __all__ = [
     "PasswordChecks",
     "Principal",
     "is_loopback",
+    "may_not_publish",
     "may_not_read",
 ]
 
@@ -95,6 +96,13 @@ def may_not_read(principal: Principal, session_id: str) -> str:
         return f"{who} may not read sessions (the {Role.SUBSCRIBER} role is needed)"
     patterns = ", ".join(principal.sessions or ())
     return f"{who} may not read session {session_id} (only the sessions matching {patterns})"
+
+
+def may_not_publish(principal: Principal) -> str:
+    """Why ``principal`` may not publish, in words."""
+    if principal.name == ANONYMOUS:
+        return f"anonymous logins may not publish: log in as a user with the {Role.PUBLISHER} role"
+    return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
 
 
 def is_loopback(host: str) -> bool:

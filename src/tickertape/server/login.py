@@ -13,7 +13,7 @@
 - :class:`Reject`: Login Rejected, with the code, the reason said in a Debug packet
   before it (``J`` has only a code), and the metrics label.
 
-It also holds the other answers the endpoint gives in words (why a login may not
+It also holds the other answers the endpoint gives in words (why a connection may not
 publish, the longest packet a client may send). Checking passwords, opening logs and
 sending are not here: they are :mod:`~tickertape.server.access`'s,
 :mod:`~tickertape.server.pulls`' and the connection's.
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 from tickertape.errors import SessionNotFound
 from tickertape.protocol.publishing import NO_STREAM
-from tickertape.server.access import ANONYMOUS, Principal, may_not_read
+from tickertape.server.access import Principal, may_not_publish, may_not_read
 from tickertape.server.session_source import SessionSource
-from tickertape.users import Role
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
@@ -44,7 +43,6 @@ __all__ = [
     "classify_login",
     "first_of_pull",
     "limit_reason",
-    "may_not_publish",
     "packet_limit",
     "publish_refusal",
     "pull_unavailable",
@@ -134,13 +132,6 @@ def bad_credentials(request: LoginRequest) -> str:
     if not request.username:
         return "this server needs a username and password: anonymous logins are refused"
     return f"wrong username or password for user {request.username!r}"
-
-
-def may_not_publish(principal: Principal) -> str:
-    """Why ``principal`` may not publish, in words."""
-    if principal.name == ANONYMOUS:
-        return f"anonymous logins may not publish: log in as a user with the {Role.PUBLISHER} role"
-    return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
 
 
 def packet_limit(may_publish: bool, max_client_packet: int, max_message: int | None) -> int:
