@@ -75,6 +75,10 @@ class Output:
         self._loop = asyncio.get_running_loop()
         self._peer = peer
         self._pending: Callable[[], bytes] = bytes
+        self.batch: Callable[[bytes], None] = transport.write
+        """Write a live batch, encoded once for every subscriber: one write, no more
+        (the fan-out's hot path; the engine hands no batch to a subscriber that is
+        catching up or halted, so nothing can be in flight then)."""
         self.feed: Feed | None = None
         """The subscriber sending the session, once there is one."""
         self.announce_cut = False
@@ -115,10 +119,6 @@ class Output:
         data = self._pending()
         if data and not self._transport.is_closing():
             self._transport.write(data)
-
-    def batch(self, data: bytes) -> None:
-        """A live batch, encoded once for every subscriber: one write."""
-        self._transport.write(data)
 
     def write_range(self, data: bytes) -> None:
         """A range of the log read (over TLS, or from an archive), in slices of
