@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from tickertape.server.access import (
     Credentials,
     Grant,
     LoginThrottle,
+    PasswordChecks,
     is_loopback,
 )
 from tickertape.server.soupbintcp import ServerConfig
@@ -123,3 +126,46 @@ def test_a_server_config_checks_its_limits() -> None:
         ServerConfig(users=Users(), credentials=Credentials("a", "b"))
     with pytest.raises(ConfigError, match="--allow-anonymous"):
         ServerConfig(host="0.0.0.0")
+
+
+class InstantAccess(Access):
+    """Credentials checked at once: only "right" is right."""
+
+    def authenticate(self, username: str, password: str) -> Grant | None:
+        return Grant(username, EVERYONE) if password == "right" else None
+
+
+def test_password_checks_from_one_address_wait_for_a_failures_delay() -> None:
+    """The second check from an address starts only once the first failure has been
+    answered (its delay over): guessing in parallel is no faster than in turn. Another
+    address is not held back."""
+    events: list[str] = []
+
+    async def main() -> None:
+        checks = PasswordChecks(InstantAccess(), slots=4)
+
+        async def guess(number: int, source: str, password: str) -> None:
+            def failed() -> float:
+                events.append(f"failed {number}")
+                return 1.0
+
+            found = await checks.check(source, "ann", password, failed)
+            events.append(f"answered {number}: {found is not None}")
+
+        await asyncio.gather(
+            guess(1, "10.0.0.9", "nope"),
+            guess(2, "10.0.0.9", "wrong"),
+            guess(3, "10.0.0.9", "right"),
+            guess(4, "10.0.0.8", "right"),
+        )
+
+    asyncio.run(main())
+    one_address = [event for event in events if event != "answered 4: True"]
+    assert one_address == [
+        "failed 1",
+        "answered 1: False",
+        "failed 2",
+        "answered 2: False",
+        "answered 3: True",
+    ]
+    assert events.index("answered 4: True") < events.index("answered 1: False")

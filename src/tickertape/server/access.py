@@ -5,7 +5,9 @@ are slowed down.
 (or nothing): from a users file (:mod:`tickertape.auth.users`), from the single account given
 with ``serve --user``, or, where anonymous logins are allowed, as an anonymous
 subscriber. :class:`LoginThrottle` keeps, per source address, how many logins failed
-lately and how long to wait before answering the next failure.
+lately and how long to wait before answering the next failure. :class:`PasswordChecks`
+schedules the checks of password hashes: off the event loop, one at a time per address
+(a failure's delay included), and no more at once than the machine has cores.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import contextlib
 import hmac
 import ipaddress
 import math
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -31,8 +34,10 @@ __all__ = [
     "Grant",
     "LoginThrottle",
     "OneAtATime",
+    "PasswordChecks",
     "Principal",
     "is_loopback",
+    "may_not_publish",
     "may_not_read",
 ]
 
@@ -92,6 +97,13 @@ def may_not_read(principal: Principal, session_id: str) -> str:
         return f"{who} may not read sessions (the {Role.SUBSCRIBER} role is needed)"
     patterns = ", ".join(principal.sessions or ())
     return f"{who} may not read session {session_id} (only the sessions matching {patterns})"
+
+
+def may_not_publish(principal: Principal) -> str:
+    """Why ``principal`` may not publish, in words."""
+    if principal.name == ANONYMOUS:
+        return f"anonymous logins may not publish: log in as a user with the {Role.PUBLISHER} role"
+    return f"user {principal.name!r} may not publish (the {Role.PUBLISHER} role is needed)"
 
 
 def is_loopback(host: str) -> bool:
@@ -248,3 +260,30 @@ class OneAtATime:
                 self._locks[source] = (lock, users - 1)
             else:
                 del self._locks[source]
+
+
+class PasswordChecks:
+    """Checks of credentials that hash a password (:attr:`Access.slow`): off the event
+    loop, one at a time per source address, a failure's delay included, so that guessing
+    in parallel is no faster than in turn; and no more at once in all than ``slots``
+    (default: the machine's cores)."""
+
+    def __init__(self, access: Access, slots: int | None = None) -> None:
+        self._access = access
+        self._one_at_a_time = OneAtATime()
+        self._slots = asyncio.Semaphore(slots or os.cpu_count() or 2)
+
+    async def check(
+        self, source: str, username: str, password: str, failed: Callable[[], float]
+    ) -> Principal | None:
+        """The principal these credentials stand for, or None once the delay
+        ``failed()`` returns (it counts the failure) is over; the next check from
+        ``source`` waits until then."""
+        async with self._one_at_a_time.checking(source):
+            async with self._slots:
+                principal = await asyncio.get_running_loop().run_in_executor(
+                    None, self._access.authenticate, username, password
+                )
+            if principal is None:
+                await asyncio.sleep(failed())
+        return principal

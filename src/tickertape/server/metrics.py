@@ -71,8 +71,8 @@ from prometheus_client.registry import Collector
 from tickertape import __version__
 
 if TYPE_CHECKING:
+    from tickertape.server.connection_info import SubscriberInfo
     from tickertape.server.moldudp64.settings import PublisherStats, RequestStats
-    from tickertape.server.soupbintcp import SubscriberInfo
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

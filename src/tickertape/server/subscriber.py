@@ -9,12 +9,12 @@ high-water mark it leaves the live set; when the buffer drains it reads the log 
 until it is back at the tail. It never holds more than its write buffer and one batch in
 memory, and it never slows the others.
 
-The ``sendfile`` is its own loop of ``os.sendfile`` calls on the socket (a duplicate of
-its descriptor, so that the event loop can wait for it to take more without touching the
-transport), not ``loop.sendfile``, which stops reading from the client for as long as
-it runs: the client's packets are read and acted on during a catch-up as at any other
-time (a Logout Request, heartbeats, a malformed packet). :meth:`Subscriber.halt` stops
-a catch-up at the end of the packet being sent, so that what the connection writes next
+It writes through the connection's :class:`~tickertape.server.output.Output`, which
+orders what goes out: its ``sendfile`` (its own loop of ``os.sendfile`` calls, not
+``loop.sendfile``, which stops reading from the client for as long as it runs: the
+client's packets are read and acted on during a catch-up as at any other time), the
+control packets of the session logic, and the close. :meth:`Subscriber.halt` stops a
+catch-up at the end of the packet being sent, so that what the connection writes next
 (a Debug packet saying why it closes) starts on a packet boundary.
 
 A closed session that cannot be served whole (its log or archive is damaged) is served
@@ -25,14 +25,13 @@ that the session ended.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 from collections.abc import Callable
 from typing import Final
 
 from tickertape.errors import CorruptLogError
 from tickertape.server.metrics import SentCounts
+from tickertape.server.output import Output, SendfileNotAvailable
 from tickertape.server.provider import SessionProvider
 from tickertape.store.log import ReadableLog
 from tickertape.wire.soupbintcp import packet_offsets
@@ -43,22 +42,13 @@ DEFAULT_CATCH_UP_CHUNK: Final = 1 << 20
 """Bytes of the log sent per step while catching up (the step ends on a batch boundary);
 over TLS, read from the log and written per step."""
 
-_NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
-"""What ``os.sendfile`` fails with where a file system or socket does not support it."""
-
-WRITE_SLICE: Final = 256 << 10
-"""A range read from the log (over TLS, or from an archive) is written in slices of this
-size: each is encrypted and sent while it is in the CPU's caches, and a partial send
-leaves less to copy into the transport's buffer. Measured over TLS against whole 1 MiB
-writes: about half the server's CPU time per byte."""
-
 
 class Subscriber:
-    """A cursor over one session's log, writing to one transport."""
+    """A cursor over one session's log, writing to one connection's output."""
 
     def __init__(
         self,
-        transport: asyncio.WriteTransport,
+        output: Output,
         session_log: ReadableLog,
         engine: SessionProvider | None,
         next_seq: int,
@@ -68,19 +58,17 @@ class Subscriber:
         on_end: Callable[[], None],
         on_damaged: Callable[[int, str], None],
         on_failed: Callable[[str], None],
-        on_file_sent: Callable[[], None] = lambda: None,
         chunk: int = DEFAULT_CATCH_UP_CHUNK,
         sent: SentCounts | None = None,
     ) -> None:
         """``on_end()``: the whole session was sent; send End of Session.
         ``on_damaged(seq, why)``: the session was sent up to message ``seq`` (not
         included), and cannot be from there: say why, and close. ``on_failed(reason)``:
-        the catch-up failed; say so, and close. ``on_file_sent()``: a ``sendfile`` ended,
-        the transport may be written to again."""
+        the catch-up failed; say so, and close."""
         self.next_seq = next_seq
         self._sent = sent or SentCounts()  # what subscribers were sent, for the metrics
         self.first_seq = next_seq
-        self._transport = transport
+        self._output = output
         self._log = session_log
         self._engine = engine
         self._on_sent = on_sent
@@ -88,7 +76,6 @@ class Subscriber:
         self._on_end = on_end
         self._on_damaged = on_damaged
         self._on_failed = on_failed
-        self._on_file_sent = on_file_sent
         self._chunk = chunk
         self._live = False
         self._paused = False
@@ -97,12 +84,7 @@ class Subscriber:
         self._writable.set()
         self._caught_up_once = False
         self._task: asyncio.Task[None] | None = None
-        self._socket_fd: int | None = None
-        self.sending_file = False
-        """True while a ``sendfile`` is in flight: nothing else may be written then."""
-        self.file_bytes_sent = 0
-        """Bytes sent with ``sendfile`` so far: whether a ``sendfile`` moves."""
-        self._sendfile = transport.get_extra_info("ssl_object") is None
+        self._sendfile = not output.tls
         """False over TLS, where the bytes are encrypted in the process, or once
         ``sendfile`` was found not to work: then the log is read and written."""
 
@@ -153,7 +135,7 @@ class Subscriber:
         catching up. Returns a future done once that packet is sent (a ``sendfile`` is
         in flight), or None if nothing is being sent. Then the transport is free."""
         task = self._task
-        if self.sending_file and task is not None and not task.done():
+        if self._output.sending_file and task is not None and not task.done():
             self._halting = True
             if self._engine is not None:
                 self._engine.leave(self)
@@ -179,7 +161,7 @@ class Subscriber:
                 self._resume()
                 return
             data = data[packet_offsets(data)[nxt - first_seq] :]
-        self._transport.write(data)
+        self._output.batch(data)
         sent = self._sent
         sent.live_messages += end - nxt
         sent.live_bytes += len(data)
@@ -189,7 +171,7 @@ class Subscriber:
     def abort(self) -> None:
         """Close the connection at once: something went wrong with this cursor."""
         self.stop()
-        self._transport.abort()
+        self._output.abort()
 
     def session_ended(self) -> None:
         """The active session ended; once caught up, this cursor sends End of Session."""
@@ -233,19 +215,11 @@ class Subscriber:
     # ------------------------------------------------------------------ catching up
 
     async def _catch_up(self) -> None:
-        try:
-            await self._catch_up_to_the_tail()
-        finally:
-            if self._socket_fd is not None:
-                os.close(self._socket_fd)
-                self._socket_fd = None
-
-    async def _catch_up_to_the_tail(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         replayed = 0
         narrow = False  # an archive's range failed its check: find the damage chunk by chunk
-        while not self._transport.is_closing() and not self._halting:
+        while not self._output.is_closing() and not self._halting:
             engine = self._engine
             if engine is not None and not engine.is_active(self._log):
                 engine = self._engine = None  # the session ended while catching up
@@ -285,9 +259,9 @@ class Subscriber:
                 self._on_damaged(self.next_seq, "its archive fails its checks there")
                 return
             except ConnectionError as exc:
-                if not self._transport.is_closing():
+                if not self._output.is_closing():
                     log.info("catch-up stopped: %s", exc)
-                    self._transport.abort()
+                    self._output.abort()
                 return
             except Exception as exc:
                 log.exception("catch-up from sequence %d failed: closing", self.next_seq)
@@ -306,107 +280,20 @@ class Subscriber:
         log is a plain file and the transport allows it; else (TLS, an archive) read them
         (off the event loop: an archived log decompresses) and write them, then wait
         while the write buffer is above its high-water mark: the next range is read
-        while the bytes of this one, still buffered, are sent. Written in slices of
-        :data:`WRITE_SLICE` bytes. Returns False if :meth:`halt` stopped it before the
-        end of the range (after a whole packet)."""
+        while the bytes of this one, still buffered, are sent (in slices of
+        :data:`~tickertape.server.output.WRITE_SLICE` bytes). Returns False if
+        :meth:`halt` stopped it before the end of the range (after a whole packet)."""
         source = self._log.sendfile_source() if self._sendfile else None
         if source is not None:
             try:
-                return await self._send_file(source.fileno(), offset, count)
-            except _SendfileNotAvailable:
+                return await self._output.send_file(source.fileno(), offset, count)
+            except SendfileNotAvailable:
                 self._sendfile = False  # a file system or socket without sendfile
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(None, self._log.read_range, offset, count)
         if len(data) != count:
             raise ConnectionError(f"read {len(data)} of {count} bytes of the log")
-        if not self._transport.is_closing():
-            view = memoryview(data)
-            for start in range(0, count, WRITE_SLICE):
-                self._transport.write(view[start : start + WRITE_SLICE])
+        if not self._output.is_closing():
+            self._output.write_range(data)
             await self._writable.wait()
         return True
-
-    async def _send_file(self, file_fd: int, offset: int, count: int) -> bool:
-        """``os.sendfile`` the range to the socket, waiting for it to take more when it
-        is full; the transport goes on reading from the client meanwhile. See
-        :meth:`_send_range`."""
-        transport = self._transport
-        socket_fd = self._socket_fd
-        if socket_fd is None:
-            sock = transport.get_extra_info("socket")
-            if sock is None:
-                raise _SendfileNotAvailable
-            socket_fd = self._socket_fd = os.dup(sock.fileno())
-        # What was written to the transport before goes first.
-        while transport.get_write_buffer_size():
-            if transport.is_closing():
-                return True
-            await self._socket_writable(socket_fd)
-        start = offset
-        stop = offset + count
-        halted = False
-        self.sending_file = True
-        try:
-            while offset < stop:
-                if transport.is_closing():
-                    raise ConnectionError("the connection was closed during a catch-up")
-                if self._halting and not halted:
-                    halted = True  # finish the packet under way, then stop
-                    stop = _packet_end(file_fd, start, offset, stop)
-                    if offset >= stop:
-                        break
-                try:
-                    sent = os.sendfile(socket_fd, file_fd, offset, stop - offset)
-                except BlockingIOError:
-                    await self._socket_writable(socket_fd)
-                    continue
-                except OSError as exc:
-                    if exc.errno in _NO_SENDFILE and offset == start:
-                        raise _SendfileNotAvailable from exc
-                    raise ConnectionError(f"sendfile failed: {exc}") from exc
-                if sent == 0:
-                    raise ConnectionError(
-                        f"the log ends at {offset}, before the end of the range ({stop})"
-                    )
-                offset += sent
-                self.file_bytes_sent += sent
-        finally:
-            self.sending_file = False
-        if halted:
-            return False
-        self._on_file_sent()
-        return not self._halting
-
-    async def _socket_writable(self, socket_fd: int) -> None:
-        """Wait until the socket takes more bytes (or the connection is closed)."""
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-
-        def writable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_writer(socket_fd, writable)
-        try:
-            await ready
-        finally:
-            loop.remove_writer(socket_fd)
-
-
-class _SendfileNotAvailable(Exception):
-    """``sendfile`` does not work here: read the log and write it."""
-
-
-def _packet_end(file_fd: int, start: int, position: int, stop: int) -> int:
-    """The first packet boundary at or after ``position`` in the log, walking the packets
-    from ``start`` (a boundary) no further than ``stop``."""
-    if position <= start:
-        return start
-    data = os.pread(file_fd, min(stop, position + 2) - start, start)
-    at = 0
-    end = position - start
-    while at < end:
-        if at + 2 > len(data):
-            return stop  # not the packets the range was checked to hold: send it all
-        at += 2 + ((data[at] << 8) | data[at + 1])
-    return min(start + at, stop)
