@@ -25,7 +25,7 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
-from support import SoupClient, running_server
+from support import SoupClient, running_server, until
 
 TOKEN = "s3cret-admin-token"
 TIMEOUT = 10.0
@@ -74,12 +74,6 @@ Client = SoupClient
 
 def payloads(tag: str, count: int) -> list[bytes]:
     return [f"{tag} {n}".encode() for n in range(1, count + 1)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not await check():
-            await asyncio.sleep(0.01)
 
 
 def files_size(directory: Path) -> int:
@@ -264,7 +258,7 @@ def test_status_lists_a_connected_subscriber(tmp_path: Path) -> None:
             _, answer = await api.get("/status")
             return bool(answer["subscribers"]) and answer["subscribers"][0]["live"]
 
-        await eventually(live)
+        await until(live, "the subscriber shown live", TIMEOUT)
         status, answer = await api.get("/status")
         assert status == 200
         host, port = subscriber.writer.get_extra_info("sockname")[:2]

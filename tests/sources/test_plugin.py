@@ -30,7 +30,7 @@ from tickertape.sources.plugin import (
 )
 from tickertape.text import plural
 
-from support import ServerProcess, running_server
+from support import ServerProcess, running_server, until
 
 EXAMPLES = Path(__file__).with_name("example_sources.py")
 TIMEOUT = 20.0
@@ -56,14 +56,6 @@ async def whole_session(port: int, session: str = "", seq: int = 1) -> list[Mess
             return [message async for message in messages]
 
     return await asyncio.wait_for(read(), TIMEOUT)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(wait(), TIMEOUT)
 
 
 def payloads(messages: Sequence[Message]) -> list[bytes]:
