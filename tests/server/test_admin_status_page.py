@@ -27,7 +27,7 @@ from tickertape.wire.soupbintcp import (
     UnsequencedData,
 )
 
-from support import ServerProcess, SoupClient, free_port, running_server
+from support import ServerProcess, SoupClient, free_port, running_server, until_sync
 
 TIMEOUT = 10.0
 
@@ -197,14 +197,13 @@ def test_a_follower_shows_its_status_page_read_only(tmp_path: Path) -> None:
             base = f"http://127.0.0.1:{port}"
             with urllib.request.urlopen(base + "/", timeout=TIMEOUT) as page:
                 assert b'<canvas id="rate-chart"' in page.read()
-            deadline = time.monotonic() + 30
-            while True:  # until a sample saw the demo's messages arrive
+
+            def sampled() -> dict[str, Any] | None:
                 with urllib.request.urlopen(base + "/status/live", timeout=TIMEOUT) as answer:
-                    live = json.load(answer)
-                if any(rate > 0 for _, rate in live["rate"]):
-                    break
-                assert time.monotonic() < deadline, live
-                time.sleep(0.1)
+                    live: dict[str, Any] = json.load(answer)
+                return live if any(rate > 0 for _, rate in live["rate"]) else None
+
+            live = until_sync(sampled, "a sample seeing the demo's messages", 30, 0.1)
             assert live["read_only"] is True
             assert live["publishing_error"] is None
             assert live["disk"]["path"] == str(data)
