@@ -8,10 +8,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from support import AutojumpLoop, FakeTransport, JumpingLoop, until, until_sync
+from tickertape.wire.soupbintcp import (
+    Debug,
+    Framer,
+    LoginAccepted,
+    LoginRequest,
+    ServerHeartbeat,
+    decode_server_packet,
+)
+
+from support import AutojumpLoop, FakeTransport, JumpingLoop, running_server, until, until_sync
 
 
 def test_an_autojump_loop_sleeps_an_hour_in_no_real_time() -> None:
@@ -253,3 +263,41 @@ def test_a_fake_transport_plays_flow_control_to_a_stream_writer() -> None:
         assert transport.lost and transport.data == b"x" * 10
 
     asyncio.run(main())
+
+
+def test_an_autojump_loop_drives_a_real_servers_timers(tmp_path: Path) -> None:
+    """An in-process server and a raw client over loopback TCP, nothing but waiting on
+    either side: the server's heartbeats come once a loop second, and the silent client
+    is dropped at 15 loop seconds (spec 4.1, 1.3), in well under 15 s of real time."""
+
+    async def main() -> tuple[list[float], float]:
+        loop = asyncio.get_running_loop()
+        async with running_server(tmp_path) as (_, server):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(LoginRequest("", "", "", 1).encode())
+            framer = Framer()
+            heartbeats: list[float] = []
+            start = 0.0
+            while True:
+                for frame in framer:
+                    packet = decode_server_packet(frame)
+                    if isinstance(packet, LoginAccepted):
+                        start = loop.time()
+                    elif isinstance(packet, ServerHeartbeat):
+                        heartbeats.append(loop.time() - start)
+                    elif isinstance(packet, Debug):
+                        assert packet.text == b"client silent for 15.0 s"
+                        writer.close()
+                        return heartbeats, loop.time() - start
+                framer.feed(await asyncio.wait_for(reader.read(65536), 60))
+
+    real = time.monotonic()
+    with asyncio.Runner(loop_factory=AutojumpLoop) as runner:
+        heartbeats, dropped = runner.run(main())
+    assert time.monotonic() - real < 15
+    assert len(heartbeats) == 14
+    # Loop seconds after the client saw Login Accepted, which the server sent a moment
+    # (of real time) earlier:
+    for n, when in enumerate(heartbeats, start=1):
+        assert n - 0.1 <= when < n + 0.5
+    assert 15 - 0.1 <= dropped < 15.5
