@@ -571,14 +571,14 @@ T = TypeVar("T")
 
 @overload
 async def until(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T | None]],
     what: str = ...,
     within: float = ...,
     interval: float = ...,
 ) -> T: ...
 @overload
 async def until(
-    check: Callable[[], T], what: str = ..., within: float = ..., interval: float = ...
+    check: Callable[[], T | None], what: str = ..., within: float = ..., interval: float = ...
 ) -> T: ...
 async def until(
     check: Callable[[], Any],
