@@ -156,7 +156,8 @@ def test_a_chain_of_three_servers_survives_killing_the_middle_one(tmp_path: Path
             at_kill = len(live.messages)
             assert at_kill < DEMO_COUNT
             first_run = list(b.lines)
-            await asyncio.sleep(0.5)  # C's feed finds B gone and retries
+            # C's feed finds B gone (and retries):
+            await until(lambda: c.logged(f"connection to 127.0.0.1:{port_b} lost"), "C losing B")
             await asyncio.to_thread(b.start)
             assert b.port == port_b
             # B continues the session from its own log, from where that log ends.
