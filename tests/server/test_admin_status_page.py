@@ -27,7 +27,7 @@ from tickertape.wire.soupbintcp import (
     UnsequencedData,
 )
 
-from support import ServerProcess, SoupClient, free_port, running_server, until_sync
+from support import ServerProcess, SoupClient, free_port, running_server, until, until_sync
 
 TIMEOUT = 10.0
 
@@ -63,23 +63,21 @@ def test_status_live_has_every_field_of_the_page(tmp_path: Path) -> None:
         publisher.writer.write(UnsequencedData(b"from bob").encode())
         assert await subscriber.packet() == SequencedData(b"from bob")
 
-        async def settled() -> dict[str, Any]:
-            # Until the subscriber is live, bob's message acknowledged, a rate sampled.
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    status, answer = await get(http, admin.port, "/status/live")
-                    assert status == 200
-                    if (
-                        answer["clients"]
-                        and answer["clients"][0]["live"]
-                        and answer["publishers"]
-                        and answer["publishers"][0]["published"] == 1
-                        and answer["rate"]
-                    ):
-                        return dict(answer)
-                    await asyncio.sleep(0.05)
+        async def settled() -> dict[str, Any] | None:
+            # The subscriber live, bob's message acknowledged, a rate sampled.
+            status, answer = await get(http, admin.port, "/status/live")
+            assert status == 200
+            if (
+                answer["clients"]
+                and answer["clients"][0]["live"]
+                and answer["publishers"]
+                and answer["publishers"][0]["published"] == 1
+                and answer["rate"]
+            ):
+                return dict(answer)
+            return None
 
-        answer = await settled()
+        answer = await until(settled, "a settled status", TIMEOUT, 0.05)
         assert set(answer) == {
             "version",
             "time",
@@ -142,13 +140,10 @@ def test_the_rate_is_the_messages_published_each_second(tmp_path: Path) -> None:
             try:
                 # Sampled each second: wait for a first sample, publish 300, wait for the
                 # sample that saw them.
-                async with asyncio.timeout(TIMEOUT):
-                    while not admin._rates:
-                        await asyncio.sleep(0.01)
-                    seen = len(admin._rates)
-                    await engine.publish_many([b"x"] * 300)
-                    while len(admin._rates) == seen:
-                        await asyncio.sleep(0.01)
+                await until(lambda: admin._rates, "a first sample", TIMEOUT, 0.01)
+                seen = len(admin._rates)
+                await engine.publish_many([b"x"] * 300)
+                await until(lambda: len(admin._rates) > seen, "the next sample", TIMEOUT, 0.01)
                 _, rate = admin._rates[-1]
                 # 300 messages over the time between two samples (about a second).
                 assert 100 < rate <= 300 / 0.5
@@ -270,12 +265,14 @@ def test_a_subscriber_over_tls_shows_tls(tmp_path: Path) -> None:
                 writer.write(LoginRequest("tls", "", "", 1).encode())
                 client = SoupClient(reader, writer)
                 assert isinstance(await client.packet(), LoginAccepted)
-                async with aiohttp.ClientSession() as http, asyncio.timeout(TIMEOUT):
-                    while True:
+                async with aiohttp.ClientSession() as http:
+
+                    async def live() -> dict[str, Any] | None:
                         _, answer = await get(http, admin.port, "/status/live")
-                        if answer["clients"] and answer["clients"][0]["live"]:
-                            break
-                        await asyncio.sleep(0.05)
+                        shown = answer["clients"] and answer["clients"][0]["live"]
+                        return dict(answer) if shown else None
+
+                    answer = await until(live, "the TLS client shown live", TIMEOUT, 0.05)
                 (shown,) = answer["clients"]
                 assert (shown["user"], shown["tls"], shown["state"]) == ("tls", True, "live")
             finally:
