@@ -1,11 +1,24 @@
-"""Fixtures for every test."""
+"""Fixtures for every test, and the ``system`` marker on every test in tests/system/."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+SYSTEM = Path(__file__).resolve().parent / "system"
+"""The system tests' folder: crash and kill loops, hostile clients, load, network
+namespaces, third-party peers, the browser. ``pytest -m "not system"`` leaves them out."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/system/ ``system`` (before ``-m`` selects)."""
+    for item in items:
+        if item.path.is_relative_to(SYSTEM):
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(autouse=True)

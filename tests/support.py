@@ -1,5 +1,7 @@
 """Helpers shared by the tests: a tickertape server in a real subprocess, or in-process;
-an event loop whose clock jumps, and a wall clock that moves with it."""
+event loops whose clock jumps (when told, or by itself when everything waits), a wall
+clock that moves with them, a fake transport, and the one way to wait for something
+(:func:`until`, :func:`until_sync`)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,22 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import inspect
 import mmap
 import os
 import re
 import resource
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar, overload
 
 import psutil
 import pytest
@@ -236,12 +241,34 @@ async def running_server(
         await engine.close()
 
 
+class _JumpingSelector(selectors.DefaultSelector):
+    """The selector of an :class:`AutojumpLoop`: a select that would wait for a timer
+    first looks (for ``autojump_threshold`` seconds of real time) whether any file
+    descriptor is ready, and if none is, moves the loop's clock to the timer instead of
+    waiting for it."""
+
+    loop: AutojumpLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        loop = self.loop
+        if loop is None or timeout is None or timeout <= 0:
+            # Something is ready to run (0), or nothing is scheduled (None: only I/O or
+            # another thread can wake the loop, so there is nothing to jump to).
+            return super().select(timeout)
+        due = loop.time() + timeout
+        events = super().select(min(timeout, loop.autojump_threshold))
+        if not events:
+            loop.offset += max(0.0, due - loop.time())
+            loop.jumps += 1
+        return events
+
+
 class JumpingLoop(asyncio.SelectorEventLoop):
     """An event loop whose clock runs with real time plus jumps made by :meth:`advance`:
     every timer due within the jump fires at once, in milliseconds of real time."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
+        super().__init__(selector)
         self.offset = 0.0
 
     def time(self) -> float:
@@ -249,6 +276,26 @@ class JumpingLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+class AutojumpLoop(JumpingLoop):
+    """A :class:`JumpingLoop` that jumps by itself, as trio's
+    ``MockClock(autojump_threshold=0)``: whenever nothing is ready to run, no file
+    descriptor is ready (real sockets included: the selector is asked, without waiting)
+    and a timer is scheduled, the clock moves to that timer at once. So ``sleep(3600)``,
+    timeouts, heartbeats and retry delays take no real time, and happen in the order
+    their times say.
+
+    Everything the test waits on must then be in this loop: a reply from another process
+    or thread is not waited for, unless it comes within ``autojump_threshold`` seconds of
+    real time (a ``wait_for`` on it would time out at once). :attr:`jumps` counts jumps."""
+
+    def __init__(self, autojump_threshold: float = 0.0) -> None:
+        selector = _JumpingSelector()
+        super().__init__(selector)
+        self.autojump_threshold = autojump_threshold
+        self.jumps = 0
+        selector.loop = self
 
 
 class LoopClock:
@@ -512,3 +559,198 @@ def session_payloads(session: Path) -> list[bytes]:
         payloads.append(data[position + 3 : position + 2 + length])
         position += 2 + length
     return payloads
+
+
+# ---------------------------------------------------------------------- waiting
+
+TIMEOUT = 30.0
+"""Seconds of real time :func:`until` waits by default before failing."""
+
+T = TypeVar("T")
+
+
+@overload
+async def until(
+    check: Callable[[], Awaitable[T | None]],
+    what: str = ...,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+@overload
+async def until(
+    check: Callable[[], T | None], what: str = ..., within: float = ..., interval: float = ...
+) -> T: ...
+async def until(
+    check: Callable[[], Any],
+    what: str = "the condition",
+    within: float = TIMEOUT,
+    interval: float = 0.005,
+) -> Any:
+    """``check()``'s first true answer (awaited if it is awaitable), asked every
+    ``interval`` seconds of the loop's clock; fails saying ``what`` after ``within``
+    seconds of real time (so on an :class:`AutojumpLoop` too).
+
+    This is the one way the tests wait for something they cannot await directly."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = check()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come true in {within} s (last: {answer!r})")
+        await asyncio.sleep(interval)
+
+
+def until_sync(
+    check: Callable[[], T | None],
+    what: str = "the condition",
+    within: float = TIMEOUT,
+    interval: float = 0.005,
+) -> T:
+    """:func:`until` for a test that is not in an event loop (it blocks the thread)."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come true in {within} s (last: {answer!r})")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- fake transport
+
+
+class FakeTransport(asyncio.Transport):
+    """A transport that records what its protocol does to it, for tests of an asyncio
+    protocol without a socket: every write (:attr:`writes`, :attr:`data`), ``write_eof``,
+    ``pause_reading``/``resume_reading``, ``close`` and ``abort``.
+
+    :meth:`fill` and :meth:`drain` play the kernel's side of flow control: they call the
+    protocol's ``pause_writing``/``resume_writing`` as a real transport does when its
+    buffer passes the high-water mark and goes back under the low one. ``close`` calls
+    ``connection_lost(None)`` soon (as a real transport does: from the event loop, not from
+    within ``close``); ``abort`` calls it too, and both discard later writes, which are
+    counted in :attr:`writes_after_close`."""
+
+    def __init__(
+        self,
+        protocol: asyncio.BaseProtocol | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(dict(extra or {}))
+        self.protocol = protocol
+        self.writes: list[bytes] = []
+        self.eof_written = False
+        self.reading = True
+        self.closing = False
+        self.aborted = False
+        self.lost = False
+        self.writing_paused = False
+        self.writes_after_close = 0
+        self.buffer_size = 0
+
+    @property
+    def data(self) -> bytes:
+        """Every byte written, in order."""
+        return b"".join(self.writes)
+
+    def take(self) -> bytes:
+        """The bytes written since the last take (and forget them)."""
+        data = self.data
+        self.writes.clear()
+        return data
+
+    # -- asyncio.Transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closing:
+            self.writes_after_close += 1
+            return
+        if self.eof_written:
+            raise RuntimeError("write after write_eof")
+        if data:
+            self.writes.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        if self.closing:
+            return
+        self.eof_written = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffer_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = 65536 if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    _high = 65536
+    _low = 16384
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading and not self.closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._lose_soon()
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    # -- the kernel's side
+
+    def fill(self, size: int | None = None) -> None:
+        """The peer stops reading: the buffer passes the high-water mark."""
+        self.buffer_size = self._high + 1 if size is None else size
+        if not self.writing_paused and self.protocol is not None:
+            self.writing_paused = True
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        """The peer reads everything: the buffer empties."""
+        self.buffer_size = 0
+        if self.writing_paused and self.protocol is not None:
+            self.writing_paused = False
+            self.protocol.resume_writing()
+
+    def _lose_soon(self) -> None:
+        def lose() -> None:
+            if not self.lost:
+                self.lost = True
+                if self.protocol is not None:
+                    self.protocol.connection_lost(None)
+
+        try:
+            asyncio.get_running_loop().call_soon(lose)
+        except RuntimeError:  # no running loop: at once
+            lose()

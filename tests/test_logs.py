@@ -13,13 +13,12 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tickertape.logs import JsonFormatter, ReopeningFileHandler
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData
 
-from support import ServerProcess, SoupClient, free_port
+from support import ServerProcess, SoupClient, free_port, until_sync
 
 TIMEOUT = 30.0
 
@@ -113,25 +112,23 @@ def test_log_level_warning_leaves_out_info(tmp_path: Path) -> None:
 
 
 def wait_until_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+    def listening() -> bool:
         assert process.poll() is None, "the server exited"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            assert time.monotonic() < deadline, "the server does not listen"
-            time.sleep(0.05)
+            return False
+        return True
+
+    until_sync(listening, "the server listening", TIMEOUT, 0.05)
 
 
 def wait_for_text(path: Path, text: str) -> str:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{content}"
-        time.sleep(0.02)
+    def content() -> str | None:
+        found = path.read_text() if path.exists() else ""
+        return found if text in found else None
+
+    return until_sync(content, f"{text!r} in {path}", TIMEOUT, 0.02)
 
 
 def test_sighup_reopens_the_log_file_after_it_was_renamed(tmp_path: Path) -> None:

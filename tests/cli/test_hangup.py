@@ -12,7 +12,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from tickertape.auth.users import Users
 from tickertape.tls import client_context
 from tickertape.wire.soupbintcp import LoginAccepted, LoginRejected, LoginRequest
 
-from support import ServerProcess, SoupClient, free_port
+from support import ServerProcess, SoupClient, free_port, until_sync
 
 TIMEOUT = 30.0
 NESTED = "[users.ann]\npassword = " + "[" * 5000 + "]" * 5000 + "\n"
@@ -50,11 +49,12 @@ def hangup(server: ServerProcess) -> str:
     """Send SIGHUP; the one line the server logs about it."""
     before = len(sighup_lines(server))
     os.kill(server.pid, signal.SIGHUP)
-    deadline = time.monotonic() + TIMEOUT
-    while len(sighup_lines(server)) == before:
-        assert time.monotonic() < deadline, "no SIGHUP line:\n" + "\n".join(server.lines)
+
+    def logged() -> bool:
         assert server.running(), "SIGHUP stopped the server:\n" + "\n".join(server.lines)
-        time.sleep(0.01)
+        return len(sighup_lines(server)) > before
+
+    until_sync(logged, "a SIGHUP line", TIMEOUT, 0.01)
     lines = sighup_lines(server)
     assert len(lines) == before + 1, lines
     return lines[-1]

@@ -36,7 +36,7 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
-from support import ServerProcess, SoupClient, free_port, running_server
+from support import ServerProcess, SoupClient, free_port, running_server, until, until_sync
 
 TOKEN = "s3cret-admin-token"
 TIMEOUT = 10.0
@@ -128,23 +128,21 @@ def test_status_live_has_every_field_of_the_page(tmp_path: Path) -> None:
         publisher.writer.write(UnsequencedData(b"from bob").encode())
         assert await subscriber.packet() == SequencedData(b"from bob")
 
-        async def settled() -> dict[str, Any]:
-            # Until the subscriber is live, bob's message acknowledged, a rate sampled.
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    status, answer = await get(http, admin.port, "/status/live")
-                    assert status == 200
-                    if (
-                        answer["clients"]
-                        and answer["clients"][0]["live"]
-                        and answer["publishers"]
-                        and answer["publishers"][0]["published"] == 1
-                        and answer["rate"]
-                    ):
-                        return dict(answer)
-                    await asyncio.sleep(0.05)
+        async def settled() -> dict[str, Any] | None:
+            # The subscriber live, bob's message acknowledged, a rate sampled.
+            status, answer = await get(http, admin.port, "/status/live")
+            assert status == 200
+            if (
+                answer["clients"]
+                and answer["clients"][0]["live"]
+                and answer["publishers"]
+                and answer["publishers"][0]["published"] == 1
+                and answer["rate"]
+            ):
+                return dict(answer)
+            return None
 
-        answer = await settled()
+        answer = await until(settled, "a settled status", TIMEOUT, 0.05)
         assert set(answer) == {
             "version",
             "time",
@@ -232,14 +230,13 @@ def test_a_follower_shows_its_status_page_read_only(tmp_path: Path) -> None:
             base = f"http://127.0.0.1:{port}"
             with urllib.request.urlopen(base + "/", timeout=TIMEOUT) as page:
                 assert b'<canvas id="rate-chart"' in page.read()
-            deadline = time.monotonic() + 30
-            while True:  # until a sample saw the demo's messages arrive
+
+            def sampled() -> dict[str, Any] | None:
                 with urllib.request.urlopen(base + "/status/live", timeout=TIMEOUT) as answer:
-                    live = json.load(answer)
-                if any(rate > 0 for _, rate in live["rate"]):
-                    break
-                assert time.monotonic() < deadline, live
-                time.sleep(0.1)
+                    live: dict[str, Any] = json.load(answer)
+                return live if any(rate > 0 for _, rate in live["rate"]) else None
+
+            live = until_sync(sampled, "a sample seeing the demo's messages", 30, 0.1)
             assert live["read_only"] is True
             assert live["publishing_error"] is None
             assert live["disk"]["path"] == str(data)
@@ -306,12 +303,14 @@ def test_a_subscriber_over_tls_shows_tls(tmp_path: Path) -> None:
                 writer.write(LoginRequest("tls", "", "", 1).encode())
                 client = SoupClient(reader, writer)
                 assert isinstance(await client.packet(), LoginAccepted)
-                async with aiohttp.ClientSession() as http, asyncio.timeout(TIMEOUT):
-                    while True:
+                async with aiohttp.ClientSession() as http:
+
+                    async def live() -> dict[str, Any] | None:
                         _, answer = await get(http, admin.port, "/status/live")
-                        if answer["clients"] and answer["clients"][0]["live"]:
-                            break
-                        await asyncio.sleep(0.05)
+                        shown = answer["clients"] and answer["clients"][0]["live"]
+                        return dict(answer) if shown else None
+
+                    answer = await until(live, "the TLS client shown live", TIMEOUT, 0.05)
                 (shown,) = answer["clients"]
                 assert (shown["user"], shown["tls"], shown["state"]) == ("tls", True, "live")
             finally:

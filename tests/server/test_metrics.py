@@ -44,6 +44,7 @@ from support import (
     SoupClient,
     free_port,
     running_server,
+    until,
 )
 
 TIMEOUT = 90.0
@@ -87,14 +88,13 @@ def status(admin: int) -> dict[str, object]:
 
 
 async def until_scraped(admin: int, name: str, wanted: float, **labels: str) -> Samples:
-    """Scrape until ``name{labels}`` is ``wanted`` (within the test's timeout)."""
-    deadline = time.monotonic() + 30
-    while True:
+    """Scrape until ``name{labels}`` is ``wanted`` (within 30 s)."""
+
+    async def scraped() -> Samples | None:
         samples = await asyncio.to_thread(scrape, admin)
-        if value(samples, name, **labels) == wanted:
-            return samples
-        assert time.monotonic() < deadline, (name, labels, value(samples, name, **labels))
-        await asyncio.sleep(0.05)
+        return samples if value(samples, name, **labels) == wanted else None
+
+    return await until(scraped, f"{name}{labels} at {wanted}", 30, 0.05)
 
 
 def login_request(user: str, password: str, session: str, seq: int) -> bytes:
@@ -373,10 +373,8 @@ def test_refusals_timeouts_and_rerequests_are_counted(tmp_path: Path) -> None:
                 silent = await SoupClient.login(server.port, seq=0)
                 assert isinstance(await silent.packet(), LoginAccepted)
                 # Over the limit of connections from one address: refused at once.
-                deadline = time.monotonic() + 10
-                while server.connections != 1:  # the rejected login's is gone
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.01)
+                # the rejected login's connection is gone:
+                await until(lambda: server.connections == 1, "one connection", 10, 0.01)
                 other = await asyncio.open_connection("127.0.0.1", server.port)
                 third = await asyncio.open_connection("127.0.0.1", server.port)
                 assert b"too many connections from 127.0.0.1" in await _closed(third[0])
@@ -388,10 +386,7 @@ def test_refusals_timeouts_and_rerequests_are_counted(tmp_path: Path) -> None:
                     asyncio.DatagramProtocol, remote_addr=("127.0.0.1", requests.port)
                 )
                 transport.sendto(b"not a re-request")
-                deadline = time.monotonic() + 10
-                while requests.stats.malformed == 0:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.01)
+                await until(lambda: requests.stats.malformed, "a malformed request", 10, 0.01)
                 transport.close()
 
                 samples = scraped()
@@ -469,10 +464,7 @@ def test_moldudp64_packets_bytes_and_re_requests_are_counted(tmp_path: Path) -> 
                 asker.sock.sendto(
                     struct.pack(">10sQH", session, 2, 1), ("127.0.0.1", requests.port)
                 )
-                deadline = time.monotonic() + 10
-                while requests.stats.rate_limited == 0:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.01)
+                await until(lambda: requests.stats.rate_limited, "a rate-limited one", 10, 0.01)
 
                 samples = {
                     (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -534,12 +526,15 @@ def test_subscribers_by_state_over_tls(tmp_path: Path) -> None:
                 await engine.publish_many(PAYLOADS[:5])
                 live = await tls_login(server.port, "", 1)
                 assert await live.messages(5) == PAYLOADS[:5]
-                deadline = time.monotonic() + 30
-                while (
-                    value(scraped(), "tickertape_subscribers", state="live", transport="tls") != 1
-                ):
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.01)
+                await until(
+                    lambda: (
+                        value(scraped(), "tickertape_subscribers", state="live", transport="tls")
+                        == 1
+                    ),
+                    "one live TLS subscriber",
+                    30,
+                    0.01,
+                )
                 await engine.publish_many(PAYLOADS[5:10])
                 for expected in PAYLOADS[5:10]:
                     packet = await live.packet()

@@ -344,6 +344,7 @@ def test_logins_from_one_address_are_checked_one_after_the_other(
     the first has been answered (after its delay), the third after the second's: guessing
     in parallel is no faster than guessing in turn."""
     loop = JumpingLoop()
+    rejections = Rejections()
 
     async def scenario() -> None:
         async with running_server(tmp_path, answered_slowly(users)) as (_, server):
@@ -356,22 +357,27 @@ def test_logins_from_one_address_are_checked_one_after_the_other(
                 await asyncio.sleep(0.3)  # real time: a password check, an answer sent
                 return sum(read.done() for read in reads)
 
+            await rejections.reach(1)  # the first is checked: its delay has begun
             assert await answered() == 0
             loop.advance(100)  # the first failure's delay
             assert await answered() == 1
+            await rejections.reach(2)
             loop.advance(199)  # the second waits 200 from when it was checked
             assert await answered() == 1
             loop.advance(1)
             assert await answered() == 2
+            await rejections.reach(3)
             loop.advance(400)
             assert await answered() == 3
             assert [await read for read in reads] == [WRONG_SUB + LoginRejected("A").encode()] * 3
             for client in clients:
                 client.close()
 
+    logging.getLogger().addHandler(rejections)
     try:
         loop.run_until_complete(scenario())  # bounded by pytest-timeout: the clock jumps
     finally:
+        logging.getLogger().removeHandler(rejections)
         loop.close()
 
 

@@ -31,7 +31,7 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
-from support import JumpingLoop, LoopClock, SoupClient, running_server
+from support import JumpingLoop, LoopClock, SoupClient, running_server, until
 
 UTC = dt.UTC
 REAL_TIMEOUT = 10.0
@@ -71,8 +71,7 @@ def test_crossing_midnight_ends_the_day_and_opens_the_next(tmp_path: Path) -> No
         await engine.publish_many(payloads("day1", 10))
         replaying = await Client.login(port, seq=1)
         live = await Client.login(port, seq=0)
-        while engine.live_count < 2:  # both caught up and at the tail
-            await asyncio.sleep(0.001)
+        await until(lambda: engine.live_count >= 2, "both at the tail", interval=0.001)
         await engine.publish_many(payloads("late", 5))
 
         loop.advance(2.0)  # 23:59:59 -> 00:00:01
@@ -279,20 +278,13 @@ def test_a_closed_session_nobody_reads_is_not_kept_open(tmp_path: Path) -> None:
             ]
             assert await reader.packet() == EndOfSession()
             assert await reader.packet() is None
-            for _ in range(100):  # the server notices the close on its next turn
-                if log_path not in open_files():
-                    break
-                await asyncio.sleep(0.001)
-            assert log_path not in open_files()
+            # The server notices the close on its next turn:
+            await until(lambda: log_path not in open_files(), "the ended log closed")
             puller = await Client.login(server.port, ended, 2)
             accepted, got = await puller.session()
             assert accepted == LoginAccepted(ended, 2)
             assert got == payloads("old", 5)[1:]
-            for _ in range(100):
-                if log_path not in open_files():
-                    break
-                await asyncio.sleep(0.001)
-            assert log_path not in open_files()
+            await until(lambda: log_path not in open_files(), "the ended log closed again")
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -344,8 +336,7 @@ def test_a_roll_whose_caller_is_cancelled_still_completes(tmp_path: Path) -> Non
         await asyncio.sleep(0)
         roll.cancel()
         assert await published == 1  # persisted, and the publisher told so
-        while engine.session_id == "2026112901":
-            await asyncio.sleep(0.001)
+        await until(lambda: engine.session_id != "2026112901", "the roll", interval=0.001)
         assert engine.session_id == "2026112902"
         assert await engine.publish(b"next") == 1
 

@@ -27,7 +27,7 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
-from support import running_server
+from support import running_server, until
 
 TIMEOUT = 10.0
 
@@ -208,8 +208,12 @@ def test_hand_off_while_publishing_loses_and_repeats_nothing(tmp_path: Path) -> 
             publisher = asyncio.create_task(publish())
             clients: list[RawClient] = []
             for start in (1, 2, 50, 0):
-                while engine.next_seq < 3_000 * (len(clients) + 1):
-                    await asyncio.sleep(0.001)
+                least = 3_000 * (len(clients) + 1)
+
+                def published(least: int = least) -> bool:
+                    return engine.next_seq >= least
+
+                await until(published, f"{least} published", interval=0.001)
                 client = await RawClient.login(server.port, LoginRequest("", "", "", start))
                 clients.append(client)
             await publisher

@@ -14,7 +14,7 @@ from tickertape.sources.demo import run_demo
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 
-from support import session_payloads
+from support import session_payloads, until
 
 
 @pytest.mark.timeout(60)
@@ -31,17 +31,10 @@ def test_every_demo_message_of_every_session_starts_with_its_own_number(
             for _ in range(rolls):
                 # Roll while the demo publishes: a batch is in flight at the end.
                 target = engine.next_seq + 2_000
-                for _ in range(2_000):
-                    if engine.next_seq >= target:
-                        break
-                    await asyncio.sleep(0.005)
-                assert engine.next_seq >= target, "the demo does not publish"
+                await until(lambda: engine.next_seq >= target, "the demo publishing")  # noqa: B023
                 await engine.roll()
             target = engine.next_seq + 2_000
-            for _ in range(2_000):
-                if engine.next_seq >= target:
-                    break
-                await asyncio.sleep(0.005)
+            await until(lambda: engine.next_seq >= target, "the demo publishing")
         finally:
             demo.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -42,7 +43,7 @@ from tickertape.wire.soupbintcp import (
     encode_sequenced_many,
 )
 
-from support import ServerProcess, running_server
+from support import ServerProcess, running_server, until
 
 TIMEOUT = 20.0
 
@@ -125,13 +126,14 @@ class Feed:
         return {self.first + n: when for n, when in enumerate(self.times)}
 
     async def wait(self, condition: Callable[[], bool], within: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + within
-        while not condition():
-            if self.closed and not condition():
+        def check() -> bool:
+            if condition():
+                return True
+            if self.closed:
                 raise AssertionError("the connection closed first")
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out")
-            await asyncio.sleep(0.001)
+            return False
+
+        await until(check, "the subscriber's condition", within, interval=0.001)
 
     async def wait_through(self, last: int) -> None:
         await self.wait(lambda: self.next_seq > last)
@@ -146,13 +148,6 @@ class Feed:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-
-async def wait_until(condition: Callable[[], bool], within: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 @contextlib.asynccontextmanager
@@ -255,7 +250,7 @@ def test_follower_ends_sessions_with_the_writer_and_serves_the_next(tmp_path: Pa
             async with following(tmp_path) as (follower, server):
                 live = await Feed.login(server.port, seq=0)
                 replay = await Feed.login(server.port, seq=1)
-                await wait_until(lambda: follower.live_count == 2)
+                await until(lambda: follower.live_count == 2, "two live", TIMEOUT)
                 await engine.publish_many(payloads("one more", 30))
                 first_id = engine.session_id
                 second_id = await engine.roll()
@@ -269,7 +264,7 @@ def test_follower_ends_sessions_with_the_writer_and_serves_the_next(tmp_path: Pa
                 # The next session is served, live and by replay.
                 following_live = await Feed.login(server.port, seq=0)
                 assert following_live.accepted == LoginAccepted(second_id, 1)
-                await wait_until(lambda: follower.live_count == 1)
+                await until(lambda: follower.live_count == 1, "one live", TIMEOUT)
                 await engine.publish_many(payloads("two", 10))
                 await following_live.wait_through(10)
 
@@ -357,7 +352,7 @@ def test_a_newer_session_the_follower_has_not_reached_is_not_pulled(tmp_path: Pa
             with pytest.raises(StoreError, match="not followed yet"):
                 follower.catalogue.open_closed(str(first.next_roll()))
             catalogue.mark_ended(first)
-            await wait_until(lambda: follower.session_id == str(first.next_roll()))
+            await until(lambda: follower.session_id == str(first.next_roll()), "the roll", TIMEOUT)
 
     run(scenario)
 
@@ -497,6 +492,10 @@ def _writer_and_follower(
             yield writer, follower
 
 
+def more_than(feed: Feed, count: int) -> bool:
+    return len(feed.packets) > count
+
+
 def _lag_report(writer: Feed, follower: Feed, minimum: int = 1000) -> tuple[list[float], str]:
     """How much later than the writer's subscriber the follower's got each message."""
     at_writer = writer.arrivals()
@@ -522,7 +521,9 @@ def test_a_second_process_follows_a_live_directory(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         from_start = [await Feed.login(s.port, seq=1) for s in (writer, follower)]
         live = [await Feed.login(s.port, seq=0) for s in (writer, follower)]
-        await asyncio.sleep(2.0)
+        # Over a second of the demo live through both (the lag report needs a thousand):
+        for feed in (*from_start, *live):
+            await feed.wait(functools.partial(more_than, feed, 5000))
         first_id = live[0].accepted.session if live[0].accepted else ""
         assert [f.accepted.session for f in (*from_start, *live) if f.accepted] == [first_id] * 4
         rolled = await asyncio.to_thread(_roll, admin_port, "secret")
@@ -537,7 +538,7 @@ def test_a_second_process_follows_a_live_directory(tmp_path: Path) -> None:
         # The next session, from both.
         second = [await Feed.login(s.port, seq=1) for s in (writer, follower)]
         assert [f.accepted for f in second] == [LoginAccepted(rolled["session"], 1)] * 2
-        await asyncio.sleep(1.0)
+        await second[0].wait(lambda: len(second[0].packets) > 2000)
         await second[1].wait_through(second[0].next_seq - 1)
         common = min(len(second[0].packets), len(second[1].packets))
         assert common > 2000

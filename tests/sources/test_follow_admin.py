@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import ServerProcess, free_port
+from support import ServerProcess, free_port, until_sync
 
 TOKEN = "writer-token"
 TIMEOUT = 30.0
@@ -44,14 +43,14 @@ def test_a_follower_serves_the_admin_api_read_only(tmp_path: Path) -> None:
             assert "read-only" in started and str(data) in started, started
             status, ended = call(writer_port, "POST", "/roll", TOKEN)
             assert status == 200, ended
-            deadline = time.monotonic() + TIMEOUT
-            while True:  # until the follower follows the writer's new session
+
+            def following() -> dict[str, Any] | None:
                 status, shown = call(follower_port, "GET", "/status")
                 assert status == 200, shown
-                if shown["session"] == ended["session"] and shown["next_seq"] > 1:
-                    break
-                assert time.monotonic() < deadline, shown
-                time.sleep(0.05)
+                new = shown["session"] == ended["session"] and shown["next_seq"] > 1
+                return shown if new else None
+
+            shown = until_sync(following, "the follower following the new session", TIMEOUT, 0.05)
             assert shown["publishing_error"] is None
             status, listed = call(follower_port, "GET", "/sessions")
             assert status == 200

@@ -16,7 +16,7 @@ from tickertape.sources.persist import publish_until_persisted
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 
-from support import FullDisk, JumpingLoop, session_payloads
+from support import FullDisk, JumpingLoop, session_payloads, until
 
 RETRY = 60.0
 """The engine's retry delay: only the loop's clock jumping lets a retry happen."""
@@ -55,11 +55,9 @@ def test_the_demo_waits_out_a_full_disk_and_numbers_every_message_right(
 
     async def scenario(engine: Engine, loop: JumpingLoop) -> None:
         demo = asyncio.ensure_future(run_demo(engine, rate=1000, count=300, tick=0.001))
-        while engine.next_seq < 100:
-            await asyncio.sleep(0.01)
+        await until(lambda: engine.next_seq >= 100, "100 published", interval=0.01)
         disk.full = True
-        while not disk.failures:
-            await asyncio.sleep(0.01)
+        await until(lambda: disk.failures, "a failed write", interval=0.01)
         for _ in range(3):  # still full after each delay: the demo waits on
             loop.advance(8 * RETRY)
             await asyncio.sleep(0.05)

@@ -24,7 +24,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import ServerProcess, running_server
+from support import ServerProcess, running_server, until
 
 TIMEOUT = 30.0
 """Seconds any one wait may take before the test fails."""
@@ -95,26 +95,9 @@ async def whole_session(port: int, session: str, seq: int = 1) -> list[Message]:
     return await asyncio.wait_for(read(), TIMEOUT)
 
 
-async def until(condition: Callable[[], bool], what: str = "the condition") -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(wait(), TIMEOUT)
-    except TimeoutError:
-        raise AssertionError(f"{what} did not come true in {TIMEOUT} s") from None
-
-
-async def eventually(probe: Callable[[], Awaitable[str]], wanted: str) -> None:
-    """Ask ``probe`` every 50 ms until it answers ``wanted``."""
-    answer = ""
-    for _ in range(int(TIMEOUT / 0.05)):
-        answer = await probe()
-        if answer == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still {answer!r}, not {wanted!r}, after {TIMEOUT} s")
+async def has_active(port: int, session: str) -> bool:
+    """Whether the server on ``port`` has ``session`` active."""
+    return await active_session("127.0.0.1", port) == session
 
 
 class Collector:
@@ -173,7 +156,8 @@ def test_a_chain_of_three_servers_survives_killing_the_middle_one(tmp_path: Path
             at_kill = len(live.messages)
             assert at_kill < DEMO_COUNT
             first_run = list(b.lines)
-            await asyncio.sleep(0.5)  # C's feed finds B gone and retries
+            # C's feed finds B gone (and retries):
+            await until(lambda: c.logged(f"connection to 127.0.0.1:{port_b} lost"), "C losing B")
             await asyncio.to_thread(b.start)
             assert b.port == port_b
             # B continues the session from its own log, from where that log ends.
@@ -213,8 +197,8 @@ def test_a_chain_of_three_servers_survives_killing_the_middle_one(tmp_path: Path
         assert a.logged(f"session {first} ended after {DEMO_COUNT} messages")
         second = await active_session("127.0.0.1", a.port)
         assert second != first
-        await eventually(lambda: active_session("127.0.0.1", b.port), second)
-        await eventually(lambda: active_session("127.0.0.1", c.port), second)
+        await until(lambda: has_active(b.port, second), f"B serving {second}", TIMEOUT, 0.05)
+        await until(lambda: has_active(c.port, second), f"C serving {second}", TIMEOUT, 0.05)
         assert c.logged(f"upstream session {first} ended; next is {second}")
         return first
 

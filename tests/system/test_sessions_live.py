@@ -13,12 +13,11 @@ import json
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import ServerProcess, paused
+from support import ServerProcess, paused, until_sync
 
 DEMO = ("--demo", "20000", "--durability", "batch")
 RECORD = struct.Struct("<QQIII4x")
@@ -84,16 +83,16 @@ def opened_session(server: ServerProcess) -> str:
 
 def wait_for_messages(directory: Path, count: int, timeout: float = 30.0) -> None:
     """Until the session's index vouches for ``count`` messages (polled, bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def published() -> bool:
         index = (directory / "index").read_bytes()
         whole = len(index) - len(index) % RECORD.size
         if whole:
             first, _, _, messages, _ = RECORD.unpack_from(index, whole - RECORD.size)
-            if first + messages > count:
-                return
-        time.sleep(0.01)
-    raise AssertionError(f"the server did not publish {count} messages in {timeout} s")
+            return bool(first + messages > count)
+        return False
+
+    until_sync(published, f"the server publishing {count} messages", timeout, 0.01)
 
 
 def test_offline_commands_on_a_running_server_under_load(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from tickertape.server.moldudp64.rerequest import MoldRequestServer
 from tickertape.server.moldudp64.settings import RequestServerConfig
 from tickertape.server.writer import PublishFailed
 
-from support import FullDisk, ServerProcess, free_port, running_server
+from support import FullDisk, ServerProcess, free_port, running_server, until_sync
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -45,15 +45,8 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = TIMEOUT) -> T:
-    """``check()``'s first answer that is not None or False, polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer is not None and answer is not False:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the page did not show {what} in {timeout} s")
-        time.sleep(0.1)
+    """``check()``'s first true answer, polled until ``timeout``."""
+    return until_sync(check, f"the page showing {what}", timeout, 0.1)
 
 
 @pytest.fixture
