@@ -52,7 +52,6 @@ from tickertape.config import (
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError, StoreError, TickertapeError
 from tickertape.logs import add_log_options, reopen_log_files, setup_logging
 from tickertape.notify import Notifier, Rate
-from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, ServerTimers
 from tickertape.server.engine import Engine, EngineConfig
 from tickertape.server.follower import Follower
@@ -87,6 +86,7 @@ from tickertape.text import plural
 from tickertape.tls import client_context, reload_server_context, server_context
 from tickertape.users import Users
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
+from tickertape.wire.publishing import END_OF_SESSION_MARKER
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, REJECT_NOT_AUTHORIZED
 
 if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only then

@@ -19,7 +19,7 @@ from tickertape.protocol.server import (
     Event,
     LoginRequested,
     LogoutRequested,
-    MessageReceived,
+    MessagesReceived,
     ServerConnection,
     ServerTimers,
     State,
@@ -156,7 +156,10 @@ def test_packets_after_login_wait_for_the_decision() -> None:
     assert connection.events_received() == []
 
     connection.accept("2026112901", 1, 0.6)
-    assert connection.events_received() == [MessageReceived(b"order"), MessageReceived(b"more")]
+    assert connection.events_received() == [
+        MessagesReceived([b"order"]),
+        MessagesReceived([b"more"]),
+    ]
     assert sent_packets(connection) == [LoginAccepted("2026112901", 1)]
 
 
@@ -436,7 +439,7 @@ def test_second_login_request_is_a_violation() -> None:
 def test_packet_longer_than_the_limit() -> None:
     connection = logged_in(timers=ServerTimers(max_packet_length=100))
     connection.receive_data(UnsequencedData(b"x" * 99).encode(), 1.0)
-    assert connection.events_received() == [MessageReceived(b"x" * 99)]
+    assert connection.events_received() == [MessagesReceived([b"x" * 99])]
     connection.receive_data(UnsequencedData(b"x" * 100).encode()[:2], 1.0)
     assert_lost(connection, "packet length 101: this endpoint accepts at most 100")
 
@@ -466,12 +469,7 @@ def client_stream() -> bytes:
     )
 
 
-EXPECTED = [
-    MessageReceived(b"first"),
-    MessageReceived(b""),
-    MessageReceived(bytes(range(256))),
-    LogoutRequested(),
-]
+EXPECTED = [MessagesReceived([b"first", b"", bytes(range(256))]), LogoutRequested()]
 
 
 def run_chunked(chunks: list[bytes]) -> tuple[list[Event], list[ServerPacket]]:
@@ -485,7 +483,19 @@ def run_chunked(chunks: list[bytes]) -> tuple[list[Event], list[ServerPacket]]:
                 events.extend(connection.events_received())
             else:
                 events.append(event)
-    return events, sent_packets(connection)
+    return joined(events), sent_packets(connection)
+
+
+def joined(events: list[Event]) -> list[Event]:
+    """Consecutive runs of messages as one: where a run is cut depends on the reads."""
+    out: list[Event] = []
+    for event in events:
+        assert not isinstance(event, MessagesReceived) or event.payloads, "an empty run"
+        if isinstance(event, MessagesReceived) and out and isinstance(out[-1], MessagesReceived):
+            out[-1] = MessagesReceived(out[-1].payloads + event.payloads)
+        else:
+            out.append(event)
+    return out
 
 
 def test_one_byte_at_a_time() -> None:
@@ -572,7 +582,7 @@ def test_after_the_login_the_application_sets_the_packet_limit() -> None:
     connection.accept("", 1, 0.0, max_packet_length=10)
     sent_packets(connection)
     connection.receive_data(UnsequencedData(b"x" * 9).encode(), 1.0)
-    assert connection.events_received() == [MessageReceived(b"x" * 9)]
+    assert connection.events_received() == [MessagesReceived([b"x" * 9])]
     connection.receive_data(UnsequencedData(b"x" * 10).encode(), 1.0)
     assert_lost(connection, "packet length 11: this endpoint accepts at most 10")
 

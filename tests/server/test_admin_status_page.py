@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import trustme
 
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.tls import client_context, server_context
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from tickertape.errors import StoreError
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.engine import Engine
 from tickertape.server.follower import Follower, FollowerConfig
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
@@ -41,6 +40,7 @@ from tickertape.store.log import (
     _pack_record,
 )
 from tickertape.store.sessionid import SessionId
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,

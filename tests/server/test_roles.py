@@ -16,10 +16,10 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.errors import LoginRejected as LoginRejectedError
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.protocol.server import ServerTimers
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.users import User, Users
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     Debug,
     EndOfSession,

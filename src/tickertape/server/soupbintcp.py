@@ -40,19 +40,17 @@ import socket
 import struct
 import termios
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Final
 
 from tickertape.errors import ConfigError, SessionNotFound, StoreError
-from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.protocol.server import (
     ConnectionLost,
     LoginRequested,
     LogoutRequested,
-    MessageReceived,
+    MessagesReceived,
     ServerConnection,
     ServerTimers,
     State,
@@ -69,14 +67,15 @@ from tickertape.server.access import (
     is_loopback,
     may_not_read,
 )
-from tickertape.server.engine import PublishFailed
 from tickertape.server.metrics import metrics_of
 from tickertape.server.session_source import SessionSource
 from tickertape.server.subscriber import DEFAULT_CATCH_UP_CHUNK, Subscriber
+from tickertape.sources.publisher import PublisherInput
 from tickertape.store.log import ReadableLog, SessionLog
 from tickertape.text import plural
 from tickertape.tls import TLSGate, is_client_hello
 from tickertape.users import Role, Users
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
@@ -457,12 +456,7 @@ class _Connection(asyncio.Protocol):
         self._timer_when = math.inf
         self._pull: asyncio.Task[None] | None = None
         self._may_publish = False
-        self._unpublished: list[bytes] = []
-        self._unpublished_bytes = 0
-        self._ends: deque[int] = deque()  # where, in _unpublished, publishers ended sessions
-        self._publisher: asyncio.Task[None] | None = None
-        self._acked = 0
-        self._paused = False
+        self._input: PublisherInput | None = None  # once logged in, if it may publish
         self._session_name: str | None = None
         self._principal: Principal | None = None
         self._peer = "?"
@@ -544,8 +538,8 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
         if self._pull is not None:
             self._pull.cancel()
-        if self._publisher is not None:
-            self._publisher.cancel()  # what it handed the engine is published anyway
+        if self._input is not None:
+            self._input.stop()  # what it handed the engine is published anyway
         # A subscriber closing its socket (a ``tail --count`` done) is routine: DEBUG;
         # a publisher going away is not.
         publishing = self.publishing
@@ -566,7 +560,7 @@ class _Connection(asyncio.Protocol):
             log.info(
                 "%s disconnected (a publisher: %s acknowledged)%s",
                 self._peer,
-                plural(self._acked, "message"),
+                plural(self.publisher_info().published, "message"),
                 f": {exc}" if exc else "",
                 extra={"client": self._peer},
             )
@@ -590,8 +584,8 @@ class _Connection(asyncio.Protocol):
             for event in events:
                 if isinstance(event, LoginRequested):
                     self._login(event.request)
-                elif isinstance(event, MessageReceived):
-                    if not self._received(event.payload):
+                elif isinstance(event, MessagesReceived):
+                    if not self._received(event.payloads):
                         return
                 elif isinstance(event, LogoutRequested):
                     log.info("%s logged out", self._peer)
@@ -605,10 +599,6 @@ class _Connection(asyncio.Protocol):
                     self._close_in_turn()
                     return
         self._flush()
-        if (self._unpublished or self._ends) and (
-            self._publisher is None or self._publisher.done()
-        ):
-            self._publisher = self._loop.create_task(self._publish())
         if session.state is State.CLOSED:  # Login Rejected: close once it is sent
             self._close_in_turn()
         elif session.next_deadline() < self._timer_when:
@@ -773,6 +763,8 @@ class _Connection(asyncio.Protocol):
             first = min(first, tail)  # a closed session has nothing past its end
         principal = self._principal
         self._may_publish = engine is not None and principal is not None and principal.may_publish()
+        if self._may_publish and engine is not None:
+            self._input = self._publisher_input(engine)
         session.accept(
             wanted,
             first,
@@ -866,10 +858,14 @@ class _Connection(asyncio.Protocol):
         """Logged in to publish only, or allowed to publish and has sent something."""
         if not self._may_publish or self._session_name is None:
             return False
-        return self._subscriber is None or self._acked > 0 or bool(self._unpublished)
+        publisher = self._input
+        return self._subscriber is None or (
+            publisher is not None and (publisher.acked > 0 or publisher.unpublished > 0)
+        )
 
     def publisher_info(self) -> PublisherInfo:
-        return PublisherInfo(self._peer, self._who, self._acked, self._since)
+        acked = self._input.acked if self._input is not None else 0
+        return PublisherInfo(self._peer, self._who, acked, self._since)
 
     @property
     def _who(self) -> str:
@@ -879,10 +875,32 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ publishing
 
-    def _received(self, payload: bytes) -> bool:
-        """An Unsequenced Data packet: a message to publish into the active session.
+    def _publisher_input(self, engine: SessionSource) -> PublisherInput:
+        transport = self._transport
+        session = self._session
+        assert transport is not None and session is not None
+
+        def send(payload: bytes) -> None:
+            session.send_unsequenced(payload, self._loop.time())
+            self._flush()
+
+        config = self._server.config
+        return PublisherInput(
+            engine,
+            self._peer,
+            send=send,
+            pause=transport.pause_reading,
+            resume=transport.resume_reading,
+            close=self.close,
+            failed=self._server.metrics.publish_failed,
+            max_messages=config.max_unpublished,
+            max_bytes=config.max_unpublished_bytes,
+        )
+
+    def _received(self, payloads: list[bytes]) -> bool:
+        """Unsequenced Data packets: messages to publish into the active session.
         Returns False if the connection is being closed instead."""
-        if not self._may_publish:
+        if self._input is None:
             principal = self._principal
             if principal is not None and not principal.may_publish():
                 reason = _may_not_publish(principal)
@@ -895,76 +913,7 @@ class _Connection(asyncio.Protocol):
             self._server.metrics.publish_failed("not_permitted")
             self.close(reason)
             return False
-        relay = getattr(self._engine, "relay_from", None)
-        if relay is not None:
-            self._server.metrics.publish_failed("relay")
-            self.close(f"this server relays {relay}: publish there")
-            return False
-        if payload == END_OF_SESSION_MARKER:
-            self._ends.append(len(self._unpublished))  # after what came before it
-        else:
-            self._unpublished.append(payload)
-            self._unpublished_bytes += len(payload)
-        if not self._paused and (
-            len(self._unpublished) >= self._server.config.max_unpublished
-            or self._unpublished_bytes >= self._server.config.max_unpublished_bytes
-        ):
-            # The writer is behind: stop reading from this publisher until it catches up.
-            assert self._transport is not None
-            self._transport.pause_reading()
-            self._paused = True
-        return True
-
-    async def _publish(self) -> None:
-        """Hand what this publisher sent to the engine, in arrival order, one batch at
-        a time, and acknowledge each once it is durable."""
-        engine = self._engine
-        while self._unpublished or self._ends:
-            end = bool(self._ends) and self._ends[0] <= len(self._unpublished)
-            if end:
-                cut = self._ends.popleft()
-                batch, self._unpublished = self._unpublished[:cut], self._unpublished[cut:]
-                self._ends = deque(position - cut for position in self._ends)
-            else:
-                batch, self._unpublished = self._unpublished, []
-            self._unpublished_bytes = sum(map(len, self._unpublished))
-            if self._paused and self._transport is not None:
-                self._transport.resume_reading()
-                self._paused = False
-            try:
-                if batch:
-                    first = await engine.publish_many(batch)
-                    self._acked += len(batch)
-                    self._ack(engine.session_id, first + len(batch) - 1)
-                if end:
-                    ended = engine.session_id
-                    log.info("%s ends session %s", self._peer, ended)
-                    await engine.end_session()
-                    self._ack(ended, 0)
-            except Exception as exc:
-                if isinstance(exc, PublishFailed) and exc.published:
-                    # Part of the batch was written before a write failed: say so.
-                    self._acked += exc.published
-                    self._ack(engine.session_id, exc.first_seq + exc.published - 1)
-                # A failed write is logged once, by the engine: here, whom it cost.
-                level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
-                log.log(
-                    level,
-                    "publishing from %s failed: %s",
-                    self._peer,
-                    exc,
-                    extra={"client": self._peer},
-                )
-                self.close(f"not published: {exc}")
-                return
-
-    def _ack(self, session: str, last_seq: int) -> None:
-        """Acknowledge to the publisher (see :mod:`tickertape.protocol.publishing`)."""
-        connection = self._session
-        assert connection is not None
-        ack = Ack(self._acked, session, last_seq).encode()
-        connection.send_unsequenced(ack, self._loop.time())
-        self._flush()
+        return self._input.received(payloads)
 
     def _caught_up(self, subscriber: Subscriber, replayed: int) -> None:
         if replayed:
@@ -1027,7 +976,7 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         now = self._loop.time()
-        if self._paused:
+        if self._input is not None and self._input.paused:
             session.heard(now)  # held back: it is we who stopped reading from it
         subscriber = self._subscriber
         if subscriber is not None and subscriber.sending_file:
