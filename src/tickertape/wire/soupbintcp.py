@@ -39,6 +39,9 @@ REJECT_NOT_AUTHORIZED: Final = "A"
 REJECT_SESSION_NOT_AVAILABLE: Final = "S"
 
 _STRIP = b" \x00"
+_JOIN_AT_ONCE: Final = 4096
+"""A Framer joins at most this many unread bytes to the next read at once; more (a long
+packet trickling in, packets held back) wait in its side buffer instead."""
 _HEADER = struct.Struct(">HB")
 _SEQUENCED: Final = 0x53  # "S"
 
@@ -435,11 +438,15 @@ class Framer:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
-        if self._position >= len(self._data) and not self._tail:
-            self._data = data if type(data) is bytes else bytes(data)
+        rest = len(self._data) - self._position
+        if self._tail or rest > _JOIN_AT_ONCE:
+            self._tail += data  # joined once a packet is whole (see _ready)
+        elif rest:
+            self._data = self._data[self._position :] + data  # a packet cut by the read
             self._position = 0
         else:
-            self._tail += data
+            self._data = data if type(data) is bytes else bytes(data)
+            self._position = 0
 
     def _ready(self) -> bytes:
         """The unread bytes (from ``_position``), the side buffer joined to them once
@@ -451,7 +458,8 @@ class Framer:
             rest = len(data) - position
             # Join once the next packet is whole, or to read a length field cut in two
             # (so that one above the limit is refused as soon as it is known).
-            if rest < 2 or 2 + ((data[position] << 8) | data[position + 1]) - rest <= len(tail):
+            need = 2 + ((data[position] << 8) | data[position + 1]) - rest if rest >= 2 else 0
+            if rest < 2 or 0 < need <= len(tail):
                 data = self._data = data[position:] + tail
                 self._position = 0
                 tail.clear()
