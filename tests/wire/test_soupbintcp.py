@@ -787,42 +787,6 @@ def test_login_request_round_trip(
     assert [decode_client_packet(f) for f in frames] == [packet]
 
 
-def test_framer_drain_hands_out_every_whole_frame_at_once() -> None:
-    framer = Framer()
-    framer.feed(b"\x00\x01H" + b"\x00\x02JA" + b"\x00\x03S")
-    assert framer.drain() == [b"H", b"JA"]
-    assert framer.drain() == []
-    framer.feed(b"xy\x00")
-    assert framer.drain() == [b"Sxy"]
-    assert framer.buffered == 1
-
-
-def test_framer_drain_stops_before_a_bad_length_then_raises() -> None:
-    framer = Framer(max_length=10)
-    framer.feed(b"\x00\x01H" + b"\x00\x0bS" + b"x" * 10)
-    assert framer.drain() == [b"H"]
-    for _ in range(2):  # no resync: the same error each time
-        with pytest.raises(RemoteProtocolError, match="packet length 11"):
-            framer.drain()
-
-
-@given(st.lists(st.binary(max_size=300), max_size=40), st.data())
-def test_framer_drain_gives_what_iterating_gives(
-    payloads: list[bytes], data: st.DataObject
-) -> None:
-    stream = b"".join(len(p + b"S").to_bytes(2, "big") + b"S" + p for p in payloads)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
-    drained, iterated = Framer(), Framer()
-    got: list[bytes] = []
-    expected: list[bytes] = []
-    for start, stop in itertools.pairwise([0, *cuts, len(stream)]):
-        drained.feed(stream[start:stop])
-        iterated.feed(stream[start:stop])
-        got += drained.drain()
-        expected += list(iterated)
-    assert got == expected == [b"S" + p for p in payloads]
-
-
 # ---------------------------------------------------------------------------- runs
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from tickertape.errors import LocalProtocolError, RemoteProtocolError
+from tickertape.wire.fields import alpha, numeric, parse_alpha, parse_numeric
 
 MAX_PACKET_LENGTH: Final = 0xFFFF
 """The largest value of the u16 length field: type byte plus payload."""
@@ -38,52 +39,11 @@ LOGIN_REQUEST_410_LENGTH: Final = LOGIN_REQUEST_400_LENGTH + HEARTBEAT_TIMEOUT_L
 REJECT_NOT_AUTHORIZED: Final = "A"
 REJECT_SESSION_NOT_AVAILABLE: Final = "S"
 
-_STRIP = b" \x00"
 _JOIN_AT_ONCE: Final = 4096
 """A Framer joins at most this many unread bytes to the next read at once; more (a long
 packet trickling in, packets held back) wait in its side buffer instead."""
 _HEADER = struct.Struct(">HB")
 _SEQUENCED: Final = 0x53  # "S"
-
-
-# ---------------------------------------------------------------------------- fields
-
-
-def _alpha(value: str, width: int, field: str, *, right: bool = False) -> bytes:
-    try:
-        raw = value.encode("ascii")
-    except UnicodeEncodeError:
-        raise LocalProtocolError(f"{field} {value!r} is not ASCII") from None
-    if len(raw) > width:
-        raise LocalProtocolError(
-            f"{field} {value!r} is {len(raw)} characters; SoupBinTCP allows at most {width}"
-        )
-    return raw.rjust(width) if right else raw.ljust(width)
-
-
-def _numeric(value: int, width: int, field: str) -> bytes:
-    if value < 0:
-        raise LocalProtocolError(f"{field} {value} is negative")
-    raw = str(value).encode("ascii")
-    if len(raw) > width:
-        raise LocalProtocolError(f"{field} {value} does not fit in {width} digits")
-    return raw.rjust(width)
-
-
-def _parse_alpha(raw: bytes, field: str) -> str:
-    try:
-        return raw.strip(_STRIP).decode("ascii")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(f"{field} {raw!r} is not ASCII") from None
-
-
-def _parse_numeric(raw: bytes, field: str) -> int:
-    digits = raw.strip(_STRIP)
-    if not digits:
-        return 0
-    if not digits.isdigit():
-        raise RemoteProtocolError(f"{field} {raw!r} is not a decimal number")
-    return int(digits)
 
 
 # ---------------------------------------------------------------------------- packets
@@ -114,8 +74,8 @@ class LoginAccepted:
     def encode(self) -> bytes:
         return _frame(
             self.TYPE,
-            _alpha(self.session, SESSION_LENGTH, "session", right=True)
-            + _numeric(self.sequence, SEQUENCE_LENGTH, "sequence number"),
+            alpha(self.session, SESSION_LENGTH, "session", right=True)
+            + numeric(self.sequence, SEQUENCE_LENGTH, "sequence number"),
         )
 
 
@@ -130,7 +90,7 @@ class LoginRejected:
     reason: str
 
     def encode(self) -> bytes:
-        return _frame(self.TYPE, _alpha(self.reason, 1, "reject reason code"))
+        return _frame(self.TYPE, alpha(self.reason, 1, "reject reason code"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +153,13 @@ class LoginRequest:
 
     def encode(self) -> bytes:
         body = (
-            _alpha(self.username, USERNAME_LENGTH, "username")
-            + _alpha(self.password, PASSWORD_LENGTH, "password")
-            + _alpha(self.session, SESSION_LENGTH, "requested session")
-            + _numeric(self.sequence, SEQUENCE_LENGTH, "requested sequence number")
+            alpha(self.username, USERNAME_LENGTH, "username")
+            + alpha(self.password, PASSWORD_LENGTH, "password")
+            + alpha(self.session, SESSION_LENGTH, "requested session")
+            + numeric(self.sequence, SEQUENCE_LENGTH, "requested sequence number")
         )
         if self.heartbeat_timeout_ms is not None:
-            body += _numeric(
+            body += numeric(
                 self.heartbeat_timeout_ms, HEARTBEAT_TIMEOUT_LENGTH, "heartbeat timeout"
             )
         return _frame(self.TYPE, body)
@@ -348,15 +308,15 @@ def decode_server_packet(frame: bytes) -> ServerPacket:
                 f"{1 + SESSION_LENGTH + SEQUENCE_LENGTH}"
             )
         return LoginAccepted(
-            _parse_alpha(frame[1:11], "session"),
-            _parse_numeric(frame[11:31], "sequence number"),
+            parse_alpha(frame[1:11], "session"),
+            parse_numeric(frame[11:31], "sequence number"),
         )
     if kind == 0x4A:  # J
         if len(frame) != 2:
             raise RemoteProtocolError(
                 f"Login Rejected packet of {len(frame)} bytes; it is always 2"
             )
-        return LoginRejected(_parse_alpha(frame[1:2], "reject reason code"))
+        return LoginRejected(parse_alpha(frame[1:2], "reject reason code"))
     if kind == 0x5A:  # Z
         return _expect_empty(frame, EndOfSession())  # type: ignore[return-value]
     raise RemoteProtocolError(f"unknown packet type {bytes(frame[:1])!r} from a server")
@@ -392,12 +352,12 @@ def _decode_login_request(frame: bytes) -> LoginRequest:
         )
     timeout = None
     if len(frame) == LOGIN_REQUEST_410_LENGTH:
-        timeout = _parse_numeric(frame[47:52], "heartbeat timeout")
+        timeout = parse_numeric(frame[47:52], "heartbeat timeout")
     return LoginRequest(
-        username=_parse_alpha(frame[1:7], "username"),
-        password=_parse_alpha(frame[7:17], "password"),
-        session=_parse_alpha(frame[17:27], "requested session"),
-        sequence=_parse_numeric(frame[27:47], "requested sequence number"),
+        username=parse_alpha(frame[1:7], "username"),
+        password=parse_alpha(frame[7:17], "password"),
+        session=parse_alpha(frame[17:27], "requested session"),
+        sequence=parse_numeric(frame[27:47], "requested sequence number"),
         heartbeat_timeout_ms=timeout,
     )
 
@@ -419,10 +379,9 @@ class Framer:
 
     Feed it bytes however they were chunked; it hands out each complete frame once
     (iterating), or, for the hot paths, the payloads of a run of packets of one type
-    (:meth:`run`): one ``bytes`` slice per payload, cut straight from what was fed, with
-    no copy of the frame or of the buffer in between. Bytes fed while earlier ones are
-    still unread (a packet split across reads, or packets held back) wait in a side
-    buffer, joined once there is a whole packet to hand out.
+    (:meth:`run`): one ``bytes`` slice per payload, cut straight from what was fed.
+    Many bytes fed while earlier ones are unread (a long packet trickling in, packets
+    held back) wait in a side buffer, joined once there is a whole packet.
 
     A length field of 0, or one above ``max_length``, raises :class:`RemoteProtocolError`
     (the stream cannot be resynchronised after that).
@@ -525,23 +484,6 @@ class Framer:
             position = end
         self._position = position
         return payloads
-
-    def drain(self) -> list[bytes]:
-        """Every complete frame buffered, at once: what iterating gives, in one loop
-        (for a receiver of many small packets). A bad length field after some frames
-        ends the list there; the next call raises :class:`RemoteProtocolError`."""
-        frames: list[bytes] = []
-        append = frames.append
-        while True:
-            try:
-                frame = next(self)
-            except StopIteration:
-                return frames
-            except RemoteProtocolError:
-                if frames:
-                    return frames
-                raise
-            append(frame)
 
     @property
     def max_length(self) -> int:
