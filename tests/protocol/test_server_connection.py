@@ -618,3 +618,25 @@ def test_too_much_sent_with_the_login_request_itself_closes_the_connection() -> 
         ConnectionLost(f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered"),
     ]
     assert state(connection) is State.CLOSED
+
+
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=60), st.data())
+def test_any_split_of_a_publishers_stream_gives_the_same_payloads(
+    payloads: list[bytes], data: st.DataObject
+) -> None:
+    """A logged-in publisher's Unsequenced Data, cut into reads anywhere: the runs
+    (one MessagesReceived per run read) joined are the payloads sent, in order, and no
+    read gives more than one run (nothing else was sent between them)."""
+    stream = b"".join(UnsequencedData(payload).encode() for payload in payloads)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=8)))
+    bounds = [0, *[cut for cut in cuts if cut < len(stream)], len(stream)]
+    connection = logged_in()
+    got: list[bytes] = []
+    for start, end in itertools.pairwise(bounds):
+        connection.receive_data(stream[start:end], 1.0)
+        events = connection.events_received()
+        assert len(events) <= 1
+        for event in events:
+            assert isinstance(event, MessagesReceived) and event.payloads
+            got += event.payloads
+    assert got == payloads
