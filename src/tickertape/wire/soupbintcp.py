@@ -11,6 +11,8 @@ field (type byte first), as handed out by :class:`Framer`.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -185,15 +187,8 @@ class LogoutRequest:
         return _LOGOUT_REQUEST
 
 
-ServerPacket = (
-    Debug
-    | LoginAccepted
-    | LoginRejected
-    | SequencedData
-    | UnsequencedData
-    | ServerHeartbeat
-    | EndOfSession
-)
+_Login = LoginAccepted | LoginRejected
+ServerPacket = Debug | _Login | SequencedData | UnsequencedData | ServerHeartbeat | EndOfSession
 ClientPacket = Debug | LoginRequest | UnsequencedData | ClientHeartbeat | LogoutRequest
 
 
@@ -374,6 +369,14 @@ class PacketTooLong(RemoteProtocolError):
         self.limit = limit
 
 
+@functools.lru_cache(maxsize=64)
+def _records(length: int) -> struct.Struct:  # a packet of this length: header, payload
+    return struct.Struct(f"3x{length - 1}s")
+
+
+_FIRST: Final = operator.itemgetter(0)
+
+
 class Framer:
     """Splits a byte stream into frames (packets without their length field).
 
@@ -400,23 +403,19 @@ class Framer:
         rest = len(self._data) - self._position
         if self._tail or rest > _JOIN_AT_ONCE:
             self._tail += data  # joined once a packet is whole (see _ready)
-        elif rest:
-            self._data = self._data[self._position :] + data  # a packet cut by the read
-            self._position = 0
+        elif rest:  # a packet cut by the read
+            self._data, self._position = self._data[self._position :] + data, 0
         else:
-            self._data = data if type(data) is bytes else bytes(data)
-            self._position = 0
+            self._data, self._position = data if type(data) is bytes else bytes(data), 0
 
     def _ready(self) -> bytes:
-        """The unread bytes (from ``_position``), the side buffer joined to them once
-        that completes a packet (so that a packet trickling in is not copied per read)."""
+        """The unread bytes (from ``_position``), the side buffer joined once it completes
+        a packet, or a length field cut in two (one too long is refused at once)."""
         data = self._data
         tail = self._tail
         if tail:
             position = self._position
             rest = len(data) - position
-            # Join once the next packet is whole, or to read a length field cut in two
-            # (so that one above the limit is refused as soon as it is known).
             need = 2 + ((data[position] << 8) | data[position + 1]) - rest if rest >= 2 else 0
             if rest < 2 or 0 < need <= len(tail):
                 data = self._data = data[position:] + tail
@@ -447,10 +446,9 @@ class Framer:
         return data[position + 2 : end]
 
     def run(self, packet_type: int) -> list[bytes]:
-        """The payloads (type byte dropped) of the complete packets of type
-        ``packet_type`` at the front of the stream, in order: a receiver's hot path.
-        Stops before a packet of another type, an incomplete one or a bad length field
-        (which iterating then hands out or raises)."""
+        """The payloads of the whole packets of type ``packet_type`` at the front, in order
+        (a receiver's hot path); stops before a packet of another type, an incomplete one
+        or a bad length field (which iterating then hands out or raises)."""
         data = self._ready()
         position = self._position
         size = len(data)
@@ -462,17 +460,15 @@ class Framer:
         step = length + 2
         count = (size - position) // step
         if count > 8 and 0 < length <= limit and data[position + 2] == packet_type:
-            # Packets of one size, as many as fit: check every header at once with
-            # strided slices, then cut the payloads without a per-packet header decode.
+            # Packets of one size: check every header at once (strided slices), then cut.
             end = position + count * step
             if (
                 data[position:end:step].count(data[position]) == count
                 and data[position + 1 : end : step].count(data[position + 1]) == count
                 and data[position + 2 : end : step].count(packet_type) == count
             ):
-                payloads = [
-                    data[start : start + length - 1] for start in range(position + 3, end, step)
-                ]
+                records = _records(length).iter_unpack(memoryview(data)[position:end])
+                payloads = list(map(_FIRST, records))  # no Python loop per packet
                 position = end
         append = payloads.append
         while size - position >= 3:
