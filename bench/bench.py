@@ -32,6 +32,12 @@ publish
     each awaiting ``publish_many`` of batches (group commit coalesces them), against a
     loop of ``os.write`` + ``os.fdatasync`` of batches of the size the engine actually
     wrote (read back from its index: one 32-byte record per batch).
+ingest
+    One publisher connection's input: a process logged in as a publisher ``sendall``-s
+    pre-encoded Unsequenced Data packets to an in-process SoupBinTCP server, whose engine
+    (durability none, a queue large enough for all of them) numbers them. Time from the
+    first byte sent to the last message queued in the engine (``next_assigned``), against
+    a loop that ``recv_into``-s the same bytes from the same kind of sender.
 latency
     Publish-to-receive latency at a steady rate (100,000 messages a second in batches
     every millisecond), durability batch: each payload carries ``time.monotonic_ns()``
@@ -98,7 +104,12 @@ from tickertape.store.catalogue import Catalogue
 from tickertape.store.layout import INDEX_FILE, LOG_FILE
 from tickertape.store.log import Durability, SessionLog
 from tickertape.store.sessionid import SessionId
-from tickertape.wire.soupbintcp import LoginAccepted, LoginRequest, encode_sequenced_many
+from tickertape.wire.soupbintcp import (
+    LoginAccepted,
+    LoginRequest,
+    encode_sequenced_many,
+    encode_unsequenced_many,
+)
 
 HOST: Final = "127.0.0.1"
 PACKET_OVERHEAD: Final = 3  # u16 length, 'S'
@@ -110,7 +121,16 @@ _INDEX_RECORD: Final = struct.Struct("<QQIII")  # first_seq, offset, length, cou
 READ_BUFFER: Final = 4 << 20
 STALLED_RCVBUF: Final = 4096
 MIB: Final = 1 << 20
-WORKLOADS: Final = ("replay", "replay-tls", "fanout", "publish", "latency", "memory", "mold")
+WORKLOADS: Final = (
+    "replay",
+    "replay-tls",
+    "fanout",
+    "publish",
+    "ingest",
+    "latency",
+    "memory",
+    "mold",
+)
 _LISTENING: Final = re.compile(r"SoupBinTCP listening on ([\d.]+):(\d+)")
 
 _T0 = time.monotonic()
@@ -145,6 +165,7 @@ class Settings:
     fanout_messages: int
     fanout_window: int
     publish_messages: int
+    ingest_messages: int
     publishers: int
     latency_rate: int
     latency_seconds: float
@@ -1133,6 +1154,144 @@ def bench_publish(settings: Settings, report: Report) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- ingest
+
+NO_STREAM: Final = 10**20 - 1  # the publishing convention's login sequence number
+
+
+def ingest_sender_main(conn: Connection, messages: int, size: int, time_limit: float) -> None:
+    """One publisher: build ``messages`` encoded Unsequenced Data packets, connect to the
+    port it is sent, log in at NO_STREAM when told to (``login``: tickertape; else a raw
+    reader that wants no login), say "ready", then on "go" send them all at once."""
+    sock: socket.socket | None = None
+    try:
+        data = b"".join(
+            encode_unsequenced_many(make_payloads(min(10_000, messages - first), size, first))
+            for first in range(0, messages, 10_000)
+        )
+        while True:
+            command = recv_sync(conn, 120)
+            if command == "close":
+                return
+            port, do_login = command
+            sock = socket.create_connection((HOST, port), timeout=30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if do_login:
+                sock.sendall(login(NO_STREAM))
+                accepted = recv_exactly(sock, LOGIN_ACCEPTED_SIZE)
+                if accepted[2:3] != b"A":
+                    raise BenchError(f"login not accepted: {accepted!r}")
+            conn.send(("ready",))
+            if recv_sync(conn, 120) != "go":
+                return
+            sock.settimeout(time_limit)
+            started = time.monotonic()
+            sock.sendall(data)
+            conn.send(("sent", started))
+            recv_sync(conn, time_limit + 60)  # "done": the other side has it all
+            sock.close()
+            sock = None
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", repr(exc)))
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+async def ingest_tickertape(settings: Settings, conn: Connection) -> float:
+    messages = settings.ingest_messages
+    data = fresh_dir(settings.run_dir / "ingest")
+    config = WriterConfig(
+        durability=Durability.NONE,
+        max_queued_messages=messages + 1,
+        max_queued_bytes=(messages + 1) * (settings.payload_size + 64),
+    )
+    engine = Engine(Catalogue(data, Durability.NONE), config)
+    await engine.start()
+    server = SoupBinTCPServer(engine, ServerConfig(host=HOST, port=0))
+    try:
+        await server.start()
+        first = engine.next_assigned
+        conn.send((server.port, True))
+        await recv_async(conn, 120)
+        conn.send("go")
+        deadline = time.monotonic() + settings.timeout
+        while engine.next_assigned - first < messages:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"only {engine.next_assigned - first:,} of {messages:,} messages queued"
+                )
+            await asyncio.sleep(0.0005)
+        finished = time.monotonic()
+        started: float = (await recv_async(conn, 60))[1]
+        conn.send("done")
+    finally:
+        await server.close()
+        await engine.close()
+        shutil.rmtree(data, ignore_errors=True)
+    return finished - started
+
+
+def ingest_raw(settings: Settings, conn: Connection) -> float:
+    expected = settings.ingest_messages * settings.packet_size
+    buffer = bytearray(READ_BUFFER)
+    with socket.create_server((HOST, 0)) as listener:
+        conn.send((listener.getsockname()[1], False))
+        sock, _ = listener.accept()
+    with sock:
+        recv_sync(conn, 120)
+        conn.send("go")
+        sock.settimeout(settings.timeout)
+        received = 0
+        while received < expected:
+            got = sock.recv_into(buffer)
+            if not got:
+                raise BenchError(f"the sender closed after {received:,} of {expected:,} bytes")
+            received += got
+        finished = time.monotonic()
+        started: float = recv_sync(conn, 60)[1]
+        conn.send("done")
+    return finished - started
+
+
+def bench_ingest(settings: Settings, report: Report) -> None:
+    messages = settings.ingest_messages
+    say(f"ingest: one publisher sending {messages:,} x {settings.payload_size} B")
+    sender, conn = start_child(
+        ingest_sender_main, messages, settings.payload_size, settings.timeout
+    )
+    ours: list[float] = []
+    raw: list[float] = []
+    try:
+        for attempt in range(settings.repeat):
+            seconds = asyncio.run(ingest_tickertape(settings, conn))
+            ours.append(seconds)
+            say(f"ingest {attempt + 1}: tickertape {rate(messages / seconds, 'msg/s')}")
+            seconds = ingest_raw(settings, conn)
+            raw.append(seconds)
+            say(f"ingest {attempt + 1}: raw recv_into {rate(messages / seconds, 'msg/s')}")
+    finally:
+        stop_child(sender, conn)
+    value, raw_value = messages / min(ours), messages / min(raw)
+    report.rows.append(
+        Row(
+            f"ingest {messages:,} x {settings.payload_size} B, one publisher connection",
+            rate(value, "msg/s"),
+            rate(raw_value, "msg/s"),
+            f"{value / raw_value:.2f}",
+            f">= 3 M/s: {verdict(value >= 3e6)}",
+        )
+    )
+    report.notes.append(
+        f"ingest: best of {settings.repeat}; bytes in to messages queued in the engine "
+        f"(durability none, nothing written counts); runs "
+        + ", ".join(f"{messages / s / 1e6:.2f}" for s in ours)
+        + " M msg/s; "
+        + paired([r / o for o, r in zip(ours, raw, strict=True)])
+    )
+
+
 # ---------------------------------------------------------------------------- latency
 
 
@@ -1790,6 +1949,7 @@ RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "replay-tls": functools.partial(bench_replay, tls=True),
     "fanout": bench_fanout,
     "publish": bench_publish,
+    "ingest": bench_ingest,
     "latency": bench_latency,
     "memory": bench_memory,
     "mold": bench_mold,
@@ -1822,6 +1982,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser.add_argument("--replay-messages", type=int, metavar="N", help="(10,000,000)")
     parser.add_argument("--fanout-messages", type=int, metavar="N", help="(2,000,000)")
     parser.add_argument("--publish-messages", type=int, metavar="N", help="(2,000,000)")
+    parser.add_argument("--ingest-messages", type=int, metavar="N", help="(2,000,000)")
     parser.add_argument("--memory-messages", type=int, metavar="N", help="(2,000,000)")
     parser.add_argument("--mold-messages", type=int, metavar="N", help="(1,000,000)")
     parser.add_argument(
@@ -1948,6 +2109,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         fanout_messages=count(args.fanout_messages, 2_000_000, 100_000),
         fanout_window=args.fanout_window,
         publish_messages=count(args.publish_messages, 2_000_000, 100_000),
+        ingest_messages=count(args.ingest_messages, 2_000_000, 100_000),
         publishers=args.publishers,
         latency_rate=args.latency_rate,
         latency_seconds=seconds,

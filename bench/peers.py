@@ -107,7 +107,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 import peers_report
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription
-from tickertape.protocol.publishing import NO_STREAM, Ack
+from tickertape.wire.publishing import NO_STREAM, Ack
 
 HOST: Final = "127.0.0.1"
 ROOT: Final = Path(__file__).resolve().parent.parent

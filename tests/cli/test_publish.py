@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tickertape.protocol.publishing import END_OF_SESSION_MARKER
+from tickertape.wire.publishing import END_OF_SESSION_MARKER
 
 from support import ServerProcess, SoupClient
 

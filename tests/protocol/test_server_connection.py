@@ -19,7 +19,7 @@ from tickertape.protocol.server import (
     Event,
     LoginRequested,
     LogoutRequested,
-    MessageReceived,
+    MessagesReceived,
     ServerConnection,
     ServerTimers,
     State,
@@ -156,7 +156,10 @@ def test_packets_after_login_wait_for_the_decision() -> None:
     assert connection.events_received() == []
 
     connection.accept("2026112901", 1, 0.6)
-    assert connection.events_received() == [MessageReceived(b"order"), MessageReceived(b"more")]
+    assert connection.events_received() == [
+        MessagesReceived([b"order"]),
+        MessagesReceived([b"more"]),
+    ]
     assert sent_packets(connection) == [LoginAccepted("2026112901", 1)]
 
 
@@ -436,7 +439,7 @@ def test_second_login_request_is_a_violation() -> None:
 def test_packet_longer_than_the_limit() -> None:
     connection = logged_in(timers=ServerTimers(max_packet_length=100))
     connection.receive_data(UnsequencedData(b"x" * 99).encode(), 1.0)
-    assert connection.events_received() == [MessageReceived(b"x" * 99)]
+    assert connection.events_received() == [MessagesReceived([b"x" * 99])]
     connection.receive_data(UnsequencedData(b"x" * 100).encode()[:2], 1.0)
     assert_lost(connection, "packet length 101: this endpoint accepts at most 100")
 
@@ -466,12 +469,7 @@ def client_stream() -> bytes:
     )
 
 
-EXPECTED = [
-    MessageReceived(b"first"),
-    MessageReceived(b""),
-    MessageReceived(bytes(range(256))),
-    LogoutRequested(),
-]
+EXPECTED = [MessagesReceived([b"first", b"", bytes(range(256))]), LogoutRequested()]
 
 
 def run_chunked(chunks: list[bytes]) -> tuple[list[Event], list[ServerPacket]]:
@@ -485,7 +483,19 @@ def run_chunked(chunks: list[bytes]) -> tuple[list[Event], list[ServerPacket]]:
                 events.extend(connection.events_received())
             else:
                 events.append(event)
-    return events, sent_packets(connection)
+    return joined(events), sent_packets(connection)
+
+
+def joined(events: list[Event]) -> list[Event]:
+    """Consecutive runs of messages as one: where a run is cut depends on the reads."""
+    out: list[Event] = []
+    for event in events:
+        assert not isinstance(event, MessagesReceived) or event.payloads, "an empty run"
+        if isinstance(event, MessagesReceived) and out and isinstance(out[-1], MessagesReceived):
+            out[-1] = MessagesReceived(out[-1].payloads + event.payloads)
+        else:
+            out.append(event)
+    return out
 
 
 def test_one_byte_at_a_time() -> None:
@@ -572,7 +582,7 @@ def test_after_the_login_the_application_sets_the_packet_limit() -> None:
     connection.accept("", 1, 0.0, max_packet_length=10)
     sent_packets(connection)
     connection.receive_data(UnsequencedData(b"x" * 9).encode(), 1.0)
-    assert connection.events_received() == [MessageReceived(b"x" * 9)]
+    assert connection.events_received() == [MessagesReceived([b"x" * 9])]
     connection.receive_data(UnsequencedData(b"x" * 10).encode(), 1.0)
     assert_lost(connection, "packet length 11: this endpoint accepts at most 10")
 
@@ -608,3 +618,25 @@ def test_too_much_sent_with_the_login_request_itself_closes_the_connection() -> 
         ConnectionLost(f"more than {MAX_PENDING_BYTES} bytes sent before the login was answered"),
     ]
     assert state(connection) is State.CLOSED
+
+
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=60), st.data())
+def test_any_split_of_a_publishers_stream_gives_the_same_payloads(
+    payloads: list[bytes], data: st.DataObject
+) -> None:
+    """A logged-in publisher's Unsequenced Data, cut into reads anywhere: the runs
+    (one MessagesReceived per run read) joined are the payloads sent, in order, and no
+    read gives more than one run (nothing else was sent between them)."""
+    stream = b"".join(UnsequencedData(payload).encode() for payload in payloads)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=8)))
+    bounds = [0, *[cut for cut in cuts if cut < len(stream)], len(stream)]
+    connection = logged_in()
+    got: list[bytes] = []
+    for start, end in itertools.pairwise(bounds):
+        connection.receive_data(stream[start:end], 1.0)
+        events = connection.events_received()
+        assert len(events) <= 1
+        for event in events:
+            assert isinstance(event, MessagesReceived) and event.payloads
+            got += event.payloads
+    assert got == payloads

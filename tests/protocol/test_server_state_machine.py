@@ -44,7 +44,7 @@ from tickertape.protocol.server import (
     Event,
     LoginRequested,
     LogoutRequested,
-    MessageReceived,
+    MessagesReceived,
     ServerConnection,
     ServerTimers,
     State,
@@ -230,8 +230,17 @@ LOST = ConnectionLost("")
 
 
 def shape(events: list[Event]) -> list[Event]:
-    """Events with the (free-form) reason of ConnectionLost blanked."""
-    return [LOST if isinstance(event, ConnectionLost) else event for event in events]
+    """Events with the (free-form) reason of ConnectionLost blanked, and each run of
+    messages (MessagesReceived) split into one event per message: how packets are
+    grouped into runs depends on how they were read, what they carry does not."""
+    shaped: list[Event] = []
+    for event in events:
+        if isinstance(event, MessagesReceived):
+            assert event.payloads, "an empty run of messages"
+            shaped += (MessagesReceived([payload]) for payload in event.payloads)
+        else:
+            shaped.append(LOST if isinstance(event, ConnectionLost) else event)
+    return shaped
 
 
 timers_strategy = st.one_of(
@@ -376,7 +385,7 @@ class ServerMachine(RuleBasedStateMachine):
                     self.request = request
                     self.requests += 1
                     self.pending = True
-                case MessageReceived():
+                case MessagesReceived():
                     assert before is State.LOGGED_IN or action == "accept"
         lost = any(isinstance(event, ConnectionLost) for event in events)
         if lost:
@@ -428,7 +437,7 @@ class ServerMachine(RuleBasedStateMachine):
             elif item.kind == "debug" or (item.kind == "heartbeat" and logged_in):
                 pass  # 2.1: Debug is ignored; a heartbeat just shows the client is alive
             elif item.kind == "unsequenced" and logged_in:
-                events.append(MessageReceived(item.payload))
+                events.append(MessagesReceived([item.payload]))
             elif item.kind == "login" and not logged_in:
                 assert item.request is not None
                 events.append(LoginRequested(item.request))

@@ -19,7 +19,6 @@ import aiohttp
 import pytest
 import trustme
 
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.admin import AdminConfig, AdminServer
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
@@ -28,6 +27,7 @@ from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.log import SessionLog
 from tickertape.store.sessionid import SessionId
 from tickertape.tls import client_context, server_context
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,

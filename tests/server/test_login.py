@@ -8,7 +8,6 @@ import pytest
 
 from tickertape.auth.user import Role
 from tickertape.errors import SessionNotFound, StoreError
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.access import ANONYMOUS, Grant
 from tickertape.server.login import (
     Live,
@@ -24,6 +23,7 @@ from tickertape.server.login import (
     user_of,
 )
 from tickertape.server.provider import SessionProvider
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,

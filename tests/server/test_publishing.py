@@ -13,9 +13,9 @@ import pytest
 
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import subscribe
-from tickertape.protocol.publishing import NO_STREAM, Ack
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import Appended, SessionLog
+from tickertape.wire.publishing import NO_STREAM, Ack
 from tickertape.wire.soupbintcp import (
     Debug,
     Framer,

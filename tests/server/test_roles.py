@@ -18,9 +18,9 @@ from tickertape.auth.user import User
 from tickertape.auth.users import Users
 from tickertape.client.publisher import Publisher
 from tickertape.errors import LoginRejected as LoginRejectedError
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.protocol.server import ServerTimers
 from tickertape.server.soupbintcp import ServerConfig
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     Debug,
     EndOfSession,

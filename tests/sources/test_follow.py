@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from tickertape.errors import StoreError
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.sources.follow import Follower, FollowerConfig
@@ -36,6 +35,7 @@ from tickertape.store.index import pack_record
 from tickertape.store.layout import ARCHIVE_TMP_FILE, INDEX_FILE, LOG_FILE
 from tickertape.store.log import Durability, ReadableLog, SessionLog
 from tickertape.store.sessionid import SessionId
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     LoginAccepted,
     LoginRequest,

@@ -44,8 +44,8 @@ import pytest
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription, subscribe
 from tickertape.errors import LoginRejected, ProtocolError
-from tickertape.protocol.publishing import Ack
 from tickertape.store.opening import verify
+from tickertape.wire.publishing import Ack
 
 from support import ServerProcess
 

@@ -36,11 +36,11 @@ from pathlib import Path
 import pytest
 
 from tickertape.client.publisher import Publisher
-from tickertape.protocol.publishing import Ack
 from tickertape.store.archive import archive_session
 from tickertape.store.layout import ARCHIVE_FILE
 from tickertape.store.opening import verify
 from tickertape.store.sessionid import SessionId
+from tickertape.wire.publishing import Ack
 from tickertape.wire.soupbintcp import LoginAccepted, SequencedData, encode_sequenced_many
 
 from support import ServerProcess, SoupClient, free_port

@@ -27,6 +27,7 @@ from tickertape.wire.soupbintcp import (
     LoginRejected,
     LoginRequest,
     LogoutRequest,
+    PacketTooLong,
     SequencedData,
     ServerHeartbeat,
     ServerPacket,
@@ -786,37 +787,83 @@ def test_login_request_round_trip(
     assert [decode_client_packet(f) for f in frames] == [packet]
 
 
-def test_framer_drain_hands_out_every_whole_frame_at_once() -> None:
+# ---------------------------------------------------------------------------- runs
+
+
+def run_stream(data: bytes, cuts: list[int], packet_type: int) -> tuple[list[bytes], list[bytes]]:
+    """Feed ``data`` cut at ``cuts``; take runs of ``packet_type`` and other frames as a
+    receiver does. Returns the payloads of the runs and the other frames, in order."""
     framer = Framer()
-    framer.feed(b"\x00\x01H" + b"\x00\x02JA" + b"\x00\x03S")
-    assert framer.drain() == [b"H", b"JA"]
-    assert framer.drain() == []
-    framer.feed(b"xy\x00")
-    assert framer.drain() == [b"Sxy"]
-    assert framer.buffered == 1
+    payloads: list[bytes] = []
+    others: list[bytes] = []
+    bounds = [0, *cuts, len(data)]
+    for start, end in itertools.pairwise(bounds):
+        framer.feed(data[start:end])
+        while True:
+            payloads += framer.run(packet_type)
+            frame = next(framer, None)
+            if frame is None:
+                break
+            others.append(frame)
+    assert framer.buffered == 0
+    return payloads, others
 
 
-def test_framer_drain_stops_before_a_bad_length_then_raises() -> None:
-    framer = Framer(max_length=10)
-    framer.feed(b"\x00\x01H" + b"\x00\x0bS" + b"x" * 10)
-    assert framer.drain() == [b"H"]
-    for _ in range(2):  # no resync: the same error each time
-        with pytest.raises(RemoteProtocolError, match="packet length 11"):
-            framer.drain()
-
-
-@given(st.lists(st.binary(max_size=300), max_size=40), st.data())
-def test_framer_drain_gives_what_iterating_gives(
-    payloads: list[bytes], data: st.DataObject
+@given(
+    st.lists(st.tuples(st.sampled_from([b"U", b"R", b"+"]), st.binary(max_size=40)), max_size=40),
+    st.data(),
+)
+def test_any_split_of_the_stream_gives_the_same_payloads(
+    packets: list[tuple[bytes, bytes]], data: st.DataObject
 ) -> None:
-    stream = b"".join(len(p + b"S").to_bytes(2, "big") + b"S" + p for p in payloads)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
-    drained, iterated = Framer(), Framer()
-    got: list[bytes] = []
-    expected: list[bytes] = []
-    for start, stop in itertools.pairwise([0, *cuts, len(stream)]):
-        drained.feed(stream[start:stop])
-        iterated.feed(stream[start:stop])
-        got += drained.drain()
-        expected += list(iterated)
-    assert got == expected == [b"S" + p for p in payloads]
+    """Runs of one packet type come out as the same payloads, and the other packets as
+    the same frames, however the stream is cut into reads."""
+    stream = b"".join(len(body + kind).to_bytes(2, "big") + kind + body for kind, body in packets)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)))))
+    cuts = [cut for cut in cuts if 0 < cut < len(stream)]
+    payloads, others = run_stream(stream, cuts, ord("U"))
+    assert payloads == [body for kind, body in packets if kind == b"U"]
+    assert others == [kind + body for kind, body in packets if kind != b"U"]
+
+
+@given(st.integers(9, 300), st.integers(1, 30), st.data())
+def test_a_long_run_of_one_size_any_split(count: int, size: int, data: st.DataObject) -> None:
+    """Many packets of one size (the strided fast path), cut anywhere, one odd packet
+    after them: the same payloads, in order."""
+    bodies = [bytes([n % 256]) * size for n in range(count)] + [b"odd"]
+    stream = encode_sequenced_many(bodies)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=5)))
+    payloads, others = run_stream(stream, cuts, ord("S"))
+    assert payloads == bodies and others == []
+
+
+def test_run_stops_at_another_type_and_at_a_bad_length() -> None:
+    framer = Framer(max_length=10)
+    framer.feed(b"\x00\x02Sa\x00\x02Sb\x00\x01H\x00\x02Sc\x00\x0bS")
+    assert framer.run(ord("S")) == [b"a", b"b"]
+    assert framer.run(ord("S")) == []  # the heartbeat is next
+    assert next(framer) == b"H"
+    assert framer.run(ord("S")) == [b"c"]
+    with pytest.raises(PacketTooLong):
+        next(framer)
+
+
+def test_a_uniform_run_with_one_wrong_header_falls_back() -> None:
+    # Twelve packets of one length, the seventh of another type: the run stops there.
+    packets = [b"\x00\x02S" + bytes([n]) for n in range(12)]
+    packets[6] = b"\x00\x02U\x06"
+    framer = Framer()
+    framer.feed(b"".join(packets))
+    assert framer.run(ord("S")) == [bytes([n]) for n in range(6)]
+    assert next(framer) == b"U\x06"
+    assert framer.run(ord("S")) == [bytes([n]) for n in range(7, 12)]
+
+
+def test_a_packet_trickling_in_is_handed_out_whole() -> None:
+    framer = Framer()
+    packet = UnsequencedData(b"x" * 1000).encode()
+    for byte in range(len(packet) - 1):
+        framer.feed(packet[byte : byte + 1])
+        assert framer.run(ord("U")) == []
+    framer.feed(packet[-1:])
+    assert framer.run(ord("U")) == [b"x" * 1000]

@@ -29,8 +29,8 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import TLSRefused, describe_error
 from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError
-from tickertape.protocol.publishing import END_OF_SESSION_MARKER
 from tickertape.text import plural
+from tickertape.wire.publishing import END_OF_SESSION_MARKER
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 

@@ -7,7 +7,8 @@
         await publisher.flush()              # both durable: publisher.acked == 2
 
 Over TLS, pass ``ssl=tickertape.tls.client_context(ca)`` to :meth:`Publisher.connect`.
-The convention it follows is described in :mod:`tickertape.protocol.publishing`.
+The convention it follows is described in :mod:`tickertape.wire.publishing`; its
+count of what was sent and acknowledged is :class:`tickertape.protocol.publishing.PublisherAcks`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from tickertape.client.soupbintcp import closed_by_server, open_stream, rejectio
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
-from tickertape.protocol.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
-from tickertape.protocol.server import State
+from tickertape.protocol.connection import State
+from tickertape.protocol.publishing import PublisherAcks
+from tickertape.wire.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
 from tickertape.wire.soupbintcp import LoginRequest, encode_unsequenced_many
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,7 @@ class Publisher:
         self._reader = reader
         self._writer = writer
         self._connection = connection
-        self.sent = 0
-        """Messages sent so far (not counting END OF SESSION markers)."""
-        self.ends_sent = 0
-        """END OF SESSION markers sent so far."""
-        self.ended: list[str] = []
-        """The sessions this publisher's markers ended, as the server confirmed them."""
-        self.last_ack: Ack | None = None
+        self._acks = PublisherAcks()
         self.session = ""
         self._acked = asyncio.Event()
         self._ended: asyncio.Future[str] | None = None
@@ -107,22 +103,40 @@ class Publisher:
     @property
     def acked(self) -> int:
         """Messages the server has acknowledged as durable."""
-        return self.last_ack.count if self.last_ack else 0
+        return self._acks.acked
+
+    @property
+    def sent(self) -> int:
+        """Messages sent so far (not counting END OF SESSION markers)."""
+        return self._acks.sent
+
+    @property
+    def ends_sent(self) -> int:
+        """END OF SESSION markers sent so far."""
+        return self._acks.ends_sent
+
+    @property
+    def ended(self) -> list[str]:
+        """The sessions this publisher's markers ended, as the server confirmed them."""
+        return self._acks.ended
+
+    @property
+    def last_ack(self) -> Ack | None:
+        """The last acknowledgement of messages (not of a session end)."""
+        return self._acks.last_ack
 
     async def send_many(self, payloads: Sequence[bytes]) -> None:
         """Send messages; waits while the server is not reading (back-pressure). A
         payload that is exactly :data:`END_OF_SESSION_MARKER` ends the session there."""
         self._check()
         self._writer.write(encode_unsequenced_many(payloads))
-        ends = payloads.count(END_OF_SESSION_MARKER)
-        self.sent += len(payloads) - ends
-        self.ends_sent += ends
+        self._acks.sending(payloads)
         await self._writer.drain()
 
     async def flush(self) -> Ack | None:
         """Wait until every message sent is acknowledged, and every session end
         confirmed; the last acknowledgement. (Bound the wait with ``asyncio.timeout``.)"""
-        while self.acked < self.sent or len(self.ended) < self.ends_sent:
+        while not self._acks.settled:
             self._check()
             await self._acked.wait()
             self._acked.clear()
@@ -134,7 +148,7 @@ class Publisher:
         self._check()
         self._ended = asyncio.get_running_loop().create_future()
         self._writer.write(encode_unsequenced_many([END_OF_SESSION_MARKER]))
-        self.ends_sent += 1
+        self._acks.sending([END_OF_SESSION_MARKER])
         return await self._ended
 
     def _check(self) -> None:
@@ -177,16 +191,12 @@ class Publisher:
     def _event(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.Unsequenced):
             try:
-                ack = Ack.decode(event.payload)
+                ack = self._acks.received(event.payload)
             except ProtocolError as exc:
                 log.warning("unexpected message from the server: %s", exc)
                 return
-            if ack.seq == 0:
-                self.ended.append(ack.session)
-                if self._ended is not None and not self._ended.done():
-                    self._ended.set_result(ack.session)
-                return
-            self.last_ack = ack
+            if ack.seq == 0 and self._ended is not None and not self._ended.done():
+                self._ended.set_result(ack.session)
         elif isinstance(event, protocol.Accepted):
             self.session = event.session
         elif isinstance(event, protocol.Rejected):

@@ -33,7 +33,7 @@ from typing import Final, overload
 from tickertape.errors import LoginRejected
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
-from tickertape.protocol.server import State
+from tickertape.protocol.connection import State
 from tickertape.wire.soupbintcp import REJECT_NOT_AUTHORIZED, LoginRequest
 
 __all__ = [

@@ -7,8 +7,10 @@ the bytes to send (:meth:`~ClientConnection.data_to_send`). It counts sequence n
 sends heartbeats and notices a silent server. Nothing here reads a clock or touches a
 socket.
 
-Receiving Sequenced Data is the hot path: each frame's type byte is checked before
-anything else, and such packets never go through the general decoder.
+Receiving Sequenced Data is the hot path: a run of such packets becomes one
+:class:`Messages` event, its payloads cut straight from the bytes received, and never
+goes through the general decoder. The state, event and output queue machinery is
+:class:`tickertape.protocol.connection.Connection`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import ConfigError, RemoteProtocolError
-from tickertape.protocol.server import ConnectionLost, State
+from tickertape.protocol.connection import Connection, ConnectionLost, State
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
@@ -123,7 +125,9 @@ Event = Accepted | Rejected | Messages | Unsequenced | DebugReceived | SessionEn
 # ---------------------------------------------------------------------------- connection
 
 
-class ClientConnection:
+class ClientConnection(
+    Connection[Accepted | Rejected | Messages | Unsequenced | DebugReceived | SessionEnded]
+):
     """A SoupBinTCP connection to a server, as seen by the client.
 
     ``session`` is the session named by Login Accepted (blank before it), and
@@ -133,15 +137,11 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "_events",
         "_framer",
         "_heard_anything",
         "_heartbeat_interval",
         "_last_heard",
-        "_last_sent",
-        "_outgoing",
         "_server_timeout",
-        "_state",
         "last_debug",
         "next_sequence",
         "session",
@@ -160,24 +160,18 @@ class ClientConnection:
         ):
             if not value > 0 or value == math.inf:
                 raise ConfigError(f"{name} is {value!r}; it must be a positive number of seconds")
+        super().__init__(now)
         self._heartbeat_interval = heartbeat_interval
         self._server_timeout = server_timeout
         self._framer = Framer()
-        self._state = State.AWAITING_LOGIN
         self._last_heard = now
-        self._last_sent = now
-        self._events: list[Event] = []
-        self._outgoing: list[bytes] = [request.encode()]
+        self._outgoing.append(request.encode())
         self.session = ""
         self.next_sequence = 0
         self.last_debug = ""
         """The text of the last Debug packet received (blank if none): the server's last
         word, worth showing when it closes the connection."""
         self._heard_anything = False
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     @property
     def heard_anything(self) -> bool:
@@ -200,39 +194,23 @@ class ClientConnection:
         framer.feed(data)
         pending = framer.buffered
         try:
-            while frames := framer.drain():
-                self._received(frames)
+            while True:
+                if self._state is State.LOGGED_IN:
+                    # The hot path: a run of Sequenced Data, one event, no decoding.
+                    payloads = framer.run(_SEQUENCED)
+                    if payloads:
+                        self._events.append(Messages(self.next_sequence, payloads))
+                        self.next_sequence += len(payloads)
+                frame = next(framer, None)
+                if frame is None:
+                    break
+                self._handle(frame)
                 if self._state is State.CLOSED:
                     break
         except RemoteProtocolError as error:
             self._fail(str(error), now)
         if framer.buffered != pending:  # at least one whole packet arrived
             self._last_heard = now
-
-    def _received(self, frames: list[bytes]) -> None:
-        if self._state is State.LOGGED_IN:
-            # The hot path: nothing but Sequenced Data, one event for all of it.
-            payloads = [frame[1:] for frame in frames if frame[0] == _SEQUENCED]
-            if len(payloads) == len(frames):
-                self._events.append(Messages(self.next_sequence, payloads))
-                self.next_sequence += len(payloads)
-                return
-        append = self._events.append
-        run: list[bytes] = []
-        for frame in frames:
-            if frame[0] == _SEQUENCED and self._state is State.LOGGED_IN:
-                run.append(frame[1:])
-                continue
-            if run:
-                append(Messages(self.next_sequence, run))
-                self.next_sequence += len(run)
-                run = []
-            self._handle(frame)
-            if self._state is State.CLOSED:
-                return
-        if run:
-            append(Messages(self.next_sequence, run))
-            self.next_sequence += len(run)
 
     def _handle(self, frame: bytes) -> None:
         logged_in = self._state is State.LOGGED_IN
@@ -262,11 +240,6 @@ class ClientConnection:
                 # Spec 4.1, 2.2.1: Login Accepted "will always be the first non-debug packet".
                 raise RemoteProtocolError(f"{_NAMES[type(packet)]} before Login Accepted")
 
-    def events_received(self) -> list[Event]:
-        """The events parsed since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
-
     # ------------------------------------------------------------------ output
 
     def heard(self, now: float) -> None:
@@ -279,23 +252,6 @@ class ClientConnection:
         if self._state is not State.CLOSED:
             self._queue(_LOGOUT_REQUEST, now)
             self._state = State.CLOSED
-
-    def data_to_send(self) -> bytes:
-        """The bytes queued since the last call, to write to the transport."""
-        if not self._outgoing:
-            return b""
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        return data
-
-    def _queue(self, packet: bytes, now: float) -> None:
-        self._outgoing.append(packet)
-        self._last_sent = now
-
-    def _fail(self, reason: str, now: float) -> None:
-        self._queue(Debug(reason.encode("ascii", "backslashreplace")).encode(), now)
-        self._events.append(ConnectionLost(reason))
-        self._state = State.CLOSED
 
     # ------------------------------------------------------------------ time
 

@@ -18,16 +18,21 @@ calls :meth:`~ServerConnection.accept` or :meth:`~ServerConnection.reject`, so t
 nothing a client pipelines after its login is acted upon before the login is decided
 (authentication may take a while). ``accept()`` then parses what was buffered: read
 :meth:`~ServerConnection.events_received` after it.
+
+Receiving Unsequenced Data is the hot path (a publisher's messages): a run of such
+packets becomes one :class:`MessagesReceived` event holding their payloads, as the client
+side hands out one event per run of Sequenced Data. The state, event and output queue
+machinery is :class:`tickertape.protocol.connection.Connection`'s.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from tickertape.protocol.connection import Connection, ConnectionLost, State, debug_packet
 from tickertape.wire.soupbintcp import (
     LOGIN_REQUEST_410_LENGTH,
     MAX_PACKET_LENGTH,
@@ -57,7 +62,7 @@ __all__ = [
     "Event",
     "LoginRequested",
     "LogoutRequested",
-    "MessageReceived",
+    "MessagesReceived",
     "ServerConnection",
     "ServerTimers",
     "State",
@@ -105,14 +110,6 @@ class ServerTimers:
             )
 
 
-class State(enum.Enum):
-    """Where a SoupBinTCP connection is in its life."""
-
-    AWAITING_LOGIN = enum.auto()
-    LOGGED_IN = enum.auto()
-    CLOSED = enum.auto()
-
-
 # ---------------------------------------------------------------------------- events
 
 
@@ -123,13 +120,13 @@ class LoginRequested:
     request: LoginRequest
 
 
-# Not frozen, unlike the other events: a frozen dataclass's __init__ goes through
-# object.__setattr__, and one of these is made per published message. Treat as read-only.
-@dataclass(slots=True)
-class MessageReceived:
-    """The client sent an Unsequenced Data packet (spec 4.1, 2.3.2)."""
+@dataclass(frozen=True, slots=True)
+class MessagesReceived:
+    """Unsequenced Data packets that arrived one after another (spec 4.1, 2.3.2): their
+    payloads, in order. One event for many, so that a publisher sending a million
+    messages a second makes a million payloads, not a million events."""
 
-    payload: bytes
+    payloads: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,55 +134,34 @@ class LogoutRequested:
     """The client asked to log out: close the transport once ``data_to_send()`` is sent."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionLost:
-    """The connection is over because of a timeout or a protocol violation.
-
-    ``data_to_send()`` holds a Debug packet telling the peer why; send it, then close.
-    """
-
-    reason: str
-
-
-Event = LoginRequested | MessageReceived | LogoutRequested | ConnectionLost
+Event = LoginRequested | MessagesReceived | LogoutRequested | ConnectionLost
 
 
 # ---------------------------------------------------------------------------- connection
 
 
-class ServerConnection:
+class ServerConnection(Connection[LoginRequested | MessagesReceived | LogoutRequested]):
     """One client's SoupBinTCP connection, as seen by the server."""
 
     __slots__ = (
         "_created",
-        "_events",
         "_framer",
         "_idle_timeout",
         "_last_heard",
-        "_last_sent",
         "_limit_reason",
-        "_outgoing",
         "_request",
-        "_state",
         "_timers",
     )
 
     def __init__(self, now: float, timers: ServerTimers = ServerTimers()) -> None:
+        super().__init__(now)
         self._timers = timers
         self._framer = Framer(MAX_LOGIN_PACKET_LENGTH)
-        self._state = State.AWAITING_LOGIN
         self._created = now
         self._last_heard = now
-        self._last_sent = now
         self._idle_timeout = timers.idle_timeout
         self._request: LoginRequest | None = None
         self._limit_reason = ""
-        self._events: list[Event] = []
-        self._outgoing: list[bytes] = []
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     @property
     def request(self) -> LoginRequest | None:
@@ -212,13 +188,19 @@ class ServerConnection:
             )
 
     def _parse(self, now: float) -> None:
+        framer = self._framer
         try:
-            for frame in self._framer:
+            while True:
+                if self._state is State.LOGGED_IN:
+                    # The publishing hot path: a run of messages, one event, no decoding.
+                    payloads = framer.run(_UNSEQUENCED)
+                    if payloads:
+                        self._last_heard = now
+                        self._events.append(MessagesReceived(payloads))
+                frame = next(framer, None)
+                if frame is None:
+                    return
                 self._last_heard = now
-                if frame[0] == _UNSEQUENCED and self._state is State.LOGGED_IN:
-                    # The publishing hot path: one message per packet, nothing to decode.
-                    self._events.append(MessageReceived(frame[1:]))
-                    continue
                 self._handle(decode_client_packet(frame))
                 if self._state is State.CLOSED or self._awaiting_decision():
                     return
@@ -238,7 +220,7 @@ class ServerConnection:
         logged_in = self._state is State.LOGGED_IN
         match packet:
             case UnsequencedData(payload=payload) if logged_in:
-                self._events.append(MessageReceived(payload))
+                self._events.append(MessagesReceived([payload]))
             case ClientHeartbeat() if logged_in:
                 pass
             case Debug():
@@ -255,11 +237,6 @@ class ServerConnection:
                 raise RemoteProtocolError("expected a Login Request first, got Unsequenced Data")
             case ClientHeartbeat():
                 raise RemoteProtocolError("expected a Login Request first, got a Client Heartbeat")
-
-    def events_received(self) -> list[Event]:
-        """The events parsed since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
 
     # ------------------------------------------------------------------ decisions
 
@@ -339,7 +316,7 @@ class ServerConnection:
     def send_debug(self, text: str, now: float) -> None:
         """Queue a Debug packet (spec 4.1, 2.1); allowed in any state but CLOSED."""
         if self._state is not State.CLOSED:
-            self._queue(_debug(text), now)
+            self._queue(debug_packet(text), now)
 
     def end_session(self, now: float) -> None:
         """Queue End of Session (spec 4.1, 2.2.6); the connection is then CLOSED."""
@@ -350,26 +327,9 @@ class ServerConnection:
         self._queue(_END_OF_SESSION, now)
         self._state = State.CLOSED
 
-    def data_to_send(self) -> bytes:
-        """The bytes queued since the last call, to write to the transport."""
-        if not self._outgoing:
-            return b""
-        data = b"".join(self._outgoing)
-        self._outgoing.clear()
-        return data
-
     def sent(self, now: float) -> None:
         """The application sent Sequenced Data itself: no heartbeat is due before a second."""
         self._last_sent = now
-
-    def _queue(self, packet: bytes, now: float) -> None:
-        self._outgoing.append(packet)
-        self._last_sent = now
-
-    def _fail(self, reason: str, now: float) -> None:
-        self._queue(_debug(reason), now)
-        self._events.append(ConnectionLost(reason))
-        self._state = State.CLOSED
 
     # ------------------------------------------------------------------ time
 
@@ -401,7 +361,3 @@ class ServerConnection:
         if state is State.AWAITING_LOGIN:
             return self._created + self._timers.login_timeout
         return math.inf
-
-
-def _debug(text: str) -> bytes:
-    return Debug(text.encode("ascii", "backslashreplace")).encode()

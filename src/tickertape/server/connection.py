@@ -8,7 +8,7 @@ packets, live batches and catch-up ranges and closes in order. Whom to accept an
 :mod:`~tickertape.server.login`'s (pure functions), the steps of a login
 :class:`~tickertape.server.admission.Admission`'s, the logs of pulled sessions
 :class:`~tickertape.server.pulls.SessionPull`'s, the messages a publisher sends
-:class:`~tickertape.server.publisher_input.PublisherInput`'s, and the reading of a
+:class:`~tickertape.sources.publisher.PublisherInput`'s, and the reading of a
 session's log :class:`~tickertape.server.subscriber.Subscriber`'s.
 """
 
@@ -25,7 +25,7 @@ from tickertape.protocol.server import (
     ConnectionLost,
     LoginRequested,
     LogoutRequested,
-    MessageReceived,
+    MessagesReceived,
     ServerConnection,
     State,
 )
@@ -33,9 +33,9 @@ from tickertape.server.admission import Admission
 from tickertape.server.connection_info import PublisherInfo, SubscriberInfo
 from tickertape.server.login import Live, limit_reason, packet_limit, publish_refusal, user_of
 from tickertape.server.output import Output
-from tickertape.server.publisher_input import PublisherInput
 from tickertape.server.pulls import Lease
 from tickertape.server.subscriber import Subscriber
+from tickertape.sources.publisher import PublisherInput
 from tickertape.text import plural
 from tickertape.tls import is_client_hello
 from tickertape.wire.soupbintcp import Debug
@@ -144,7 +144,7 @@ class Connection(asyncio.Protocol):
         if self._admission is not None:
             self._admission.cancel()
         if self._publisher is not None:
-            self._publisher.cancel()  # what it handed the engine is published anyway
+            self._publisher.stop()  # what it handed the engine is published anyway
         # A subscriber closing its socket (a ``tail --count`` done) is routine: DEBUG;
         # a publisher going away is not.
         publishing = self.publishing
@@ -199,11 +199,12 @@ class Connection(asyncio.Protocol):
                 if isinstance(event, LoginRequested):
                     assert self._admission is not None
                     self._admission.login(event.request)
-                elif isinstance(event, MessageReceived):
+                elif isinstance(event, MessagesReceived):
                     if self._publisher is None:
                         self._may_not_publish()
                         return
-                    self._publisher.received(event.payload)
+                    if not self._publisher.received(event.payloads):
+                        return
                 elif isinstance(event, LogoutRequested):
                     log.info("%s logged out", self._peer)
                     self._close_in_turn()
@@ -216,8 +217,6 @@ class Connection(asyncio.Protocol):
                     self._close_in_turn()
                     return
         self._output.flush()
-        if self._publisher is not None:
-            self._publisher.start()
         if session.state is State.CLOSED:  # Login Rejected: close once it is sent
             self._close_in_turn()
         elif session.next_deadline() < self._timer_when:
@@ -267,12 +266,14 @@ class Connection(asyncio.Protocol):
             config = self._server.config
             self._publisher = PublisherInput(
                 self._engine,
-                transport,
                 self._peer,
-                max_unpublished=config.max_unpublished,
-                max_unpublished_bytes=config.max_unpublished_bytes,
-                acknowledge=self._acknowledge,
+                send=self._acknowledge,
+                pause=transport.pause_reading,
+                resume=transport.resume_reading,
                 close=self.close,
+                failed=self._server.metrics.publish_failed,
+                max_messages=config.max_unpublished,
+                max_bytes=config.max_unpublished_bytes,
             )
         if login.publish_only:
             # A publisher that does not want the stream: no subscription, so it is not
@@ -346,7 +347,7 @@ class Connection(asyncio.Protocol):
         """Logged in to publish only, or allowed to publish and has sent something."""
         if not self._may_publish or self._session_name is None:
             return False
-        unpublished = self._publisher is not None and self._publisher.unpublished
+        unpublished = self._publisher is not None and self._publisher.unpublished > 0
         return self._subscriber is None or self._acked > 0 or unpublished
 
     def publisher_info(self) -> PublisherInfo:

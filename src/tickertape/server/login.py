@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tickertape.errors import SessionNotFound
-from tickertape.protocol.publishing import NO_STREAM
 from tickertape.server.access import Principal, may_not_publish, may_not_read
 from tickertape.server.provider import SessionProvider
+from tickertape.wire.publishing import NO_STREAM
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,

@@ -11,12 +11,15 @@ field (type byte first), as handed out by :class:`Framer`.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from tickertape.errors import LocalProtocolError, RemoteProtocolError
+from tickertape.wire.fields import alpha, numeric, parse_alpha, parse_numeric
 
 MAX_PACKET_LENGTH: Final = 0xFFFF
 """The largest value of the u16 length field: type byte plus payload."""
@@ -38,49 +41,11 @@ LOGIN_REQUEST_410_LENGTH: Final = LOGIN_REQUEST_400_LENGTH + HEARTBEAT_TIMEOUT_L
 REJECT_NOT_AUTHORIZED: Final = "A"
 REJECT_SESSION_NOT_AVAILABLE: Final = "S"
 
-_STRIP = b" \x00"
+_JOIN_AT_ONCE: Final = 4096
+"""A Framer joins at most this many unread bytes to the next read at once; more (a long
+packet trickling in, packets held back) wait in its side buffer instead."""
 _HEADER = struct.Struct(">HB")
 _SEQUENCED: Final = 0x53  # "S"
-
-
-# ---------------------------------------------------------------------------- fields
-
-
-def _alpha(value: str, width: int, field: str, *, right: bool = False) -> bytes:
-    try:
-        raw = value.encode("ascii")
-    except UnicodeEncodeError:
-        raise LocalProtocolError(f"{field} {value!r} is not ASCII") from None
-    if len(raw) > width:
-        raise LocalProtocolError(
-            f"{field} {value!r} is {len(raw)} characters; SoupBinTCP allows at most {width}"
-        )
-    return raw.rjust(width) if right else raw.ljust(width)
-
-
-def _numeric(value: int, width: int, field: str) -> bytes:
-    if value < 0:
-        raise LocalProtocolError(f"{field} {value} is negative")
-    raw = str(value).encode("ascii")
-    if len(raw) > width:
-        raise LocalProtocolError(f"{field} {value} does not fit in {width} digits")
-    return raw.rjust(width)
-
-
-def _parse_alpha(raw: bytes, field: str) -> str:
-    try:
-        return raw.strip(_STRIP).decode("ascii")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(f"{field} {raw!r} is not ASCII") from None
-
-
-def _parse_numeric(raw: bytes, field: str) -> int:
-    digits = raw.strip(_STRIP)
-    if not digits:
-        return 0
-    if not digits.isdigit():
-        raise RemoteProtocolError(f"{field} {raw!r} is not a decimal number")
-    return int(digits)
 
 
 # ---------------------------------------------------------------------------- packets
@@ -111,8 +76,8 @@ class LoginAccepted:
     def encode(self) -> bytes:
         return _frame(
             self.TYPE,
-            _alpha(self.session, SESSION_LENGTH, "session", right=True)
-            + _numeric(self.sequence, SEQUENCE_LENGTH, "sequence number"),
+            alpha(self.session, SESSION_LENGTH, "session", right=True)
+            + numeric(self.sequence, SEQUENCE_LENGTH, "sequence number"),
         )
 
 
@@ -127,7 +92,7 @@ class LoginRejected:
     reason: str
 
     def encode(self) -> bytes:
-        return _frame(self.TYPE, _alpha(self.reason, 1, "reject reason code"))
+        return _frame(self.TYPE, alpha(self.reason, 1, "reject reason code"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +155,13 @@ class LoginRequest:
 
     def encode(self) -> bytes:
         body = (
-            _alpha(self.username, USERNAME_LENGTH, "username")
-            + _alpha(self.password, PASSWORD_LENGTH, "password")
-            + _alpha(self.session, SESSION_LENGTH, "requested session")
-            + _numeric(self.sequence, SEQUENCE_LENGTH, "requested sequence number")
+            alpha(self.username, USERNAME_LENGTH, "username")
+            + alpha(self.password, PASSWORD_LENGTH, "password")
+            + alpha(self.session, SESSION_LENGTH, "requested session")
+            + numeric(self.sequence, SEQUENCE_LENGTH, "requested sequence number")
         )
         if self.heartbeat_timeout_ms is not None:
-            body += _numeric(
+            body += numeric(
                 self.heartbeat_timeout_ms, HEARTBEAT_TIMEOUT_LENGTH, "heartbeat timeout"
             )
         return _frame(self.TYPE, body)
@@ -222,15 +187,8 @@ class LogoutRequest:
         return _LOGOUT_REQUEST
 
 
-ServerPacket = (
-    Debug
-    | LoginAccepted
-    | LoginRejected
-    | SequencedData
-    | UnsequencedData
-    | ServerHeartbeat
-    | EndOfSession
-)
+_Login = LoginAccepted | LoginRejected
+ServerPacket = Debug | _Login | SequencedData | UnsequencedData | ServerHeartbeat | EndOfSession
 ClientPacket = Debug | LoginRequest | UnsequencedData | ClientHeartbeat | LogoutRequest
 
 
@@ -362,15 +320,15 @@ def decode_server_packet(frame: bytes) -> ServerPacket:
                 f"{1 + SESSION_LENGTH + SEQUENCE_LENGTH}"
             )
         return LoginAccepted(
-            _parse_alpha(frame[1:11], "session"),
-            _parse_numeric(frame[11:31], "sequence number"),
+            parse_alpha(frame[1:11], "session"),
+            parse_numeric(frame[11:31], "sequence number"),
         )
     if kind == 0x4A:  # J
         if len(frame) != 2:
             raise RemoteProtocolError(
                 f"Login Rejected packet of {len(frame)} bytes; it is always 2"
             )
-        return LoginRejected(_parse_alpha(frame[1:2], "reject reason code"))
+        return LoginRejected(parse_alpha(frame[1:2], "reject reason code"))
     if kind == 0x5A:  # Z
         return _expect_empty(frame, EndOfSession())  # type: ignore[return-value]
     raise RemoteProtocolError(f"unknown packet type {bytes(frame[:1])!r} from a server")
@@ -406,12 +364,12 @@ def _decode_login_request(frame: bytes) -> LoginRequest:
         )
     timeout = None
     if len(frame) == LOGIN_REQUEST_410_LENGTH:
-        timeout = _parse_numeric(frame[47:52], "heartbeat timeout")
+        timeout = parse_numeric(frame[47:52], "heartbeat timeout")
     return LoginRequest(
-        username=_parse_alpha(frame[1:7], "username"),
-        password=_parse_alpha(frame[7:17], "password"),
-        session=_parse_alpha(frame[17:27], "requested session"),
-        sequence=_parse_numeric(frame[27:47], "requested sequence number"),
+        username=parse_alpha(frame[1:7], "username"),
+        password=parse_alpha(frame[7:17], "password"),
+        session=parse_alpha(frame[17:27], "requested session"),
+        sequence=parse_numeric(frame[27:47], "requested sequence number"),
         heartbeat_timeout_ms=timeout,
     )
 
@@ -428,38 +386,70 @@ class PacketTooLong(RemoteProtocolError):
         self.limit = limit
 
 
+@functools.lru_cache(maxsize=64)
+def _records(length: int) -> struct.Struct:  # a packet of this length: header, payload
+    return struct.Struct(f"3x{length - 1}s")
+
+
+_FIRST: Final = operator.itemgetter(0)
+
+
 class Framer:
     """Splits a byte stream into frames (packets without their length field).
 
-    Feed it bytes however they were chunked; it hands out each complete frame once.
+    Feed it bytes however they were chunked; it hands out each complete frame once
+    (iterating), or, for the hot paths, the payloads of a run of packets of one type
+    (:meth:`run`): one ``bytes`` slice per payload, cut straight from what was fed.
+    Many bytes fed while earlier ones are unread (a long packet trickling in, packets
+    held back) wait in a side buffer, joined once there is a whole packet.
+
     A length field of 0, or one above ``max_length``, raises :class:`RemoteProtocolError`
     (the stream cannot be resynchronised after that).
     """
 
-    __slots__ = ("_buffer", "_max_length", "_position")
+    __slots__ = ("_data", "_max_length", "_position", "_tail")
 
     def __init__(self, max_length: int = MAX_PACKET_LENGTH) -> None:
-        self._buffer = bytearray()
+        self._data = b""  # what is being handed out, from _position
         self._position = 0
+        self._tail = bytearray()  # fed after _data, not yet joined to it
         self._max_length = max_length
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
-        if self._position and self._position >= len(self._buffer) >> 1:
-            del self._buffer[: self._position]
-            self._position = 0
-        self._buffer += data
+        rest = len(self._data) - self._position
+        if self._tail or rest > _JOIN_AT_ONCE:
+            self._tail += data  # joined once a packet is whole (see _ready)
+        elif rest:  # a packet cut by the read
+            self._data, self._position = self._data[self._position :] + data, 0
+        else:
+            self._data, self._position = data if type(data) is bytes else bytes(data), 0
+
+    def _ready(self) -> bytes:
+        """The unread bytes (from ``_position``), the side buffer joined once it completes
+        a packet, or a length field cut in two (one too long is refused at once)."""
+        data = self._data
+        tail = self._tail
+        if tail:
+            position = self._position
+            rest = len(data) - position
+            need = 2 + ((data[position] << 8) | data[position + 1]) - rest if rest >= 2 else 0
+            if rest < 2 or 0 < need <= len(tail):
+                data = self._data = data[position:] + tail
+                self._position = 0
+                tail.clear()
+        return data
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
         """The next complete frame; ``StopIteration`` when more bytes are needed."""
-        buffer = self._buffer
+        data = self._ready()
         position = self._position
-        if len(buffer) - position < 2:
+        if len(data) - position < 2:
             raise StopIteration
-        length = (buffer[position] << 8) | buffer[position + 1]
+        length = (data[position] << 8) | data[position + 1]
         if length == 0:
             raise RemoteProtocolError(
                 f"packet length {length}: every packet has at least its 1-byte type"
@@ -467,38 +457,46 @@ class Framer:
         if length > self._max_length:
             raise PacketTooLong(length, self._max_length)
         end = position + 2 + length
-        if end > len(buffer):
+        if end > len(data):
             raise StopIteration
         self._position = end
-        return bytes(buffer[position + 2 : end])
+        return data[position + 2 : end]
 
-    def drain(self) -> list[bytes]:
-        """Every complete frame buffered, at once: what iterating gives, in one loop
-        (for a receiver of many small packets). A bad length field after some frames
-        ends the list there; the next call raises :class:`RemoteProtocolError`."""
-        buffer = self._buffer
-        data = bytes(buffer[self._position :]) if self._position else bytes(buffer)
+    def run(self, packet_type: int) -> list[bytes]:
+        """The payloads of the whole packets of type ``packet_type`` at the front, in order
+        (a receiver's hot path); stops before a packet of another type, an incomplete one
+        or a bad length field (which iterating then hands out or raises)."""
+        data = self._ready()
+        position = self._position
         size = len(data)
         limit = self._max_length
-        frames: list[bytes] = []
-        append = frames.append
-        position = 0
-        while size - position >= 2:
+        payloads: list[bytes] = []
+        if size - position < 3:
+            return payloads
+        length = (data[position] << 8) | data[position + 1]
+        step = length + 2
+        count = (size - position) // step
+        if count > 8 and 0 < length <= limit and data[position + 2] == packet_type:
+            # Packets of one size: check every header at once (strided slices), then cut.
+            end = position + count * step
+            if (
+                data[position:end:step].count(data[position]) == count
+                and data[position + 1 : end : step].count(data[position + 1]) == count
+                and data[position + 2 : end : step].count(packet_type) == count
+            ):
+                records = _records(length).iter_unpack(memoryview(data)[position:end])
+                payloads = list(map(_FIRST, records))  # no Python loop per packet
+                position = end
+        append = payloads.append
+        while size - position >= 3:
             length = (data[position] << 8) | data[position + 1]
             end = position + 2 + length
-            if length == 0 or length > limit:
-                if frames:
-                    break
-                self._position += position
-                next(self)  # raises the error, as iterating would
-            if end > size:
+            if end > size or data[position + 2] != packet_type or not 0 < length <= limit:
                 break
-            append(data[position + 2 : end])
+            append(data[position + 3 : end])
             position = end
-        if position:
-            del buffer[: self._position + position]
-            self._position = 0
-        return frames
+        self._position = position
+        return payloads
 
     @property
     def max_length(self) -> int:
@@ -512,4 +510,4 @@ class Framer:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet handed out as frames."""
-        return len(self._buffer) - self._position
+        return len(self._data) - self._position + len(self._tail)
