@@ -20,7 +20,8 @@ from tickertape.store.layout import (
     LOG_FILE,
 )
 from tickertape.store.log import SessionLog
-from tickertape.wire.soupbintcp import encode_sequenced_many, packet_offsets
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.soupbintcp import encode_sequenced_many
 
 HEADER = struct.Struct("<8sII")
 """magic, version, reserved: the first 16 bytes of an archive."""

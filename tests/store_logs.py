@@ -15,12 +15,8 @@ from pathlib import Path
 from tickertape.store.layout import INDEX_FILE, LOG_FILE
 from tickertape.store.log import Appended, Durability, SessionLog
 from tickertape.text import plural
-from tickertape.wire.soupbintcp import (
-    Framer,
-    SequencedData,
-    decode_server_packet,
-    encode_sequenced_many,
-)
+from tickertape.wire.framing import Framer
+from tickertape.wire.soupbintcp import SequencedData, decode_server_packet, encode_sequenced_many
 
 RECORD_SIZE = 32
 """One index record: first_seq, offset (u64), length, count, crc (u32), crc of the record."""

@@ -33,10 +33,10 @@ from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import ServerConfig, SoupBinTCPServer
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability, SessionLog
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRequest,
     SequencedData,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     Debug,
-    Framer,
     LoginAccepted,
     LoginRequest,
     ServerHeartbeat,

@@ -27,12 +27,12 @@ from tickertape.protocol.client import (
     Unsequenced,
 )
 from tickertape.protocol.server import ServerConnection
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     ClientPacket,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

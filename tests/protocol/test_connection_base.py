@@ -10,7 +10,8 @@ import tickertape.protocol
 from tickertape.protocol.client import ClientConnection
 from tickertape.protocol.connection import Connection, ConnectionLost, State, debug_packet
 from tickertape.protocol.server import ServerConnection
-from tickertape.wire.soupbintcp import Debug, Framer, LoginRequest, decode_server_packet
+from tickertape.wire.framing import Framer
+from tickertape.wire.soupbintcp import Debug, LoginRequest, decode_server_packet
 
 
 class Bare(Connection[str]):

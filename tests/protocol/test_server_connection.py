@@ -24,11 +24,11 @@ from tickertape.protocol.server import (
     ServerTimers,
     State,
 )
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

@@ -49,13 +49,13 @@ from tickertape.protocol.server import (
     ServerTimers,
     State,
 )
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     LOGIN_REQUEST_410_LENGTH,
     MAX_PACKET_LENGTH,
     ClientHeartbeat,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

@@ -15,10 +15,10 @@ from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import subscribe
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.log import Appended, SessionLog
+from tickertape.wire.framing import Framer
 from tickertape.wire.publishing import NO_STREAM, Ack
 from tickertape.wire.soupbintcp import (
     Debug,
-    Framer,
     LoginAccepted,
     LoginRequest,
     UnsequencedData,

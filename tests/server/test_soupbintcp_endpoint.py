@@ -12,10 +12,10 @@ import pytest
 
 from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

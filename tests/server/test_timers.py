@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tickertape.server.engine import Engine
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
-    Framer,
     LoginAccepted,
     LoginRequest,
     SequencedData,

@@ -21,9 +21,9 @@ from tickertape.client.soupbintcp import Subscription, TLSRefused
 from tickertape.server.soupbintcp import ServerConfig
 from tickertape.store.layout import LOG_FILE
 from tickertape.tls import client_context, server_context
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     Debug,
-    Framer,
     LoginAccepted,
     LoginRequest,
     SequencedData,

@@ -36,7 +36,7 @@ from tickertape.store.layout import (
     ARCHIVE_FILE,
 )
 from tickertape.store.log import SessionLog
-from tickertape.wire.soupbintcp import packet_offsets
+from tickertape.wire.framing import packet_offsets
 
 
 @pytest.fixture(scope="module")

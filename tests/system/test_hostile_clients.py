@@ -52,10 +52,10 @@ from tickertape.server.engine import Engine
 from tickertape.server.soupbintcp import DEFAULT_MAX_CLIENT_PACKET, DEFAULT_WRITE_BUFFER_HIGH
 from tickertape.sources.demo import demo_payload
 from tickertape.store.layout import LOG_FILE
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 
 from tickertape.store.log import SessionLog
-from tickertape.wire.soupbintcp import Framer, LoginRequest
+from tickertape.wire.framing import Framer
+from tickertape.wire.soupbintcp import LoginRequest
 
 from support import ServerProcess
 

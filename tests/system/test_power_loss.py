@@ -30,13 +30,8 @@ from tickertape.cli.main import main
 from tickertape.store.inspect import verify_session
 from tickertape.store.layout import INDEX_FILE, LOG_FILE
 from tickertape.store.log import Durability, SessionLog
-from tickertape.wire.soupbintcp import (
-    Framer,
-    SequencedData,
-    decode_server_packet,
-    encode_sequenced_many,
-    packet_offsets,
-)
+from tickertape.wire.framing import Framer, packet_offsets
+from tickertape.wire.soupbintcp import SequencedData, decode_server_packet, encode_sequenced_many
 
 PAGE = 4096
 SESSION = "2026120701"

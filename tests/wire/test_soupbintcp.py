@@ -16,18 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tickertape.errors import LocalProtocolError, RemoteProtocolError
+from tickertape.wire.framing import Framer, PacketTooLong
 from tickertape.wire.soupbintcp import (
     MAX_PAYLOAD,
     ClientHeartbeat,
     ClientPacket,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,
     LogoutRequest,
-    PacketTooLong,
     SequencedData,
     ServerHeartbeat,
     ServerPacket,

@@ -21,11 +21,11 @@ from typing import Final
 
 from tickertape.errors import ConfigError, RemoteProtocolError
 from tickertape.protocol.connection import Connection, ConnectionLost, State
+from tickertape.wire.framing import Framer
 from tickertape.wire.soupbintcp import (
     ClientHeartbeat,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,

@@ -33,6 +33,7 @@ from typing import Final
 
 from tickertape.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from tickertape.protocol.connection import Connection, ConnectionLost, State, debug_packet
+from tickertape.wire.framing import Framer, PacketTooLong
 from tickertape.wire.soupbintcp import (
     LOGIN_REQUEST_410_LENGTH,
     MAX_PACKET_LENGTH,
@@ -40,12 +41,10 @@ from tickertape.wire.soupbintcp import (
     ClientPacket,
     Debug,
     EndOfSession,
-    Framer,
     LoginAccepted,
     LoginRejected,
     LoginRequest,
     LogoutRequest,
-    PacketTooLong,
     ServerHeartbeat,
     UnsequencedData,
     decode_client_packet,

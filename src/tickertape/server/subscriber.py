@@ -34,7 +34,7 @@ from tickertape.server.metrics import SentCounts
 from tickertape.server.output import Output, SendfileNotAvailable
 from tickertape.server.provider import SessionProvider
 from tickertape.store.log import ReadableLog
-from tickertape.wire.soupbintcp import packet_offsets
+from tickertape.wire.framing import packet_offsets
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,8 @@ from tickertape.store.log import SessionLog
 from tickertape.store.opening import open_session_log, remove_originals, set_tail_aside
 from tickertape.store.recovery import has_tail
 from tickertape.text import plural
-from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH, packet_offsets
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,8 @@ import zstandard
 from tickertape.errors import CorruptLogError, StoreError
 from tickertape.store.layout import ARCHIVE_FILE, lost_note
 from tickertape.store.recovery import Recovery
-from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH, packet_offsets
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH
 
 log = logging.getLogger(__name__)
 

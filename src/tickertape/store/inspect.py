@@ -46,7 +46,7 @@ from tickertape.store.layout import (
 from tickertape.store.log import SessionLog
 from tickertape.store.opening import open_session_log
 from tickertape.store.sessionid import SESSION_ID_FORM, SessionId
-from tickertape.wire.soupbintcp import packet_offsets
+from tickertape.wire.framing import packet_offsets
 
 STATE_ACTIVE: Final = "active"
 STATE_ENDED: Final = "ended"

@@ -41,7 +41,8 @@ from tickertape.errors import StoreError
 from tickertape.store.index import RECORD_SIZE, pack_record
 from tickertape.store.layout import INDEX_FILE, LOG_FILE, fsync_directory, lost_note
 from tickertape.store.recovery import Recovered, Recovery, recover
-from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH, packet_offsets
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.soupbintcp import MAX_PACKET_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from tickertape.store.layout import (
     unused_path,
 )
 from tickertape.text import plural
-from tickertape.wire.soupbintcp import packet_offsets
+from tickertape.wire.framing import packet_offsets
 
 log = logging.getLogger(__name__)
 

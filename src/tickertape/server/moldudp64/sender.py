@@ -25,8 +25,8 @@ from tickertape.server.moldudp64.settings import (
     PublisherStats,
 )
 from tickertape.server.moldudp64.throttled import ThrottledWarning
+from tickertape.wire.framing import packet_offsets
 from tickertape.wire.moldudp64 import BLOCK_HEADER, HEADER, SOUPBINTCP_SEQUENCED_HEADER, pack
-from tickertape.wire.soupbintcp import packet_offsets
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from tickertape.errors import CorruptLogError
 from tickertape.store.log import ReadableLog
+from tickertape.wire.framing import packet_offsets
 from tickertape.wire.moldudp64 import HEADER, MAX_MESSAGES, blocks_from_soupbintcp
-from tickertape.wire.soupbintcp import packet_offsets
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@ with the function)."""
 
 from __future__ import annotations
 
-from tickertape.wire.soupbintcp import encode_sequenced_many, packet_offsets
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.soupbintcp import encode_sequenced_many
 
 
 def test_packet_offsets() -> None:
