@@ -1,0 +1,14 @@
+"""A cluster of tickertape nodes that share their sessions through NATS JetStream.
+
+One node at a time, the *sequencer*, builds batches and appends them to the cluster's
+journal (a replicated JetStream stream); every node, the sequencer included, applies
+the journal's records in order to its own data directory and serves from it as a
+single server does.
+
+- :mod:`~tickertape.cluster.records`: what the journal holds (batches, rolls, fences)
+  and their encoding as JetStream messages; no I/O.
+- :mod:`~tickertape.cluster.journal`: appending to the journal, fenced by the expected
+  last sequence, and reading it in order.
+- :mod:`~tickertape.cluster.lease`: who may try to write: a lease in a JetStream
+  key-value bucket.
+"""
