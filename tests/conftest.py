@@ -10,7 +10,9 @@ import pytest
 
 SYSTEM = Path(__file__).resolve().parent / "system"
 """The system tests' folder: crash and kill loops, hostile clients, load, network
-namespaces, third-party peers, the browser. ``pytest -m "not system"`` leaves them out."""
+namespaces, third-party peers, the browser, and every test that runs ``tickertape``
+commands as subprocesses (the CLI, the README's snippets, relays of relays).
+``pytest -m "not system"`` leaves them out."""
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -18,7 +18,7 @@ import pytest
 
 from support import ServerProcess, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 README_PORTS = re.compile(r"\b(7300|7400)\b")
 """The ports the snippets name: in a test each becomes a free one."""

@@ -319,7 +319,7 @@ def test_a_repeated_option_on_the_command_line_replaces_the_files_list(tmp_path:
 
 def test_the_deploy_files_name_only_options_that_exist() -> None:
     """deploy/tickertape.toml's keys and the unit's ExecStart= are serve's options."""
-    deploy = Path(__file__).parent.parent.parent / "deploy"
+    deploy = Path(__file__).resolve().parents[3] / "deploy"
     serve = build_parser().parse_args(["serve"]).subparser
     values = read_config(serve, deploy / "tickertape.toml")
     assert values["log_format"] == "json" and values["port"] == 7300
