@@ -13,29 +13,50 @@ from tickertape.wire.publishing import Ack
 
 
 class StandInEngine:
-    """Numbers messages from 1; each publish_many waits until the test releases it."""
+    """Numbers messages from 1 as they are queued; they become durable, in order, when
+    the test calls :meth:`write` (or at once, with ``auto``). ``room`` cleared: full."""
 
-    def __init__(self) -> None:
+    def __init__(self, auto: bool = False) -> None:
         self.session_id = "S1"
+        self.assigned = 0
         self.published: list[bytes] = []
         self.calls: list[list[bytes]] = []
         self.ends: list[str] = []
-        self.release = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.auto = auto
         self.fail_after: int | None = None
+        self._queued: list[tuple[list[bytes], int, asyncio.Future[int]]] = []
 
-    async def publish_many(self, payloads: Sequence[bytes]) -> int:
+    async def wait_for_room(self) -> None:
+        await self.room.wait()
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
         self.calls.append(list(payloads))
-        await self.release.wait()
-        first = len(self.published) + 1
-        if self.fail_after is not None:
-            self.published += payloads[: self.fail_after]
-            raise PublishFailed("disk full", self.fail_after, first)
-        self.published += payloads
-        return first
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((list(payloads), self.assigned + 1, future))
+        self.assigned += len(payloads)
+        if self.auto:
+            asyncio.get_running_loop().call_soon(self.write)
+        return future
+
+    def write(self) -> None:
+        """Everything queued becomes durable, in order (or the first write fails)."""
+        for payloads, first, future in self._queued:
+            if self.fail_after is not None:
+                self.published += payloads[: self.fail_after]
+                future.set_exception(PublishFailed("disk full", self.fail_after, first))
+                self.fail_after = 0
+            else:
+                self.published += payloads
+                future.set_result(first)
+        self._queued = []
 
     async def end_session(self) -> str:
+        assert not self._queued, "the session ended before what was queued was durable"
         self.ends.append(self.session_id)
         self.session_id = "S2"
+        self.assigned = 0
         self.published = []
         return self.ends[-1]
 
@@ -65,28 +86,32 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_runs_go_to_the_engine_in_order_one_call_in_flight() -> None:
+def test_runs_are_handed_over_in_order_while_earlier_ones_are_still_written() -> None:
+    """A run goes to the engine while the one before it is still being written (one
+    publisher is not held to one write-and-sync at a time); acknowledgements follow in
+    order, each once its messages are durable."""
+
     async def main() -> None:
         engine = StandInEngine()
         wiring = Wiring(engine)
         assert wiring.input.received([b"a", b"b"])
         await settle()
-        assert wiring.input.received([b"c"])  # arrives while the first call is in flight
-        await settle()
-        assert engine.calls == [[b"a", b"b"]]
-        engine.release.set()
+        assert wiring.input.received([b"c"])  # arrives while the first is being written
         await settle()
         assert engine.calls == [[b"a", b"b"], [b"c"]]
+        assert wiring.sent == []  # nothing is durable yet
+        engine.write()
+        await settle()
+        assert engine.published == [b"a", b"b", b"c"]
         assert wiring.sent == [Ack(2, "S1", 2), Ack(3, "S1", 3)]
         assert wiring.input.acked == 3 and wiring.input.unpublished == 0
 
     asyncio.run(main())
 
 
-def test_end_of_session_after_what_came_before_it() -> None:
+def test_end_of_session_after_what_came_before_it_is_durable() -> None:
     async def main() -> None:
-        engine = StandInEngine()
-        engine.release.set()
+        engine = StandInEngine(auto=True)
         wiring = Wiring(engine)
         wiring.input.received([b"a", END, b"b"])
         await settle()
@@ -96,27 +121,28 @@ def test_end_of_session_after_what_came_before_it() -> None:
     asyncio.run(main())
 
 
-def test_reading_stops_while_the_engine_is_behind_and_starts_again() -> None:
+def test_reading_stops_while_the_engine_is_full_and_starts_again() -> None:
     async def main() -> None:
-        engine = StandInEngine()
+        engine = StandInEngine(auto=True)
+        engine.room.clear()
         wiring = Wiring(engine, max_messages=3)
         wiring.input.received([b"a"])
-        await settle()  # in flight: [a]
+        await settle()  # waiting for room, [a] held
         wiring.input.received([b"b", b"c", b"d"])
         assert wiring.paused == 1 and wiring.input.paused
-        engine.release.set()
+        engine.room.set()
         await settle()
         assert wiring.resumed == 1 and not wiring.input.paused
         assert engine.published == [b"a", b"b", b"c", b"d"]
+        assert wiring.sent[-1] == Ack(4, "S1", 4)
 
     asyncio.run(main())
 
 
 def test_a_failed_write_acknowledges_what_was_written_and_closes() -> None:
     async def main() -> None:
-        engine = StandInEngine()
+        engine = StandInEngine(auto=True)
         engine.fail_after = 1
-        engine.release.set()
         wiring = Wiring(engine)
         wiring.input.received([b"a", b"b"])
         await settle()
@@ -140,7 +166,7 @@ def test_a_relay_refuses_publishers() -> None:
     asyncio.run(main())
 
 
-def test_stop_cancels_the_hand_over() -> None:
+def test_stop_ends_the_hand_over_and_what_was_queued_is_still_written() -> None:
     async def main() -> None:
         engine = StandInEngine()
         wiring = Wiring(engine)
@@ -148,8 +174,9 @@ def test_stop_cancels_the_hand_over() -> None:
         await settle()
         wiring.input.stop()
         await settle()
-        engine.release.set()
+        engine.write()
         await settle()
+        assert engine.published == [b"a"]
         assert wiring.sent == []
 
     asyncio.run(main())

@@ -13,6 +13,7 @@ it by the next (:meth:`ActiveSession.replace`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Executor
@@ -83,6 +84,10 @@ class ActiveSession:
     def wait_for_room(self) -> Coroutine[Any, Any, None]:
         """See :meth:`SessionWriter.wait_for_room`."""
         return self.writer.wait_for_room()
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """See :meth:`SessionWriter.enqueue_many`."""
+        return self.writer.enqueue_many(payloads)
 
     # ------------------------------------------------------------------ changes
 

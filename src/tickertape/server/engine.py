@@ -154,6 +154,11 @@ class Engine:
         """See :meth:`SessionWriter.wait_for_room`."""
         return self.active.wait_for_room()
 
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """Queue messages without waiting for them to be durable, in order (see
+        :meth:`SessionWriter.enqueue_many`): after :meth:`wait_for_room`, at once."""
+        return self.active.enqueue_many(payloads)
+
     # ------------------------------------------------------------------ rolling
 
     @property

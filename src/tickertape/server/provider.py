@@ -11,6 +11,7 @@ this protocol, so they serve either the same way.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,6 +72,16 @@ class SessionProvider(Protocol):
     async def publish_many(self, payloads: Sequence[bytes]) -> int:
         """Publish messages into the active session; returns the first one's number.
         Raises ``StoreError`` where nothing may be published (a follower)."""
+        ...
+
+    async def wait_for_room(self) -> None:
+        """Wait until :meth:`enqueue_many` may be called. Raises ``StoreError`` where
+        nothing may be published (a follower)."""
+        ...
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """Queue messages at once, in order, after :meth:`wait_for_room`; the future
+        resolves with the first one's number once they are durable."""
         ...
 
     async def end_session(self) -> str:

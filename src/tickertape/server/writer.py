@@ -229,6 +229,33 @@ class SessionWriter:
         if not payloads:
             self.check_open()
             return self._assigned_next
+        self._check_messages(payloads)
+        await self.wait_for_room()
+        return await self.enqueue_many(payloads)
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        """Queue messages at once, in order, numbered from :attr:`next_assigned`; the
+        future resolves with the first one's number as :meth:`publish_many` returns it.
+
+        It does not wait for room: call it right after :meth:`wait_for_room` returns,
+        with no ``await`` in between. Unlike :meth:`publish_many`, the caller may queue
+        its next messages before these are durable (one publisher connection does),
+        and still keeps their order."""
+        if not payloads:
+            raise ValueError("nothing to publish")
+        self._check_messages(payloads)
+        self.check_open()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        size = sum(map(len, payloads))
+        self._queue.append(_Request(payloads, size, self._assigned_next, future))
+        self._queued_messages += len(payloads)
+        self._queued_bytes += size
+        self._assigned_next += len(payloads)
+        self._wakeup.set()
+        return future
+
+    def _check_messages(self, payloads: Sequence[bytes]) -> None:
+        """Raise if any of ``payloads`` cannot be published (not bytes, too long)."""
         if not all(map(isinstance, payloads, repeat(bytes))):
             raise TypeError("messages are published as bytes")
         longest = max(map(len, payloads))
@@ -241,15 +268,6 @@ class SessionWriter:
             )
             self.metrics.publish_failed("too_long")
             raise LocalProtocolError(f"a message of {longest} bytes cannot be published: {why}")
-        size = sum(map(len, payloads))
-        await self.wait_for_room()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(payloads, size, self._assigned_next, future))
-        self._queued_messages += len(payloads)
-        self._queued_bytes += size
-        self._assigned_next += len(payloads)
-        self._wakeup.set()
-        return await future
 
     async def wait_for_room(self) -> None:
         """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``),

@@ -313,6 +313,14 @@ class Follower:
             f"this server follows {self.root}, which another process writes: publish there"
         )
 
+    async def wait_for_room(self) -> None:
+        await self.publish_many(())
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
+        raise StoreError(
+            f"this server follows {self.root}, which another process writes: publish there"
+        )
+
     async def end_session(self) -> str:
         raise StoreError(
             f"this server follows {self.root}, which another process writes: end sessions there"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -32,7 +33,9 @@ class PublishTarget(Protocol):
     @property
     def session_id(self) -> str: ...
 
-    async def publish_many(self, payloads: Sequence[bytes]) -> int: ...
+    async def wait_for_room(self) -> None: ...
+
+    def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]: ...
 
     async def end_session(self) -> str: ...
 
@@ -46,6 +49,7 @@ class PublisherInput:
     """
 
     __slots__ = (
+        "_arrived",
         "_close",
         "_engine",
         "_failed",
@@ -82,6 +86,7 @@ class PublisherInput:
         self._inbox = PublisherInbox(max_messages, max_bytes)
         self._paused = False
         self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # set by received: the publish task looks again
         relay = getattr(engine, "relay_from", None)
         self._relay = None if relay is None else str(relay)
 
@@ -111,6 +116,7 @@ class PublisherInput:
             # The writer is behind: stop reading from this publisher until it catches up.
             self._pause()
             self._paused = True
+        self._arrived.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._publish())
         return True
@@ -122,39 +128,77 @@ class PublisherInput:
             self._task.cancel()
 
     async def _publish(self) -> None:
-        """Hand what this publisher sent to the engine, in arrival order, one batch at
-        a time, and acknowledge each once it is durable."""
+        """Hand what this publisher sent to the engine, in arrival order, and
+        acknowledge each batch, in order, once it is durable. A batch is handed over
+        while the ones before it are still being written (the engine keeps their order),
+        so one connection is not held to one write-and-sync at a time."""
         engine = self._engine
         inbox = self._inbox
-        while inbox.waiting:
-            batch, end = inbox.take()
-            if self._paused:
-                self._resume()
-                self._paused = False
-            try:
-                if batch:
-                    first = await engine.publish_many(batch)
-                    self._send(
-                        inbox.published(len(batch), engine.session_id, first + len(batch) - 1)
-                    )
-                if end:
-                    ended = engine.session_id
-                    log.info("%s ends session %s", self._peer, ended)
-                    await engine.end_session()
-                    self._send(inbox.ended(ended))
-            except Exception as exc:
-                if isinstance(exc, PublishFailed) and exc.published:
-                    # Part of the batch was written before a write failed: say so.
-                    last = exc.first_seq + exc.published - 1
-                    self._send(inbox.published(exc.published, engine.session_id, last))
-                # A failed write is logged once, by the engine: here, whom it cost.
-                level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
-                log.log(
-                    level,
-                    "publishing from %s failed: %s",
-                    self._peer,
-                    exc,
-                    extra={"client": self._peer},
-                )
-                self._close(f"not published: {exc}")
-                return
+        in_flight: deque[tuple[asyncio.Future[int], int, str]] = deque()
+        try:
+            while inbox.waiting or in_flight:
+                if inbox.waiting:
+                    await engine.wait_for_room()
+                    batch, end = inbox.take()
+                    if self._paused:
+                        self._resume()
+                        self._paused = False
+                    if batch:
+                        in_flight.append(
+                            (engine.enqueue_many(batch), len(batch), engine.session_id)
+                        )
+                    if end:
+                        while in_flight:
+                            await self._acknowledge(in_flight)
+                        ended = engine.session_id
+                        log.info("%s ends session %s", self._peer, ended)
+                        await engine.end_session()
+                        self._send(inbox.ended(ended))
+                    while in_flight and in_flight[0][0].done():
+                        await self._acknowledge(in_flight)
+                else:
+                    self._arrived.clear()
+                    arrived = asyncio.ensure_future(self._arrived.wait())
+                    try:
+                        await asyncio.wait(
+                            (in_flight[0][0], arrived), return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        arrived.cancel()
+                    while in_flight and in_flight[0][0].done():
+                        await self._acknowledge(in_flight)
+        except Exception as exc:
+            # A failed write is logged once, by the engine: here, whom it cost.
+            level = logging.WARNING if isinstance(exc, PublishFailed) else logging.ERROR
+            log.log(
+                level,
+                "publishing from %s failed: %s",
+                self._peer,
+                exc,
+                extra={"client": self._peer},
+            )
+            self._close(f"not published: {exc}")
+        finally:
+            for future, _, _ in in_flight:  # published anyway; nobody to tell
+                future.add_done_callback(_retrieved)
+
+    async def _acknowledge(self, in_flight: deque[tuple[asyncio.Future[int], int, str]]) -> None:
+        """Wait for the oldest batch in flight to be durable, and say so to the publisher
+        (if part of it was written before a write failed, that part, then raise)."""
+        future, count, session = in_flight[0]
+        try:
+            first = await future
+        except PublishFailed as exc:
+            in_flight.popleft()
+            if exc.published:
+                last = exc.first_seq + exc.published - 1
+                self._send(self._inbox.published(exc.published, session, last))
+            raise
+        in_flight.popleft()
+        self._send(self._inbox.published(count, session, first + count - 1))
+
+
+def _retrieved(future: asyncio.Future[int]) -> None:
+    """Mark a future's outcome as seen (its failure was told, or nobody is left to tell)."""
+    if not future.cancelled():
+        future.exception()
