@@ -229,9 +229,9 @@ class SessionWriter:
         if not payloads:
             self.check_open()
             return self._assigned_next
-        self._check_messages(payloads)
+        size = self._check_messages(payloads)
         await self.wait_for_room()
-        return await self.enqueue_many(payloads)
+        return await self._enqueue(payloads, size)
 
     def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
         """Queue messages at once, in order, numbered from :attr:`next_assigned`; the
@@ -243,10 +243,12 @@ class SessionWriter:
         and still keeps their order."""
         if not payloads:
             raise ValueError("nothing to publish")
-        self._check_messages(payloads)
+        size = self._check_messages(payloads)
         self.check_open()
+        return self._enqueue(payloads, size)
+
+    def _enqueue(self, payloads: Sequence[bytes], size: int) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        size = sum(map(len, payloads))
         self._queue.append(_Request(payloads, size, self._assigned_next, future))
         self._queued_messages += len(payloads)
         self._queued_bytes += size
@@ -254,8 +256,9 @@ class SessionWriter:
         self._wakeup.set()
         return future
 
-    def _check_messages(self, payloads: Sequence[bytes]) -> None:
-        """Raise if any of ``payloads`` cannot be published (not bytes, too long)."""
+    def _check_messages(self, payloads: Sequence[bytes]) -> int:
+        """Raise if any of ``payloads`` cannot be published (not bytes, too long); their
+        size in bytes."""
         if not all(map(isinstance, payloads, repeat(bytes))):
             raise TypeError("messages are published as bytes")
         longest = max(map(len, payloads))
@@ -268,6 +271,7 @@ class SessionWriter:
             )
             self.metrics.publish_failed("too_long")
             raise LocalProtocolError(f"a message of {longest} bytes cannot be published: {why}")
+        return sum(map(len, payloads))
 
     async def wait_for_room(self) -> None:
         """Wait while the queue is full (``max_queued_messages`` or ``max_queued_bytes``),
