@@ -235,12 +235,9 @@ class SessionWriter:
 
     def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
         """Queue messages at once, in order, numbered from :attr:`next_assigned`; the
-        future resolves with the first one's number as :meth:`publish_many` returns it.
-
-        It does not wait for room: call it right after :meth:`wait_for_room` returns,
-        with no ``await`` in between. Unlike :meth:`publish_many`, the caller may queue
-        its next messages before these are durable (one publisher connection does),
-        and still keeps their order."""
+        future resolves as :meth:`publish_many` returns. Call it right after
+        :meth:`wait_for_room`, with no ``await`` between: unlike :meth:`publish_many`,
+        the next messages may then be queued before these are durable, in order."""
         if not payloads:
             raise ValueError("nothing to publish")
         size = self._check_messages(payloads)
