@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from tickertape.errors import StoreError
 from tickertape.server.engine import Engine
-from tickertape.server.writer import WriterConfig
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.log import Durability
 from tickertape.store.opening import verify
 from tickertape.store.recovery import Recovery
 
-
-def run(durability: Durability, scenario: Callable[[Engine], Awaitable[None]], data: Path) -> None:
-    async def main() -> None:
-        engine = Engine(Catalogue(data, durability), WriterConfig(durability=durability))
-        await engine.start()
-        try:
-            await scenario(engine)
-        finally:
-            await engine.close()
-
-    asyncio.run(main())
+from engine_support import run
 
 
 def test_a_restart_continues_the_session_and_its_numbering(tmp_path: Path) -> None:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tickertape.server.engine import Engine
-from tickertape.server.writer import WriterConfig
-from tickertape.store.catalogue import Catalogue
 from tickertape.store.layout import INDEX_FILE
 from tickertape.store.log import Durability
 
-
-def run(durability: Durability, scenario: Callable[[Engine], Awaitable[None]], data: Path) -> None:
-    async def main() -> None:
-        engine = Engine(Catalogue(data, durability), WriterConfig(durability=durability))
-        await engine.start()
-        try:
-            await scenario(engine)
-        finally:
-            await engine.close()
-
-    asyncio.run(main())
+from engine_support import run
 
 
 @pytest.mark.parametrize("durability", list(Durability), ids=lambda d: d.value)

@@ -23,47 +23,14 @@ from tickertape.store.opening import verify
 from tickertape.store.recovery import Recovery
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
+from engine_support import Recorder, run
 from support import FullDisk, JumpingLoop
 
 REAL_TIMEOUT = 10.0
 
 
-class Recorder:
-    """A cursor that records what it is handed, as a live subscriber would send it."""
-
-    def __init__(self, next_seq: int) -> None:
-        self.next_seq = next_seq
-        self.batches: list[tuple[int, int]] = []
-        self.payload_bytes: list[int] = []
-        self.data = b""
-
-    def deliver(self, data: bytes, first_seq: int, count: int, now: float) -> None:
-        self.batches.append((first_seq, count))
-        self.payload_bytes.append(len(data) - 3 * count)
-        self.data += data
-        self.next_seq = first_seq + count
-
-    def session_ended(self) -> None:
-        raise AssertionError("not expected")
-
-    def abort(self) -> None:
-        raise AssertionError("not expected")
-
-
 def index_records(engine: Engine) -> int:
     return (engine.session_log.directory / INDEX_FILE).stat().st_size // 32
-
-
-def run(durability: Durability, scenario: Callable[[Engine], Awaitable[None]], data: Path) -> None:
-    async def main() -> None:
-        engine = Engine(Catalogue(data, durability), WriterConfig(durability=durability))
-        await engine.start()
-        try:
-            await scenario(engine)
-        finally:
-            await engine.close()
-
-    asyncio.run(main())
 
 
 def test_publish_returns_sequence_numbers_once_persisted(tmp_path: Path) -> None:
