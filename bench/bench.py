@@ -964,11 +964,11 @@ async def fanout_tickertape(settings: Settings, batches: Sequence[list[bytes]]) 
         conn.send(server.port)
         await recv_async(conn, 120)
         for _ in range(2000):
-            if engine.live_count == settings.subscribers:
+            if engine.stream.live_count == settings.subscribers:
                 break
             await asyncio.sleep(0.005)
         else:
-            raise BenchError(f"only {engine.live_count} subscribers went live")
+            raise BenchError(f"only {engine.stream.live_count} subscribers went live")
         started = time.monotonic()
         await publish_all(engine, batches, settings.fanout_window, started + settings.timeout)
         published = time.monotonic()
@@ -1355,7 +1355,7 @@ async def latency_tickertape(
         conn.send(server.port)
         await recv_async(conn, 120)
         for _ in range(2000):
-            if engine.live_count == 1:
+            if engine.stream.live_count == 1:
                 break
             await asyncio.sleep(0.005)
         waited = cpu_wait()

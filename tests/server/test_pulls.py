@@ -43,13 +43,18 @@ class Catalogue:
         return found
 
 
-class Provider:
+class Stream:
     def __init__(self) -> None:
-        self.catalogue = Catalogue()
         self.active: Any = FakeLog("active")
 
     def is_active(self, session_log: Any) -> bool:
         return session_log is self.active
+
+
+class Provider:
+    def __init__(self) -> None:
+        self.catalogue = Catalogue()
+        self.stream = Stream()
 
 
 def pulls_of(provider: Provider) -> SessionPull:
@@ -106,12 +111,12 @@ def test_a_session_that_ends_is_served_by_its_open_log_until_its_readers_go() ->
     async def main() -> None:
         provider = Provider()
         pulls = pulls_of(provider)
-        active = provider.active
+        active = provider.stream.active
         reader = pulls.reading("s1", as_log(active))
         reader.release()
         assert not active.closed  # the active session's log is never closed here
         reader = pulls.reading("s1", as_log(active))
-        provider.active = FakeLog("next")  # the session ends
+        provider.stream.active = FakeLog("next")  # the session ends
         pulls.rolled("s1", as_log(active))
         assert not active.closed  # still read
         puller = await pulls.open("s1")
@@ -128,8 +133,8 @@ def test_a_session_that_ends_unread_is_closed_at_once() -> None:
     async def main() -> None:
         provider = Provider()
         pulls = pulls_of(provider)
-        ended = provider.active
-        provider.active = FakeLog("next")
+        ended = provider.stream.active
+        provider.stream.active = FakeLog("next")
         pulls.rolled("s1", as_log(ended))
         assert ended.closed
         lease = await pulls.open("s1")

@@ -71,7 +71,7 @@ def test_crossing_midnight_ends_the_day_and_opens_the_next(tmp_path: Path) -> No
         await engine.publish_many(payloads("day1", 10))
         replaying = await Client.login(port, seq=1)
         live = await Client.login(port, seq=0)
-        await until(lambda: engine.live_count >= 2, "both at the tail", interval=0.001)
+        await until(lambda: engine.stream.live_count >= 2, "both at the tail", interval=0.001)
         await engine.publish_many(payloads("late", 5))
 
         loop.advance(2.0)  # 23:59:59 -> 00:00:01

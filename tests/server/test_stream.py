@@ -22,13 +22,13 @@ def test_live_cursors_get_each_batch_once_encoded(tmp_path: Path) -> None:
     async def scenario(engine: Engine) -> None:
         await engine.publish(b"before")
         behind = Recorder(1)
-        assert not engine.go_live(behind)  # behind the tail: must read the log first
+        assert not engine.stream.go_live(behind)  # behind the tail: must read the log first
         live = Recorder(engine.next_seq)
-        assert engine.go_live(live)
+        assert engine.stream.go_live(live)
         await engine.publish_many([b"a", b"b"])
         assert live.batches == [(2, 2)]
         assert live.data == b"\x00\x02Sa\x00\x02Sb"
-        engine.leave(live)
+        engine.stream.leave(live)
         await engine.publish(b"c")
         assert live.batches == [(2, 2)]
 
@@ -48,13 +48,13 @@ class Broken(Recorder):
 def test_a_failing_subscriber_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:
     async def scenario(engine: Engine) -> None:
         broken, good = Broken(1), Recorder(1)
-        engine.go_live(broken)
-        engine.go_live(good)
+        engine.stream.go_live(broken)
+        engine.stream.go_live(good)
         assert await engine.publish(b"a") == 1
         assert await engine.publish(b"b") == 2
         assert broken.aborted
         assert good.batches == [(1, 1), (2, 1)]
-        assert engine.live_count == 1
+        assert engine.stream.live_count == 1
 
     run(Durability.NONE, scenario, tmp_path)
 

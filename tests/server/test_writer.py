@@ -115,7 +115,7 @@ def test_a_call_larger_than_a_batch_is_split_and_resolves_once_all_is_durable(
         engine = Engine(Catalogue(tmp_path, Durability.BATCH), config)
         await engine.start()
         live = Recorder(1)
-        engine.go_live(live)
+        engine.stream.go_live(live)
         try:
             small = asyncio.ensure_future(engine.publish_many([b"s"] * 3))
             big = asyncio.ensure_future(engine.publish_many([b"%05d" % n for n in range(1000)]))
@@ -266,7 +266,7 @@ def test_a_failed_write_pauses_publishing_until_a_publish_after_the_delay_succee
     async def scenario(engine: Engine, loop: JumpingLoop) -> None:
         assert await engine.publish(b"good") == 1
         live = Recorder(2)
-        assert engine.go_live(live)
+        assert engine.stream.go_live(live)
         disk = FullDisk(monkeypatch)
         failed = await asyncio.gather(
             engine.publish(b"fail"),

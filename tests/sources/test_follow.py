@@ -250,7 +250,7 @@ def test_follower_ends_sessions_with_the_writer_and_serves_the_next(tmp_path: Pa
             async with following(tmp_path) as (follower, server):
                 live = await Feed.login(server.port, seq=0)
                 replay = await Feed.login(server.port, seq=1)
-                await until(lambda: follower.live_count == 2, "two live", TIMEOUT)
+                await until(lambda: follower.stream.live_count == 2, "two live", TIMEOUT)
                 await engine.publish_many(payloads("one more", 30))
                 first_id = engine.session_id
                 second_id = await engine.roll()
@@ -264,7 +264,7 @@ def test_follower_ends_sessions_with_the_writer_and_serves_the_next(tmp_path: Pa
                 # The next session is served, live and by replay.
                 following_live = await Feed.login(server.port, seq=0)
                 assert following_live.accepted == LoginAccepted(second_id, 1)
-                await until(lambda: follower.live_count == 1, "one live", TIMEOUT)
+                await until(lambda: follower.stream.live_count == 1, "one live", TIMEOUT)
                 await engine.publish_many(payloads("two", 10))
                 await following_live.wait_through(10)
 

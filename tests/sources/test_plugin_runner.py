@@ -87,7 +87,7 @@ def test_end_session_from_a_generator_ends_it_and_the_rest_goes_to_the_next(
     async def scenario(engine: Engine, server: SoupBinTCPServer) -> None:
         first = engine.session_id
         live = asyncio.ensure_future(whole_session(server.port))
-        await until(lambda: engine.live_count == 1)
+        await until(lambda: engine.stream.live_count == 1)
         task = asyncio.create_task(run_source(engine, load_source(spec("count_then_end"))))
         got = await live  # the five messages, then End of Session
         assert payloads(got) == [f"{first} {n}".encode() for n in range(1, 6)]

@@ -24,10 +24,10 @@ from tickertape.clock import Clock, SystemClock
 from tickertape.server.active import ActiveSession
 from tickertape.server.metrics import Metrics
 from tickertape.server.roller import SessionRoller
-from tickertape.server.stream import Cursor, RollListener
+from tickertape.server.stream import RollListener, SessionStream
 from tickertape.server.writer import WriterConfig
 from tickertape.store.catalogue import Catalogue
-from tickertape.store.log import ReadableLog, SessionLog
+from tickertape.store.log import SessionLog
 from tickertape.store.retention import Retention
 from tickertape.store.schedule import RollSchedule
 from tickertape.store.sessionid import SessionId
@@ -121,20 +121,9 @@ class Engine:
     # ------------------------------------------------------------------ subscribers
 
     @property
-    def live_count(self) -> int:
-        return self.active.stream.live_count
-
-    def is_active(self, session_log: ReadableLog) -> bool:
-        """Whether ``session_log`` is the active session's (not one that has ended)."""
-        return self.active.stream.is_active(session_log)
-
-    def go_live(self, cursor: Cursor) -> bool:
-        """See :meth:`SessionStream.go_live`."""
-        return self.active.stream.go_live(cursor)
-
-    def leave(self, cursor: Cursor) -> None:
-        """See :meth:`SessionStream.leave`."""
-        self.active.stream.leave(cursor)
+    def stream(self) -> SessionStream:
+        """The active session's stream: its live subscribers (join, leave, count)."""
+        return self.active.stream
 
     def on_roll(self, listener: RollListener) -> None:
         """See :meth:`SessionStream.on_roll`."""

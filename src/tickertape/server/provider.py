@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tickertape.server.stream import Cursor
+    from tickertape.server.stream import SessionStream
     from tickertape.store.log import ReadableLog, SessionLog
 
 
@@ -51,17 +51,10 @@ class SessionProvider(Protocol):
         tail live cursors are at."""
         ...
 
-    def is_active(self, session_log: ReadableLog) -> bool:
-        """Whether ``session_log`` is the active session's (not one that has ended)."""
-        ...
-
-    def go_live(self, cursor: Cursor) -> bool:
-        """Add a cursor that has caught up to the live set; False (nothing added) if
-        it is behind the tail."""
-        ...
-
-    def leave(self, cursor: Cursor) -> None:
-        """Stop handing batches to a cursor."""
+    @property
+    def stream(self) -> SessionStream:
+        """The active session's stream: cursors go live on it (if caught up to its
+        tail), leave it, and ask it whether a log is the active session's."""
         ...
 
     def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:

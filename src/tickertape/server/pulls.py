@@ -102,7 +102,7 @@ class SessionPull:
     def _close_if_unread(self, session: str, session_log: ReadableLog) -> None:
         """Close a closed session's log that nobody reads, so that archiving or deleting
         it frees its space; the next pull opens it again."""
-        if self._readers.get(session_log, 0) > 0 or self._provider.is_active(session_log):
+        if self._readers.get(session_log, 0) > 0 or self._provider.stream.is_active(session_log):
             return
         cached = self._opening.get(session)
         if (

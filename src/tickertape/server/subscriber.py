@@ -110,7 +110,7 @@ class Subscriber:
     def tail(self) -> int:
         """One past the last message of its session that exists now."""
         engine = self._engine
-        if engine is not None and engine.is_active(self._log):
+        if engine is not None and engine.stream.is_active(self._log):
             return engine.next_seq
         return self._log.next_seq
 
@@ -125,7 +125,7 @@ class Subscriber:
         """The connection is gone: leave the live set and stop reading the log."""
         self._halting = True
         if self._engine is not None:
-            self._engine.leave(self)
+            self._engine.stream.leave(self)
         self._live = False
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -138,7 +138,7 @@ class Subscriber:
         if self._output.sending_file and task is not None and not task.done():
             self._halting = True
             if self._engine is not None:
-                self._engine.leave(self)
+                self._engine.stream.leave(self)
             self._live = False
             return task
         self.stop()
@@ -205,7 +205,7 @@ class Subscriber:
 
     def _leave_live(self) -> None:
         if self._live and self._engine is not None:
-            self._engine.leave(self)
+            self._engine.stream.leave(self)
         self._live = False
 
     def _resume(self) -> None:
@@ -221,7 +221,7 @@ class Subscriber:
         narrow = False  # an archive's range failed its check: find the damage chunk by chunk
         while not self._output.is_closing() and not self._halting:
             engine = self._engine
-            if engine is not None and not engine.is_active(self._log):
+            if engine is not None and not engine.stream.is_active(self._log):
                 engine = self._engine = None  # the session ended while catching up
             tail = engine.next_seq if engine is not None else self._log.next_seq
             if self.next_seq >= tail:
@@ -230,7 +230,7 @@ class Subscriber:
                     return
                 if self._paused:
                     return  # resume_writing starts a new catch-up
-                engine.go_live(self)
+                engine.stream.go_live(self)
                 self._live = True
                 if not self._caught_up_once:
                     self._caught_up_once = True

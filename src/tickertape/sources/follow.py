@@ -48,7 +48,7 @@ from typing import Final
 from tickertape.clock import Clock, SystemClock
 from tickertape.errors import StoreError
 from tickertape.server.metrics import Metrics
-from tickertape.server.stream import Cursor, RollListener, SessionStream
+from tickertape.server.stream import RollListener, SessionStream
 from tickertape.store.catalogue import Catalogue, SessionInfo
 from tickertape.store.follow import DEFAULT_REFRESH_BYTES, FollowedLog
 from tickertape.store.layout import ENDED_MARKER, INDEX_FILE
@@ -289,19 +289,6 @@ class Follower:
     def next_seq(self) -> int:
         """One past the last message of the followed session that may be served."""
         return self.stream.next_seq
-
-    @property
-    def live_count(self) -> int:
-        return self.stream.live_count
-
-    def is_active(self, session_log: ReadableLog) -> bool:
-        return self.stream.is_active(session_log)
-
-    def go_live(self, cursor: Cursor) -> bool:
-        return self.stream.go_live(cursor)
-
-    def leave(self, cursor: Cursor) -> None:
-        self.stream.leave(cursor)
 
     def on_roll(self, listener: RollListener) -> None:
         self.stream.on_roll(listener)

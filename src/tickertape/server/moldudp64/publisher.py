@@ -163,7 +163,7 @@ class MoldPublisher:
             return
         self._session = self.engine.session_id
         self.next_seq = self.engine.next_seq
-        joined = self.engine.go_live(self)
+        joined = self.engine.stream.go_live(self)
         assert joined, "a cursor at the tail is always taken"
         if not self._ends:  # else the ended session's End of Session stands in for it
             self._send_heartbeat()
@@ -291,7 +291,7 @@ class MoldPublisher:
         if self._closed:
             return
         self._closed = True
-        self.engine.leave(self)
+        self.engine.stream.leave(self)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._stop_ends()
