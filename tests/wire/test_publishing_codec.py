@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tickertape.errors import RemoteProtocolError
-from tickertape.wire.publishing import END_OF_SESSION_MARKER, NO_STREAM, Ack
+from tickertape.wire.publishing import (
+    END_OF_SESSION_MARKER,
+    NO_STREAM,
+    Ack,
+    redirect_address,
+    redirect_text,
+)
 from tickertape.wire.soupbintcp import MAX_PAYLOAD, SEQUENCE_LENGTH, LoginRequest
 
 
@@ -43,3 +49,23 @@ def test_no_stream_is_the_largest_login_sequence_number() -> None:
 def test_end_of_session_marker_fits_a_packet_and_is_not_text() -> None:
     assert len(END_OF_SESSION_MARKER) <= MAX_PAYLOAD
     assert END_OF_SESSION_MARKER.startswith(b"\x1b")  # no line of text is it by accident
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:7300", ("127.0.0.1", 7300)),
+        ("[::1]:7301", ("::1", 7301)),
+        ("node-2.example:9", ("node-2.example", 9)),
+    ],
+)
+def test_a_redirect_names_the_address_a_publisher_goes_to(
+    address: str, expected: tuple[str, int]
+) -> None:
+    assert redirect_address(redirect_text(address)) == expected
+
+
+def test_a_redirect_with_no_sequencer_names_no_address() -> None:
+    text = redirect_text(None)
+    assert "no node" in text
+    assert redirect_address(text) is None

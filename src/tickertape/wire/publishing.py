@@ -17,6 +17,10 @@ into the active session:
   carries sequence number 0.
 - If the connection drops, every acknowledged message is in the session; messages sent
   after the last acknowledgement may or may not be.
+- A node of a cluster that is not its sequencer rejects a publisher's login (``J``,
+  session not available) after a Debug packet that says where to publish instead
+  (:func:`redirect_text`: ``... publish to HOST:PORT``), or that no node takes
+  publishers yet; the client tries that address (:func:`redirect_address`).
 
 This module holds the bytes only (the marker, :class:`Ack`'s encoding). What either side
 does with them, sans I/O, is :mod:`tickertape.protocol.publishing`.
@@ -24,12 +28,13 @@ does with them, sans I/O, is :mod:`tickertape.protocol.publishing`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
 from tickertape.errors import RemoteProtocolError
 
-__all__ = ["END_OF_SESSION_MARKER", "NO_STREAM", "Ack"]
+__all__ = ["END_OF_SESSION_MARKER", "NO_STREAM", "Ack", "redirect_address", "redirect_text"]
 
 NO_STREAM: Final = 10**20 - 1
 """The sequence number a publisher logs in at: it never exists, so nothing is sent."""
@@ -58,3 +63,26 @@ class Ack:
         if not fields[3].isdigit():
             raise RemoteProtocolError(f"not an acknowledgement: {payload[:80]!r}")
         return cls(int(fields[1]), fields[2].decode("ascii", "replace"), int(fields[3]))
+
+
+_REDIRECT = re.compile(r"publish to (\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d{1,5})\b")
+
+
+def redirect_text(address: str | None) -> str:
+    """What a cluster node that is not the sequencer says to a publisher (in a Debug
+    packet, before Login Rejected): where the sequencer takes publishers (``host:port``,
+    ``[v6]:port``), or that none does now."""
+    if address is None:
+        return (
+            "this node is not the cluster's sequencer, and no node is at the moment: "
+            "try again shortly"
+        )
+    return f"this node is not the cluster's sequencer: publish to {address}"
+
+
+def redirect_address(text: str) -> tuple[str, int] | None:
+    """The host and port a Debug packet's ``text`` sends a publisher to, if any."""
+    found = _REDIRECT.search(text)
+    if found is None:
+        return None
+    return found[1].strip("[]"), int(found[2])
