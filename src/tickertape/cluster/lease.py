@@ -119,9 +119,7 @@ class Lease:
         sent = self._monotonic()
         try:
             revision = await self._kv.create(KEY, self.me.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        except (nats.errors.TimeoutError, nats.js.errors.APIError):
+        except nats.errors.Error:  # held by another node, or JetStream did not answer
             return False
         self._kept(revision, sent)
         self.term = revision
@@ -137,7 +135,7 @@ class Lease:
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             self._lose()
             raise LeaseLost("another node took the lease, or it lapsed") from exc
-        except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+        except nats.errors.Error as exc:  # no answer in time: no quorum, or no server
             if not self.held():
                 self._lose()
                 raise LeaseLost(f"the lease could not be renewed in time: {exc}") from exc
