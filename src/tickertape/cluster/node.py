@@ -249,6 +249,9 @@ class ClusterNode:
         applier = asyncio.create_task(self._apply_all(), name="cluster-applier")
         try:
             while not await lease.take():
+                with contextlib.suppress(nats.errors.Error):
+                    holder = await lease.holder()  # sooner than the journal's Fence
+                    self.sequencer = None if holder is None else holder.address
                 await asyncio.wait((applier,), timeout=self.config.take_every)
                 if applier.done():
                     applier.result()  # raises why it stopped
