@@ -19,6 +19,7 @@ from tickertape.client.publisher import Publisher
 from tickertape.errors import LoginRejected
 from tickertape.store.log import SessionLog
 
+import support
 from natscluster import NatsCluster, free_port, jetstream_ready, nats_cluster
 from support import until, until_sync
 
@@ -122,12 +123,13 @@ class Nodes:
         return status
 
     def pause(self, node: Node) -> None:
+        """SIGSTOP ``node``, and wait until every thread of it has stopped."""
         assert node.process is not None
-        node.process.send_signal(signal.SIGSTOP)
+        support.pause(node.process)
 
     def resume(self, node: Node) -> None:
         assert node.process is not None
-        node.process.send_signal(signal.SIGCONT)
+        support.resume(node.process)
 
     def close(self) -> None:
         for node in self.nodes:

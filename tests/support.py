@@ -191,7 +191,7 @@ def _thread_states(pid: int) -> list[str]:
     return states
 
 
-def pause(server: ServerProcess, timeout: float = 10.0) -> None:
+def pause(server: ServerProcess | subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGSTOP the server and wait until every one of its threads has stopped.
 
     A system call in progress (a write, an ``fdatasync``) completes before its thread
@@ -206,7 +206,7 @@ def pause(server: ServerProcess, timeout: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-def resume(server: ServerProcess) -> None:
+def resume(server: ServerProcess | subprocess.Popen[bytes]) -> None:
     """SIGCONT: undo :func:`pause`."""
     os.kill(server.pid, signal.SIGCONT)
 
