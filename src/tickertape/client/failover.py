@@ -52,8 +52,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Final
 
+from tickertape.client.connecting import TLSRefused, describe_error
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import TLSRefused, describe_error
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError
 from tickertape.wire.publishing import (
     END_OF_SESSION_MARKER,

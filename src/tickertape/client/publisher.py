@@ -21,7 +21,7 @@ import ssl as _ssl
 from collections.abc import Sequence
 from types import TracebackType
 
-from tickertape.client.soupbintcp import closed_by_server, open_stream, rejection
+from tickertape.client.connecting import closed_by_server, open_stream, rejection
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
