@@ -8,6 +8,7 @@ address said."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -341,5 +342,27 @@ def test_an_unconfirmed_end_of_session_is_not_sent_again_once_the_session_change
                     assert await publisher.end_session() == before
                     assert publisher.ended == [before]
             assert (server.session_id == active) is ended
+
+    run(scenario())
+
+
+def test_a_server_that_closes_saying_it_will_not_take_publishers_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """A relay closes a publisher's connection saying where to publish instead (not a
+    cluster's redirect): that is raised, not retried until the timeout."""
+
+    async def scenario() -> None:
+        async with Tickertape(tmp_path, port=0) as server:
+            server.engine.relay_from = "127.0.0.1:7300"  # as --upstream sets it
+            publisher = await FailoverPublisher.connect(
+                [("127.0.0.1", server.port)], failover_timeout=600
+            )
+            async with publisher:
+                await publisher.send_many([b"not here"])
+                relays = re.escape("this server relays 127.0.0.1:7300")
+                with pytest.raises(ConnectionError, match=relays):
+                    await publisher.flush()
+                assert publisher.acked == 0 and publisher.failovers == 0
 
     run(scenario())

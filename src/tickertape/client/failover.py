@@ -36,8 +36,10 @@ acknowledged.
   would end the next one too); the session ended is then the old one.
 
 A rejected login that names no other node (wrong credentials, a user who may not
-publish) and a certificate TLS does not trust are raised at once: another try would get
-the same answer. One connection is a :class:`~tickertape.client.publisher.Publisher`;
+publish), a certificate TLS does not trust, and a connection the server closed after
+login saying anything but where the sequencer is, that none is, or that it is shutting
+down (the server relays another, a message too long) are raised at once: another try
+would get the same answer. One connection is a :class:`~tickertape.client.publisher.Publisher`;
 this module holds the choice of address and the re-sending, and no per-message work but
 keeping each batch sent until it is acknowledged.
 """
@@ -74,6 +76,9 @@ DEFAULT_RETRY_DELAY: Final = 0.05
 DEFAULT_MAX_RETRY_DELAY: Final = 1.0
 _NO_SEQUENCER: Final = redirect_text(None)
 """What a node says when no node takes publishers at the moment."""
+_MOVE_ON: Final = (_NO_SEQUENCER, "shutting down")
+"""What a server may say as it closes a publisher's connection, other than naming the
+sequencer, that sends the publisher elsewhere (or back, later) rather than stopping it."""
 
 
 def where(address: Address) -> str:
@@ -344,12 +349,16 @@ class FailoverPublisher:
                 self._retire(lost)
                 publishing_into = self._publishing_into(lost)
                 await lost.close()
+                said = lost.last_words
+                redirect = redirect_address(said)
+                if said and redirect is None and not any(word in said for word in _MOVE_ON):
+                    raise cause  # a refusal (may not publish, a relay, too long a message)
                 log.warning(
                     "publishing to %s: %s; looking for the sequencer",
                     where(self.address),
                     describe_error(cause),
                 )
-                connection = await self._find(redirect_address(str(cause)), first=False)
+                connection = await self._find(redirect, first=False)
                 self._connection = connection
                 self.failovers += 1
                 resend = self._unacknowledged()
