@@ -242,3 +242,59 @@ def test_a_value_of_the_wrong_kind_is_refused_naming_the_option_not_a_function(
     line = refused(capsys, *words, option, "x")
     assert line.startswith(f"tickertape {' '.join(words)}: error: argument {option}: ")
     assert "invalid" not in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["tail", "--server", "127.0.0.1"],
+            "argument --server: '127.0.0.1': expected HOST:PORT[,HOST:PORT...], such as "
+            "10.0.0.1:7300",
+        ),
+        (
+            ["publish", "--server", "a:1,,b:2"],
+            "argument --server: 'a:1,,b:2': an empty server between commas; expected "
+            "HOST:PORT[,HOST:PORT...]",
+        ),
+        (
+            ["tail", "--server", "a:1,b:99999"],
+            "argument --server: 99999 is not a port to connect to (1 to 65535)",
+        ),
+        (
+            ["publish", "--server", "::1:7300"],
+            "argument --server: '::1:7300': an IPv6 address goes in brackets: [::1]:7300",
+        ),
+        (
+            ["tail", "--server", "my host:7300"],
+            "argument --server: 'my host:7300': 'my host' is not a host name or address",
+        ),
+        (
+            ["publish", "--server", "a:1", "--port", "2"],
+            "give --server, or --host and --port, not both",
+        ),
+        (
+            ["tail", "--host", "b", "--server", "a:1"],
+            "give --server, or --host and --port, not both",
+        ),
+        (["tail", "--server", "a:1,b:2", "--server", "a:1"], "--server names a:1 twice"),
+        (
+            ["tail", "--mold", "239.1.1.1:5000", "--request", "127.0.0.1:5001", "--server", "a:1"],
+            "--server is for SoupBinTCP, not --mold",
+        ),
+    ],
+)
+def test_servers_are_checked_when_parsing(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert refused(capsys, *argv).endswith(expected)
+
+
+def test_servers_are_a_list_in_the_order_given() -> None:
+    assert argtypes.servers("a:1, [::1]:2,10.0.0.3:7300") == [
+        ("a", 1),
+        ("::1", 2),
+        ("10.0.0.3", 7300),
+    ]
+    args = build_parser().parse_args(["tail", "--server", "a:1,b:2", "--server", "c:3"])
+    assert args.server == [("a", 1), ("b", 2), ("c", 3)]

@@ -1,4 +1,5 @@
-"""The asyncio subscriber against a real server, through a proxy that cuts connections."""
+"""The asyncio subscriber against a real server, through a proxy that cuts connections,
+and against several servers of the same sessions, one of which is lost."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Message, subscribe
 from tickertape.errors import LoginRejected
 from tickertape.protocol.server import ServerTimers
@@ -15,7 +17,7 @@ from tickertape.server.soupbintcp import Credentials, ServerConfig
 from tickertape.store.log import SessionLog
 from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from support import CuttingProxy, JumpingLoop, free_port, running_server
+from support import CuttingProxy, JumpingLoop, ServerProcess, free_port, running_server
 
 TIMEOUT = 20.0
 
@@ -154,3 +156,80 @@ def test_a_server_that_closes_without_a_word_may_want_tls() -> None:
 
     with pytest.raises(ConnectionError, match=r"without a word .*connect with TLS: --tls"):
         asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
+# ---------------------------------------------------------------------------- several servers
+
+
+def test_a_lost_server_is_replaced_by_the_next_with_no_gap_and_no_duplicate(
+    tmp_path: Path,
+) -> None:
+    """Server A writes the data directory, server B follows it read-only (the same bytes).
+    A subscription to both reads from A; A is stopped while most of the session is still
+    to come: the subscription logs in to B at the next number and reads the rest there."""
+    data = tmp_path / "data"
+    total = 200_000
+    body = b"x" * 90
+
+    def message(seq: int) -> bytes:
+        return b"%09d " % seq + body
+
+    async def publish(port: int) -> None:
+        async with await Publisher.connect("127.0.0.1", port) as publisher:
+            for first in range(1, total + 1, 2000):
+                await publisher.send_many([message(s) for s in range(first, first + 2000)])
+            await publisher.flush()
+
+    async def scenario(writer: ServerProcess, follower: ServerProcess) -> tuple[list[int], int]:
+        await publish(writer.port)
+        seqs: list[int] = []
+        moved_at = 0
+        subscription = subscribe(
+            "127.0.0.1", writer.port, seq=1, alternates=[("127.0.0.1", follower.port)]
+        )
+        async with subscription:
+            async for got in subscription:
+                assert got.payload == message(got.seq)
+                seqs.append(got.seq)
+                if got.seq == 1000:
+                    await asyncio.to_thread(writer.stop)  # the consumer holds the iterator
+                if subscription.logins == 2 and not moved_at:
+                    moved_at = got.seq
+                if got.seq == total:
+                    break
+            assert subscription.logins == 2
+            assert subscription.port == follower.port
+        return seqs, moved_at
+
+    with ServerProcess(data) as writer, ServerProcess(data, follow=True) as follower:
+        seqs, moved_at = asyncio.run(asyncio.wait_for(scenario(writer, follower), TIMEOUT * 3))
+    assert seqs == list(range(1, total + 1))
+    assert 1000 < moved_at < total  # A was lost in the middle of the session
+
+
+def test_a_first_login_tries_each_address_before_giving_up(tmp_path: Path) -> None:
+    dead = [free_port(), free_port()]
+
+    async def first_three(port: int, alternates: list[tuple[str, int]]) -> tuple[list[int], int]:
+        got: list[int] = []
+        async with subscribe("127.0.0.1", port, alternates=alternates) as messages:
+            async for message in messages:
+                got.append(message.seq)
+                if len(got) == 3:
+                    break
+            assert messages.logins == 1
+            return got, messages.port
+
+    async def scenario() -> None:
+        async with running_server(tmp_path) as (engine, server):
+            await engine.publish_many([payload(s) for s in range(1, 4)])
+            addresses = [("127.0.0.1", dead[1]), ("127.0.0.1", server.port)]
+            assert await first_three(dead[0], addresses) == ([1, 2, 3], server.port)
+        with pytest.raises(ConnectionError) as caught:
+            await first_three(dead[0], [("127.0.0.1", dead[1])])
+        message = str(caught.value)
+        assert message.startswith("cannot log in to any of 2 servers: "), message
+        for port in dead:
+            assert f"127.0.0.1:{port}: connection refused" in message, message
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))

@@ -194,3 +194,25 @@ def nats_urls(text: str) -> tuple[str, ...]:
             )
         tcp_address(rest.rsplit("@", 1)[-1])
     return urls
+
+
+def servers(text: str) -> list[tuple[str, int]]:
+    """SoupBinTCP servers, ``HOST:PORT[,HOST:PORT...]`` (an IPv6 address in brackets:
+    ``[::1]:7300``)."""
+    found = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: an empty server between commas; expected HOST:PORT[,HOST:PORT...]"
+            )
+        host, value = _address(item, "HOST:PORT[,HOST:PORT...], such as 10.0.0.1:7300")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: an IPv6 address goes in brackets: [{host}]:{value}"
+            )
+        if not host or any(c.isspace() or c in "[]" for c in host):
+            raise argparse.ArgumentTypeError(f"{item!r}: {host!r} is not a host name or address")
+        found.append((host, value))
+    return found

@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve.check(args, argv)
     if args.verb == "tail":
         tail.check(args)
+    if args.verb == "publish":
+        publish.check(args)
     if args.verb == "sessions" and args.action == "export":
         sessions.check(args)
     try:

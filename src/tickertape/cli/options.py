@@ -1,5 +1,6 @@
 """Options and answers that several ``tickertape`` verbs share: the data directory's
-default, TLS for a client, the admin token, and the hint a rejected login gets.
+default, the server a client connects to (or several), TLS for a client, the admin
+token, and the hint a rejected login gets.
 
 The kinds of value an option takes are in :mod:`tickertape.cli.argtypes`; the options
 of one verb alone are in that verb's module.
@@ -12,6 +13,8 @@ import ssl
 from pathlib import Path
 from typing import Final
 
+from tickertape.cli import argtypes
+from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import ConfigError, LoginRejected, TickertapeError
 from tickertape.tls import client_context
 from tickertape.wire.soupbintcp import REJECT_NOT_AUTHORIZED
@@ -24,12 +27,48 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
 
 
+def add_server_options(parser: argparse.ArgumentParser, several: str) -> None:
+    """``--host`` and ``--port``, or ``--server`` for several servers (``several`` says
+    what the command does with them); :func:`check_servers` makes ``args.servers``."""
+    parser.add_argument("--host", help=f"the server's address ({DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=argtypes.remote_port, help=f"the server's port ({DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--server",
+        dest="server",
+        action="extend",
+        type=argtypes.servers,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="instead of --host and --port: several servers of the same sessions, such as "
+        "the nodes of a cluster, comma-separated or the option repeated (an IPv6 address in "
+        f"brackets: [::1]:7300); {several}",
+    )
+
+
+def check_servers(args: argparse.Namespace) -> None:
+    """Refuse ``--server`` with ``--host`` or ``--port``, or naming a server twice; set
+    ``args.servers``, the servers' ``(host, port)`` in the order given."""
+    if args.server is None:
+        args.servers = [(args.host or DEFAULT_HOST, args.port or DEFAULT_PORT)]
+        return
+    if args.host is not None or args.port is not None:
+        args.subparser.error("give --server, or --host and --port, not both")
+    seen = set()
+    for host, port in args.server:
+        if (host, port) in seen:
+            args.subparser.error(f"--server names {host}:{port} twice")
+        seen.add((host, port))
+    args.servers = list(args.server)
+
+
 def add_tls_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls",
         action="store_true",
         help="connect over TLS (1.2 or later), checking the server's certificate against "
-        "the system's trust store (or --ca) and its name against --host",
+        "the system's trust store (or --ca) and its name against --host (or each --server's "
+        "host)",
     )
     parser.add_argument(
         "--ca",

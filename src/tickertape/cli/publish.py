@@ -1,7 +1,8 @@
 """``tickertape publish``: publish the lines of a file or of stdin, as a publisher
 logged in over SoupBinTCP, and say how many were acknowledged as durable.
 
-The publishing itself is the client's (:class:`~tickertape.client.publisher.Publisher`);
+The publishing itself is the client's
+(:class:`~tickertape.client.failover.FailoverPublisher`, one server or several);
 this module holds the verb's options, the reading of the input into records (lines or
 ``--binary`` records, the END OF SESSION marker refused unless asked for) and what is
 said at the end.
@@ -20,14 +21,15 @@ from tickertape.cli import argtypes
 from tickertape.cli.config import add_password_file_option
 from tickertape.cli.options import (
     PASSWORD_HELP,
+    add_server_options,
     add_tls_client_options,
     add_verbose,
+    check_servers,
     check_tls_client,
     rejected,
 )
-from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import TLSRefused, describe_error
-from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
+from tickertape.client.connecting import TLSRefused, describe_error
+from tickertape.client.failover import FailoverPublisher, NoPublishingServer
 from tickertape.errors import ConfigError, LoginRejected, ProtocolError
 from tickertape.text import plural
 from tickertape.wire.publishing import END_OF_SESSION_MARKER
@@ -40,12 +42,16 @@ def add_parser(verbs: Any) -> None:
         help="publish the lines of a file or of stdin",
         description="Log in to a tickertape server as a publisher and publish each line of "
         "FILE (or stdin) as one message of the active session, in order: the bytes between "
-        "two \\n, as they are. Exits non-zero if any message was not acknowledged as durable.",
+        "two \\n, as they are. If the connection is lost, logs in again (to the server "
+        "that takes publishers now, with --server) and sends again every message not yet "
+        "acknowledged, which may then be published twice (carry an id in each message to "
+        "tell). Exits non-zero if any message was not acknowledged as durable.",
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="(stdin)")
-    publish.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    publish.add_argument(
-        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    add_server_options(
+        publish,
+        "publish logs in to the one that takes publishers (a cluster node that does not "
+        "take them names the one that does), waiting up to --timeout while none does",
     )
     publish.add_argument("--user", default="", metavar="NAME", help="username")
     publish.add_argument("--password", default="", help=PASSWORD_HELP)
@@ -75,11 +81,17 @@ def add_parser(verbs: Any) -> None:
         type=argtypes.positive,
         default=60.0,
         metavar="S",
-        help="seconds to wait for the last acknowledgement (%(default)s)",
+        help="seconds to wait for the last acknowledgement, and for a server to take the "
+        "publisher when none does (%(default)s)",
     )
     add_tls_client_options(publish)
     add_verbose(publish)
     publish.set_defaults(subparser=publish)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse server options that do not go together; make ``args.servers``."""
+    check_servers(args)
 
 
 def check_tls(args: argparse.Namespace) -> None:
@@ -182,7 +194,7 @@ def _open_input(name: str) -> BinaryIO:
         raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
 
 
-def _unacked(publisher: Publisher, binary: bool) -> str:
+def _unacked(publisher: FailoverPublisher, binary: bool) -> str:
     """Which input records the messages not acknowledged are: `` (lines 5 to 9)``."""
     if publisher.sent <= publisher.acked:
         return ""
@@ -191,7 +203,7 @@ def _unacked(publisher: Publisher, binary: bool) -> str:
 
 
 async def _send_checked(
-    publisher: Publisher, records: list[bytes], binary: bool, flush_within: float
+    publisher: FailoverPublisher, records: list[bytes], binary: bool, flush_within: float
 ) -> None:
     """Send ``records``; one too long for a SoupBinTCP packet stops the command, once
     what comes before it is acknowledged, saying which record it is."""
@@ -224,21 +236,19 @@ async def run(args: argparse.Namespace) -> int:
     progress = _Rate() if sys.stderr.isatty() else None
     started = time.monotonic()
     try:
-        publisher = await Publisher.connect(
-            args.host,
-            args.port,
+        publisher = await FailoverPublisher.connect(
+            args.servers,
             username=args.user,
             password=args.password,
             ssl=args.tls_context,
+            failover_timeout=args.timeout,
         )
     except LoginRejected as exc:
         raise rejected(exc, args) from None
-    except TLSRefused as exc:
+    except (TLSRefused, NoPublishingServer) as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
-        raise ConfigError(
-            f"cannot log in to {args.host}:{args.port}: {describe_error(exc)}"
-        ) from None
+        raise ConfigError(f"cannot log in: {describe_error(exc)}") from None
     refused: _MarkerRefused | None = None
     reader = _Records(stream, args.binary, args.marker_ends_session)
     try:

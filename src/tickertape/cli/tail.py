@@ -16,14 +16,15 @@ from tickertape.cli import argtypes
 from tickertape.cli.config import add_password_file_option
 from tickertape.cli.options import (
     PASSWORD_HELP,
+    add_server_options,
     add_tls_client_options,
     add_verbose,
+    check_servers,
     check_tls_client,
     rejected,
 )
 from tickertape.client.moldudp64 import DEFAULT_TCP_THRESHOLD, MoldSubscription
 from tickertape.client.soupbintcp import Message, Subscription, TLSRefused, subscribe
-from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.errors import ConfigError, LoginRejected
 
 
@@ -35,12 +36,14 @@ def add_parser(verbs: Any) -> None:
         "Once logged in, reconnects by itself when the connection drops, with no gap and no "
         "duplicate, and says when it is back; stops at End of Session, saying on stderr "
         "where the session ended (exit status 0). A first login that cannot be made "
-        "(nothing listens, a TLS port without --tls) is an error (exit 1), unless --wait; "
+        "(nothing listens, a TLS port without --tls; with --server, at any of them) is an "
+        "error (exit 1), unless --wait; "
         "a rejected login is an error with the server's reason.",
     )
-    tail.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
-    tail.add_argument(
-        "--port", type=argtypes.remote_port, default=DEFAULT_PORT, help="port (%(default)s)"
+    add_server_options(
+        tail,
+        "tail logs in to the first, and when a connection is lost, to the next in turn, at "
+        "the next sequence number (a first login tries each)",
     )
     tail.add_argument(
         "--session",
@@ -76,7 +79,7 @@ def add_parser(verbs: Any) -> None:
     mold = tail.add_argument_group(
         "MoldUDP64",
         "with --mold, follow a MoldUDP64 group instead of logging in over SoupBinTCP "
-        "(--host, --port, --user and --password are then not used)",
+        "(--host, --port, --server, --user and --password are then not used)",
     )
     mold.add_argument(
         "--mold",
@@ -116,7 +119,10 @@ def check(args: argparse.Namespace) -> None:
     if args.mold is None:
         if args.request is not None or args.iface is not None or args.tcp is not None:
             args.subparser.error("--request, --iface and --tcp need --mold")
+        check_servers(args)
         return
+    if args.server is not None:
+        args.subparser.error("--server is for SoupBinTCP, not --mold")
     if args.request is None:
         args.subparser.error(
             "--mold needs --request HOST:PORT, the server's re-request address "
@@ -151,15 +157,17 @@ async def run(args: argparse.Namespace) -> int:
             tcp=args.tcp,
         )
     else:
+        (host, port), *alternates = args.servers
         source = subscribe(
-            args.host,
-            args.port,
+            host,
+            port,
             args.session,
             args.seq,
             username=args.user,
             password=args.password,
             ssl=args.tls_context,
             wait=args.wait,
+            alternates=alternates,
         )
     try:
         await _print_messages(args, source)

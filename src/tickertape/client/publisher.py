@@ -21,7 +21,7 @@ import ssl as _ssl
 from collections.abc import Sequence
 from types import TracebackType
 
-from tickertape.client.soupbintcp import closed_by_server, open_stream, rejection
+from tickertape.client.connecting import closed_by_server, open_stream, rejection
 from tickertape.errors import LoginRejected, ProtocolError
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
@@ -54,6 +54,9 @@ class Publisher:
         self._acked = asyncio.Event()
         self._ended: asyncio.Future[str] | None = None
         self._failure: BaseException | None = None
+        self.last_words = ""
+        """What the server said (its last Debug packet) when it closed the connection
+        after login, if it said anything: why it will not take more."""
         self._task = asyncio.create_task(self._read(), name="publisher-acks")
 
     @classmethod
@@ -168,6 +171,8 @@ class Publisher:
                     data = None
                 now = loop.time()
                 if data == b"":
+                    if connection.state is State.LOGGED_IN:
+                        self.last_words = connection.last_debug
                     raise ConnectionError(closed_by_server(connection, self._tls))
                 if data:
                     connection.receive_data(data, now)

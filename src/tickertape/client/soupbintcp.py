@@ -16,6 +16,12 @@ End of Session. A first login that cannot be made (nothing listens there, the se
 closes the connection before answering, or answers in TLS) raises ``ConnectionError``
 saying why, unless ``wait=True`` asks to keep trying; a rejected login raises
 :class:`~tickertape.errors.LoginRejected` with the server's reason.
+
+``alternates=[(host, port), ...]`` names other servers of the same sessions (the other
+nodes of a cluster, or servers following one store): a lost connection is followed by a
+login at the next address in turn (round robin, waiting only after a whole round failed),
+at the next sequence number of the same session; a first login tries each address before
+it gives up.
 """
 
 from __future__ import annotations
@@ -30,11 +36,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, overload
 
-from tickertape.errors import LoginRejected
+from tickertape.client.connecting import (
+    TLSRefused,
+    closed_by_server,
+    describe_error,
+    open_stream,
+    rejection,
+)
 from tickertape.protocol import client as protocol
 from tickertape.protocol.client import ClientConnection
 from tickertape.protocol.connection import State
-from tickertape.wire.soupbintcp import REJECT_NOT_AUTHORIZED, LoginRequest
+from tickertape.wire.soupbintcp import LoginRequest
 
 __all__ = [
     "Batch",
@@ -110,87 +122,6 @@ class _Dropped(Exception):
     """The connection ended without End of Session: log in again."""
 
 
-class TLSRefused(ConnectionError):
-    """The server's TLS certificate failed verification: a wrong CA, or a wrong name."""
-
-
-def rejection(event: protocol.Rejected, where: str, not_available: str) -> LoginRejected:
-    """The error for a Login Rejected from ``where`` (``HOST:PORT``): the reason the server
-    gave in a Debug packet before it, else what its code means (``not_available`` for
-    ``S``)."""
-    if event.text:
-        why = event.text
-    elif event.reason == REJECT_NOT_AUTHORIZED:
-        why = "not authorized: wrong username or password"
-    else:
-        why = not_available
-    return LoginRejected(event.reason, f"login to {where} rejected: {why}")
-
-
-def closed_by_server(connection: ClientConnection, tls: bool) -> str:
-    """Why a connection ended that the server closed: with the text of its last Debug
-    packet, if it sent one; if it sent nothing at all to a plain-text client, it may
-    expect TLS."""
-    said = connection.last_debug
-    if said:
-        return f"the server closed the connection (it said: {said})"
-    if not connection.heard_anything and not tls:
-        return (
-            "the server closed the connection without a word (if it is a TLS port, "
-            "connect with TLS: --tls)"
-        )
-    return "the server closed the connection"
-
-
-def describe_error(exc: BaseException) -> str:
-    """An error met while connecting, in words."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (nothing listens there: is the server running?)"
-    if isinstance(exc, TimeoutError):
-        return "no answer (a firewall, or a wrong address?)"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-async def open_stream(
-    host: str,
-    port: int,
-    within: float,
-    tls: _ssl.SSLContext | None,
-    server_hostname: str | None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect (in ``within`` seconds), over TLS if ``tls`` is given. A server certificate
-    the context does not trust raises :class:`TLSRefused` saying so (to try again would not
-    help)."""
-    try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(
-                host,
-                port,
-                ssl=tls,
-                server_hostname=server_hostname if tls is not None else None,
-            ),
-            within,
-        )
-    except _ssl.SSLCertVerificationError as exc:
-        raise TLSRefused(
-            f"TLS: the certificate of {host}:{port} is not trusted: {exc.verify_message}"
-        ) from None
-    except (_ssl.SSLError, ConnectionResetError, asyncio.IncompleteReadError) as exc:
-        if tls is None:
-            raise
-        # A plain-text server closes the connection at the Client Hello, or answers with
-        # something that is no TLS record.
-        raise ConnectionError(
-            f"the TLS handshake with {host}:{port} failed "
-            f"({getattr(exc, 'reason', None) or str(exc) or 'the server closed the connection'}): "
-            "if the server does not speak TLS there, connect without TLS (no --tls)"
-        ) from None
-
-
 class Subscription:
     """An async iterator of :class:`Message`; see :func:`subscribe`."""
 
@@ -211,9 +142,14 @@ class Subscription:
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         wait: bool = False,
+        alternates: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.host = host
         self.port = port
+        """The address of the connection (or of the next login), one of ``host:port``
+        and ``alternates``."""
+        self._addresses = list(dict.fromkeys([(host, port), *alternates]))
+        self._at = 0
         self.session = session
         """The session subscribed to; filled in by the first Login Accepted."""
         self.next_seq = seq
@@ -279,6 +215,9 @@ class Subscription:
 
     async def _run(self) -> AsyncIterator[Batch]:
         delay = self._reconnect_delay
+        failures = 0  # since the last login: a full round of the addresses waits
+        logins = 0
+        answers: dict[str, str] = {}  # what each address said to a first login
         while True:
             try:
                 async for batch in self._connection():
@@ -288,29 +227,54 @@ class Subscription:
             except TLSRefused:
                 raise  # the same certificate would be refused again
             except (OSError, _Dropped, asyncio.IncompleteReadError) as exc:
+                failures = 1 if self.logins != logins else failures + 1
+                logins = self.logins
                 never = self.logins == 0
+                lost = f"{self.host}:{self.port}"
+                answers[lost] = describe_error(exc)
                 if never and not (self._wait and self._reconnect):
+                    if failures < len(self._addresses):
+                        self._move()
+                        continue  # the next address, at once
+                    said = "; ".join(f"{where}: {why}" for where, why in answers.items())
                     raise ConnectionError(
-                        f"cannot log in to {self.host}:{self.port}: {describe_error(exc)}"
+                        f"cannot log in to {said}"
+                        if len(answers) == 1
+                        else f"cannot log in to any of {len(answers)} servers: {said}"
                     ) from None
                 if not self._reconnect:
                     raise ConnectionError(
-                        f"connection to {self.host}:{self.port} lost: {describe_error(exc)}"
+                        f"connection to {lost} lost: {describe_error(exc)}"
                     ) from exc
-                log.warning(
-                    "cannot log in to %s:%d (%s); trying again in %.2f s"
-                    if never
-                    else "connection to %s:%d lost (%s); logging in again at %d in %.2f s",
-                    self.host,
-                    self.port,
-                    describe_error(exc),
-                    *((delay,) if never else (self.next_seq, delay)),
+                there = self._move()
+                pause = delay if failures % len(self._addresses) == 0 else 0.0
+                then = (f" to {there}" if there != lost else "") + (
+                    f" in {pause:.2f} s" if pause else ""
                 )
+                if never:
+                    log.warning(
+                        "cannot log in to %s (%s); trying again%s", lost, answers[lost], then
+                    )
+                else:
+                    log.warning(
+                        "connection to %s lost (%s); logging in again at %d%s",
+                        lost,
+                        answers[lost],
+                        self.next_seq,
+                        then,
+                    )
                 self._retrying = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_reconnect_delay)
+                if pause:
+                    await asyncio.sleep(pause)
+                    delay = min(delay * 2, self._max_reconnect_delay)
             finally:
                 self._close_writer()
+
+    def _move(self) -> str:
+        """Make the next address (round robin) the one to log in to; ``HOST:PORT``."""
+        self._at = (self._at + 1) % len(self._addresses)
+        self.host, self.port = self._addresses[self._at]
+        return f"{self.host}:{self.port}"
 
     async def _connection(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()

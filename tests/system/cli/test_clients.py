@@ -4,7 +4,9 @@ run as a user would: real subprocesses and sockets on 127.0.0.1.
 * a refused login prints the reason the server gave (in a Debug packet before Login
   Rejected), not a guess from the reject code;
 * a first connection that fails is an error at once, unless ``--wait``; once connected,
-  a lost connection is retried and its return is said.
+  a lost connection is retried and its return is said;
+* given several servers (``--server``), a dead one is skipped, and a tail moves to the
+  next when its server is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tickertape.auth.user import User
 from tickertape.auth.users import Users
 from tickertape.client.publisher import Publisher
 
-from support import ServerProcess, free_port
+from support import ServerProcess, SoupClient, free_port
 
 TIMEOUT = 30.0
 """Seconds any one wait may take before the test fails."""
@@ -223,3 +225,76 @@ def test_tail_wait_keeps_trying_until_the_server_is_there(tmp_path: Path) -> Non
     finally:
         tail.finish()
     assert tail.out == ["1 at last"]
+
+
+# ---------------------------------------------------------------------------- several servers
+
+
+def test_publish_to_several_servers_skips_a_dead_one(tmp_path: Path) -> None:
+    dead = free_port()
+    with ServerProcess(tmp_path / "data") as server:
+        servers = f"127.0.0.1:{dead},127.0.0.1:{server.port}"
+        done = tickertape("publish", "--server", servers, stdin="one\ntwo\nthree\n")
+        assert done.returncode == 0, done.stderr
+        assert "published 3 messages" in done.stderr, done.stderr
+        session = done.stderr.split("into session ")[1].split(",")[0]
+        assert asyncio.run(_read(server.port, session, 3)) == [b"one", b"two", b"three"]
+
+
+def test_publish_to_servers_none_of_which_answers_says_what_each_did() -> None:
+    ports = [free_port(), free_port()]
+    done = tickertape(
+        "publish", *(arg for port in ports for arg in ("--server", f"127.0.0.1:{port}")),
+        stdin="x\n",
+    )  # fmt: skip
+    line = _refused(done)
+    assert "cannot log in as a publisher to any of 2 servers" in line, line
+    for port in ports:
+        assert f"127.0.0.1:{port}: connection refused" in line, line
+
+
+def test_tail_of_several_servers_skips_a_dead_one(tmp_path: Path) -> None:
+    dead = free_port()
+    with ServerProcess(tmp_path / "data") as server:
+        asyncio.run(_publish(server.port, [b"one", b"two"]))
+        done = tickertape(
+            "tail", "--server", f"127.0.0.1:{dead}", "--server", f"127.0.0.1:{server.port}",
+            "--count", "2",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["1 one", "2 two"]
+    ports = [free_port(), free_port()]
+    line = _refused(tickertape("tail", "--server", ",".join(f"127.0.0.1:{p}" for p in ports)))
+    assert "cannot log in to any of 2 servers" in line and "--wait" in line, line
+
+
+def test_tail_moves_to_the_next_server_when_one_is_lost(tmp_path: Path) -> None:
+    """Server A writes the data directory, B follows it (the same sessions, read-only):
+    a tail of both reads from A, and when A stops, from B at the next number. A writer
+    started again on the directory (at another port) publishes the rest, which B serves."""
+    data = tmp_path / "data"
+    with ServerProcess(data) as first, ServerProcess(data, follow=True) as follower:
+        asyncio.run(_publish(first.port, [b"one", b"two"]))
+        servers = f"127.0.0.1:{first.port},127.0.0.1:{follower.port}"
+        tail = Tail("--server", servers, "--count", "4")
+        try:
+            tail.wait_for(tail.out, "2 two")
+            first.stop()
+            line = tail.wait_for(tail.err, f"connection to 127.0.0.1:{first.port} lost")
+            assert f"logging in again at 3 to 127.0.0.1:{follower.port}" in line, line
+            tail.wait_for(tail.err, f"logged in to 127.0.0.1:{follower.port} again")
+            with ServerProcess(data) as second:
+                asyncio.run(_publish(second.port, [b"three", b"four"]))
+                assert tail.finish() == 0, tail.err
+        finally:
+            tail.finish()
+    assert tail.out == ["1 one", "2 two", "3 three", "4 four"]
+
+
+async def _read(port: int, session: str, count: int) -> list[bytes]:
+    async with asyncio.timeout(TIMEOUT):
+        client = await SoupClient.login(port, session=session, seq=1)
+        try:
+            return await client.messages(count)
+        finally:
+            client.close()
