@@ -22,7 +22,7 @@ from tickertape.cluster.local import (
     nats_server,
     new_cluster,
     require_nats,
-    stop_process,
+    stop_processes,
 )
 
 
@@ -144,7 +144,7 @@ def test_a_child_that_ignores_sigterm_is_killed_with_what_it_started(tmp_path: P
     )
     assert process.stdout is not None
     grandchild = int(process.stdout.readline())
-    stop_process(process, timeout=0.5)
+    stop_processes([process], timeout=0.5)
     assert process.returncode == -signal.SIGKILL
     wait_gone(grandchild)
 

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -112,20 +112,24 @@ def isolating() -> Callable[[], None] | None:
     return setup
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """Stop a child started with ``start_new_session``, and everything in its process
-    group: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_processes(
+    processes: Sequence[subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT
+) -> None:
+    """Stop children started with ``start_new_session``, each with everything in its
+    process group: SIGTERM to all, then SIGKILL to those that have not exited within
+    ``timeout`` seconds of it, and to anything they started and left behind."""
+    for process in processes:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    with contextlib.suppress(ProcessLookupError):  # anything it started and left behind
-        os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @dataclass
@@ -210,7 +214,7 @@ class NatsCluster:
         """Stop ``server`` cleanly (SIGTERM), killing it if it takes over ``timeout``."""
         if server.process is not None:
             if self.isolated:
-                stop_process(server.process, timeout)
+                stop_processes([server.process], timeout)
             else:
                 server.process.terminate()
                 try:
