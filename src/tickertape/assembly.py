@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ from tickertape.store.schedule import RollSchedule
 from tickertape.wire.moldudp64 import MAX_MESSAGE as MOLD_MAX_MESSAGE
 from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
-if TYPE_CHECKING:  # imported when serving it: the HTTP server is loaded only then
+if TYPE_CHECKING:  # imported when serving them: loaded only then
+    from tickertape.cluster.config import ClusterConfig
+    from tickertape.cluster.node import ClusterNode
     from tickertape.server.admin import AdminServer
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ class AssemblyConfig:
     """Re-serve another server's sessions (same ids and sequence numbers)."""
     source: Source | None = None
     """A plug-in source (:func:`tickertape.sources.plugin.load_source`)."""
+    cluster: ClusterConfig | None = None
+    """Serve as a node of this cluster (the sessions come from its journal)."""
 
 
 class Inputs:
@@ -155,8 +160,18 @@ class Assembly:
         self.mold_requests: MoldRequestServer | None = None
         self.stop = asyncio.Event()
         self.inputs = Inputs(self.stop)
+        self.node: ClusterNode | None = None
+        """This server's part in a cluster, if it is a node of one."""
+        if config.cluster is not None:
+            self.node = _cluster_node(self.engine, config, self.stop)
         self._started = False
         self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this server stopped by itself, if it did (an input failing is in
+        :attr:`inputs`): a cluster node that could not follow the cluster."""
+        return None if self.node is None else self.node.failure
 
     @property
     def engine(self) -> Engine:
@@ -180,6 +195,7 @@ class Assembly:
         # Closed in the reverse order of these registrations, whatever had started:
         stack.push_async_callback(self._close_mold_publisher)  # after the engine's last batch
         stack.push_async_callback(self._close_provider)
+        stack.push_async_callback(self._close_node)  # steps down before the engine closes
         stack.push_async_callback(self._close_mold_requests)  # before the log it reads
         first = await self._first_session()
         # Every port is bound before the session is opened: a taken one leaves nothing behind.
@@ -192,7 +208,11 @@ class Assembly:
         if config.admin_port:
             self.admin = self._bind_admin(config.admin_port, config.admin_token)
             stack.push_async_callback(self.admin.close)
+        if self.node is not None:
+            await self._connect_node(self.node)
         await self._start_provider(first)
+        if self.node is not None:
+            self.node.start()
         await self.endpoint.start_serving()
         if self.admin is not None:
             await self.admin.start()
@@ -255,13 +275,30 @@ class Assembly:
             await self.provider.start()  # a StoreError says what is wrong with the directory
         else:
             try:
-                if first is None:
+                if self.node is not None:
+                    await self.provider.start(roll_on_schedule=False)  # the sequencer rolls
+                elif first is None:
                     await self.provider.start()
                 else:
                     await self.provider.start(roll_on_schedule=False, session=first)
             except OSError as exc:
                 raise StartError(f"cannot use data directory {self.config.data}: {exc}") from exc
         self._started = True
+
+    async def _connect_node(self, node: ClusterNode) -> None:
+        if node.config.address.endswith(":0"):  # --port 0: the port bound
+            node.config = dataclasses.replace(
+                node.config,
+                address=node.config.address[:-1] + str(self.endpoint.port),
+            )
+        try:
+            await node.connect()
+        except (OSError, StoreError) as exc:
+            raise StartError(f"cannot join the cluster: {exc}") from exc
+
+    async def _close_node(self) -> None:
+        if self.node is not None:
+            await self.node.close()
 
     async def _close_provider(self) -> None:
         if self._started:
@@ -303,3 +340,16 @@ class Assembly:
         if plan.end_session:
             with contextlib.suppress(StoreError):  # the engine logged why; it goes on
                 await self.engine.end_session()
+
+
+def _cluster_node(engine: Engine, config: AssemblyConfig, stop: asyncio.Event) -> ClusterNode:
+    """The node of ``config.cluster``; imported here, so that NATS's client is needed
+    only by a node (``pip install 'tickertape[cluster]'``)."""
+    assert config.cluster is not None
+    try:
+        from tickertape.cluster.node import ClusterNode  # noqa: PLC0415
+    except ImportError as exc:
+        raise StartError(
+            f"--cluster needs NATS's client ({exc}): pip install 'tickertape[cluster]'"
+        ) from exc
+    return ClusterNode(engine, config.data, config.cluster, stop)

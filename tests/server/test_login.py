@@ -23,7 +23,7 @@ from tickertape.server.login import (
     user_of,
 )
 from tickertape.server.provider import SessionProvider
-from tickertape.wire.publishing import NO_STREAM
+from tickertape.wire.publishing import NO_STREAM, redirect_text
 from tickertape.wire.soupbintcp import (
     MAX_PACKET_LENGTH,
     REJECT_NOT_AUTHORIZED,
@@ -41,10 +41,11 @@ class Provider:
 
     session_id: str = ACTIVE
     next_seq: int = 42
+    publish_refusal: str | None = None
 
 
-def provider() -> SessionProvider:
-    found: SessionProvider = Provider()  # type: ignore[assignment]  # only what is read
+def provider(publish_refusal: str | None = None) -> SessionProvider:
+    found: SessionProvider = Provider(publish_refusal=publish_refusal)  # type: ignore[assignment]
     return found
 
 
@@ -116,6 +117,16 @@ def test_what_a_user_may_not_do_is_rejected_session_not_available_saying_why(
     assert found.code == REJECT_SESSION_NOT_AVAILABLE
     assert found.label == "not_permitted"
     assert words in found.reason
+
+
+def test_a_node_that_is_not_the_sequencer_rejects_a_publisher_saying_where_to_go() -> None:
+    elsewhere = redirect_text("127.0.0.1:7301")
+    publisher = LoginRequest("pat", "pw", "", NO_STREAM)
+    found = classify_login(publisher, provider(elsewhere), PUBLISHER)
+    assert found == Reject(REJECT_SESSION_NOT_AVAILABLE, elsewhere, "not_sequencer")
+    # Subscribers, even ones that may publish, are served by every node.
+    subscriber = LoginRequest("bo", "pw", "", 1)
+    assert classify_login(subscriber, provider(elsewhere), BOTH) == Live(ACTIVE, 1, True, False)
 
 
 def test_a_pull_starts_no_later_than_the_end_of_its_session() -> None:

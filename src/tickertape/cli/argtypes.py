@@ -181,3 +181,16 @@ def tcp_address(text: str) -> tuple[str, int]:
     if any(c.isspace() for c in host):
         raise argparse.ArgumentTypeError(f"{host!r} is not a host name or address")
     return host, value
+
+
+def nats_urls(text: str) -> tuple[str, ...]:
+    """NATS servers: ``nats://HOST:PORT[,nats://HOST:PORT...]`` (``tls://`` too)."""
+    urls = tuple(part.strip() for part in text.split(","))
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            raise argparse.ArgumentTypeError(
+                f"{url!r}: expected nats://HOST:PORT (several separated by commas)"
+            )
+        tcp_address(rest.rsplit("@", 1)[-1])
+    return urls

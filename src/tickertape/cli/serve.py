@@ -14,8 +14,10 @@ import asyncio
 import logging
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from tickertape.assembly import Assembly, AssemblyConfig, DemoPlan, StartError
 from tickertape.auth.users import Users
@@ -29,6 +31,7 @@ from tickertape.cli.config import (
 from tickertape.cli.hangup import Hangup
 from tickertape.cli.options import read_token
 from tickertape.cli.serve_options import FOLLOW_TAKES
+from tickertape.cluster.config import ClusterConfig
 from tickertape.errors import ConfigError
 from tickertape.notify import Notifier, Rate
 from tickertape.protocol.server import ServerTimers
@@ -90,6 +93,35 @@ def check(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
         args.subparser.error("--mold-request-rate needs --mold-request")
     if args.upstream_password_file is not None and not args.upstream:
         args.subparser.error("--upstream-password-file needs --upstream")
+    _check_cluster(args, _words(argv))
+
+
+CLUSTER_OPTIONS: Final = (
+    "--node",
+    "--advertise",
+    "--cluster-credentials",
+    "--cluster-name",
+    "--cluster-retention",
+    "--cluster-replicas",
+    "--lease-ttl",
+)
+
+
+def _check_cluster(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Refuse the cluster's options without ``--cluster``, and with it the inputs only
+    a single server runs."""
+    if args.cluster is None:
+        given = [o for o in CLUSTER_OPTIONS if any(w.split("=")[0] == o for w in argv)]
+        if given:
+            args.subparser.error(f"{', '.join(given)} need --cluster")
+        return
+    alone = [name for name in ("follow", "upstream", "demo", "source") if getattr(args, name)]
+    if alone:
+        named = ", ".join(f"--{name}" for name in alone)
+        args.subparser.error(
+            f"--cluster cannot be combined with {named}: in a cluster, messages come from "
+            "publishers connected to the sequencer"
+        )
 
 
 def check_tls(args: argparse.Namespace) -> None:
@@ -199,6 +231,7 @@ def assembly_config(args: argparse.Namespace) -> AssemblyConfig:
     return AssemblyConfig(
         data=args.data,
         endpoint=endpoint,
+        cluster=_cluster_config(args) if args.cluster else None,
         durability=Durability(args.durability),
         schedule=args.schedule,
         retention=Retention(args.archive_after, args.delete_after),
@@ -221,6 +254,26 @@ def assembly_config(args: argparse.Namespace) -> AssemblyConfig:
         ),
         upstream=upstream,
         source=source,
+    )
+
+
+def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    if args.advertise is not None:
+        host, port = args.advertise
+    else:
+        wildcard = args.host in ("", "0.0.0.0", "::")
+        host, port = (socket.gethostname() if wildcard else args.host), args.port
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ClusterConfig(
+        servers=args.cluster,
+        node=args.node or f"{socket.gethostname()}-{args.port}",
+        address=address,
+        credentials=args.cluster_credentials,
+        name=args.cluster_name,
+        replicas=args.cluster_replicas,
+        retention_days=args.cluster_retention,
+        lease_ttl=args.lease_ttl,
+        renew_every=args.lease_ttl / 3,
     )
 
 
@@ -264,4 +317,4 @@ async def run(args: argparse.Namespace) -> int:
         await notifier.stopping()
         await assembly.close()
         notifier.close()
-    return 1 if assembly.inputs.failed else 0
+    return 1 if assembly.inputs.failed or assembly.failure is not None else 0

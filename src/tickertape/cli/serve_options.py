@@ -15,6 +15,8 @@ from tickertape.cli import argtypes
 from tickertape.cli.config import UPSTREAM_PASSWORD_VARIABLE, add_config_options
 from tickertape.cli.options import DEFAULT_DATA, add_token_options, add_verbose
 from tickertape.client.admin import ADMIN_HOST
+from tickertape.cluster.config import DEFAULT_LEASE_TTL, DEFAULT_RETENTION_DAYS
+from tickertape.cluster.config import DEFAULT_NAME as DEFAULT_CLUSTER_NAME
 from tickertape.defaults import DEFAULT_HOST, DEFAULT_PORT
 from tickertape.logs import add_log_options
 from tickertape.protocol.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT
@@ -226,6 +228,7 @@ def add_parser(verbs: Any) -> None:
         "--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)"
     )
     _add_access_options(serve)
+    _add_cluster_options(serve)
     add_verbose(serve)
     add_log_options(serve)
     add_config_options(serve)
@@ -260,6 +263,69 @@ FOLLOW_TAKES: Final = frozenset(
 )
 """The ``serve`` options that make sense with ``--follow``: the others are for the server
 that writes the directory."""
+
+
+def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "cluster",
+        "Serve as one node of a cluster that shares its sessions through NATS JetStream "
+        "(pip install 'tickertape[cluster]'; see docs/cluster.md). One node at a time, the "
+        "sequencer, takes publishers; every node serves subscribers the same bytes.",
+    )
+    group.add_argument(
+        "--cluster",
+        type=argtypes.nats_urls,
+        metavar="URLS",
+        help="the cluster's NATS servers: nats://HOST:PORT[,nats://HOST:PORT...]",
+    )
+    group.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name, unique in the cluster (default: the host name and --port)",
+    )
+    group.add_argument(
+        "--advertise",
+        type=argtypes.tcp_address,
+        metavar="HOST:PORT",
+        help="where publishers reach this node, said to them by the other nodes while it "
+        "is the sequencer (default: --host:--port, or the host name if --host is a "
+        "wildcard address)",
+    )
+    group.add_argument(
+        "--cluster-credentials",
+        type=Path,
+        metavar="FILE",
+        help="a NATS credentials file (.creds) to connect with",
+    )
+    group.add_argument(
+        "--cluster-name",
+        default=DEFAULT_CLUSTER_NAME,
+        metavar="NAME",
+        help="the cluster's journal is the JetStream stream TICKERTAPE-NAME (%(default)s)",
+    )
+    group.add_argument(
+        "--cluster-retention",
+        type=argtypes.positive,
+        default=DEFAULT_RETENTION_DAYS,
+        metavar="DAYS",
+        help="how long JetStream keeps the journal; each node keeps its own logs as "
+        "--archive-after and --delete-after say (%(default)g)",
+    )
+    group.add_argument(
+        "--cluster-replicas",
+        type=argtypes.count,
+        default=3,
+        metavar="N",
+        help="replicas of the journal: the number of NATS servers, 3 or 5 (%(default)s)",
+    )
+    group.add_argument(
+        "--lease-ttl",
+        type=argtypes.positive,
+        default=DEFAULT_LEASE_TTL,
+        metavar="SECONDS",
+        help="a sequencer silent this long is replaced: about the failover time "
+        "(%(default)g; it renews every third of it)",
+    )
 
 
 def _add_access_options(serve: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ restarts it by itself after a gap), which is how every node follows the sequence
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Final
 
@@ -102,7 +102,7 @@ class Journal:
         """The journal's last position (0 if it is empty)."""
         try:
             info = await self._js.stream_info(self.config.stream)
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except nats.errors.Error as exc:
             raise Unavailable(f"JetStream did not answer: {exc}") from exc
         return info.state.last_seq
 
@@ -128,7 +128,7 @@ class Journal:
             ) from exc
         return ack.seq
 
-    async def read(self, start: int) -> AsyncIterator[tuple[int, records.Record]]:
+    async def read(self, start: int) -> AsyncGenerator[tuple[int, records.Record]]:
         """Every record from position ``start`` on, in order, with its position; waits
         for new ones when it reaches the end. Raises :class:`~records.CorruptRecord`
         on a message that is not a record, :class:`Unavailable` if JetStream cannot
@@ -140,7 +140,7 @@ class Journal:
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                 config=api.ConsumerConfig(opt_start_seq=max(start, 1)),
             )
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except nats.errors.Error as exc:
             raise Unavailable(f"JetStream did not start a reader: {exc}") from exc
         try:
             while True:

@@ -119,9 +119,26 @@ class Lease:
         sent = self._monotonic()
         try:
             revision = await self._kv.create(KEY, self.me.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except nats.errors.Error:  # held by another node, or JetStream did not answer
+            return await self._reclaim()
+        self._kept(revision, sent)
+        self.term = revision
+        return True
+
+    async def _reclaim(self) -> bool:
+        """Whether the lease is this node's after all: a take JetStream stored but did
+        not answer (or this node's, restarted, under the same name). Kept only by a
+        compare-and-set on the revision read, which fails if anyone wrote since."""
+        try:
+            entry = await self._kv.get(KEY)
+        except nats.errors.Error:
             return False
-        except (nats.errors.TimeoutError, nats.js.errors.APIError):
+        if Holder.decode(entry.value) != self.me or entry.revision is None:
+            return False
+        sent = self._monotonic()
+        try:
+            revision = await self._kv.update(KEY, self.me.encode(), last=entry.revision)
+        except nats.errors.Error:
             return False
         self._kept(revision, sent)
         self.term = revision
@@ -137,7 +154,7 @@ class Lease:
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             self._lose()
             raise LeaseLost("another node took the lease, or it lapsed") from exc
-        except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+        except nats.errors.Error as exc:  # no answer in time: no quorum, or no server
             if not self.held():
                 self._lose()
                 raise LeaseLost(f"the lease could not be renewed in time: {exc}") from exc
@@ -157,7 +174,7 @@ class Lease:
         """Who holds the lease now, as the bucket says (None: no one)."""
         try:
             entry = await self._kv.get(KEY)
-        except nats.js.errors.KeyNotFoundError:
+        except nats.js.errors.KeyNotFoundError:  # also when deleted, or lapsed
             return None
         return Holder.decode(entry.value)
 

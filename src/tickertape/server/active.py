@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -39,6 +40,7 @@ class ActiveSession:
     ) -> None:
         self.stream = SessionStream(clock, owner="engine")
         self.writer = SessionWriter(self.stream, config, metrics, executor)
+        self._executor = executor
 
     # ------------------------------------------------------------------ state
 
@@ -88,6 +90,18 @@ class ActiveSession:
     def enqueue_many(self, payloads: Sequence[bytes]) -> asyncio.Future[int]:
         """See :meth:`SessionWriter.enqueue_many`."""
         return self.writer.enqueue_many(payloads)
+
+    async def apply(self, first: int, count: int, data: bytes) -> None:
+        """Write a batch numbered elsewhere (a cluster's journal: ``data`` are its
+        Sequenced Data packets) to the log, then hand it to the live subscribers, as
+        the writer does with its own; nothing may be queued to the writer meanwhile."""
+        if first != self.stream.next_seq:
+            raise ValueError(f"batch {first} applied where {self.stream.next_seq} is next")
+        appended = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.session_log.append, data, count, zlib.crc32(data)
+        )
+        self.stream.fan_out(appended.first_seq, appended.count, data)
+        self.writer.realign()
 
     # ------------------------------------------------------------------ changes
 

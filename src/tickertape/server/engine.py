@@ -23,6 +23,7 @@ from typing import Any
 from tickertape.clock import Clock, SystemClock
 from tickertape.server.active import ActiveSession
 from tickertape.server.metrics import Metrics
+from tickertape.server.replication import Replicator
 from tickertape.server.roller import SessionRoller
 from tickertape.server.stream import RollListener, SessionStream
 from tickertape.server.writer import WriterConfig
@@ -43,6 +44,7 @@ class Engine:
         clock: Clock | None = None,
         schedule: RollSchedule | None = None,
         retention: Retention | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         self.catalogue = catalogue
@@ -51,6 +53,7 @@ class Engine:
         """What this server counts (``GET /metrics``)."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tickertape-writer")
         self.active = ActiveSession(self.clock, self.config, self.metrics, self._executor)
+        self.active.writer.replicator = replicator
         self.roller = SessionRoller(
             catalogue, self.active, self.clock, self._executor, schedule, retention
         )
@@ -147,6 +150,17 @@ class Engine:
         """Queue messages without waiting for them to be durable, in order (see
         :meth:`SessionWriter.enqueue_many`): after :meth:`wait_for_room`, at once."""
         return self.active.enqueue_many(payloads)
+
+    @property
+    def publish_refusal(self) -> str | None:
+        """Why publishers are refused here (another node of a cluster takes them), if
+        they are."""
+        replicator = self.active.writer.replicator
+        return replicator.refusal() if replicator is not None else None
+
+    def apply(self, first: int, count: int, data: bytes) -> Coroutine[Any, Any, None]:
+        """Write and publish a batch numbered elsewhere (see :meth:`ActiveSession.apply`)."""
+        return self.active.apply(first, count, data)
 
     # ------------------------------------------------------------------ rolling
 

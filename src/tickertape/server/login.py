@@ -96,6 +96,8 @@ def classify_login(
     publish_only = wanted == active and request.sequence == NO_STREAM
     if publish_only and not principal.may_publish():
         return Reject(REJECT_SESSION_NOT_AVAILABLE, may_not_publish(principal), "not_permitted")
+    if publish_only and (elsewhere := provider.publish_refusal) is not None:
+        return Reject(REJECT_SESSION_NOT_AVAILABLE, elsewhere, "not_sequencer")
     if not publish_only and not principal.may_read(wanted):
         return Reject(
             REJECT_SESSION_NOT_AVAILABLE, may_not_read(principal, wanted), "not_permitted"

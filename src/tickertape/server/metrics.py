@@ -25,10 +25,11 @@ publish_to_handoff_seconds              histogram: from the publish call of a ba
                                         subscribers
 publish_failures_total{reason}          publish calls refused or failed: too_long,
                                         write_failed (the disk), stopped (the writer
-                                        broke, or shutting down), not_permitted, relay
+                                        broke, or shutting down), not_permitted, relay,
+                                        elsewhere (a cluster node not its sequencer)
 logins_accepted_total                   SoupBinTCP logins accepted
 logins_rejected_total{reason}           bad_credentials, not_permitted,
-                                        session_not_available
+                                        session_not_available, not_sequencer
 connections_refused_total{limit}        over a connection limit: total, per_address
 heartbeat_timeouts_total                logged-in clients dropped for silence or for
                                         reading nothing for the idle timeout
@@ -79,8 +80,20 @@ _T = TypeVar("_T")
 
 PREFIX: Final = "tickertape_"
 
-PUBLISH_FAILURES: Final = ("too_long", "write_failed", "stopped", "not_permitted", "relay")
-LOGIN_REJECTIONS: Final = ("bad_credentials", "not_permitted", "session_not_available")
+PUBLISH_FAILURES: Final = (
+    "too_long",
+    "write_failed",
+    "stopped",
+    "not_permitted",
+    "relay",
+    "elsewhere",
+)
+LOGIN_REJECTIONS: Final = (
+    "bad_credentials",
+    "not_permitted",
+    "session_not_available",
+    "not_sequencer",
+)
 CONNECTION_LIMITS: Final = ("total", "per_address")
 SUBSCRIBER_STATES: Final = ("live", "catching_up", "pulling")
 

@@ -57,6 +57,12 @@ class SessionProvider(Protocol):
         tail), leave it, and ask it whether a log is the active session's."""
         ...
 
+    @property
+    def publish_refusal(self) -> str | None:
+        """Why a publisher's login is refused here (a cluster's node that is not its
+        sequencer: where to publish instead); None if publishers may log in."""
+        ...
+
     def on_roll(self, listener: Callable[[str, SessionLog, str], None]) -> None:
         """Call ``listener(ended_id, ended_log, next_id)`` after each change of active
         session; the listener owns the ended log, still open, from then on."""

@@ -66,16 +66,26 @@ class SessionRoller:
         log.info("retention: %s", self.retention.describe())
         self._keep_house()
         if roll_on_schedule:
+            self.roll_on_schedule()
+
+    def roll_on_schedule(self) -> None:
+        """Roll at each time the schedule says, from now on (until :meth:`stop_schedule`)."""
+        if self._task is None:
             self._task = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
+
+    async def stop_schedule(self) -> None:
+        """Stop rolling on the schedule (a roll under way runs to its end)."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def close(self) -> None:
         """Stop rolling on the schedule, wait for the retention pass and for a roll
         under way, then close the active session's writer (what is queued is written):
         a close never cuts a roll in half."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.stop_schedule()
         if self._housekeeping is not None:
             with contextlib.suppress(Exception):
                 await self._housekeeping
@@ -109,6 +119,10 @@ class SessionRoller:
         A roll, once begun, runs to its end even if the caller is cancelled (a roll cut
         in half would leave a session ended on disk and open in memory). If it fails,
         the active session goes on and the error is raised.
+
+        With a replicator (a cluster node), a roll to the next id is replicated before
+        its end is persisted here, and refused while the replicator refuses; a roll to
+        ``to`` is one replicated already (the cluster's journal applied).
         """
         return await asyncio.shield(self._roll(day, to))
 
@@ -116,7 +130,7 @@ class SessionRoller:
         loop = asyncio.get_running_loop()
         active, writer = self.active, self.active.writer
         async with self._lock:
-            writer.check_open()
+            writer.check_open(here=to is None)
             ended_id, ended_log = active.id, active.session_log
             assert ended_id is not None
             try:
@@ -133,11 +147,18 @@ class SessionRoller:
                     next_id, next_log = await loop.run_in_executor(
                         self._executor, self.catalogue.open_next, ended_id, day
                     )
-                # What an end promises is durable before the end is: the log and index.
-                await loop.run_in_executor(self._executor, ended_log.sync)
+                replicator = writer.replicator if to is None else None
+                replicated = False
                 try:
+                    if replicator is not None:
+                        await replicator.roll(str(ended_id), str(next_id))
+                        replicated = True
+                    # What an end promises is durable before the end is: the log and index.
+                    await loop.run_in_executor(self._executor, ended_log.sync)
                     await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
-                except BaseException:
+                except BaseException as exc:
+                    if replicator is not None and replicated:
+                        replicator.not_written(exc)
                     if to is None:  # it was just created, and is empty: no trace of it
                         await loop.run_in_executor(
                             self._executor, self.catalogue.discard, next_id, next_log

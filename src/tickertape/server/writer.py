@@ -16,6 +16,10 @@ wait out a short delay (on the event loop's clock; it doubles while writes keep
 failing), then the next batch tries again; the first one written resumes publishing.
 :attr:`SessionWriter.publishing_error` says why publishing is paused, if it is.
 
+With a :class:`~tickertape.server.replication.Replicator` (a cluster node), each batch
+is replicated before it is written to the log, and nothing is taken while the
+replicator refuses.
+
 The writer does not choose the session it writes, nor end it: the
 :class:`~tickertape.server.roller.SessionRoller` drains it (:meth:`SessionWriter.drain`),
 moves the stream to the next session, and starts it again there.
@@ -25,22 +29,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import zlib
-from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from functools import partial
+from itertools import repeat
 from typing import Final
 
 from tickertape.errors import LocalProtocolError, StoreError
+from tickertape.server.batches import PublishRequest, WriterBatch, take_batch
 from tickertape.server.metrics import Metrics
+from tickertape.server.replication import Replicator
 from tickertape.server.stream import SessionStream
 from tickertape.store.log import Appended, Durability
 from tickertape.text import plural
-from tickertape.wire.soupbintcp import MAX_PAYLOAD, encode_sequenced_many
+from tickertape.wire.soupbintcp import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -90,34 +94,6 @@ class PublishFailed(StoreError):
         self.first_seq = first_seq
 
 
-class _Request:
-    """One publish call: its messages, the number of the first, and how far the writer
-    has got with it (a call larger than a batch is split over several)."""
-
-    __slots__ = ("done", "first_seq", "future", "payloads", "queued", "size", "taken")
-
-    def __init__(
-        self, payloads: Sequence[bytes], size: int, first_seq: int, future: asyncio.Future[int]
-    ) -> None:
-        self.payloads = payloads
-        self.size = size
-        self.first_seq = first_seq
-        self.future = future
-        self.taken = 0
-        self.done = 0
-        self.queued = time.perf_counter()  # for the publish-to-handoff latency
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Messages taken from one or more requests, encoded, on their way to the log."""
-
-    parts: list[tuple[_Request, int, int]]
-    data: bytes
-    count: int
-    crc: int
-
-
 class SessionWriter:
     """Writes what is published into the active session of ``stream``, in batches, on
     ``executor`` (one thread). Call :meth:`start` once the stream has a session."""
@@ -129,7 +105,7 @@ class SessionWriter:
         self.config = config
         self.metrics = metrics
         self._executor = executor
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[PublishRequest] = deque()
         self._queued_messages = 0
         self._queued_bytes = 0
         self._queue_space = asyncio.Event()
@@ -148,6 +124,8 @@ class SessionWriter:
         self._retry_in = 0.0
         self._closing = False
         self._draining = False
+        self.replicator: Replicator | None = None
+        """Where each batch goes before the log (a cluster's journal), if anywhere."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -246,7 +224,7 @@ class SessionWriter:
 
     def _enqueue(self, payloads: Sequence[bytes], size: int) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(payloads, size, self._assigned_next, future))
+        self._queue.append(PublishRequest(payloads, size, self._assigned_next, future))
         self._queued_messages += len(payloads)
         self._queued_bytes += size
         self._assigned_next += len(payloads)
@@ -291,51 +269,32 @@ class SessionWriter:
                 self.metrics.publish_failed("write_failed")
                 raise PublishFailed(self._paused_message())
 
-    def check_open(self) -> None:
+    def check_open(self, *, here: bool = True) -> None:
         """Raise :class:`StoreError` if nothing more may be published: the writer broke,
-        or is closing."""
+        or is closing; or, unless ``here`` is false, the replicator refuses (another
+        node publishes: its reason says where)."""
         if self._failure is not None or self._closing:
             self.metrics.publish_failed("stopped")
         if self._failure is not None:
             raise StoreError(f"publishing has stopped: {self._failure}")
         if self._closing:
             raise StoreError("the server is shutting down: nothing more is published")
+        if here and self.replicator is not None and (why := self.replicator.refusal()):
+            self.metrics.publish_failed("elsewhere")
+            raise StoreError(why)
 
-    def _take_batch(self) -> _Batch:
-        """Take queued messages for one batch and encode them: everything queued, up to
-        ``max_batch_messages`` and about ``max_batch_bytes`` (at least one message); with
-        durability ``always``, one publish call at most."""
-        parts: list[tuple[_Request, int, int]] = []
-        payloads: list[bytes] = []
-        messages_left = self.config.max_batch_messages
-        bytes_left = self.config.max_batch_bytes
-        while self._queue and messages_left > 0:
-            request = self._queue[0]
-            start = request.taken
-            stop = len(request.payloads)
-            if start or stop - start > messages_left or request.size > bytes_left:
-                # Only a call that does not fit whole is measured message by message.
-                stop = min(stop, start + messages_left)
-                sizes = list(accumulate(map(len, request.payloads[start:stop])))
-                fit = bisect_right(sizes, bytes_left)
-                if fit == 0 and parts:
-                    break
-                stop = start + max(fit, 1)
-                taken_bytes = sizes[stop - start - 1]
-            else:
-                taken_bytes = request.size
-            parts.append((request, start, stop))
-            payloads += request.payloads[start:stop]
-            request.taken = stop
-            messages_left -= stop - start
-            bytes_left -= taken_bytes
-            if stop < len(request.payloads):
-                break  # the batch is full; the rest of this call goes in the next one
-            self._queue.popleft()
-            if self.config.durability is Durability.ALWAYS:
-                break
-        data = encode_sequenced_many(payloads, checked=True)
-        return _Batch(parts, data, len(payloads), zlib.crc32(data))
+    def realign(self) -> None:
+        """Number the next message after the stream's tail, which moved without this
+        writer (a cluster's journal was applied); nothing may be queued."""
+        assert not self._queue, "batches applied around a writer with messages queued"
+        self._assigned_next = self.stream.next_seq
+
+    def _take(self) -> WriterBatch:
+        config = self.config
+        always = config.durability is Durability.ALWAYS
+        return take_batch(
+            self._queue, config.max_batch_messages, config.max_batch_bytes, one_call=always
+        )
 
     async def _write_loop(self) -> None:
         """Encode batch N+1 on the event loop while batch N is being written and synced
@@ -343,11 +302,11 @@ class SessionWriter:
         loop = asyncio.get_running_loop()
         session_log = self.stream.session_log
         writing: asyncio.Future[Appended] | None = None
-        written: _Batch | None = None
-        batch: _Batch | None = None
+        written: WriterBatch | None = None
+        batch: WriterBatch | None = None
         try:
             while True:
-                batch = self._take_batch() if self._queue else None
+                batch = self._take() if self._queue else None
                 if writing is not None and written is not None:
                     try:
                         appended = await writing
@@ -360,14 +319,13 @@ class SessionWriter:
                             self._resumed(appended)
                     writing = written = None
                 if batch is not None:
-                    writing = loop.run_in_executor(
-                        self._executor,
-                        self.metrics.timed,
-                        session_log.append,
-                        batch.data,
-                        batch.count,
-                        batch.crc,
+                    append = partial(
+                        self.metrics.timed, session_log.append, batch.data, batch.count, batch.crc
                     )
+                    if self.replicator is None:
+                        writing = loop.run_in_executor(self._executor, append)
+                    else:
+                        writing = asyncio.ensure_future(self._replicated(batch, append))
                     written, batch = batch, None
                     continue
                 if self._closing or self._draining:
@@ -380,7 +338,19 @@ class SessionWriter:
         except Exception as exc:
             self._fail([written, batch], exc)
 
-    def _published(self, batch: _Batch, appended: Appended) -> None:
+    async def _replicated(self, batch: WriterBatch, append: partial[Appended]) -> Appended:
+        """Replicate ``batch``, then ``append`` it to the log."""
+        assert self.replicator is not None
+        await self.replicator.batch(
+            self.stream.session_id, batch.first_seq, batch.count, batch.data
+        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, append)
+        except Exception as exc:
+            self.replicator.not_written(exc)
+            raise
+
+    def _published(self, batch: WriterBatch, appended: Appended) -> None:
         self._queued_messages -= batch.count
         self._queued_bytes -= len(batch.data) - 3 * batch.count
         self._queue_space.set()
@@ -394,7 +364,7 @@ class SessionWriter:
             if request.done == len(request.payloads) and not request.future.done():
                 request.future.set_result(request.first_seq)
 
-    def _write_failed(self, batches: list[_Batch | None], exc: Exception) -> None:
+    def _write_failed(self, batches: list[WriterBatch | None], exc: Exception) -> None:
         """Appending a batch failed (the log is as it was before it: see
         :meth:`SessionLog.append`). Fail it, the batch taken after it and every call
         queued or waiting for room: none of their messages gets a number. Then pause
@@ -478,7 +448,7 @@ class SessionWriter:
         self._publishing_error = None
         self._failed_in_a_row = 0
 
-    def _fail(self, batches: list[_Batch | None], exc: BaseException) -> None:
+    def _fail(self, batches: list[WriterBatch | None], exc: BaseException) -> None:
         """The writer broke (not a failed write: see :meth:`_write_failed`): publishing
         stops for good."""
         self._failure = exc

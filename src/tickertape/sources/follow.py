@@ -290,6 +290,11 @@ class Follower:
         """One past the last message of the followed session that may be served."""
         return self.stream.next_seq
 
+    @property
+    def publish_refusal(self) -> None:
+        """Publishers log in (what they send is refused: see :meth:`publish_many`)."""
+        return None
+
     def on_roll(self, listener: RollListener) -> None:
         self.stream.on_roll(listener)
 

@@ -47,6 +47,7 @@ from tickertape.errors import ConfigError, SessionNotFound, StoreError
 from tickertape.store.archived import ArchivedLog
 from tickertape.store.layout import (
     ARCHIVE_FILE,
+    CLUSTER_POSITION_FILE,
     CREATING_PREFIX,
     DELETING_PREFIX,
     ENDED_MARKER,
@@ -66,7 +67,7 @@ from tickertape.store.sessionid import SessionId
 
 log = logging.getLogger(__name__)
 
-_OWN_PREFIXES: Final = (LOCK_FILE, CREATING_PREFIX, DELETING_PREFIX)
+_OWN_PREFIXES: Final = (LOCK_FILE, CLUSTER_POSITION_FILE, CREATING_PREFIX, DELETING_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,8 @@ LOST_FILE: Final = "lost"
 clean, but the session cannot be served whole: pulls end with a Debug packet saying so."""
 LOCK_FILE: Final = ".lock"
 """In the data directory: held (``flock``) by the process that writes it."""
+CLUSTER_POSITION_FILE: Final = ".cluster-position"
+"""In the data directory of a cluster's node: how far into the journal it has applied."""
 CREATING_PREFIX: Final = ".creating-"
 """A session being created: renamed to its id once whole."""
 DELETING_PREFIX: Final = ".deleting-"
@@ -168,6 +170,7 @@ def unused_path(path: Path) -> Path:
 __all__ = [
     "ARCHIVE_FILE",
     "ARCHIVE_TMP_FILE",
+    "CLUSTER_POSITION_FILE",
     "CREATING_PREFIX",
     "DELETING_PREFIX",
     "ENDED_MARKER",

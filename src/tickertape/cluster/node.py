@@ -1,0 +1,503 @@
+"""A node of a cluster: the engine of one data directory, kept in step with the
+cluster's journal, and the sequencer when it holds the lease.
+
+Every node runs the same loop:
+
+- **Following.** It applies the journal's records in order to its own data directory
+  (a batch is written to the active session's log and handed to its subscribers, a
+  roll ends the session and opens the next), and tries to take the lease now and then.
+  Publishers are refused, told where the sequencer takes them.
+- **Taking over.** Once it holds the lease, it applies what is left of the journal,
+  then appends a :class:`~tickertape.cluster.records.Fence` where the journal ends: an
+  append the sequencer before it had prepared (which expects the journal to end
+  earlier) is refused from then on.
+- **Sequencing.** Its writer replicates each batch (and its roller each roll) to the
+  journal before writing it locally (:class:`~tickertape.server.replication.Replicator`):
+  only then is it written, published and acknowledged. It renews the lease every
+  ``renew_every`` seconds, and rolls on the schedule.
+- **Stepping down.** If the lease is lost, or an append is refused or not acknowledged,
+  it stops taking publishers at once (what its writer has in hand fails, unless the
+  journal took it), gives the lease up and follows again, from where it is.
+
+Records may arrive twice (an append that was not acknowledged may be stored anyway,
+and a restarted node reads again from the position it last saved), so a batch is
+applied only if it starts where the session's log ends, skipped if the log already
+holds it, and anything else stops the node with the reason. How far it has applied is
+saved in the data directory (``.cluster-position``) every second and when it stops.
+
+What it does not do: elect (the lease does), replicate (JetStream does), serve
+clients (the endpoints do, from the engine, as on a single server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Final
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from tickertape.cluster import records
+from tickertape.cluster.config import ClusterConfig
+from tickertape.cluster.journal import Fenced, Journal, JournalConfig, JournalError, Unavailable
+from tickertape.cluster.lease import Holder, Lease, LeaseConfig, LeaseLost
+from tickertape.errors import StoreError, TickertapeError
+from tickertape.server.engine import Engine
+from tickertape.store.layout import CLUSTER_POSITION_FILE
+from tickertape.wire.framing import packet_offsets
+from tickertape.wire.publishing import redirect_text
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY: Final = 1.0
+"""Seconds between saves of the applied position (a lagging one is read again)."""
+HEADROOM: Final = 8192
+"""Bytes of a NATS message left for a record's headers."""
+
+
+class ClusterError(TickertapeError):
+    """This node cannot follow the journal (a gap, a session it does not have): it stops."""
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    TAKING_OVER = "taking over"
+    SEQUENCER = "sequencer"
+
+
+class ClusterNode:
+    """The node of ``config`` keeping ``engine`` (of data directory ``data``) in step
+    with the cluster. :meth:`connect` before the engine starts, :meth:`start` after,
+    :meth:`close` before it closes. A failure it cannot go on from is kept in
+    :attr:`failure`, and sets ``stop``."""
+
+    def __init__(
+        self, engine: Engine, data: Path, config: ClusterConfig, stop: asyncio.Event
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self._stop = stop
+        self._position_file = data / CLUSTER_POSITION_FILE
+        self.role = Role.FOLLOWER
+        self.sequencer: str | None = None
+        """Where the sequencer takes publishers, as the journal last said."""
+        self.position = 0
+        """The journal position of the last record applied to the local data directory."""
+        self._saved = 0
+        self._after = 0  # where the journal ended after this node's last append
+        self._applying = asyncio.Lock()  # held while a record is applied
+        self._lost = asyncio.Event()  # the sequencer must step down
+        self._client: Client | None = None
+        self._journal: Journal | None = None
+        self._lease: Lease | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None
+        engine.active.writer.replicator = self
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Connect to NATS and open the journal and the lease (created by the first node
+        of the cluster). Raises ``OSError`` if no NATS server answers, a
+        :class:`JournalError` if JetStream does not answer in ``start_timeout``."""
+        config = self.config
+        self.position = self._saved = self._read_position()
+        try:
+            client = await nats.connect(
+                servers=list(config.servers),
+                name=f"tickertape {config.node}",
+                user_credentials=str(config.credentials) if config.credentials else None,
+                connect_timeout=max(1, round(config.timeout)),
+                reconnect_time_wait=0.25,
+                max_reconnect_attempts=-1,
+                error_cb=_nats_error,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise OSError(f"cannot reach NATS at {', '.join(config.servers)}: {exc}") from exc
+        self._client = client
+        self._fit_batches(client.max_payload)
+        js = client.jetstream(timeout=config.timeout)
+        journal_config = JournalConfig(
+            config.name, config.replicas, config.retention_days, config.timeout
+        )
+        lease_config = LeaseConfig(
+            config.name,
+            config.replicas,
+            config.lease_ttl,
+            config.renew_every,
+            margin=min(0.5, config.lease_ttl / 4),
+            timeout=min(1.0, config.renew_every),
+        )
+        me = Holder(config.node, config.address)
+        deadline = asyncio.get_running_loop().time() + config.start_timeout
+        while True:
+            try:
+                self._journal = await Journal.open(js, journal_config)
+                self._lease = await Lease.open(js, me, lease_config)
+                break
+            except (Unavailable, TickertapeError, nats.errors.Error) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    await client.close()
+                    raise JournalError(
+                        f"JetStream at {', '.join(config.servers)} did not answer in "
+                        f"{config.start_timeout:g} s: {exc}"
+                    ) from exc
+                log.info("waiting for JetStream: %s", exc)
+                await asyncio.sleep(0.5)
+        log.info(
+            "node %s joined cluster %s (journal %s, applied up to %d)",
+            config.node,
+            config.name,
+            journal_config.stream,
+            self.position,
+        )
+
+    def start(self) -> None:
+        """Follow the journal, and sequence when this node holds the lease."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="cluster-node"),
+            loop.create_task(self._save_now_and_then(), name="cluster-position"),
+        ]
+
+    async def close(self) -> None:
+        """Step down (the lease is given up, so another node takes over at once), stop
+        following, save the position and disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._save_position()
+        if self._client is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._client.close()
+
+    # ------------------------------------------------------------------ Replicator
+
+    def refusal(self) -> str | None:
+        if self.role is Role.SEQUENCER:
+            return None
+        elsewhere = self.sequencer if self.sequencer != self.config.address else None
+        return redirect_text(elsewhere)
+
+    async def batch(self, session: str, first: int, count: int, data: bytes) -> None:
+        await self._append(records.Batch(session, first, count, data))
+
+    def not_written(self, error: BaseException) -> None:
+        # The journal has the record this node just appended; its log does not: apply
+        # it again from the journal (or stop, if the disk still fails).
+        self.position = self._after - 1
+        self._step_down(f"the local data directory could not be written: {error}")
+
+    async def roll(self, ended: str, next_session: str) -> None:
+        await self._append(records.Roll(ended, next_session))
+
+    async def _append(self, record: records.Record) -> None:
+        journal, lease = self._journal, self._lease
+        assert journal is not None and lease is not None
+        if self.role is not Role.SEQUENCER or not lease.held():
+            self._step_down("the lease is no longer held")
+            raise StoreError(redirect_text(None))
+        try:
+            position = await journal.append(record, self._after)
+        except JournalError as exc:
+            self._step_down(str(exc))
+            raise StoreError(f"not replicated: {exc}") from exc
+        self._after = self.position = position
+
+    def _step_down(self, why: str) -> None:
+        if self.role is not Role.FOLLOWER:
+            log.warning("node %s stops sequencing: %s", self.config.node, why)
+            self.role = Role.FOLLOWER
+            self.sequencer = None
+        self._lost.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._follow()
+                try:
+                    await self._lead()
+                except (JournalError, LeaseLost, nats.errors.Error) as exc:
+                    log.warning("node %s: %s; following again", self.config.node, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc
+            log.error("node %s cannot go on in the cluster, stopping: %s", self.config.node, exc)
+            self._stop.set()
+
+    async def _follow(self) -> None:
+        """Apply the journal until this node takes the lease."""
+        lease = self._lease
+        assert lease is not None
+        self.role = Role.FOLLOWER
+        applier = asyncio.create_task(self._apply_all(), name="cluster-applier")
+        try:
+            while not await lease.take():
+                with contextlib.suppress(nats.errors.Error):
+                    holder = await lease.holder()  # sooner than the journal's Fence
+                    self.sequencer = None if holder is None else holder.address
+                await asyncio.wait((applier,), timeout=self.config.take_every)
+                if applier.done():
+                    applier.result()  # raises why it stopped
+        finally:
+            async with self._applying:  # never in the middle of a record
+                applier.cancel()
+                await asyncio.wait((applier,))
+
+    async def _lead(self) -> None:
+        """Take over, then sequence until the lease is lost or an append fails."""
+        lease = self._lease
+        assert lease is not None
+        self._lost.clear()
+        self.role = Role.TAKING_OVER
+        keeping = asyncio.create_task(self._keep_lease(), name="cluster-lease")
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            taking = asyncio.create_task(self._take_over())
+            await asyncio.wait((taking, keeping), return_when=asyncio.FIRST_COMPLETED)
+            if not taking.done():
+                taking.cancel()
+                await asyncio.wait((taking,))
+                keeping.result()  # raises LeaseLost
+            taking.result()
+            if self.role is not Role.TAKING_OVER:
+                return
+            self.role = Role.SEQUENCER
+            self.sequencer = self.config.address
+            self.engine.roller.roll_on_schedule()
+            log.warning(
+                "node %s is the sequencer (term %d): session %s goes on at %d, journal position %d",
+                self.config.node,
+                lease.term,
+                self.engine.session_id,
+                self.engine.next_seq,
+                self.position,
+            )
+            await asyncio.wait((keeping, lost), return_when=asyncio.FIRST_COMPLETED)
+            if keeping.done():
+                keeping.result()
+        finally:
+            self._step_down("stepping down")
+            for task in (keeping, lost):
+                task.cancel()
+            await asyncio.wait((keeping, lost))
+            await self.engine.roller.stop_schedule()
+            await self._settle_writer()
+            await lease.release()
+
+    async def _keep_lease(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        while True:
+            await asyncio.sleep(self.config.renew_every)
+            await lease.renew()  # LeaseLost ends the term
+
+    async def _take_over(self) -> None:
+        """Apply the journal to its end, then fence it there."""
+        journal, lease = self._journal, self._lease
+        assert journal is not None and lease is not None
+        fence = records.Fence(self.config.node, self.config.address, lease.term)
+        while True:
+            await self._catch_up()
+            try:
+                self._after = self.position = await journal.append(fence, self.position)
+                return
+            except Fenced:
+                continue  # a record landed after the end it read: apply it too
+
+    async def _settle_writer(self) -> None:
+        """Let the writer finish what it has in hand (a batch the journal took is
+        written and acknowledged; the rest fail), so the applier is the only writer."""
+        writer = self.engine.active.writer
+        await writer.drain()
+        writer.release()
+        writer.resume()
+
+    # ------------------------------------------------------------------ applying
+
+    async def _catch_up(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        end = await journal.end()
+        if end <= self.position:
+            return
+        async with contextlib.aclosing(journal.read(self.position + 1)) as stored:
+            async for position, record in stored:
+                await self._apply(position, record)
+                if position >= end:
+                    return
+
+    async def _apply_all(self) -> None:
+        """Apply the journal as it grows; a reader JetStream cannot start is tried again."""
+        journal = self._journal
+        assert journal is not None
+        while True:
+            try:
+                async with contextlib.aclosing(journal.read(self.position + 1)) as stored:
+                    async for position, record in stored:
+                        async with self._applying:
+                            await self._apply(position, record)
+            except (Unavailable, nats.errors.Error) as exc:
+                log.warning("cannot read the journal (%s); trying again", exc)
+                await asyncio.sleep(self.config.renew_every)
+
+    async def _apply(self, position: int, record: records.Record) -> None:
+        """Apply one record at journal ``position`` to the local data directory."""
+        engine = self.engine
+        match record:
+            case records.Batch():
+                await self._apply_batch(position, record)
+            case records.Roll(ended, next_session):
+                current = engine.session_id
+                if current == ended:
+                    await engine.roll(to=next_session)
+                elif current < ended:
+                    await self._adopt(next_session, position)
+                # else: a roll applied before
+            case records.Fence(node, address, term):
+                if node != self.config.node:
+                    self.sequencer = address
+                    log.info(
+                        "node %s is the sequencer (term %d, journal position %d): "
+                        "publishers go to %s",
+                        node,
+                        term,
+                        position,
+                        address,
+                    )
+        self.position = position
+
+    async def _apply_batch(self, position: int, batch: records.Batch) -> None:
+        engine = self.engine
+        if batch.session < engine.session_id:
+            return  # of a session this node has ended: applied before
+        if batch.session != engine.session_id:
+            await self._adopt(batch.session, position)
+        tail = engine.next_seq
+        if batch.next <= tail:
+            return  # a copy of a batch applied before
+        if batch.first != tail:
+            why = (
+                "a gap (the journal no longer holds what this node missed)"
+                if batch.first > tail
+                else "batches that overlap"
+            )
+            raise ClusterError(
+                f"journal position {position} holds messages {batch.first}..{batch.next - 1} "
+                f"of session {batch.session}, and this node's log ends at {tail - 1}: {why}"
+            )
+        _check_packets(batch, position)
+        try:
+            await engine.apply(batch.first, batch.count, batch.data)
+        except (OSError, StoreError) as exc:
+            raise ClusterError(f"cannot apply journal position {position}: {exc}") from exc
+
+    async def _adopt(self, session: str, position: int) -> None:
+        """Make ``session`` (later than the active one) active: only while the active
+        one is empty (a node's first session, before the journal's reached it)."""
+        engine = self.engine
+        if session > engine.session_id and engine.next_seq == 1:
+            log.info(
+                "session %s (journal position %d) replaces this node's empty session %s",
+                session,
+                position,
+                engine.session_id,
+            )
+            await engine.roll(to=session)
+            return
+        raise ClusterError(
+            f"journal position {position} is of session {session}, and this node's "
+            f"active session is {engine.session_id} with {engine.next_seq - 1} messages: "
+            "this data directory is not a copy of the cluster's (start the node with an "
+            "empty one, or a copy of another node's)"
+        )
+
+    # ------------------------------------------------------------------ the position
+
+    def _read_position(self) -> int:
+        try:
+            saved = json.loads(self._position_file.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read {self._position_file}: {exc}") from exc
+        stream = JournalConfig(self.config.name).stream
+        if saved.get("journal") != stream or not isinstance(saved.get("position"), int):
+            raise StoreError(
+                f"{self._position_file} is of journal {saved.get('journal')!r}, not {stream}: "
+                "this data directory belongs to another cluster"
+            )
+        return int(saved["position"])
+
+    def _save_position(self) -> None:
+        if self.position == self._saved:
+            return
+        stream = JournalConfig(self.config.name).stream
+        temporary = self._position_file.with_name(self._position_file.name + ".new")
+        try:
+            temporary.write_text(json.dumps({"journal": stream, "position": self.position}))
+            os.replace(temporary, self._position_file)
+        except OSError as exc:
+            log.warning("cannot save the journal position to %s: %s", self._position_file, exc)
+            return
+        self._saved = self.position
+
+    async def _save_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY)
+            self._save_position()
+
+    def _fit_batches(self, max_payload: int) -> None:
+        """Make the writer's batches fit in one NATS message of ``max_payload`` bytes."""
+        writer = self.engine.active.writer
+        config = writer.config
+        # A batch's packets: its payloads, 3 bytes of header each, and perhaps one
+        # message over the byte bound.
+        room = max_payload - HEADROOM - 3 * config.max_batch_messages - config.max_message
+        if room < config.max_batch_bytes:
+            if room <= 0:
+                raise StoreError(
+                    f"the NATS servers' max_payload ({max_payload} bytes) is too small "
+                    "for a batch: set it to 8MB (see docs/cluster.md)"
+                )
+            writer.config = dataclasses.replace(config, max_batch_bytes=room)
+
+
+def _check_packets(batch: records.Batch, position: int) -> None:
+    offsets = packet_offsets(batch.data)
+    if len(offsets) != batch.count + 1 or offsets[-1] != len(batch.data):
+        raise ClusterError(
+            f"journal position {position}: the batch does not hold {batch.count} "
+            "Sequenced Data packets"
+        )
+
+
+async def _nats_error(error: Exception) -> None:
+    log.debug("NATS: %s", error)
+
+
+async def _disconnected() -> None:
+    log.warning("disconnected from NATS; reconnecting")
+
+
+async def _reconnected() -> None:
+    log.warning("reconnected to NATS")
+
+
+__all__ = ["ClusterError", "ClusterNode", "Role"]
