@@ -49,7 +49,7 @@ def test_a_base_port_whose_three_ports_do_not_fit_is_refused(
 def test_each_node_is_serve_cluster_with_its_own_name_port_and_data(tmp_path: Path) -> None:
     node = Node("node2", 7301, 7311, tmp_path / "node2")
     urls = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
-    command = node.command(urls, None)
+    command = node.command(urls)
     assert command[:4] == [sys.executable, "-m", "tickertape", "serve"]
     options = dict(zip(command[4::2], command[5::2], strict=True))
     assert options == {
@@ -60,5 +60,4 @@ def test_each_node_is_serve_cluster_with_its_own_name_port_and_data(tmp_path: Pa
         "--data": str(tmp_path / "node2" / "data"),
         "--admin-port": "7311",
     }
-    assert node.command(urls, 2.5)[-2:] == ["--demo", "2.5"]
     assert node.address == "127.0.0.1:7301"

@@ -105,13 +105,6 @@ def add_parser(verbs: Any) -> None:
         metavar="N",
         help="the nodes' SoupBinTCP ports: N, N+1 and N+2 (default: free ports)",
     )
-    demo.add_argument(
-        "--demo",
-        type=argtypes.positive,
-        metavar="RATE",
-        help="the sequencer publishes RATE demo messages a second (given to every node; "
-        "only the sequencer runs it, and the next one carries on after a failover)",
-    )
     demo.set_defaults(subparser=demo)
 
 
@@ -134,8 +127,8 @@ class Node:
     def log(self) -> Path:
         return self.directory / "node.log"
 
-    def command(self, urls: list[str], demo: float | None) -> list[str]:
-        command = [
+    def command(self, urls: list[str]) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "tickertape",
@@ -153,13 +146,12 @@ class Node:
             "--admin-port",
             str(self.admin_port),
         ]
-        return command if demo is None else [*command, "--demo", f"{demo:g}"]
 
-    def start(self, urls: list[str], demo: float | None) -> None:
+    def start(self, urls: list[str]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(urls, demo),
+                self.command(urls),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -181,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     temporary = args.dir is None
     directory = Path(tempfile.mkdtemp(prefix="tickertape-cluster-")) if temporary else args.dir
     directory.mkdir(parents=True, exist_ok=True)
-    demo = Demo(directory.resolve(), args.base_port, args.demo)
+    demo = Demo(directory.resolve(), args.base_port)
     try:
         status = asyncio.run(demo.run())
     except KeyboardInterrupt:  # before the signal handlers were in place
@@ -215,9 +207,8 @@ def command_name() -> str:
 class Demo:
     """The demo's servers and nodes, started in order and stopped in reverse."""
 
-    def __init__(self, directory: Path, base_port: int | None, demo: float | None) -> None:
+    def __init__(self, directory: Path, base_port: int | None) -> None:
         self.directory = directory
-        self.demo = demo
         self.nats: NatsCluster = new_cluster(directory / "nats", isolated=True)
         self.nodes = [
             Node(
@@ -279,7 +270,7 @@ class Demo:
             raise DemoFailed(self.nats_failure(f"JetStream is not ready: {exc}")) from exc
         say("JetStream ready")
         for node in self.nodes:
-            node.start(self.nats.urls, self.demo)
+            node.start(self.nats.urls)
         for node in self.nodes:
             await self.until(self.logged_in(node))
         for node in self.nodes:
