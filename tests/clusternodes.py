@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tickertape.client.publisher import Publisher
+from tickertape.cluster.local import NatsCluster, free_port, jetstream_ready, nats_cluster
 from tickertape.errors import LoginRejected
 from tickertape.store.log import SessionLog
 
 import support
-from natscluster import NatsCluster, free_port, jetstream_ready, nats_cluster
 from support import until, until_sync
 
 START_TIMEOUT = 30.0

@@ -1,6 +1,6 @@
 """The ``tickertape`` command: the top parser, the checks every verb shares (TLS, the
 client password, logging), and the dispatch to the verb's module (``serve``, ``publish``,
-``tail``, ``sessions``, ``users``, ``bench``).
+``tail``, ``sessions``, ``users``, ``bench``, ``cluster``).
 
 What each verb takes and does is in its own module of :mod:`tickertape.cli`; the
 console script ``tickertape`` and ``python -m tickertape.cli`` both call :func:`main`.
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from tickertape import __version__
-from tickertape.cli import publish, serve, serve_options, sessions, tail
+from tickertape.cli import cluster, publish, serve, serve_options, sessions, tail
 from tickertape.cli.bench import add_bench_command, run_bench
 from tickertape.cli.config import client_password
 from tickertape.cli.users import add_users_command, run_users
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_parser(verbs)
     add_users_command(verbs)
     add_bench_command(verbs)
+    cluster.add_parser(verbs)
     return parser
 
 
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_users(args)
     if args.verb == "bench":  # its own errors, progress and exit statuses
         return run_bench(args)
+    if args.verb == "cluster":  # its own errors, output and exit statuses
+        return cluster.run(args)
     if args.verb == "serve":
         try:
             args = serve.apply_config_file(parser, args, argv)

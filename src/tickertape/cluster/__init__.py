@@ -11,4 +11,6 @@ single server does.
   last sequence, and reading it in order.
 - :mod:`~tickertape.cluster.lease`: who may try to write: a lease in a JetStream
   key-value bucket.
+- :mod:`~tickertape.cluster.local`: three nats-servers on 127.0.0.1, for trying a
+  cluster on one machine and for the tests; no tickertape node.
 """

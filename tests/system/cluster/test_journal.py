@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from tickertape.cluster.journal import Fenced, Journal, JournalConfig, Unavailable
+from tickertape.cluster.local import NatsCluster, jetstream_ready, nats_cluster
 from tickertape.cluster.records import Batch, Fence, Record, Roll
-
-from natscluster import NatsCluster, jetstream_ready, nats_cluster
 
 names = (f"j{i}" for i in itertools.count())
 

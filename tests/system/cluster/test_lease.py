@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tickertape.cluster.lease import Holder, Lease, LeaseConfig, LeaseLost
-
-from natscluster import NatsCluster, jetstream_ready, nats_cluster
+from tickertape.cluster.local import NatsCluster, jetstream_ready, nats_cluster
 
 names = (f"l{i}" for i in itertools.count())
 A = Holder("a", "127.0.0.1:1001")
