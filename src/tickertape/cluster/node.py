@@ -233,7 +233,8 @@ class ClusterNode:
             position = await journal.append(record, self._after)
         except JournalError as exc:
             self._step_down(str(exc))
-            raise StoreError(f"not replicated: {exc}") from exc
+            # Said to its publishers: what sends them to look for the sequencer.
+            raise StoreError(f"{redirect_text(None)} (not replicated: {exc})") from exc
         self._after = self.position = position
 
     def _step_down(self, why: str) -> None:

@@ -1,6 +1,10 @@
-"""A node's sessions are the cluster's, not its clock's: a node that comes back on a
-later day (down across midnight, or a clock ahead) goes on applying the cluster's
-session where it left it, instead of ending it early and opening a day of its own.
+"""One node of a cluster, in process:
+
+* its sessions are the cluster's, not its clock's: a node that comes back on a later day
+  (down across midnight, or a clock ahead) goes on applying the cluster's session where
+  it left it, instead of ending it early and opening a day of its own;
+* a sequencer whose append the journal refuses stops at once, and its publishers are
+  told to look for the sequencer elsewhere.
 
 In-process nodes (an engine and a ClusterNode each, with a clock the test sets) on a
 real three-server JetStream cluster."""
@@ -18,10 +22,14 @@ from pathlib import Path
 import pytest
 
 from tickertape.cluster.config import ClusterConfig
+from tickertape.cluster.journal import Journal, JournalConfig
 from tickertape.cluster.local import NatsCluster, jetstream_ready, nats_cluster
 from tickertape.cluster.node import ClusterNode, Role
+from tickertape.cluster.records import Fence
 from tickertape.server.engine import Engine
+from tickertape.server.writer import PublishFailed
 from tickertape.store.catalogue import Catalogue
+from tickertape.wire.publishing import redirect_text
 
 from support import until
 
@@ -117,5 +125,33 @@ def test_a_new_node_whose_clock_is_a_day_ahead_starts_on_the_clusters_session(
                 assert c.engine.session_id == a.engine.session_id == "2026120701"
             session = a.engine.session_id
             assert log_bytes(tmp_path / "c", session) == log_bytes(tmp_path / "a", session)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_sequencer_whose_append_is_refused_steps_down_and_sends_publishers_on(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    name = next(names)
+
+    async def scenario() -> None:
+        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
+            await until(lambda: a.role is Role.SEQUENCER)
+            await a.engine.publish_many([b"one"])
+            # Another writer's record: the journal has moved past where A last saw it.
+            client = await jetstream_ready(cluster.urls)
+            journal = await Journal.open(client.jetstream(), JournalConfig(name=name))
+            await journal.append(Fence("x", "127.0.0.1:1", 99), after=await journal.end())
+            await client.close()
+            try:
+                await a.engine.publish_many([b"two"])
+            except PublishFailed as exc:
+                said = str(exc)
+            else:
+                raise AssertionError("a fenced append was acknowledged")
+            assert redirect_text(None) in said, said
+            assert "moved past" in said, said
+            assert a.role is Role.FOLLOWER
+            assert a.engine.next_seq == 2
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
