@@ -121,6 +121,7 @@ class ClusterNode:
                 max_reconnect_attempts=-1,
                 error_cb=_nats_error,
                 disconnected_cb=self._disconnected,
+                closed_cb=self._closed,
                 reconnected_cb=_reconnected,
             )
         except (nats.errors.Error, OSError) as exc:
@@ -203,6 +204,20 @@ class ClusterNode:
         if not self._closing:
             log.warning("disconnected from NATS; reconnecting")
 
+    async def _closed(self) -> None:
+        """NATS's client gave up its connection for good (a server's ``-ERR``): this
+        node can neither follow nor sequence, so it stops, saying why."""
+        if self._closing or self._client is None:
+            return
+        self._step_down("the connection to NATS was closed")
+        self.failure = ClusterError(
+            f"the connection to NATS was closed: {self._client.last_error or 'no reason given'}"
+        )
+        log.error(
+            "node %s cannot go on in the cluster, stopping: %s", self.config.node, self.failure
+        )
+        self._stop.set()
+
     # ------------------------------------------------------------------ Replicator
 
     def refusal(self) -> str | None:
@@ -214,10 +229,12 @@ class ClusterNode:
     async def batch(self, session: str, first: int, count: int, data: bytes) -> None:
         await self._append(records.Batch(session, first, count, data))
 
+    def written(self) -> None:
+        self.position = self._after
+
     def not_written(self, error: BaseException) -> None:
-        # The journal has the record this node just appended; its log does not: apply
-        # it again from the journal (or stop, if the disk still fails).
-        self.position = self._after - 1
+        # The journal has the record this node just appended; its log does not: it is
+        # applied again from the journal (or the node stops, if the disk still fails).
         self._step_down(f"the local data directory could not be written: {error}")
 
     async def roll(self, ended: str, next_session: str) -> None:
@@ -235,7 +252,7 @@ class ClusterNode:
             self._step_down(str(exc))
             # Said to its publishers: what sends them to look for the sequencer.
             raise StoreError(f"{redirect_text(None)} (not replicated: {exc})") from exc
-        self._after = self.position = position
+        self._after = position  # self.position moves once it is written here too
 
     def _step_down(self, why: str) -> None:
         if self.role is not Role.FOLLOWER:
@@ -459,7 +476,9 @@ class ClusterNode:
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {self._position_file}: {exc}") from exc
         stream = JournalConfig(self.config.name).stream
-        if saved.get("journal") != stream or not isinstance(saved.get("position"), int):
+        if not isinstance(saved.get("position"), int):
+            raise StoreError(f"{self._position_file} holds no journal position: {saved!r}")
+        if saved.get("journal") != stream:
             raise StoreError(
                 f"{self._position_file} is of journal {saved.get('journal')!r}, not {stream}: "
                 "this data directory belongs to another cluster"
@@ -471,18 +490,22 @@ class ClusterNode:
             return
         stream = JournalConfig(self.config.name).stream
         temporary = self._position_file.with_name(self._position_file.name + ".new")
+        position = self.position
         try:
-            temporary.write_text(json.dumps({"journal": stream, "position": self.position}))
+            with open(temporary, "w") as file:
+                file.write(json.dumps({"journal": stream, "position": position}))
+                file.flush()
+                os.fsync(file.fileno())  # a power loss leaves the old file or this one
             os.replace(temporary, self._position_file)
         except OSError as exc:
             log.warning("cannot save the journal position to %s: %s", self._position_file, exc)
             return
-        self._saved = self.position
+        self._saved = position
 
     async def _save_now_and_then(self) -> None:
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            self._save_position()
+            await asyncio.to_thread(self._save_position)
 
     def _fit_batches(self, max_payload: int) -> None:
         """Make the writer's batches fit in one NATS message of ``max_payload`` bytes."""
@@ -510,7 +533,10 @@ def _check_packets(batch: records.Batch, position: int) -> None:
 
 
 async def _nats_error(error: Exception) -> None:
-    log.debug("NATS: %s", error)
+    # A server that cannot be reached is tried again, and said by the disconnect; what
+    # a server says is wrong (a permission refused, say) is worth a warning.
+    level = logging.DEBUG if isinstance(error, OSError | asyncio.TimeoutError) else logging.WARNING
+    log.log(level, "NATS: %s", error)
 
 
 async def _reconnected() -> None:

@@ -155,3 +155,26 @@ def test_a_sequencer_whose_append_is_refused_steps_down_and_sends_publishers_on(
             assert a.engine.next_seq == 2
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_position_a_sequencer_saves_is_never_past_its_own_log(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """What the journal holds but the local log does not yet is not counted as applied:
+    a node killed in between reads it again from the journal when it comes back."""
+    name = next(names)
+
+    async def scenario() -> None:
+        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
+            await until(lambda: a.role is Role.SEQUENCER)
+            await a.engine.publish_many([b"one"])
+            applied = a.position
+            # As the writer does: replicate a batch; the local write comes after.
+            packet = b"\x00\x04Stwo"
+            await a.batch(a.engine.session_id, 2, 1, packet)
+            assert a.position == applied
+            await a.engine.apply(2, 1, packet)
+            a.written()
+            assert a.position == applied + 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
