@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,53 @@ def test_an_end_syncs_the_log_and_index_before_its_ended_marker(
         assert str(directory / INDEX_FILE) in synced[:marker]
 
     run(durability, scenario, tmp_path)
+
+
+class HeldReplicator:
+    """A cluster node's part, as the roller sees it: its rolls wait for the test."""
+
+    def __init__(self) -> None:
+        self.rolling = asyncio.Event()
+        self.go = asyncio.Event()
+        self.writes = 0
+
+    def refusal(self) -> str | None:
+        return None
+
+    async def batch(self, session: str, first: int, count: int, data: bytes) -> None:
+        raise AssertionError("no batch in this test")
+
+    def written(self) -> None:
+        self.writes += 1
+
+    def not_written(self, error: BaseException) -> None:
+        raise AssertionError(f"not written: {error}")
+
+    async def roll(self, ended: str, next_session: str) -> None:
+        self.rolling.set()
+        await self.go.wait()
+
+
+def test_stopping_the_schedule_waits_for_a_roll_under_way(tmp_path: Path) -> None:
+    """A sequencer that steps down stops the schedule, then settles its writer: a roll
+    still under way must be over by then, or the writer goes on in the ended session."""
+
+    async def scenario(engine: Engine) -> None:
+        replicator = HeldReplicator()
+        engine.active.writer.replicator = replicator
+        ended = engine.session_id
+        rolling = asyncio.create_task(engine.roll())
+        await replicator.rolling.wait()
+        stopping = asyncio.create_task(engine.roller.stop_schedule())
+        try:
+            for _ in range(10):  # turns of the loop, not time: nothing else can happen
+                await asyncio.sleep(0)
+            assert not stopping.done()
+        finally:
+            replicator.go.set()
+        await rolling
+        await stopping
+        assert engine.session_id != ended
+        assert replicator.writes == 1
+
+    run(Durability.BATCH, scenario, tmp_path)

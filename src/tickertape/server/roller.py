@@ -74,12 +74,15 @@ class SessionRoller:
             self._task = asyncio.create_task(self._roll_on_schedule(), name="session-roller")
 
     async def stop_schedule(self) -> None:
-        """Stop rolling on the schedule (a roll under way runs to its end)."""
+        """Stop rolling on the schedule; return once a roll under way (scheduled or
+        asked for) is over."""
         if self._task is not None:
             task, self._task = self._task, None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        async with self._lock:  # a roll holds it to its end
+            pass
 
     async def close(self) -> None:
         """Stop rolling on the schedule, wait for the retention pass and for a roll
