@@ -99,6 +99,7 @@ class ClusterNode:
         self._journal: Journal | None = None
         self._lease: Lease | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.failure: BaseException | None = None
         engine.active.writer.replicator = self
 
@@ -119,7 +120,7 @@ class ClusterNode:
                 reconnect_time_wait=0.25,
                 max_reconnect_attempts=-1,
                 error_cb=_nats_error,
-                disconnected_cb=_disconnected,
+                disconnected_cb=self._disconnected,
                 reconnected_cb=_reconnected,
             )
         except (nats.errors.Error, OSError) as exc:
@@ -173,6 +174,7 @@ class ClusterNode:
     async def close(self) -> None:
         """Step down (the lease is given up, so another node takes over at once), stop
         following, save the position and disconnect."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -183,6 +185,10 @@ class ClusterNode:
         if self._client is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._client.close()
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting")
 
     # ------------------------------------------------------------------ Replicator
 
@@ -219,7 +225,8 @@ class ClusterNode:
 
     def _step_down(self, why: str) -> None:
         if self.role is not Role.FOLLOWER:
-            log.warning("node %s stops sequencing: %s", self.config.node, why)
+            level = logging.INFO if self._closing else logging.WARNING
+            log.log(level, "node %s stops sequencing: %s", self.config.node, why)
             self.role = Role.FOLLOWER
             self.sequencer = None
         self._lost.set()
@@ -293,7 +300,7 @@ class ClusterNode:
             if keeping.done():
                 keeping.result()
         finally:
-            self._step_down("stepping down")
+            self._step_down("shutting down" if self._closing else "stepping down")
             for task in (keeping, lost):
                 task.cancel()
             await asyncio.wait((keeping, lost))
@@ -490,10 +497,6 @@ def _check_packets(batch: records.Batch, position: int) -> None:
 
 async def _nats_error(error: Exception) -> None:
     log.debug("NATS: %s", error)
-
-
-async def _disconnected() -> None:
-    log.warning("disconnected from NATS; reconnecting")
 
 
 async def _reconnected() -> None:
