@@ -61,6 +61,8 @@ SAVE_EVERY: Final = 1.0
 """Seconds between saves of the applied position (a lagging one is read again)."""
 HEADROOM: Final = 8192
 """Bytes of a NATS message left for a record's headers."""
+CANCEL_AGAIN: Final = 0.5
+"""Seconds before a task told to stop and still running is cancelled again."""
 
 
 class ClusterError(TickertapeError):
@@ -264,8 +266,7 @@ class ClusterNode:
                     applier.result()  # raises why it stopped
         finally:
             async with self._applying:  # never in the middle of a record
-                applier.cancel()
-                await asyncio.wait((applier,))
+                await _stopped(applier)
 
     async def _lead(self) -> None:
         """Take over, then sequence until the lease is lost or an append fails."""
@@ -301,9 +302,8 @@ class ClusterNode:
                 keeping.result()
         finally:
             self._step_down("shutting down" if self._closing else "stepping down")
-            for task in (keeping, lost):
-                task.cancel()
-            await asyncio.wait((keeping, lost))
+            await _stopped(keeping)
+            await _stopped(lost)
             await self.engine.roller.stop_schedule()
             await self._settle_writer()
             await lease.release()
@@ -484,6 +484,15 @@ class ClusterNode:
                     "for a batch: set it to 8MB (see docs/cluster.md)"
                 )
             writer.config = dataclasses.replace(config, max_batch_bytes=room)
+
+
+async def _stopped(task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` and wait until it is done, cancelling it again while it runs: a
+    cancellation can be lost (Python 3.11's ``asyncio.wait_for``, with which nats-py
+    waits for NATS's answers, drops one that comes as the answer does)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=CANCEL_AGAIN)
 
 
 def _check_packets(batch: records.Batch, position: int) -> None:
