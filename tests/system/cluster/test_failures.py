@@ -1,6 +1,8 @@
 """Failures around a cluster of three nodes on a real three-server JetStream cluster
 (``sync_interval: always``, loopback ports), with real ``tickertape serve --cluster``
-processes: a node stopped while 100,000 messages and a roll go by, which catches up on
+processes: NATS servers SIGKILLed under publishing (one: publishing goes on; two:
+publishing pauses, nothing is acknowledged, and it resumes with no gap once they are
+back), and a node stopped while 100,000 messages and a roll go by, which catches up on
 restart and then serves the same bytes as the others."""
 
 from __future__ import annotations
@@ -10,17 +12,132 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+
+import pytest
+
+from tickertape.cluster.journal import JournalConfig
+from tickertape.cluster.local import NatsServer, jetstream_ready
 
 from clusternodes import (
     ADMIN_TOKEN,
+    Feed,
     Node,
     Nodes,
+    Reader,
+    check_logs,
     cluster_nodes,
     message,
+    message_id,
     publish,
+    raw_publisher_login,
+    settled,
 )
 from support import session_payloads, until
+
+FLOWING = 10_000
+"""Acknowledged messages that show publishing goes on (about half a second's worth)."""
+NO_SEQUENCER = "no node is at the moment"
+"""What a node says to a publisher while no node can be the sequencer."""
+
+
+def test_publishing_goes_on_without_one_nats_server_and_pauses_without_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cluster_nodes(tmp_path) as nodes:
+        summary = asyncio.run(_nats_servers_killed(nodes))
+    with capsys.disabled():
+        print(f"\nnats-servers killed under publishing: {summary}")
+
+
+async def journal_leader(nodes: Nodes) -> NatsServer:
+    """The NATS server that leads the journal's stream (its Raft group) now."""
+    client = await jetstream_ready(nodes.nats.urls)
+    try:
+        info = await client.jetstream().stream_info(JournalConfig().stream)
+    finally:
+        await client.close()
+    assert info.cluster is not None
+    (leader,) = [s for s in nodes.nats.servers if s.name == info.cluster.leader]
+    return leader
+
+
+async def _nats_servers_killed(nodes: Nodes) -> str:
+    nats = nodes.nats
+    # A publisher that does not send again what was not acknowledged: every message in
+    # the logs must then be there exactly once.
+    feed = Feed(nodes, resend=False, limit=1_500_000)
+    reader = Reader(nodes, 0)
+    tasks = [asyncio.create_task(feed.run()), asyncio.create_task(reader.run())]
+    try:
+        await until(lambda: feed.acked >= FLOWING, "publishing", 30)
+
+        # One server of three lost (the journal's leader: the hardest one to lose).
+        first = await journal_leader(nodes)
+        acked, killed = feed.acked, time.monotonic()
+        nats.kill(first)
+        await until(lambda: feed.acked >= acked + FLOWING, "publishing going on", 30)
+        one_down = time.monotonic() - killed
+
+        # Two of three lost: no quorum. The publisher is told, and no node takes one.
+        second = next(s for s in nats.servers if s.process is not None)
+        lost, marks = len(feed.lost), {n.name: len(n.output()) for n in nodes.nodes}
+        nats.kill(second)
+        await until(lambda: len(feed.lost) > lost, "the publisher told to stop", 30)
+        connections, paused = len(feed.connected_at), feed.acked
+        told = feed.lost[-1]
+        assert "not published" in told and "quorum" in told, told
+        for node in nodes.nodes:
+
+            async def refused(node: Node = node) -> str:
+                debug, rejected = await raw_publisher_login(node)
+                assert rejected == b"JS", rejected  # J: not available
+                return debug[1:].decode()
+
+            async def why(node: Node = node) -> str | None:
+                text = await refused(node)
+                return text if NO_SEQUENCER in text and "no quorum" in text else None
+
+            await until(why, f"{node.name} telling publishers why no node takes them", 30, 0.1)
+
+            def logged(node: Node = node) -> bool:
+                return "no quorum" in node.output()[marks[node.name] :]
+
+            await until(logged, f"{node.name} saying why no node sequences", 30, 0.1)
+        assert feed.acked == paused, "acknowledged without a quorum"
+        assert len(feed.connected_at) == connections, "a node took a publisher"
+
+        # Both back: publishing resumes, numbering goes on.
+        restarted = time.monotonic()
+        nats.start(first)
+        nats.start(second)
+        await until(lambda: feed.acked > paused, "publishing resuming", 45, 0.01)
+        took = time.monotonic() - restarted
+        await until(lambda: feed.acked >= paused + FLOWING, "publishing going on", 30)
+        feed.stopping.set()
+        await asyncio.wait_for(tasks[0], 30)
+        count = await settled(nodes)
+        await until(lambda: reader.first + len(reader.received) > count, "the reader", 30)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    payloads = check_logs(nodes, [feed])  # byte-identical logs, everything acknowledged
+    assert len(payloads) == count
+    numbers = [int(message_id(p)[1:]) for p in payloads]
+    assert numbers == sorted(set(numbers)), "a message twice, or out of order"
+    assert Counter(map(message_id, payloads)).most_common(1)[0][1] == 1
+    acknowledged = {message_id(p) for p in feed.sent[: feed.acked]}
+    assert acknowledged <= {message_id(p) for p in payloads}
+    assert reader.received == payloads  # a subscriber saw no gap through all of it
+    return (
+        f"{feed.acked} acknowledged, {len(feed.given_up)} given up "
+        f"({len(payloads) - feed.acked} of them in the logs anyway); {FLOWING} more "
+        f"acknowledged {one_down:.2f} s after one server was killed; publishing resumed "
+        f"{took:.2f} s after the two were restarted"
+    )
 
 
 def test_a_node_stopped_for_100000_messages_and_a_roll_catches_up_byte_for_byte(
