@@ -1,5 +1,5 @@
-"""The cluster node's loop, without NATS: what it does when the journal's applier does
-not stop when it is first told to."""
+"""The cluster node's loop, without NATS: what it does when a task it stops (the
+journal's applier, the lease keeper) does not stop when it is first told to."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tickertape.cluster import records
 from tickertape.cluster.config import ClusterConfig
 from tickertape.cluster.journal import Journal
 from tickertape.cluster.lease import Lease
-from tickertape.cluster.node import ClusterNode
+from tickertape.cluster.node import ClusterNode, Role
 from tickertape.server.engine import Engine
 
 
@@ -62,5 +62,74 @@ def test_taking_the_lease_stops_an_applier_that_lost_its_cancellation(tmp_path: 
         # Nothing was applied once the node had decided to lead.
         assert node.position == 0
         assert node.sequencer is None
+
+    asyncio.run(main())
+
+
+class KeptLease:
+    """A lease this node holds, whose renewal loses the cancellation that comes as
+    JetStream answers it (see :class:`LosingJournal`)."""
+
+    term = 7
+
+    def __init__(self) -> None:
+        self.renewing = asyncio.Event()
+        self.released = False
+
+    async def renew(self) -> None:
+        if not self.renewing.is_set():
+            self.renewing.set()
+            # JetStream's answer comes as the cancellation does.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+
+    async def release(self) -> None:
+        self.released = True
+
+
+class FencedJournal:
+    """An empty journal that takes a Fence."""
+
+    async def end(self) -> int:
+        return 0
+
+    async def append(self, record: records.Record, after: int) -> int:
+        return after + 1
+
+
+def test_stepping_down_stops_a_lease_keeper_that_lost_its_cancellation(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def nothing() -> None:
+            pass
+
+        writer = SimpleNamespace(
+            replicator=None, drain=nothing, release=lambda: None, resume=lambda: None
+        )
+        roller = SimpleNamespace(roll_on_schedule=lambda: None, stop_schedule=nothing)
+        engine = cast(
+            Engine,
+            SimpleNamespace(
+                active=SimpleNamespace(writer=writer),
+                roller=roller,
+                session_id="2026120701",
+                next_seq=1,
+            ),
+        )
+        config = ClusterConfig(
+            servers=("nats://127.0.0.1:1",), node="n1", address="a:1", renew_every=0.01
+        )
+        node = ClusterNode(engine, tmp_path, config, asyncio.Event())
+        lease = KeptLease()
+        node._journal = cast(Journal, FencedJournal())
+        node._lease = cast(Lease, lease)
+        leading = asyncio.create_task(node._lead())
+        await lease.renewing.wait()
+        assert node.role is Role.SEQUENCER
+        node._step_down("an append was refused")  # as _append does
+        # Before the fix the node waited for ever for a keeper that went on renewing
+        # the lease it would never give up.
+        await asyncio.wait_for(leading, 10)
+        assert lease.released
+        assert node.refusal() is not None  # publishers go elsewhere
 
     asyncio.run(main())
