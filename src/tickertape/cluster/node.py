@@ -167,6 +167,19 @@ class ClusterNode:
             self.position,
         )
 
+    async def session_to_open(self) -> str | None:
+        """The session this node's engine starts on: the latest in its data directory,
+        else the journal's first, else None (today's: the cluster has none yet).
+
+        Never a session of this machine's day: a node that comes back after midnight, or
+        whose clock is ahead, goes on with the cluster's session, which ends only when
+        the journal says so."""
+        local = await asyncio.to_thread(self.engine.catalogue.sessions)
+        if local:
+            return str(max(info.id for info in local))
+        assert self._journal is not None, "connect() first"
+        return await self._journal.first_session()
+
     def start(self) -> None:
         """Follow the journal, and sequence when this node holds the lease."""
         loop = asyncio.get_running_loop()
@@ -226,7 +239,8 @@ class ClusterNode:
             position = await journal.append(record, self._after)
         except JournalError as exc:
             self._step_down(str(exc))
-            raise StoreError(f"not replicated: {exc}") from exc
+            # Said to its publishers: what sends them to look for the sequencer.
+            raise StoreError(f"{redirect_text(None)} (not replicated: {exc})") from exc
         self._after = self.position = position
 
     def _step_down(self, why: str) -> None:
