@@ -302,7 +302,7 @@ class ClusterNode:
         self.sequencer = None
         if self._unanswered is None:
             self._unanswered = (
-                f"JetStream does not answer ({error or type(error).__name__}): no quorum "
+                f"JetStream does not answer ({str(error) or type(error).__name__}): no quorum "
                 "of the cluster's NATS servers is reachable, or a leader is being elected"
             )
             log.warning(
