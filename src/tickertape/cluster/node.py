@@ -6,7 +6,8 @@ Every node runs the same loop:
 - **Following.** It applies the journal's records in order to its own data directory
   (a batch is written to the active session's log and handed to its subscribers, a
   roll ends the session and opens the next), and tries to take the lease now and then.
-  Publishers are refused, told where the sequencer takes them.
+  Publishers are refused, told where the sequencer takes them (or, while JetStream
+  does not answer, why no node does).
 - **Taking over.** Once it holds the lease, it applies what is left of the journal,
   then appends a :class:`~tickertape.cluster.records.Fence` where the journal ends: an
   append the sequencer before it had prepared (which expects the journal to end
@@ -61,6 +62,8 @@ SAVE_EVERY: Final = 1.0
 """Seconds between saves of the applied position (a lagging one is read again)."""
 HEADROOM: Final = 8192
 """Bytes of a NATS message left for a record's headers."""
+CANCEL_AGAIN: Final = 0.5
+"""Seconds before a task told to stop and still running is cancelled again."""
 
 
 class ClusterError(TickertapeError):
@@ -100,6 +103,7 @@ class ClusterNode:
         self._lease: Lease | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._unanswered: str | None = None  # why JetStream did not answer, if it did not
         self.failure: BaseException | None = None
         engine.active.writer.replicator = self
 
@@ -224,6 +228,8 @@ class ClusterNode:
         if self.role is Role.SEQUENCER:
             return None
         elsewhere = self.sequencer if self.sequencer != self.config.address else None
+        if elsewhere is None and self._unanswered is not None:
+            return f"{redirect_text(None)} ({self._unanswered})"
         return redirect_text(elsewhere)
 
     async def batch(self, session: str, first: int, count: int, data: bytes) -> None:
@@ -287,16 +293,40 @@ class ClusterNode:
         applier = asyncio.create_task(self._apply_all(), name="cluster-applier")
         try:
             while not await lease.take():
-                with contextlib.suppress(nats.errors.Error):
+                try:
                     holder = await lease.holder()  # sooner than the journal's Fence
+                except nats.errors.Error as exc:
+                    self._unanswering(exc)
+                else:
+                    self._unanswering(None)
                     self.sequencer = None if holder is None else holder.address
                 await asyncio.wait((applier,), timeout=self.config.take_every)
                 if applier.done():
                     applier.result()  # raises why it stopped
+            self._unanswering(None)  # it answered: the lease is this node's
         finally:
             async with self._applying:  # never in the middle of a record
-                applier.cancel()
-                await asyncio.wait((applier,))
+                await _stopped(applier)
+
+    def _unanswering(self, error: Exception | None) -> None:
+        """Note that JetStream did not answer (``error``) or did (None); log the change.
+        Unanswered, no node can sequence: publishers are told why, not sent to one."""
+        if error is None:
+            if self._unanswered is not None:
+                log.warning("node %s: JetStream answers again", self.config.node)
+            self._unanswered = None
+            return
+        self.sequencer = None
+        if self._unanswered is None:
+            self._unanswered = (
+                f"JetStream does not answer ({str(error) or type(error).__name__}): no quorum "
+                "of the cluster's NATS servers is reachable, or a leader is being elected"
+            )
+            log.warning(
+                "node %s: %s; no node takes publishers until it answers",
+                self.config.node,
+                self._unanswered,
+            )
 
     async def _lead(self) -> None:
         """Take over, then sequence until the lease is lost or an append fails."""
@@ -332,9 +362,8 @@ class ClusterNode:
                 keeping.result()
         finally:
             self._step_down("shutting down" if self._closing else "stepping down")
-            for task in (keeping, lost):
-                task.cancel()
-            await asyncio.wait((keeping, lost))
+            await _stopped(keeping)
+            await _stopped(lost)
             await self.engine.roller.stop_schedule()
             await self._settle_writer()
             await lease.release()
@@ -521,6 +550,15 @@ class ClusterNode:
                     "for a batch: set it to 8MB (see docs/cluster.md)"
                 )
             writer.config = dataclasses.replace(config, max_batch_bytes=room)
+
+
+async def _stopped(task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` and wait until it is done, cancelling it again while it runs: a
+    cancellation can be lost (Python 3.11's ``asyncio.wait_for``, with which nats-py
+    waits for NATS's answers, drops one that comes as the answer does)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=CANCEL_AGAIN)
 
 
 def _check_packets(batch: records.Batch, position: int) -> None:

@@ -13,155 +13,18 @@ import contextlib
 import random
 import statistics
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tickertape.client.publisher import Publisher
-from tickertape.client.soupbintcp import Subscription
 from tickertape.errors import LoginRejected
 from tickertape.wire.publishing import redirect_address, redirect_text
 
-from clusternodes import Node, Nodes, cluster_nodes
+from clusternodes import Feed, Node, Nodes, Reader, check_logs, cluster_nodes, message, settled
 from support import until
 
 ROUNDS = 20
-CHUNK = 200
-"""Messages a publisher sends at a time."""
-PACE = 0.01
-"""Seconds between a publisher's sends: about 20,000 messages a second."""
-
-
-def message(tag: bytes, number: int) -> bytes:
-    return tag + b"%09d" % number + b"." * 80
-
-
-def message_id(payload: bytes) -> bytes:
-    return payload[:10]
-
-
-@dataclass
-class Feed:
-    """A publisher that keeps publishing through failovers: on a lost connection it
-    finds the node that takes publishers and sends again, in order, what was not
-    acknowledged."""
-
-    nodes: Nodes
-    tag: bytes = b"m"
-    sent: list[bytes] = field(default_factory=list)
-    acked = 0
-    """How many of :attr:`sent`, from the first, are acknowledged."""
-    resent: set[bytes] = field(default_factory=set)
-    connected_at: list[float] = field(default_factory=list)
-    first_ack_at: list[float] = field(default_factory=list)
-    """For each connection, when its first acknowledgement came (inf: none yet)."""
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        while not self.stopping.is_set():
-            node = await self.nodes.sequencer(within=60)
-            try:
-                publisher = await Publisher.connect("127.0.0.1", node.port, server_timeout=5)
-            except (LoginRejected, OSError):
-                continue
-            self.connected_at.append(time.monotonic())
-            self.first_ack_at.append(float("inf"))
-            with contextlib.suppress(OSError, LoginRejected):
-                await self._publish(publisher)
-            with contextlib.suppress(OSError):
-                await publisher.close()
-
-    async def _publish(self, publisher: Publisher) -> None:
-        base = self.acked
-        again = self.sent[base:]
-        self.resent.update(map(message_id, again))
-        if again:
-            await publisher.send_many(again)
-        while True:
-            self._count(publisher, base)
-            if self.stopping.is_set():
-                await publisher.flush()
-                self._count(publisher, base)
-                return
-            first = len(self.sent) + 1
-            fresh = [message(self.tag, n) for n in range(first, first + CHUNK)]
-            self.sent += fresh
-            await publisher.send_many(fresh)
-            await asyncio.sleep(PACE)  # pacing the load, not waiting for anything
-
-    def _count(self, publisher: Publisher, base: int) -> None:
-        if base + publisher.acked > self.acked:
-            self.acked = base + publisher.acked
-            if self.first_ack_at[-1] == float("inf"):
-                self.first_ack_at[-1] = time.monotonic()
-
-
-@dataclass
-class Reader:
-    """A subscriber that moves to another node when its node is lost, at the next
-    number; it keeps what it received, in order, with the number of the first."""
-
-    nodes: Nodes
-    node: int
-    first: int = 1
-    received: list[bytes] = field(default_factory=list)
-    moves = 0
-
-    async def run(self) -> None:
-        while True:
-            candidates = [n for n in self.nodes.up if n.listening()]
-            if not candidates:
-                await asyncio.sleep(0.05)  # every node down for a moment: look again
-                continue
-            node = candidates[self.node % len(candidates)]
-            self.node += 1
-            next_seq = self.first + len(self.received)
-            with contextlib.suppress(OSError, LoginRejected):
-                async with Subscription(
-                    "127.0.0.1", node.port, seq=next_seq, reconnect=False, server_timeout=5
-                ) as subscription:
-                    async for batch in subscription.batches():
-                        assert batch.first_seq == self.first + len(self.received), "a gap"
-                        self.received += batch.payloads
-            self.moves += 1
-
-
-async def settled(nodes: Nodes) -> int:
-    """Wait until every node has applied the same messages; how many."""
-
-    def same() -> int | None:
-        sessions = {n.sessions()[-1].name for n in nodes.nodes}
-        if len(sessions) != 1:
-            return None
-        (session,) = sessions
-        counts = {n.messages(session) for n in nodes.nodes}
-        return counts.pop() if len(counts) == 1 else None
-
-    return await until(same, "every node applying the same messages", 60, 0.1)
-
-
-def check_logs(nodes: Nodes, feeds: list[Feed]) -> list[bytes]:
-    """Every node's logs are the same bytes; every acknowledged message is in them
-    (once, unless it was sent again); the payloads of the session, in order."""
-    (session,) = {n.sessions()[-1].name for n in nodes.nodes}
-    logs = {node.name: node.log_bytes(session) for node in nodes.nodes}
-    first = logs[nodes.nodes[0].name]
-    for name, data in logs.items():
-        assert data == first, f"node {name}'s log differs"
-    payloads, position = [], 0
-    while position < len(first):
-        length = int.from_bytes(first[position : position + 2], "big")
-        payloads.append(first[position + 3 : position + 2 + length])
-        position += 2 + length
-    counts = Counter(map(message_id, payloads))
-    for feed in feeds:
-        for sent in feed.sent[: feed.acked]:
-            key = message_id(sent)
-            assert counts[key] >= 1, f"acknowledged {key!r} is lost"
-            assert counts[key] == 1 or (key in feed.resent and counts[key] == 2), key
-    return payloads
 
 
 def test_the_sequencer_killed_at_random_moments_loses_nothing_acknowledged(

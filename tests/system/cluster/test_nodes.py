@@ -13,10 +13,10 @@ import pytest
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription
 from tickertape.errors import LoginRejected
-from tickertape.wire.publishing import NO_STREAM, redirect_address
-from tickertape.wire.soupbintcp import LoginRequest, encode_sequenced_many
+from tickertape.wire.publishing import redirect_address
+from tickertape.wire.soupbintcp import encode_sequenced_many
 
-from clusternodes import Node, Nodes, cluster_nodes
+from clusternodes import Node, Nodes, cluster_nodes, publish, raw_publisher_login
 from support import until
 
 MESSAGES = 200_000
@@ -52,14 +52,6 @@ async def subscribed(node: Node, seq: int) -> asyncio.Task[tuple[int, list[bytes
     task = asyncio.create_task(receive(node, seq, started))
     await started.wait()
     return task
-
-
-async def publish(node: Node, payloads: list[bytes]) -> int:
-    async with await Publisher.connect("127.0.0.1", node.port) as publisher:
-        for start in range(0, len(payloads), 2_000):
-            await publisher.send_many(payloads[start : start + 2_000])
-        await publisher.flush()
-        return publisher.acked
 
 
 def test_every_node_serves_every_subscriber_the_same_bytes(tmp_path: Path) -> None:
@@ -101,19 +93,6 @@ async def _every_node_serves_the_same(nodes: Nodes) -> None:
 def test_a_node_that_is_not_the_sequencer_sends_a_publisher_to_it(tmp_path: Path) -> None:
     with cluster_nodes(tmp_path) as nodes:
         asyncio.run(_followers_redirect(nodes))
-
-
-async def raw_publisher_login(node: Node) -> tuple[bytes, bytes]:
-    """A publisher's login, by a raw client written from the spec: the two packets a
-    node that is not the sequencer answers with (Debug, then Login Rejected)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    writer.write(LoginRequest("", "", "", NO_STREAM).encode())
-    packets: list[bytes] = []
-    while len(packets) < 2:
-        header = await reader.readexactly(2)
-        packets.append(await reader.readexactly(int.from_bytes(header, "big")))
-    writer.close()
-    return packets[0], packets[1]
 
 
 async def _followers_redirect(nodes: Nodes) -> None:
