@@ -27,6 +27,9 @@ class LosingJournal:
     def __init__(self) -> None:
         self.waiting = asyncio.Event()
 
+    async def span(self) -> tuple[int, int]:
+        return 0, 0  # empty, as far as the node can tell before it reads
+
     async def read(self, start: int) -> AsyncGenerator[tuple[int, records.Record]]:
         self.waiting.set()
         # JetStream's answer to "start a reader" comes as the cancellation does.
@@ -90,8 +93,8 @@ class KeptLease:
 class FencedJournal:
     """An empty journal that takes a Fence."""
 
-    async def end(self) -> int:
-        return 0
+    async def span(self) -> tuple[int, int]:
+        return 0, 0
 
     async def append(self, record: records.Record, after: int) -> int:
         return after + 1

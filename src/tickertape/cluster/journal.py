@@ -106,6 +106,15 @@ class Journal:
             raise Unavailable(f"JetStream did not answer: {exc}") from exc
         return info.state.last_seq
 
+    async def span(self) -> tuple[int, int]:
+        """The journal's first position still held and its last (``(0, 0)``, or a first
+        past the last, when it holds nothing)."""
+        try:
+            info = await self._js.stream_info(self.config.stream)
+        except nats.errors.Error as exc:
+            raise Unavailable(f"JetStream did not answer: {exc}") from exc
+        return info.state.first_seq, info.state.last_seq
+
     async def first_session(self, scan: int = 16) -> str | None:
         """The session of the journal's first batch or roll among its first ``scan``
         records (None if there is none: an empty journal, or only fences)."""

@@ -272,12 +272,20 @@ class ClusterNode:
 
     async def _run(self) -> None:
         try:
+            hold_off = 0.0  # after a term that failed, before taking the lease again
             while True:
-                await self._follow()
+                await self._follow(hold_off)
                 try:
                     await self._lead()
+                    hold_off = 0.0
                 except (JournalError, LeaseLost, nats.errors.Error) as exc:
-                    log.warning("node %s: %s; following again", self.config.node, exc)
+                    hold_off = min(self.config.lease_ttl, max(2 * hold_off, self.config.take_every))
+                    log.warning(
+                        "node %s: %s; following again (not taking the lease for %g s)",
+                        self.config.node,
+                        exc,
+                        hold_off,
+                    )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -285,13 +293,18 @@ class ClusterNode:
             log.error("node %s cannot go on in the cluster, stopping: %s", self.config.node, exc)
             self._stop.set()
 
-    async def _follow(self) -> None:
-        """Apply the journal until this node takes the lease."""
+    async def _follow(self, hold_off: float = 0.0) -> None:
+        """Apply the journal until this node takes the lease (not for ``hold_off``
+        seconds: a node whose term just failed leaves the lease to the others)."""
         lease = self._lease
         assert lease is not None
         self.role = Role.FOLLOWER
         applier = asyncio.create_task(self._apply_all(), name="cluster-applier")
         try:
+            if hold_off:
+                await asyncio.wait((applier,), timeout=hold_off)
+                if applier.done():
+                    applier.result()  # raises why it stopped
             while not await lease.take():
                 try:
                     holder = await lease.holder()  # sooner than the journal's Fence
@@ -336,12 +349,12 @@ class ClusterNode:
         self.role = Role.TAKING_OVER
         keeping = asyncio.create_task(self._keep_lease(), name="cluster-lease")
         lost = asyncio.create_task(self._lost.wait())
+        taking = asyncio.create_task(self._take_over(), name="cluster-take-over")
         try:
-            taking = asyncio.create_task(self._take_over())
             await asyncio.wait((taking, keeping), return_when=asyncio.FIRST_COMPLETED)
             if not taking.done():
-                taking.cancel()
-                await asyncio.wait((taking,))
+                async with self._applying:  # never in the middle of a record
+                    await _stopped(taking)
                 keeping.result()  # raises LeaseLost
             taking.result()
             if self.role is not Role.TAKING_OVER:
@@ -361,6 +374,9 @@ class ClusterNode:
             if keeping.done():
                 keeping.result()
         finally:
+            if not taking.done():  # this node is closing
+                async with self._applying:
+                    await _stopped(taking)
             self._step_down("shutting down" if self._closing else "stepping down")
             await _stopped(keeping)
             await _stopped(lost)
@@ -401,14 +417,37 @@ class ClusterNode:
     async def _catch_up(self) -> None:
         journal = self._journal
         assert journal is not None
-        end = await journal.end()
-        if end <= self.position:
+        end = await self._check_span()
+        if end == self.position:
             return
         async with contextlib.aclosing(journal.read(self.position + 1)) as stored:
             async for position, record in stored:
-                await self._apply(position, record)
+                async with self._applying:
+                    await self._apply(position, record)
                 if position >= end:
                     return
+
+    async def _check_span(self) -> int:
+        """The journal's last position, once it is known to hold what this node has
+        not applied yet; a :class:`ClusterError` if it does not."""
+        journal = self._journal
+        assert journal is not None
+        first, end = await journal.span()
+        if end < self.position:
+            raise ClusterError(
+                f"the journal {journal.config.stream} ends at {end}, and this node has applied "
+                f"it up to {self.position}: it is not the journal this node followed (was it "
+                "deleted and made again?); start the node on a copy of another node's data "
+                "directory"
+            )
+        if end > self.position and (first > end or (self.position and first > self.position + 1)):
+            raise ClusterError(
+                f"the journal {journal.config.stream} holds positions {first} to {end}, and "
+                f"this node has applied it up to {self.position}: what it missed has expired "
+                "(--cluster-retention); start the node on a copy of another node's data "
+                "directory"
+            )
+        return end
 
     async def _apply_all(self) -> None:
         """Apply the journal as it grows; a reader JetStream cannot start is tried again."""
@@ -416,6 +455,7 @@ class ClusterNode:
         assert journal is not None
         while True:
             try:
+                await self._check_span()
                 async with contextlib.aclosing(journal.read(self.position + 1)) as stored:
                     async for position, record in stored:
                         async with self._applying:

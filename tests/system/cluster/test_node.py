@@ -178,3 +178,26 @@ def test_the_position_a_sequencer_saves_is_never_past_its_own_log(
             assert a.position == applied + 1
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_node_whose_journal_was_made_again_stops_saying_so(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A journal deleted and made again (to change its replicas, say) starts at 1 again:
+    a node that had applied more of the old one cannot tell where it is in the new one,
+    and stops with the reason instead of taking the lease and fencing for ever."""
+    name = next(names)
+
+    async def scenario() -> None:
+        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
+            await until(lambda: a.role is Role.SEQUENCER)
+            await a.engine.publish_many([b"one", b"two"])
+        client = await jetstream_ready(cluster.urls)
+        await client.jetstream().delete_stream(JournalConfig(name=name).stream)
+        await client.close()
+        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
+            failure = await until(lambda: a.failure, "the node stopping")
+            assert "it is not the journal this node followed" in str(failure), failure
+            assert a.role is not Role.SEQUENCER
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
