@@ -124,6 +124,11 @@ class Node:
     def alive(self) -> bool:
         return self.server is not None and self.server.alive()
 
+    def pid(self) -> int:
+        if self.server is None:
+            raise BenchError(f"node {self.name} is not running")
+        return self.server.pid
+
     def kill(self) -> None:
         """SIGKILL, as a crash would (:meth:`stop` reaps it)."""
         if self.alive():
@@ -153,6 +158,21 @@ def cluster_node(name: str, directory: Path, nats: NatsCluster) -> Node:
         directory / name,
         ["--cluster", ",".join(nats.urls), "--node", name],
     )
+
+
+def nats_pids(nats: NatsCluster) -> list[int]:
+    return [server.process.pid for server in nats.servers if server.process is not None]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU time the processes ``pids`` have used (``/proc/PID/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 async def find_sequencer(nodes: Sequence[Node], within: float) -> Node:
@@ -422,6 +442,8 @@ class Figures:
     replay_single: list[float] = field(default_factory=list)
     failover: list[float] = field(default_factory=list)
     records: int = 0
+    cpu: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Per publishing side, per run: CPU seconds each group of processes used."""
 
 
 def bench_cluster(settings: Settings, report: Report) -> None:
@@ -476,11 +498,25 @@ def measure(
             ("cluster", figures.cluster, sequencer.port, messages),
             ("JetStream direct", figures.jetstream, 0, direct),
         ):
+            groups = {
+                "single node": {"server": [single.pid()]},
+                "cluster": {
+                    "sequencer": [sequencer.pid()],
+                    "followers": [node.pid() for node in nodes if node is not sequencer],
+                    "nats-servers": nats_pids(nats),
+                },
+                "JetStream direct": {"nats-servers": nats_pids(nats)},
+            }[name]
+            before = {group: cpu_seconds(pids) for group, pids in groups.items()}
+            publisher = time.process_time()
             seconds = asyncio.run(
                 publish_soup(port, batches, settings.cluster_window, settings.timeout)
                 if port
                 else publish_jetstream(nats.urls, direct_batches, settings.timeout)
             )
+            used = {group: cpu_seconds(pids) - before[group] for group, pids in groups.items()}
+            used["publisher"] = time.process_time() - publisher
+            figures.cpu.setdefault(name, []).append(used)
             times.append(seconds)
             say(
                 f"cluster {attempt + 1}: {name} publish {count:,}: "
@@ -524,8 +560,7 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
     over_jetstream = cluster / jetstream
     report.rows.append(
         Row(
-            f"cluster publish {messages:,} x {size} B, durability batch; raw: JetStream "
-            f"direct, R3, {direct:,}",
+            f"cluster: publish {messages:,} x {size} B, 3 nodes; raw: JetStream direct (R3)",
             rate(cluster, "msg/s"),
             rate(jetstream, "msg/s"),
             f"{over_jetstream:.2f}",
@@ -535,7 +570,7 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
     )
     report.rows.append(
         Row(
-            f"cluster publish {messages:,} x {size} B; raw: a single node, durability batch",
+            f"cluster: publish {messages:,} x {size} B, 3 nodes; raw: a single node",
             rate(cluster, "msg/s"),
             rate(single, "msg/s"),
             f"{cluster / single:.2f}",
@@ -546,7 +581,8 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
     alone = total / min(figures.replay_single)
     report.rows.append(
         Row(
-            f"cluster late joiner replays {total:,} x {size} B from a follower; raw: a single node",
+            f"cluster: late joiner replays {total:,} x {size} B from a follower; raw: a single "
+            "node",
             rate(follower, "msg/s"),
             rate(alone, "msg/s"),
             f"{follower / alone:.2f}",
@@ -556,7 +592,8 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
     median, worst = statistics.median(figures.failover), max(figures.failover)
     report.rows.append(
         Row(
-            f"cluster failover: the sequencer SIGKILLed, {len(figures.failover)} rounds",
+            "cluster: publishing resumes after the sequencer is SIGKILLed ("
+            f"{len(figures.failover)} round{'' if len(figures.failover) == 1 else 's'})",
             f"median {median:.2f} s, worst {worst:.2f} s",
             "-",
             "-",
@@ -582,11 +619,28 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
         + f" (cluster over JetStream); the journal held {figures.records:,} JetStream messages "
         f"for {total:,} messages (about {total / max(1, figures.records):,.0f} a batch)"
     )
+    spent = []
+    for name, times in (
+        ("single node", figures.single),
+        ("cluster", figures.cluster),
+        ("JetStream direct", figures.jetstream),
+    ):
+        best = times.index(min(times))
+        used = figures.cpu[name][best]
+        spent.append(
+            f"{name} ({times[best]:.2f} s): "
+            + ", ".join(f"{group} {seconds:.2f}" for group, seconds in used.items())
+        )
     report.notes.append(
-        f"cluster JetStream direct: nats-py publish_async of each message to a stream of "
-        f"file storage and 3 replicas on the same three nats-servers (sync_interval: "
-        f"always), up to {JETSTREAM_MAX_PENDING:,} awaiting acknowledgement, all "
-        "acknowledgements awaited (publish_async_completed)"
+        "cluster publish, CPU seconds used in the best run of each (2 CPUs): " + "; ".join(spent)
+    )
+    report.notes.append(
+        f"cluster JetStream direct: nats-py publish_async of each of {direct:,} messages a "
+        "round (one JetStream message each) to a stream of file storage and 3 replicas on "
+        f"the same three nats-servers (sync_interval: always), up to "
+        f"{JETSTREAM_MAX_PENDING:,} awaiting acknowledgement, all acknowledgements awaited "
+        "(publish_async_completed); publish durability batch on the single node and the "
+        "cluster's nodes"
     )
     report.notes.append(
         f"cluster replay: best of {settings.repeat}; a reader process logs in at 1 and reads "
