@@ -196,12 +196,15 @@ async def find_sequencer(nodes: Sequence[Node], within: float) -> Node:
 async def wait_until_applied(node: Node, size: int, within: float) -> None:
     """Until ``node``'s log holds ``size`` bytes (a follower applying the journal)."""
     deadline = time.monotonic() + within
-    log = node.session() / LOG_FILE
-    while log.stat().st_size < size:
+    applied = 0
+    while True:
+        with contextlib.suppress(BenchError, OSError):  # no session yet
+            applied = (node.session() / LOG_FILE).stat().st_size
+        if applied >= size:
+            return
         if time.monotonic() > deadline:
             raise BenchError(
-                f"node {node.name} applied {log.stat().st_size:,} of {size:,} bytes "
-                f"in {within:.0f} s"
+                f"node {node.name} applied {applied:,} of {size:,} bytes in {within:.0f} s"
             )
         await asyncio.sleep(0.05)
 
@@ -348,20 +351,24 @@ class Feed:
     acknowledged: only the time matters here)."""
 
     nodes: Sequence[Node]
+    deadline: float
+    """When it stops, whatever happens."""
     first_acks: list[float] = field(default_factory=list)
     """For each connection, when its first batch was acknowledged (inf: not yet)."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     payloads: list[bytes] = field(default_factory=list)
 
     async def run(self) -> None:
-        while not self.stopping.is_set():
+        for _ in range(10_000):
+            if self.stopping.is_set() or time.monotonic() > self.deadline:
+                return
             publisher = await self._connect()
             self.first_acks.append(math.inf)
             try:
                 await publisher.send_many(self.payloads)
                 await asyncio.wait_for(publisher.flush(), SEQUENCER_WITHIN)
                 self.first_acks[-1] = time.monotonic()
-                while not self.stopping.is_set():
+                while not self.stopping.is_set() and time.monotonic() < self.deadline:
                     await asyncio.sleep(FAILOVER_PACE)  # the steady rate, not a wait
                     await publisher.send_many(self.payloads)
             except (OSError, TickertapeError):
@@ -390,7 +397,11 @@ async def failovers(
 ) -> list[float]:
     """Seconds from SIGKILLing the sequencer to the first acknowledgement from the node
     that took over, per round; the killed node is restarted after each."""
-    feed = Feed(nodes, payloads=make_payloads(FAILOVER_BATCH, payload_size))
+    feed = Feed(
+        nodes,
+        time.monotonic() + rounds * (2 * SEQUENCER_WITHIN + 2 * time_limit),
+        payloads=make_payloads(FAILOVER_BATCH, payload_size),
+    )
     task = asyncio.create_task(feed.run())
     took: list[float] = []
     try:
@@ -452,6 +463,8 @@ def bench_cluster(settings: Settings, report: Report) -> None:
         nats_server()
     except MissingDependency as exc:
         raise BenchSkipped(f"needs the cluster extra ({exc})") from None
+    import nats.errors as nats_errors  # noqa: PLC0415 - optional, there now
+
     messages = settings.cluster_messages
     say(f"cluster: building {messages:,} payloads in batches of {settings.batch}")
     batches = make_batches(messages, settings.payload_size, settings.batch)
@@ -469,6 +482,8 @@ def bench_cluster(settings: Settings, report: Report) -> None:
                 for node in nodes:
                     node.start(settings.timeout)
                 measure(settings, batches, single, nodes, nats, figures)
+            except (TickertapeError, nats_errors.Error) as exc:  # a login, JetStream
+                raise BenchError(f"{type(exc).__name__}: {exc}") from exc
             finally:
                 for node in nodes:
                     node.stop()
