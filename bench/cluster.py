@@ -20,10 +20,11 @@ nodes on it (``tickertape serve --cluster ... --durability batch``). Then:
   session (every round's messages) from a follower node, then from the single node,
   ``--repeat`` times: from sending the login to the last byte (as the ``replay``
   workload).
-- **Failover.** A publisher sends to the sequencer at a steady rate; the sequencer is
-  SIGKILLed; the time from the kill to the first acknowledgement from the node that
-  took over, the publisher trying every node every 50 ms. ``--failover-rounds`` times,
-  the killed node restarted in between.
+- **Failover.** A publisher sends to the sequencer at a steady rate; at a random moment
+  (0.2 to 1.2 s in: anywhere in a lease renewal period) the sequencer is SIGKILLed; the
+  time from the kill to the first acknowledgement from the node that took over, the
+  publisher trying every node every 50 ms. ``--failover-rounds`` times, the killed node
+  restarted in between.
 
 Everything it starts is stopped on the way out, on an error or Ctrl-C too.
 
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import signal
 import statistics
 import time
@@ -403,6 +405,7 @@ async def failovers(
         payloads=make_payloads(FAILOVER_BATCH, payload_size),
     )
     task = asyncio.create_task(feed.run())
+    rng = random.Random(20261207)
     took: list[float] = []
     try:
         for number in range(rounds):
@@ -414,7 +417,8 @@ async def failovers(
                 if time.monotonic() > deadline:
                     raise BenchError("the failover publisher did not get going")
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.5)  # under load for a while
+            # Under load for a while: a moment anywhere in the lease's renewal period.
+            await asyncio.sleep(rng.uniform(0.2, 1.2))
             connections = len(feed.first_acks)
             killed_at = time.monotonic()
             sequencer.kill()
