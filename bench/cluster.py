@@ -117,11 +117,11 @@ class Node:
 
     def start(self, timeout: float) -> None:
         """Start it and wait until it listens (a fresh :class:`ServerProcess` each time:
-        one is started once)."""
+        one is started once). Port 0: the one the server picks."""
         self.server = ServerProcess(
             "--port", str(self.port), "--data", str(self.data), "--durability", "batch", *self.args
         )
-        self.server.start(timeout)
+        self.port = self.server.start(timeout)
 
     def alive(self) -> bool:
         return self.server is not None and self.server.alive()
@@ -247,19 +247,30 @@ async def publish_soup(
 
 
 async def create_jetstream_stream(urls: list[str]) -> None:
-    """The stream nats-py publishes to directly: file storage, 3 replicas."""
+    """The stream nats-py publishes to directly: file storage, 3 replicas. Tried again
+    for up to SEQUENCER_WITHIN s: a cluster that has just elected its leader may not
+    know of enough peers to place 3 replicas yet."""
+    import nats.errors  # noqa: PLC0415 - optional
     from nats.js.api import StorageType, StreamConfig  # noqa: PLC0415 - optional
 
+    config = StreamConfig(
+        name=JETSTREAM_STREAM,
+        subjects=[JETSTREAM_SUBJECT],
+        storage=StorageType.FILE,
+        num_replicas=NODES,
+    )
     client = await jetstream_ready(urls)
+    deadline = time.monotonic() + SEQUENCER_WITHIN
     try:
-        await client.jetstream().add_stream(
-            StreamConfig(
-                name=JETSTREAM_STREAM,
-                subjects=[JETSTREAM_SUBJECT],
-                storage=StorageType.FILE,
-                num_replicas=NODES,
-            )
-        )
+        while True:
+            try:
+                await client.jetstream().add_stream(config)
+                return
+            except nats.errors.Error as exc:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"JetStream did not create a stream: {exc}") from exc
+                say(f"cluster: JetStream cannot create a stream yet ({exc}); trying again")
+                await asyncio.sleep(0.2)
     finally:
         await client.close()
 
@@ -475,7 +486,7 @@ def bench_cluster(settings: Settings, report: Report) -> None:
     root = fresh_dir(settings.run_dir / "cluster")
     figures = Figures()
     nodes: list[Node] = []
-    single = Node("single", free_port(), root / "single", [])
+    single = Node("single", 0, root / "single", [])
     try:
         say("cluster: starting a single node, three nats-servers and three cluster nodes")
         single.start(settings.timeout)
