@@ -121,6 +121,7 @@ class Node:
         self.server = ServerProcess(
             "--port", str(self.port), "--data", str(self.data), "--durability", "batch", *self.args
         )
+        self.server.keep_all = True
         self.port = self.server.start(timeout)
 
     def alive(self) -> bool:
@@ -149,8 +150,11 @@ class Node:
             raise BenchError(f"node {self.name} has {len(sessions)} sessions, not 1")
         return sessions[0]
 
-    def tail(self) -> str:
-        return "\n".join(self.server.lines[-10:]) if self.server is not None else ""
+    def tail(self, lines: int = 20) -> str:
+        """Its last lines of output, less the refused publisher logins (the benchmark's
+        own, looking for the sequencer)."""
+        said = [] if self.server is None else self.server.all_lines
+        return "\n".join([line for line in said if "login of" not in line][-lines:])
 
 
 def cluster_node(name: str, directory: Path, nats: NatsCluster) -> Node:
@@ -205,8 +209,10 @@ async def wait_until_applied(node: Node, size: int, within: float) -> None:
         if applied >= size:
             return
         if time.monotonic() > deadline:
+            held = sorted(entry.name for entry in node.data.iterdir()) if node.data.is_dir() else []
             raise BenchError(
-                f"node {node.name} applied {applied:,} of {size:,} bytes in {within:.0f} s"
+                f"node {node.name} applied {applied:,} of {size:,} bytes in {within:.0f} s; "
+                f"its data directory holds {held}; it said:\n{node.tail()}"
             )
         await asyncio.sleep(0.05)
 
