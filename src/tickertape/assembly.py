@@ -275,8 +275,9 @@ class Assembly:
             await self.provider.start()  # a StoreError says what is wrong with the directory
         else:
             try:
-                if self.node is not None:
-                    await self.provider.start(roll_on_schedule=False)  # the sequencer rolls
+                if self.node is not None:  # the cluster's session; the sequencer rolls
+                    session = await self.node.session_to_open()
+                    await self.provider.start(roll_on_schedule=False, session=session)
                 elif first is None:
                     await self.provider.start()
                 else:

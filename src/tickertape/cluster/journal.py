@@ -106,6 +106,24 @@ class Journal:
             raise Unavailable(f"JetStream did not answer: {exc}") from exc
         return info.state.last_seq
 
+    async def first_session(self, scan: int = 16) -> str | None:
+        """The session of the journal's first batch or roll among its first ``scan``
+        records (None if there is none: an empty journal, or only fences)."""
+        try:
+            state = (await self._js.stream_info(self.config.stream)).state
+            first = max(state.first_seq, 1)
+            for position in range(first, min(state.last_seq, first + scan - 1) + 1):
+                try:
+                    message = await self._js.get_msg(self.config.stream, position)
+                except nats.js.errors.NotFoundError:
+                    continue  # expired since the stream was asked
+                match records.decode(message.headers, message.data or b""):
+                    case records.Batch(session=session) | records.Roll(ended=session):
+                        return session
+        except nats.errors.Error as exc:
+            raise Unavailable(f"JetStream did not answer: {exc}") from exc
+        return None
+
     async def append(self, record: records.Record, after: int) -> int:
         """Append ``record`` where the journal ends at ``after``; its position.
 

@@ -99,6 +99,7 @@ class ClusterNode:
         self._journal: Journal | None = None
         self._lease: Lease | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.failure: BaseException | None = None
         engine.active.writer.replicator = self
 
@@ -119,7 +120,8 @@ class ClusterNode:
                 reconnect_time_wait=0.25,
                 max_reconnect_attempts=-1,
                 error_cb=_nats_error,
-                disconnected_cb=_disconnected,
+                disconnected_cb=self._disconnected,
+                closed_cb=self._closed,
                 reconnected_cb=_reconnected,
             )
         except (nats.errors.Error, OSError) as exc:
@@ -162,6 +164,19 @@ class ClusterNode:
             self.position,
         )
 
+    async def session_to_open(self) -> str | None:
+        """The session this node's engine starts on: the latest in its data directory,
+        else the journal's first, else None (today's: the cluster has none yet).
+
+        Never a session of this machine's day: a node that comes back after midnight, or
+        whose clock is ahead, goes on with the cluster's session, which ends only when
+        the journal says so."""
+        local = await asyncio.to_thread(self.engine.catalogue.sessions)
+        if local:
+            return str(max(info.id for info in local))
+        assert self._journal is not None, "connect() first"
+        return await self._journal.first_session()
+
     def start(self) -> None:
         """Follow the journal, and sequence when this node holds the lease."""
         loop = asyncio.get_running_loop()
@@ -173,6 +188,7 @@ class ClusterNode:
     async def close(self) -> None:
         """Step down (the lease is given up, so another node takes over at once), stop
         following, save the position and disconnect."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -183,6 +199,24 @@ class ClusterNode:
         if self._client is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._client.close()
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def _closed(self) -> None:
+        """NATS's client gave up its connection for good (a server's ``-ERR``): this
+        node can neither follow nor sequence, so it stops, saying why."""
+        if self._closing or self._client is None:
+            return
+        self._step_down("the connection to NATS was closed")
+        self.failure = ClusterError(
+            f"the connection to NATS was closed: {self._client.last_error or 'no reason given'}"
+        )
+        log.error(
+            "node %s cannot go on in the cluster, stopping: %s", self.config.node, self.failure
+        )
+        self._stop.set()
 
     # ------------------------------------------------------------------ Replicator
 
@@ -195,10 +229,12 @@ class ClusterNode:
     async def batch(self, session: str, first: int, count: int, data: bytes) -> None:
         await self._append(records.Batch(session, first, count, data))
 
+    def written(self) -> None:
+        self.position = self._after
+
     def not_written(self, error: BaseException) -> None:
-        # The journal has the record this node just appended; its log does not: apply
-        # it again from the journal (or stop, if the disk still fails).
-        self.position = self._after - 1
+        # The journal has the record this node just appended; its log does not: it is
+        # applied again from the journal (or the node stops, if the disk still fails).
         self._step_down(f"the local data directory could not be written: {error}")
 
     async def roll(self, ended: str, next_session: str) -> None:
@@ -214,12 +250,14 @@ class ClusterNode:
             position = await journal.append(record, self._after)
         except JournalError as exc:
             self._step_down(str(exc))
-            raise StoreError(f"not replicated: {exc}") from exc
-        self._after = self.position = position
+            # Said to its publishers: what sends them to look for the sequencer.
+            raise StoreError(f"{redirect_text(None)} (not replicated: {exc})") from exc
+        self._after = position  # self.position moves once it is written here too
 
     def _step_down(self, why: str) -> None:
         if self.role is not Role.FOLLOWER:
-            log.warning("node %s stops sequencing: %s", self.config.node, why)
+            level = logging.INFO if self._closing else logging.WARNING
+            log.log(level, "node %s stops sequencing: %s", self.config.node, why)
             self.role = Role.FOLLOWER
             self.sequencer = None
         self._lost.set()
@@ -293,7 +331,7 @@ class ClusterNode:
             if keeping.done():
                 keeping.result()
         finally:
-            self._step_down("stepping down")
+            self._step_down("shutting down" if self._closing else "stepping down")
             for task in (keeping, lost):
                 task.cancel()
             await asyncio.wait((keeping, lost))
@@ -438,7 +476,9 @@ class ClusterNode:
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {self._position_file}: {exc}") from exc
         stream = JournalConfig(self.config.name).stream
-        if saved.get("journal") != stream or not isinstance(saved.get("position"), int):
+        if not isinstance(saved.get("position"), int):
+            raise StoreError(f"{self._position_file} holds no journal position: {saved!r}")
+        if saved.get("journal") != stream:
             raise StoreError(
                 f"{self._position_file} is of journal {saved.get('journal')!r}, not {stream}: "
                 "this data directory belongs to another cluster"
@@ -450,18 +490,22 @@ class ClusterNode:
             return
         stream = JournalConfig(self.config.name).stream
         temporary = self._position_file.with_name(self._position_file.name + ".new")
+        position = self.position
         try:
-            temporary.write_text(json.dumps({"journal": stream, "position": self.position}))
+            with open(temporary, "w") as file:
+                file.write(json.dumps({"journal": stream, "position": position}))
+                file.flush()
+                os.fsync(file.fileno())  # a power loss leaves the old file or this one
             os.replace(temporary, self._position_file)
         except OSError as exc:
             log.warning("cannot save the journal position to %s: %s", self._position_file, exc)
             return
-        self._saved = self.position
+        self._saved = position
 
     async def _save_now_and_then(self) -> None:
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            self._save_position()
+            await asyncio.to_thread(self._save_position)
 
     def _fit_batches(self, max_payload: int) -> None:
         """Make the writer's batches fit in one NATS message of ``max_payload`` bytes."""
@@ -489,11 +533,10 @@ def _check_packets(batch: records.Batch, position: int) -> None:
 
 
 async def _nats_error(error: Exception) -> None:
-    log.debug("NATS: %s", error)
-
-
-async def _disconnected() -> None:
-    log.warning("disconnected from NATS; reconnecting")
+    # A server that cannot be reached is tried again, and said by the disconnect; what
+    # a server says is wrong (a permission refused, say) is worth a warning.
+    level = logging.DEBUG if isinstance(error, OSError | asyncio.TimeoutError) else logging.WARNING
+    log.log(level, "NATS: %s", error)
 
 
 async def _reconnected() -> None:

@@ -27,6 +27,10 @@ class Replicator(Protocol):
         replicated: they are then not published."""
         ...
 
+    def written(self) -> None:
+        """The batch or roll last replicated is in the local log now."""
+        ...
+
     def not_written(self, error: BaseException) -> None:
         """The batch :meth:`batch` last replicated could not be written to the local log."""
         ...

@@ -156,6 +156,8 @@ class SessionRoller:
                     # What an end promises is durable before the end is: the log and index.
                     await loop.run_in_executor(self._executor, ended_log.sync)
                     await loop.run_in_executor(self._executor, self.catalogue.mark_ended, ended_id)
+                    if replicator is not None:
+                        replicator.written()
                 except BaseException as exc:
                     if replicator is not None and replicated:
                         replicator.not_written(exc)

@@ -345,10 +345,12 @@ class SessionWriter:
             self.stream.session_id, batch.first_seq, batch.count, batch.data
         )
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, append)
+            appended = await asyncio.get_running_loop().run_in_executor(self._executor, append)
         except Exception as exc:
             self.replicator.not_written(exc)
             raise
+        self.replicator.written()
+        return appended
 
     def _published(self, batch: WriterBatch, appended: Appended) -> None:
         self._queued_messages -= batch.count

@@ -22,6 +22,7 @@ import pytest
 from tickertape.client.publisher import Publisher
 from tickertape.client.soupbintcp import Subscription
 from tickertape.errors import LoginRejected
+from tickertape.wire.publishing import redirect_address, redirect_text
 
 from clusternodes import Node, Nodes, cluster_nodes
 from support import until
@@ -268,6 +269,8 @@ async def _zombie(nodes: Nodes) -> None:
         with pytest.raises((ConnectionError, OSError)):
             await send_more()
         assert publisher.acked == len(before)
+        said = publisher.last_words or ""
+        assert redirect_text(None) in said or redirect_address(said) is not None, said
         with contextlib.suppress(OSError):
             await publisher.close()
         # The new sequencer goes on; the zombie follows it.
