@@ -98,6 +98,8 @@ FAILOVER_BATCH: Final = 500
 FAILOVER_PACE: Final = 0.01
 """A failover round's publisher sends FAILOVER_BATCH messages every FAILOVER_PACE s."""
 FAILOVER_TARGET: Final = 5.0
+LAGGING: Final = 10.0
+"""Seconds a follower may take to apply everything after another one has."""
 SEQUENCER_WITHIN: Final = 60.0
 """Bound on the wait for a node to take publishers (at start, and after a kill)."""
 
@@ -199,20 +201,43 @@ async def find_sequencer(nodes: Sequence[Node], within: float) -> Node:
         await asyncio.sleep(RETRY_EVERY)
 
 
-async def wait_until_applied(node: Node, size: int, within: float) -> None:
-    """Until ``node``'s log holds ``size`` bytes (a follower applying the journal)."""
+def applied(node: Node) -> int:
+    """How many bytes the log of ``node``'s session holds (0: no session yet)."""
+    with contextlib.suppress(BenchError, OSError):
+        return (node.session() / LOG_FILE).stat().st_size
+    return 0
+
+
+def short_of(node: Node, size: int) -> str:
+    held = sorted(entry.name for entry in node.data.iterdir()) if node.data.is_dir() else []
+    return (
+        f"node {node.name} applied {applied(node):,} of {size:,} bytes; its data directory "
+        f"holds {held}; it said:\n{node.tail()}"
+    )
+
+
+async def until_applied(nodes: Sequence[Node], size: int, within: float) -> list[Node]:
+    """Wait until the logs of ``nodes`` hold ``size`` bytes (followers applying the
+    journal), ``within`` seconds at most; those that do not."""
     deadline = time.monotonic() + within
-    applied = 0
     while True:
-        with contextlib.suppress(BenchError, OSError):  # no session yet
-            applied = (node.session() / LOG_FILE).stat().st_size
-        if applied >= size:
-            return
+        short = [node for node in nodes if applied(node) < size]
+        if not short or time.monotonic() > deadline:
+            return short
+        await asyncio.sleep(0.05)
+
+
+async def first_applied(nodes: Sequence[Node], size: int, within: float) -> Node:
+    """The first of ``nodes`` whose log holds ``size`` bytes."""
+    deadline = time.monotonic() + within
+    while True:
+        for node in nodes:
+            if applied(node) >= size:
+                return node
         if time.monotonic() > deadline:
-            held = sorted(entry.name for entry in node.data.iterdir()) if node.data.is_dir() else []
             raise BenchError(
-                f"node {node.name} applied {applied:,} of {size:,} bytes in {within:.0f} s; "
-                f"its data directory holds {held}; it said:\n{node.tail()}"
+                f"no node applied everything in {within:.0f} s: "
+                + "; ".join(short_of(node, size) for node in nodes)
             )
         await asyncio.sleep(0.05)
 
@@ -474,6 +499,9 @@ class Figures:
     replay_single: list[float] = field(default_factory=list)
     failover: list[float] = field(default_factory=list)
     records: int = 0
+    warnings: list[str] = field(default_factory=list)
+    follower: str = ""
+    """The follower the late joiner read from: the first to apply everything."""
     cpu: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """Per publishing side, per run: CPU seconds each group of processes used."""
 
@@ -561,9 +589,15 @@ def measure(
     figures.records = asyncio.run(journal_records(nats.urls))
     total = messages * settings.repeat
     size = total * settings.packet_size
-    follower = next(node for node in nodes if node is not sequencer)
-    asyncio.run(wait_until_applied(follower, size, settings.timeout))
-    asyncio.run(wait_until_applied(single, size, settings.timeout))
+    followers = [node for node in nodes if node is not sequencer]
+    follower = asyncio.run(first_applied(followers, size, settings.timeout))
+    figures.follower = follower.name
+    asyncio.run(first_applied([single], size, settings.timeout))
+    others = [node for node in followers if node is not follower]
+    for node in asyncio.run(until_applied(others, size, LAGGING)):
+        warning = f"a follower did not apply the journal ({LAGGING:.0f} s after another did): "
+        say(f"cluster: WARNING: {warning}{short_of(node, size)}")
+        figures.warnings.append(warning + short_of(node, size).split(";")[0])
     sides = [
         ("follower", figures.replay_follower, follower),
         ("single node", figures.replay_single, single),
@@ -678,9 +712,10 @@ def rows(settings: Settings, report: Report, figures: Figures) -> None:
         "(publish_async_completed); publish durability batch on the single node and the "
         "cluster's nodes"
     )
+    report.notes.extend(f"cluster: WARNING: {warning}" for warning in figures.warnings)
     report.notes.append(
         f"cluster replay: best of {settings.repeat}; a reader process logs in at 1 and reads "
-        f"{total:,} messages (login to last byte); follower "
+        f"{total:,} messages (login to last byte); follower {figures.follower} "
         + ", ".join(f"{s:.3f}" for s in figures.replay_follower)
         + " s, single node "
         + ", ".join(f"{s:.3f}" for s in figures.replay_single)
