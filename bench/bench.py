@@ -2042,8 +2042,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         "--jetstream-messages",
         type=int,
         metavar="N",
-        help="messages published to JetStream directly in each cluster round (200,000: "
-        "at its rate, a million would take over a minute a round)",
+        help="messages published to JetStream directly in each cluster round (200,000; "
+        "at its rate a million takes most of a minute a round)",
     )
     parser.add_argument(
         "--cluster-window",
