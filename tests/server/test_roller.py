@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from tickertape.server.engine import Engine
+from tickertape.store.catalogue import Catalogue
 from tickertape.store.layout import INDEX_FILE
 from tickertape.store.log import Durability
 
 from engine_support import run
+from support import LoopClock, until
 
 
 @pytest.mark.parametrize("durability", list(Durability), ids=lambda d: d.value)
@@ -94,3 +97,23 @@ def test_stopping_the_schedule_waits_for_a_roll_under_way(tmp_path: Path) -> Non
         assert replicator.writes == 1
 
     run(Durability.BATCH, scenario, tmp_path)
+
+
+def test_rolling_on_schedule_rolls_at_once_a_session_of_a_day_gone_by(tmp_path: Path) -> None:
+    """A cluster node that takes over after the roll time (its predecessor died just
+    before midnight) starts rolling on the schedule in yesterday's session: it rolls
+    at once, not a day later."""
+
+    async def scenario() -> None:
+        clock = LoopClock(dt.datetime(2026, 12, 8, 0, 0, 2, tzinfo=dt.UTC))
+        engine = Engine(Catalogue(tmp_path), clock=clock)
+        await engine.start(roll_on_schedule=False, session="2026120701")
+        try:
+            await engine.publish_many([b"late"])
+            engine.roller.roll_on_schedule()
+            await until(lambda: engine.session_id == "2026120801", "the roll", within=10)
+            assert (tmp_path / "2026120701" / "ended").exists()
+        finally:
+            await engine.close()
+
+    asyncio.run(scenario())

@@ -183,6 +183,11 @@ class SessionRoller:
         return str(next_id)
 
     async def _roll_on_schedule(self) -> None:
+        active = self.active.id
+        if active is not None and active.day < self.schedule.session_day(self.clock.now()):
+            # A session of a day gone by (a cluster node that took over after the roll
+            # time): its roll is due already.
+            await self._roll_until_done(self.schedule.session_day(self.clock.now()))
         while True:
             due = self.schedule.next_roll(self.clock.now())
             log.info("next roll at %s", due.isoformat(timespec="seconds"))
@@ -190,13 +195,16 @@ class SessionRoller:
             while (left := (due - self.clock.now().astimezone(dt.UTC)).total_seconds()) > 0:  # noqa: ASYNC110
                 # In steps, so that a wall clock set forward or back is noticed.
                 await asyncio.sleep(min(left, 60.0))
-            while True:
-                try:
-                    await self.roll(self.schedule.session_day(due))
-                    break
-                except StoreError:
-                    # roll() said why in the log; try again shortly, not the next day.
-                    await asyncio.sleep(DEFAULT_ROLL_RETRY)
+            await self._roll_until_done(self.schedule.session_day(due))
+
+    async def _roll_until_done(self, day: dt.date) -> None:
+        while True:
+            try:
+                await self.roll(day)
+                return
+            except StoreError:
+                # roll() said why in the log; try again shortly, not the next day.
+                await asyncio.sleep(DEFAULT_ROLL_RETRY)
 
     # ------------------------------------------------------------------ retention
 
