@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tickertape.errors import StoreError
 from tickertape.server.engine import Engine
 from tickertape.store.catalogue import Catalogue
 from tickertape.store.layout import INDEX_FILE
@@ -117,3 +118,29 @@ def test_rolling_on_schedule_rolls_at_once_a_session_of_a_day_gone_by(tmp_path: 
             await engine.close()
 
     asyncio.run(scenario())
+
+
+class Elsewhere(HeldReplicator):
+    """A cluster node that is not the sequencer."""
+
+    def refusal(self) -> str | None:
+        return "this node is not the cluster's sequencer: publish to 10.0.0.1:7300"
+
+
+def test_a_node_that_is_not_the_sequencer_refuses_a_roll_naming_the_sequencer(
+    tmp_path: Path,
+) -> None:
+    async def scenario(engine: Engine) -> None:
+        engine.active.writer.replicator = Elsewhere()
+        ended = engine.session_id
+        with pytest.raises(StoreError) as refused:
+            await engine.roll()
+        assert str(refused.value).startswith("sessions are rolled by the cluster's sequencer")
+        assert "10.0.0.1:7300" in str(refused.value)
+        assert engine.session_id == ended
+        refused_publishing = engine.metrics.registry.get_sample_value(
+            "tickertape_publish_failures_total", {"reason": "elsewhere"}
+        )
+        assert not refused_publishing  # a roll is not a publish call
+
+    run(Durability.BATCH, scenario, tmp_path)

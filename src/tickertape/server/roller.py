@@ -133,7 +133,13 @@ class SessionRoller:
         loop = asyncio.get_running_loop()
         active, writer = self.active, self.active.writer
         async with self._lock:
-            writer.check_open(here=to is None)
+            writer.check_open(here=False)
+            if (
+                to is None
+                and writer.replicator is not None
+                and (why := writer.replicator.refusal())
+            ):
+                raise StoreError(f"sessions are rolled by the cluster's sequencer ({why})")
             ended_id, ended_log = active.id, active.session_log
             assert ended_id is not None
             try:
