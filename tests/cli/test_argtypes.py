@@ -239,7 +239,7 @@ def test_a_value_of_the_wrong_kind_is_refused_naming_the_option_not_a_function(
 ) -> None:
     """argparse names the validator (``invalid _whole value``) when one raises anything
     but ArgumentTypeError: every validator's error must name the option and say why."""
-    line = refused(capsys, *words, option, "x")
+    line = refused(capsys, *words, option, "x y.")  # wrong for every kind of value
     assert line.startswith(f"tickertape {' '.join(words)}: error: argument {option}: ")
     assert "invalid" not in line
 
@@ -298,3 +298,28 @@ def test_servers_are_a_list_in_the_order_given() -> None:
     ]
     args = build_parser().parse_args(["tail", "--server", "a:1,b:2", "--server", "c:3"])
     assert args.server == [("a", 1), ("b", 2), ("c", 3)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["serve", "--cluster", "nats://127.0.0.1:4222", "--cluster-name", "a.b"],
+            "argument --cluster-name: 'a.b': a cluster's name is letters, digits, '-' and '_' "
+            "(it names JetStream's stream, subject and bucket)",
+        ),
+        (
+            ["serve", "--cluster", "127.0.0.1:4222"],
+            "argument --cluster: '127.0.0.1:4222': expected nats://HOST:PORT (several "
+            "separated by commas)",
+        ),
+        (
+            ["serve", "--cluster-name", "east"],
+            "--cluster-name needs --cluster",
+        ),
+    ],
+)
+def test_cluster_options_are_checked_when_parsing(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert refused(capsys, *argv).endswith(expected)

@@ -183,6 +183,17 @@ def tcp_address(text: str) -> tuple[str, int]:
     return host, value
 
 
+def cluster_name(text: str) -> str:
+    """A name JetStream takes in a stream's, a subject's and a bucket's name: letters,
+    digits, ``-`` and ``_``."""
+    if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a cluster's name is letters, digits, '-' and '_' (it names "
+            "JetStream's stream, subject and bucket)"
+        )
+    return text
+
+
 def nats_urls(text: str) -> tuple[str, ...]:
     """NATS servers: ``nats://HOST:PORT[,nats://HOST:PORT...]`` (``tls://`` too)."""
     urls = tuple(part.strip() for part in text.split(","))

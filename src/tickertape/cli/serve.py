@@ -113,7 +113,9 @@ def _check_cluster(args: argparse.Namespace, argv: Sequence[str]) -> None:
     if args.cluster is None:
         given = [o for o in CLUSTER_OPTIONS if any(w.split("=")[0] == o for w in argv)]
         if given:
-            args.subparser.error(f"{', '.join(given)} need --cluster")
+            args.subparser.error(
+                f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cluster"
+            )
         return
     alone = [name for name in ("follow", "upstream", "demo", "source") if getattr(args, name)]
     if alone:

@@ -299,6 +299,7 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--cluster-name",
+        type=argtypes.cluster_name,
         default=DEFAULT_CLUSTER_NAME,
         metavar="NAME",
         help="the cluster's journal is the JetStream stream TICKERTAPE-NAME (%(default)s)",

@@ -32,6 +32,10 @@ from tickertape.errors import TickertapeError
 WRONG_LAST_SEQUENCE: Final = 10071
 """JetStream's error code for an append whose expected last sequence does not hold."""
 
+IN_USE_OTHERWISE: Final = 10058
+"""JetStream's error code for a stream (or key-value bucket) made again with another
+configuration than the one it has."""
+
 SECONDS_A_DAY: Final = 86_400.0
 
 
@@ -42,6 +46,11 @@ class JournalError(TickertapeError):
 class Fenced(JournalError):
     """An append was refused: the journal no longer ends where the writer last saw it,
     so another node has written since (it holds, or held, the lease)."""
+
+
+class Misconfigured(JournalError):
+    """The journal or the lease exists with another configuration than this node's:
+    nodes of one cluster must be given the same settings."""
 
 
 class Unavailable(JournalError):
@@ -93,6 +102,13 @@ class Journal:
         try:
             await js.add_stream(stream)
         except nats.js.errors.APIError as exc:
+            if exc.err_code == IN_USE_OTHERWISE:
+                raise Misconfigured(
+                    f"the journal {config.stream} exists with other settings than this "
+                    f"node's ({config.replicas} replicas, kept {config.retention_days:g} "
+                    "days): give every node of the cluster the same --cluster-replicas "
+                    "and --cluster-retention"
+                ) from exc
             raise JournalError(f"cannot create the journal {config.stream}: {exc}") from exc
         except nats.errors.TimeoutError as exc:
             raise Unavailable(f"JetStream did not answer: {exc}") from exc

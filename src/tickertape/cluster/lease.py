@@ -26,6 +26,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from tickertape.cluster.journal import IN_USE_OTHERWISE, Misconfigured
 from tickertape.errors import TickertapeError
 
 KEY: Final = "sequencer"
@@ -107,6 +108,13 @@ class Lease:
                 bucket=config.bucket, history=1, ttl=config.ttl, replicas=config.replicas
             )
         except nats.js.errors.APIError as exc:
+            if exc.err_code == IN_USE_OTHERWISE:
+                raise Misconfigured(
+                    f"the lease bucket {config.bucket} exists with other settings than "
+                    f"this node's ({config.replicas} replicas, a lease of {config.ttl:g} s): "
+                    "give every node of the cluster the same --cluster-replicas and "
+                    "--lease-ttl"
+                ) from exc
             raise TickertapeError(f"cannot create the lease bucket {config.bucket}: {exc}") from exc
         return cls(kv, me, config, monotonic)
 

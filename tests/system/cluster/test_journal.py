@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tickertape.cluster.journal import Fenced, Journal, JournalConfig, Unavailable
+from tickertape.cluster.journal import Fenced, Journal, JournalConfig, Misconfigured, Unavailable
+from tickertape.cluster.lease import Holder, Lease, LeaseConfig
 from tickertape.cluster.local import NatsCluster, jetstream_ready, nats_cluster
 from tickertape.cluster.records import Batch, Fence, Record, Roll
 
@@ -210,3 +211,25 @@ def first_copies(kept: list[Record]) -> list[Record]:
             seen.add((record.session, record.first))
         unique.append(record)
     return sorted(unique, key=lambda r: r.first if isinstance(r, Batch) else 0)
+
+
+def test_a_node_given_other_settings_than_the_cluster_is_told_which(
+    cluster: NatsCluster,
+) -> None:
+    """The first node makes the journal and the lease bucket; a node started with other
+    settings is refused at once, naming the options, not after waiting for JetStream."""
+    name = next(names)
+
+    async def scenario() -> None:
+        client = await jetstream_ready(cluster.urls)
+        js = client.jetstream()
+        await Journal.open(js, JournalConfig(name=name, retention_days=3))
+        with pytest.raises(Misconfigured, match="--cluster-retention"):
+            await Journal.open(js, JournalConfig(name=name, retention_days=1))
+        me = Holder("a", "127.0.0.1:1")
+        await Lease.open(js, me, LeaseConfig(name=name, ttl=3.0))
+        with pytest.raises(Misconfigured, match="--lease-ttl"):
+            await Lease.open(js, me, LeaseConfig(name=name, ttl=10.0))
+        await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
