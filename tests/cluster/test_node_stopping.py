@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
+
 from tickertape.cluster import records
 from tickertape.cluster.config import ClusterConfig
 from tickertape.cluster.journal import Journal
-from tickertape.cluster.lease import Lease
+from tickertape.cluster.lease import Lease, LeaseLost
 from tickertape.cluster.node import ClusterNode, Role
 from tickertape.server.engine import Engine
 
@@ -79,6 +82,12 @@ class KeptLease:
         self.renewing = asyncio.Event()
         self.released = False
 
+    def remaining(self) -> float:
+        return 60.0
+
+    def held(self) -> bool:
+        return True
+
     async def renew(self) -> None:
         if not self.renewing.is_set():
             self.renewing.set()
@@ -102,22 +111,7 @@ class FencedJournal:
 
 def test_stepping_down_stops_a_lease_keeper_that_lost_its_cancellation(tmp_path: Path) -> None:
     async def main() -> None:
-        async def nothing() -> None:
-            pass
-
-        writer = SimpleNamespace(
-            replicator=None, drain=nothing, release=lambda: None, resume=lambda: None
-        )
-        roller = SimpleNamespace(roll_on_schedule=lambda: None, stop_schedule=nothing)
-        engine = cast(
-            Engine,
-            SimpleNamespace(
-                active=SimpleNamespace(writer=writer),
-                roller=roller,
-                session_id="2026120701",
-                next_seq=1,
-            ),
-        )
+        engine = _engine()
         config = ClusterConfig(
             servers=("nats://127.0.0.1:1",), node="n1", address="a:1", renew_every=0.01
         )
@@ -136,3 +130,66 @@ def test_stepping_down_stops_a_lease_keeper_that_lost_its_cancellation(tmp_path:
         assert node.refusal() is not None  # publishers go elsewhere
 
     asyncio.run(main())
+
+
+class SilentLease(KeptLease):
+    """A lease this node holds for a short while, whose renewals get no answer (the
+    node is cut off from NATS)."""
+
+    def __init__(self, valid_for: float) -> None:
+        super().__init__()
+        self.valid_until = time.monotonic() + valid_for
+
+    def remaining(self) -> float:
+        return self.valid_until - time.monotonic()
+
+    def held(self) -> bool:
+        return self.remaining() > 0
+
+    async def renew(self) -> None:
+        await asyncio.Event().wait()  # no answer
+
+
+def test_a_sequencer_cut_off_from_nats_steps_down_when_its_lease_could_have_lapsed(
+    tmp_path: Path,
+) -> None:
+    """It cannot renew: it stops counting itself the sequencer as soon as it may no
+    longer count on the lease, not at its next renewal, which may be later."""
+
+    async def main() -> None:
+        config = ClusterConfig(
+            servers=("nats://127.0.0.1:1",), node="n1", address="a:1", renew_every=60.0
+        )
+        node = ClusterNode(_engine(), tmp_path, config, asyncio.Event())
+        lease = SilentLease(valid_for=0.2)
+        node._journal = cast(Journal, FencedJournal())
+        node._lease = cast(Lease, lease)
+        leading = asyncio.create_task(node._lead())
+        with pytest.raises(LeaseLost):
+            await asyncio.wait_for(leading, 10)
+        assert not lease.held()
+        assert node.role is Role.FOLLOWER
+        assert lease.released
+
+    asyncio.run(main())
+
+
+def _engine() -> Engine:
+    """What of an engine a leading node uses, doing nothing."""
+
+    async def nothing() -> None:
+        pass
+
+    writer = SimpleNamespace(
+        replicator=None, drain=nothing, release=lambda: None, resume=lambda: None
+    )
+    roller = SimpleNamespace(roll_on_schedule=lambda: None, stop_schedule=nothing)
+    return cast(
+        Engine,
+        SimpleNamespace(
+            active=SimpleNamespace(writer=writer),
+            roller=roller,
+            session_id="2026120701",
+            next_seq=1,
+        ),
+    )

@@ -11,6 +11,12 @@ single server does.
   last sequence, and reading it in order.
 - :mod:`~tickertape.cluster.lease`: who may try to write: a lease in a JetStream
   key-value bucket.
+- :mod:`~tickertape.cluster.apply`: applying a record to a node's data directory, or
+  saying why it cannot be.
+- :mod:`~tickertape.cluster.position`: how far a node has applied the journal, kept in
+  its data directory.
+- :mod:`~tickertape.cluster.node`: a node's loop: follow, take over, sequence, step
+  down. :mod:`~tickertape.cluster.config`: what ``serve --cluster`` tells it.
 - :mod:`~tickertape.cluster.local`: three nats-servers on 127.0.0.1, for trying a
   cluster on one machine and for the tests; no tickertape node.
 """

@@ -120,7 +120,12 @@ class Lease:
 
     def held(self) -> bool:
         """Whether this node may count on holding the lease now."""
-        return self._monotonic() < self._valid_until
+        return self.remaining() > 0
+
+    def remaining(self) -> float:
+        """Seconds this node may still count on holding the lease (not above 0 once it
+        may not)."""
+        return self._valid_until - self._monotonic()
 
     async def take(self) -> bool:
         """Take the lease if no one holds it; whether this node holds it now."""

@@ -20,14 +20,13 @@ Every node runs the same loop:
   it stops taking publishers at once (what its writer has in hand fails, unless the
   journal took it), gives the lease up and follows again, from where it is.
 
-Records may arrive twice (an append that was not acknowledged may be stored anyway,
-and a restarted node reads again from the position it last saved), so a batch is
-applied only if it starts where the session's log ends, skipped if the log already
-holds it, and anything else stops the node with the reason. How far it has applied is
-saved in the data directory (``.cluster-position``) every second and when it stops.
+How far it has applied is saved in the data directory every second and when it stops
+(:mod:`~tickertape.cluster.position`), and it starts on the session it was in, or the
+journal's first, never on one of its clock's day.
 
-What it does not do: elect (the lease does), replicate (JetStream does), serve
-clients (the endpoints do, from the engine, as on a single server).
+What it does not do: elect (the lease does), replicate (JetStream does), check and
+apply a record (:mod:`~tickertape.cluster.apply` does), serve clients (the endpoints
+do, from the engine, as on a single server).
 """
 
 from __future__ import annotations
@@ -36,9 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Final
 
@@ -47,13 +44,20 @@ import nats.errors
 from nats.aio.client import Client
 
 from tickertape.cluster import records
+from tickertape.cluster.apply import ClusterError, apply
 from tickertape.cluster.config import ClusterConfig
-from tickertape.cluster.journal import Fenced, Journal, JournalConfig, JournalError, Unavailable
+from tickertape.cluster.journal import (
+    Fenced,
+    Journal,
+    JournalConfig,
+    JournalError,
+    Misconfigured,
+    Unavailable,
+)
 from tickertape.cluster.lease import Holder, Lease, LeaseConfig, LeaseLost
+from tickertape.cluster.position import SavedPosition
 from tickertape.errors import StoreError, TickertapeError
 from tickertape.server.engine import Engine
-from tickertape.store.layout import CLUSTER_POSITION_FILE
-from tickertape.wire.framing import packet_offsets
 from tickertape.wire.publishing import redirect_text
 
 log = logging.getLogger(__name__)
@@ -64,10 +68,6 @@ HEADROOM: Final = 8192
 """Bytes of a NATS message left for a record's headers."""
 CANCEL_AGAIN: Final = 0.5
 """Seconds before a task told to stop and still running is cancelled again."""
-
-
-class ClusterError(TickertapeError):
-    """This node cannot follow the journal (a gap, a session it does not have): it stops."""
 
 
 class Role(enum.Enum):
@@ -88,13 +88,12 @@ class ClusterNode:
         self.engine = engine
         self.config = config
         self._stop = stop
-        self._position_file = data / CLUSTER_POSITION_FILE
+        self._saved = SavedPosition(data, JournalConfig(config.name).stream)
         self.role = Role.FOLLOWER
         self.sequencer: str | None = None
         """Where the sequencer takes publishers, as the journal last said."""
         self.position = 0
         """The journal position of the last record applied to the local data directory."""
-        self._saved = 0
         self._after = 0  # where the journal ended after this node's last append
         self._applying = asyncio.Lock()  # held while a record is applied
         self._lost = asyncio.Event()  # the sequencer must step down
@@ -114,7 +113,7 @@ class ClusterNode:
         of the cluster). Raises ``OSError`` if no NATS server answers, a
         :class:`JournalError` if JetStream does not answer in ``start_timeout``."""
         config = self.config
-        self.position = self._saved = self._read_position()
+        self.position = self._saved.read()
         try:
             client = await nats.connect(
                 servers=list(config.servers),
@@ -152,6 +151,9 @@ class ClusterNode:
                 self._lease = await Lease.open(js, me, lease_config)
                 break
             except (Unavailable, TickertapeError, nats.errors.Error) as exc:
+                if isinstance(exc, Misconfigured):
+                    await client.close()
+                    raise
                 if asyncio.get_running_loop().time() > deadline:
                     await client.close()
                     raise JournalError(
@@ -385,11 +387,19 @@ class ClusterNode:
             await lease.release()
 
     async def _keep_lease(self) -> None:
+        """Renew the lease every ``renew_every`` seconds, and raise :class:`LeaseLost`
+        once this node may no longer count on it: as soon as that happens, not at the
+        next renewal (a node cut off from NATS gets no answer to its renewals)."""
         lease = self._lease
         assert lease is not None
         while True:
-            await asyncio.sleep(self.config.renew_every)
-            await lease.renew()  # LeaseLost ends the term
+            await asyncio.sleep(max(0.0, min(self.config.renew_every, lease.remaining())))
+            if not lease.held():
+                raise LeaseLost("the lease could not be renewed in time")
+            try:
+                await asyncio.wait_for(lease.renew(), max(0.0, lease.remaining()))
+            except TimeoutError:
+                raise LeaseLost("the lease could not be renewed in time") from None
 
     async def _take_over(self) -> None:
         """Apply the journal to its end, then fence it there."""
@@ -466,110 +476,23 @@ class ClusterNode:
 
     async def _apply(self, position: int, record: records.Record) -> None:
         """Apply one record at journal ``position`` to the local data directory."""
-        engine = self.engine
+        await apply(self.engine, position, record)
         match record:
-            case records.Batch():
-                await self._apply_batch(position, record)
-            case records.Roll(ended, next_session):
-                current = engine.session_id
-                if current == ended:
-                    await engine.roll(to=next_session)
-                elif current < ended:
-                    await self._adopt(next_session, position)
-                # else: a roll applied before
-            case records.Fence(node, address, term):
-                if node != self.config.node:
-                    self.sequencer = address
-                    log.info(
-                        "node %s is the sequencer (term %d, journal position %d): "
-                        "publishers go to %s",
-                        node,
-                        term,
-                        position,
-                        address,
-                    )
+            case records.Fence(node, address, term) if node != self.config.node:
+                self.sequencer = address
+                log.info(
+                    "node %s is the sequencer (term %d, journal position %d): publishers go to %s",
+                    node,
+                    term,
+                    position,
+                    address,
+                )
         self.position = position
-
-    async def _apply_batch(self, position: int, batch: records.Batch) -> None:
-        engine = self.engine
-        if batch.session < engine.session_id:
-            return  # of a session this node has ended: applied before
-        if batch.session != engine.session_id:
-            await self._adopt(batch.session, position)
-        tail = engine.next_seq
-        if batch.next <= tail:
-            return  # a copy of a batch applied before
-        if batch.first != tail:
-            why = (
-                "a gap (the journal no longer holds what this node missed)"
-                if batch.first > tail
-                else "batches that overlap"
-            )
-            raise ClusterError(
-                f"journal position {position} holds messages {batch.first}..{batch.next - 1} "
-                f"of session {batch.session}, and this node's log ends at {tail - 1}: {why}"
-            )
-        _check_packets(batch, position)
-        try:
-            await engine.apply(batch.first, batch.count, batch.data)
-        except (OSError, StoreError) as exc:
-            raise ClusterError(f"cannot apply journal position {position}: {exc}") from exc
-
-    async def _adopt(self, session: str, position: int) -> None:
-        """Make ``session`` (later than the active one) active: only while the active
-        one is empty (a node's first session, before the journal's reached it)."""
-        engine = self.engine
-        if session > engine.session_id and engine.next_seq == 1:
-            log.info(
-                "session %s (journal position %d) replaces this node's empty session %s",
-                session,
-                position,
-                engine.session_id,
-            )
-            await engine.roll(to=session)
-            return
-        raise ClusterError(
-            f"journal position {position} is of session {session}, and this node's "
-            f"active session is {engine.session_id} with {engine.next_seq - 1} messages: "
-            "this data directory is not a copy of the cluster's (start the node with an "
-            "empty one, or a copy of another node's)"
-        )
 
     # ------------------------------------------------------------------ the position
 
-    def _read_position(self) -> int:
-        try:
-            saved = json.loads(self._position_file.read_text())
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read {self._position_file}: {exc}") from exc
-        stream = JournalConfig(self.config.name).stream
-        if not isinstance(saved.get("position"), int):
-            raise StoreError(f"{self._position_file} holds no journal position: {saved!r}")
-        if saved.get("journal") != stream:
-            raise StoreError(
-                f"{self._position_file} is of journal {saved.get('journal')!r}, not {stream}: "
-                "this data directory belongs to another cluster"
-            )
-        return int(saved["position"])
-
     def _save_position(self) -> None:
-        if self.position == self._saved:
-            return
-        stream = JournalConfig(self.config.name).stream
-        temporary = self._position_file.with_name(self._position_file.name + ".new")
-        position = self.position
-        try:
-            with open(temporary, "w") as file:
-                file.write(json.dumps({"journal": stream, "position": position}))
-                file.flush()
-                os.fsync(file.fileno())  # a power loss leaves the old file or this one
-            os.replace(temporary, self._position_file)
-        except OSError as exc:
-            log.warning("cannot save the journal position to %s: %s", self._position_file, exc)
-            return
-        self._saved = position
+        self._saved.save(self.position)
 
     async def _save_now_and_then(self) -> None:
         while True:
@@ -599,15 +522,6 @@ async def _stopped(task: asyncio.Task[object]) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait((task,), timeout=CANCEL_AGAIN)
-
-
-def _check_packets(batch: records.Batch, position: int) -> None:
-    offsets = packet_offsets(batch.data)
-    if len(offsets) != batch.count + 1 or offsets[-1] != len(batch.data):
-        raise ClusterError(
-            f"journal position {position}: the batch does not hold {batch.count} "
-            "Sequenced Data packets"
-        )
 
 
 async def _nats_error(error: Exception) -> None:
