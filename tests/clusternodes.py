@@ -323,6 +323,17 @@ class Reader:
             self.moves += 1
 
 
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them; raise what one of them failed with (a
+    reader's gap, say), which would otherwise show only as a wait that timed out."""
+    for task in tasks:
+        task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
 async def settled(nodes: Nodes) -> int:
     """Wait until every node has applied the same messages; how many."""
 

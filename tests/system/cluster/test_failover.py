@@ -21,7 +21,17 @@ from tickertape.client.publisher import Publisher
 from tickertape.errors import LoginRejected
 from tickertape.wire.publishing import redirect_address, redirect_text
 
-from clusternodes import Feed, Node, Nodes, Reader, check_logs, cluster_nodes, message, settled
+from clusternodes import (
+    Feed,
+    Node,
+    Nodes,
+    Reader,
+    check_logs,
+    cluster_nodes,
+    message,
+    settled,
+    stop_tasks,
+)
 from support import until
 
 ROUNDS = 20
@@ -69,9 +79,7 @@ async def _kill_loop(nodes: Nodes) -> list[float]:
         count = await settled(nodes)
         await until(lambda: all(r.first + len(r.received) > count for r in readers), "readers", 60)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
     payloads = check_logs(nodes, [feed])
     assert len(payloads) == count
     for reader in readers:

@@ -33,6 +33,7 @@ from clusternodes import (
     publish,
     raw_publisher_login,
     settled,
+    stop_tasks,
 )
 from support import session_payloads, until
 
@@ -121,9 +122,7 @@ async def _nats_servers_killed(nodes: Nodes) -> str:
         count = await settled(nodes)
         await until(lambda: reader.first + len(reader.received) > count, "the reader", 30)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
 
     payloads = check_logs(nodes, [feed])  # byte-identical logs, everything acknowledged
     assert len(payloads) == count
