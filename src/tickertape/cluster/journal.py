@@ -116,11 +116,7 @@ class Journal:
 
     async def end(self) -> int:
         """The journal's last position (0 if it is empty)."""
-        try:
-            info = await self._js.stream_info(self.config.stream)
-        except nats.errors.Error as exc:
-            raise Unavailable(f"JetStream did not answer: {exc}") from exc
-        return info.state.last_seq
+        return (await self.span())[1]
 
     async def span(self) -> tuple[int, int]:
         """The journal's first position still held and its last (``(0, 0)``, or a first
@@ -134,10 +130,10 @@ class Journal:
     async def first_session(self, scan: int = 16) -> str | None:
         """The session of the journal's first batch or roll among its first ``scan``
         records (None if there is none: an empty journal, or only fences)."""
+        first, last = await self.span()
+        first = max(first, 1)
         try:
-            state = (await self._js.stream_info(self.config.stream)).state
-            first = max(state.first_seq, 1)
-            for position in range(first, min(state.last_seq, first + scan - 1) + 1):
+            for position in range(first, min(last, first + scan - 1) + 1):
                 try:
                     message = await self._js.get_msg(self.config.stream, position)
                 except nats.js.errors.NotFoundError:

@@ -201,7 +201,7 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        self._save_position()
+        await asyncio.to_thread(self._saved.save, self.position)
         if self._client is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._client.close()
@@ -216,13 +216,8 @@ class ClusterNode:
         if self._closing or self._client is None:
             return
         self._step_down("the connection to NATS was closed")
-        self.failure = ClusterError(
-            f"the connection to NATS was closed: {self._client.last_error or 'no reason given'}"
-        )
-        log.error(
-            "node %s cannot go on in the cluster, stopping: %s", self.config.node, self.failure
-        )
-        self._stop.set()
+        why = self._client.last_error or "no reason given"
+        self._fail(ClusterError(f"the connection to NATS was closed: {why}"))
 
     # ------------------------------------------------------------------ Replicator
 
@@ -291,9 +286,13 @@ class ClusterNode:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.failure = exc
-            log.error("node %s cannot go on in the cluster, stopping: %s", self.config.node, exc)
-            self._stop.set()
+            self._fail(exc)
+
+    def _fail(self, error: Exception) -> None:
+        """Stop the node (the server with it): it cannot go on in the cluster."""
+        self.failure = error
+        log.error("node %s cannot go on in the cluster, stopping: %s", self.config.node, error)
+        self._stop.set()
 
     async def _follow(self, hold_off: float = 0.0) -> None:
         """Apply the journal until this node takes the lease (not for ``hold_off``
@@ -355,9 +354,7 @@ class ClusterNode:
         try:
             await asyncio.wait((taking, keeping), return_when=asyncio.FIRST_COMPLETED)
             if not taking.done():
-                async with self._applying:  # never in the middle of a record
-                    await _stopped(taking)
-                keeping.result()  # raises LeaseLost
+                keeping.result()  # raises LeaseLost (the take-over is stopped below)
             taking.result()
             if self.role is not Role.TAKING_OVER:
                 return
@@ -376,8 +373,8 @@ class ClusterNode:
             if keeping.done():
                 keeping.result()
         finally:
-            if not taking.done():  # this node is closing
-                async with self._applying:
+            if not taking.done():  # the lease was lost, or this node is closing
+                async with self._applying:  # never in the middle of a record
                     await _stopped(taking)
             self._step_down("shutting down" if self._closing else "stepping down")
             await _stopped(keeping)
@@ -450,7 +447,10 @@ class ClusterNode:
                 "deleted and made again?); start the node on a copy of another node's data "
                 "directory"
             )
-        if end > self.position and (first > end or (self.position and first > self.position + 1)):
+        # The first record this node needs (a node that has applied nothing needs the
+        # journal to hold something, wherever it starts).
+        needed = self.position + 1 if self.position else end
+        if end > self.position and first > needed:
             raise ClusterError(
                 f"the journal {journal.config.stream} holds positions {first} to {end}, and "
                 f"this node has applied it up to {self.position}: what it missed has expired "
@@ -491,13 +491,10 @@ class ClusterNode:
 
     # ------------------------------------------------------------------ the position
 
-    def _save_position(self) -> None:
-        self._saved.save(self.position)
-
     async def _save_now_and_then(self) -> None:
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            await asyncio.to_thread(self._save_position)
+            await asyncio.to_thread(self._saved.save, self.position)
 
     def _fit_batches(self, max_payload: int) -> None:
         """Make the writer's batches fit in one NATS message of ``max_payload`` bytes."""

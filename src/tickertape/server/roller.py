@@ -134,11 +134,8 @@ class SessionRoller:
         active, writer = self.active, self.active.writer
         async with self._lock:
             writer.check_open(here=False)
-            if (
-                to is None
-                and writer.replicator is not None
-                and (why := writer.replicator.refusal())
-            ):
+            replicator = writer.replicator if to is None else None  # None: applied, not rolled
+            if replicator is not None and (why := replicator.refusal()):
                 raise StoreError(f"sessions are rolled by the cluster's sequencer ({why})")
             ended_id, ended_log = active.id, active.session_log
             assert ended_id is not None
@@ -156,7 +153,6 @@ class SessionRoller:
                     next_id, next_log = await loop.run_in_executor(
                         self._executor, self.catalogue.open_next, ended_id, day
                     )
-                replicator = writer.replicator if to is None else None
                 replicated = False
                 try:
                     if replicator is not None:
@@ -189,11 +185,11 @@ class SessionRoller:
         return str(next_id)
 
     async def _roll_on_schedule(self) -> None:
-        active = self.active.id
-        if active is not None and active.day < self.schedule.session_day(self.clock.now()):
+        active, today = self.active.id, self.schedule.session_day(self.clock.now())
+        if active is not None and active.day < today:
             # A session of a day gone by (a cluster node that took over after the roll
             # time): its roll is due already.
-            await self._roll_until_done(self.schedule.session_day(self.clock.now()))
+            await self._roll_until_done(today)
         while True:
             due = self.schedule.next_roll(self.clock.now())
             log.info("next roll at %s", due.isoformat(timespec="seconds"))

@@ -82,6 +82,14 @@ async def node(
         await engine.close()
 
 
+@asynccontextmanager
+async def first_node(cluster: NatsCluster, tmp_path: Path, name: str) -> AsyncIterator[ClusterNode]:
+    """Node ``a``, the first of cluster ``name``, once it is the sequencer."""
+    async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
+        await until(lambda: a.role is Role.SEQUENCER)
+        yield a
+
+
 def log_bytes(data: Path, session: str) -> bytes:
     return (data / session / "log").read_bytes()
 
@@ -93,8 +101,7 @@ def test_a_node_back_on_a_later_day_goes_on_with_the_clusters_session(
 
     async def scenario() -> None:
         await (await jetstream_ready(cluster.urls)).close()
-        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
-            await until(lambda: a.role is Role.SEQUENCER)
+        async with first_node(cluster, tmp_path, name) as a:
             session = a.engine.session_id
             assert session == "2026120701"
             await a.engine.publish_many([b"one", b"two"])
@@ -117,8 +124,7 @@ def test_a_new_node_whose_clock_is_a_day_ahead_starts_on_the_clusters_session(
     name = next(names)
 
     async def scenario() -> None:
-        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
-            await until(lambda: a.role is Role.SEQUENCER)
+        async with first_node(cluster, tmp_path, name) as a:
             await a.engine.publish_many([b"one", b"two"])
             async with node(cluster, "c", tmp_path / "c", DAY2, name) as c:
                 await until(lambda: c.position == a.position)
@@ -135,8 +141,7 @@ def test_a_sequencer_whose_append_is_refused_steps_down_and_sends_publishers_on(
     name = next(names)
 
     async def scenario() -> None:
-        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
-            await until(lambda: a.role is Role.SEQUENCER)
+        async with first_node(cluster, tmp_path, name) as a:
             await a.engine.publish_many([b"one"])
             # Another writer's record: the journal has moved past where A last saw it.
             client = await jetstream_ready(cluster.urls)
@@ -165,8 +170,7 @@ def test_the_position_a_sequencer_saves_is_never_past_its_own_log(
     name = next(names)
 
     async def scenario() -> None:
-        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
-            await until(lambda: a.role is Role.SEQUENCER)
+        async with first_node(cluster, tmp_path, name) as a:
             await a.engine.publish_many([b"one"])
             applied = a.position
             # As the writer does: replicate a batch; the local write comes after.
@@ -189,8 +193,7 @@ def test_a_node_whose_journal_was_made_again_stops_saying_so(
     name = next(names)
 
     async def scenario() -> None:
-        async with node(cluster, "a", tmp_path / "a", DAY1, name) as a:
-            await until(lambda: a.role is Role.SEQUENCER)
+        async with first_node(cluster, tmp_path, name) as a:
             await a.engine.publish_many([b"one", b"two"])
         client = await jetstream_ready(cluster.urls)
         await client.jetstream().delete_stream(JournalConfig(name=name).stream)
